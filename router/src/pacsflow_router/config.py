@@ -1,0 +1,253 @@
+"""The routing config: the contract between the operator (which renders it) and the router (which runs it).
+
+The operator renders one of these per ``DicomRouter`` into a ConfigMap; the router loads it with
+:func:`load_config`. Keys are camelCase on the wire (YAML) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import ConfigError
+
+Mode = Literal["silent", "assistive", "triage"]
+MODES: tuple[Mode, ...] = ("silent", "assistive", "triage")
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class Destination(_Model):
+    """A DICOM peer that results are sent to (C-STORE SCP)."""
+
+    name: Name
+    """Name that use cases refer to in ``outputs.structuredReport.destination``."""
+    ae_title: AETitle
+    """Called AE title of the destination."""
+    host: str = Field(min_length=1)
+    """Host name or address of the destination."""
+    port: Port
+    """TCP port of the destination's DICOM service."""
+
+
+class Completion(_Model):
+    """When a study counts as complete."""
+
+    stable_seconds: float = Field(default=30.0, ge=0)
+    """A study is complete after this many seconds without a new instance."""
+
+
+class Inference(_Model):
+    """Where models run."""
+
+    backend: Literal["embedded", "triton"] = "embedded"
+    """``embedded``: in-process ONNX Runtime reading ``modelRepository``; ``triton``: a Triton server at ``url``."""
+    model_repository: str = "model_repository"
+    """Triton-layout model repository (used by the embedded backend)."""
+    url: str | None = None
+    """Triton HTTP endpoint, ``host:port`` (required for the triton backend)."""
+    protocol: Literal["http", "grpc"] = "http"
+    """Triton client protocol."""
+    shared_memory: bool = False
+    """Pass tensors through system shared memory (only when Triton runs on the same host)."""
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    """Per-request timeout."""
+
+    @model_validator(mode="after")
+    def _triton_needs_url(self) -> Inference:
+        if self.backend == "triton" and not self.url:
+            raise ValueError("backend 'triton' needs 'url' (host:port of Triton's HTTP or gRPC endpoint)")
+        return self
+
+
+class Audit(_Model):
+    """Where the audit trail of every AI interaction is written."""
+
+    url: str = "sqlite:///audit.db"
+    """SQLAlchemy database URL (``sqlite:////abs/path.db`` or ``postgresql://...``)."""
+
+
+class Metrics(_Model):
+    """Prometheus endpoint."""
+
+    port: Port = 9108
+    """Port of the /metrics HTTP endpoint."""
+    host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to."""
+
+
+class ModelRef(_Model):
+    """A model in the model repository, pinned to one version."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Model name (folder in the model repository / Triton model name)."""
+    version: int = Field(ge=1)
+    """Pinned model version (numbered folder in the model repository)."""
+
+
+class Match(_Model):
+    """Which studies a use case applies to (DICOM attributes; empty list = any)."""
+
+    modalities: list[str] = Field(default_factory=list)
+    """Modality (0008,0060) values, e.g. ``[CT]``."""
+    body_parts_examined: list[str] = Field(default_factory=list)
+    """Body Part Examined (0018,0015) values, e.g. ``[HEAD, BRAIN]``."""
+    series_description_pattern: str | None = None
+    """Python regular expression searched in Series Description (0008,103E)."""
+
+    @field_validator("series_description_pattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class Triage(_Model):
+    """Triage settings."""
+
+    critical_threshold: float = Field(default=0.85, ge=0, le=1)
+    """Studies whose finding probability reaches this are flagged critical (triage mode only)."""
+
+
+class StructuredReportOutput(_Model):
+    """Send a TID 1500 SR to a destination."""
+
+    destination: Name
+    """Name of a destination in ``destinations``."""
+
+
+class Outputs(_Model):
+    """Where a use case's results go (only in assistive and triage mode)."""
+
+    structured_report: StructuredReportOutput | None = None
+    """TID 1500 Structured Report output."""
+
+
+class UseCase(_Model):
+    """One clinical AI use case served by one pinned model."""
+
+    name: Name
+    """Use case name (a metric label and audit key)."""
+    model: ModelRef
+    """Model and pinned version."""
+    match: Match = Field(default_factory=Match)
+    """Which studies the use case applies to."""
+    mode: Mode = "silent"
+    """silent: audit only; assistive: SR to the PACS; triage: SR and critical flag above the threshold."""
+    triage: Triage = Field(default_factory=Triage)
+    """Triage settings."""
+    outputs: Outputs = Field(default_factory=Outputs)
+    """Result outputs."""
+
+
+class RoutingConfig(_Model):
+    """Everything one router process needs."""
+
+    ae_title: AETitle = "PACSFLOW"
+    """The router's own AE title (called AE title of incoming associations)."""
+    port: Port = 11112
+    """DICOM listening port."""
+    bind_address: str = "127.0.0.1"
+    """Address the DICOM listener binds to (loopback by default; 0.0.0.0 in a pod)."""
+    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list)
+    """Calling AE titles accepted; associations from others are rejected (empty = reject all)."""
+    spool_dir: str = "/var/lib/pacsflow/spool"
+    """Durable spool directory (instances, study state, outbox)."""
+    spool_max_disk_usage: float = Field(default=0.95, gt=0, le=1)
+    """Above this fraction of the spool's disk in use, C-STORE answers 0xA700 (out of resources)."""
+    completion: Completion = Field(default_factory=Completion)
+    """Study completion rule."""
+    destinations: list[Destination] = Field(default_factory=list)
+    """Result destinations."""
+    inference: Inference = Field(default_factory=Inference)
+    """Inference backend."""
+    audit: Audit = Field(default_factory=Audit)
+    """Audit store."""
+    metrics: Metrics = Field(default_factory=Metrics)
+    """Prometheus metrics endpoint."""
+    use_cases: list[UseCase] = Field(default_factory=list)
+    """AI use cases run on every complete study they match."""
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RoutingConfig:
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destinations: names must be unique, got {names}")
+        uc_names = [u.name for u in self.use_cases]
+        if len(set(uc_names)) != len(uc_names):
+            raise ValueError(f"useCases: names must be unique, got {uc_names}")
+        for i, uc in enumerate(self.use_cases):
+            sr = uc.outputs.structured_report
+            if sr is not None and sr.destination not in names:
+                raise ValueError(
+                    f"useCases[{i}].outputs.structuredReport.destination: unknown destination "
+                    f"{sr.destination!r}; define it in 'destinations' (known: {names})"
+                )
+        return self
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``."""
+        return next(d for d in self.destinations if d.name == name)
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def parse_config(data: object, source: str = "<config>") -> RoutingConfig:
+    """Validate a routing config already parsed from YAML/JSON.
+
+    Raises
+    ------
+    ConfigError
+        One message naming every bad key, e.g. ``useCases[0].mode: ...``.
+    """
+    try:
+        return RoutingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+            problems.append(f"{_key_path(loc)}: {err['msg']}")
+        raise ConfigError(f"invalid routing config {source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path) -> RoutingConfig:
+    """Read and validate the routing config YAML at ``path``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read routing config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"routing config {path} is not valid YAML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def render_config(config: RoutingConfig) -> str:
+    """The YAML the operator writes into the router's ConfigMap (camelCase keys)."""
+    return yaml.safe_dump(config.model_dump(by_alias=True, mode="json", exclude_none=True), sort_keys=False)

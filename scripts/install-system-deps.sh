@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages pacsflow's tests and demo run as real peers, when they are missing.
+set -euo pipefail
+need=()
+command -v Orthanc >/dev/null || need+=(orthanc orthanc-dicomweb)
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v etcd >/dev/null || need+=(etcd-server)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${need[*]}; install them with: sudo apt-get install ${need[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" >/dev/null
