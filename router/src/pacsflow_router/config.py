@@ -167,7 +167,7 @@ class RoutingConfig(_Model):
     """DICOM listening port."""
     bind_address: str = "127.0.0.1"
     """Address the DICOM listener binds to (loopback by default; 0.0.0.0 in a pod)."""
-    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list)
+    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list, alias="allowedCallingAETitles")
     """Calling AE titles accepted; associations from others are rejected (empty = reject all)."""
     spool_dir: str = "/var/lib/pacsflow/spool"
     """Durable spool directory (instances, study state, outbox)."""
