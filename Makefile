@@ -23,7 +23,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: venv system-deps lint
+test: venv system-deps lint check-crds cluster-bins helm triton-venv
 	$(VENV)/bin/pytest
 
 demo: venv system-deps
@@ -31,3 +31,41 @@ demo: venv system-deps
 
 bench: venv system-deps
 	$(PY) -m bench
+
+.PHONY: crds check-crds
+## CRDs, the chart's copy and docs/crds.md, generated from the operator's pydantic models
+crds: venv
+	$(PY) -m pacsflow_operator.crdgen
+
+## Fails when a generated CRD file differs from what the models produce (run `make crds`)
+check-crds: venv
+	$(PY) -m pacsflow_operator.crdgen --check
+
+.PHONY: cluster-bins helm cluster-up cluster-down
+## kube-apiserver + kube-controller-manager built from the Go module proxy, cached outside the repo
+## (${PACSFLOW_CACHE:-~/.cache/pacsflow}); the first build takes ~20 min (docs/cluster.md)
+cluster-bins:
+	scripts/cluster.sh bins
+
+## helm v3, built into the same cache (tests install the chart with it)
+helm:
+	scripts/cluster.sh helm
+
+## A real control plane in the background for development: writes .cluster/kubeconfig
+cluster-up: venv system-deps cluster-bins
+	scripts/cluster.sh up
+
+## Stops the control plane started by cluster-up (by PID)
+cluster-down:
+	scripts/cluster.sh down
+
+.PHONY: triton-venv triton
+## Triton's own venv (.venv-triton): nvidia-pytriton's bundled tritonserver 2.51 + ONNX Runtime (numpy<2)
+triton-venv:
+	scripts/triton-venv.sh
+
+## Real tritonserver in the foreground on loopback (TRITON_HTTP_PORT/TRITON_GRPC_PORT/TRITON_METRICS_PORT,
+## default 8000/8001/8002) serving model_repository/ rendered for the CPU python backend (docs/triton.md)
+triton: venv triton-venv
+	$(VENV)/bin/pacsflow model-repository render --target cpu-python --source model_repository --out build/triton/models
+	scripts/triton.sh build/triton/models

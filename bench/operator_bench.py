@@ -1,0 +1,227 @@
+"""Operator at scale on a real API server: 200 AIUseCases across 5 DicomRouters.
+
+``python -m bench.operator_bench [--use-cases 200 --routers 5 --edits 60]``:
+
+1. Starts etcd + kube-apiserver + kube-controller-manager v1.34 (tests/peers/cluster.py; or uses
+   ``--kubeconfig``), applies the generated CRDs, runs ``pacsflow-operator`` as its own process.
+2. Creates the routers and use cases; time until every router's ConfigMap holds all its use cases.
+3. Mode edits one at a time (silent <-> assistive): time from the PATCH returning to the router's
+   ConfigMap carrying the new mode, seen through a watch (p50/p95). The peer run in the same process is
+   a plain ConfigMap PATCH round trip on the same API server: the ratio says how much the operator adds.
+4. Operator peak RSS (VmHWM) and API requests per mode edit / per reconciliation (the operator's own
+   ``pacsflow_operator_api_requests_total`` and ``..._reconciliations_total`` counters).
+
+The name is not ``operator.py``: that would shadow the standard library's ``operator`` module (ruff A005).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import yaml
+from kubernetes import client, config, watch
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION = "pacsflow.io", "v1alpha1"
+NS = "bench"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _apply_crds(api: client.ApiClient) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        names.append(doc["metadata"]["name"])
+        client.ApiextensionsV1Api(api).patch_custom_resource_definition(
+            doc["metadata"]["name"], doc, field_manager="pacsflow-bench", force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all(any(c.type == "Established" and c.status == "True"
+                   for c in ext.read_custom_resource_definition(n).status.conditions or ()) for n in names):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("CRDs not Established after 60 s")
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("pacsflow_operator_api_requests_total", "pacsflow_operator_reconciliations_total")):
+            name = line.split("{", 1)[0]
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class ConfigWatcher(threading.Thread):
+    """Watches the routers' ConfigMaps; records (time, router, {use case: mode}) for each change."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(daemon=True)
+        self.core = client.CoreV1Api(api)
+        self.events: queue.Queue = queue.Queue()
+        self.latest: dict[str, dict[str, str]] = {}
+        self._watch = watch.Watch()
+
+    def run(self) -> None:
+        for event in self._watch.stream(self.core.list_namespaced_config_map, NS,
+                                        label_selector="app.kubernetes.io/component=routing-config"):
+            t = time.perf_counter()
+            cm = event["object"]
+            doc = yaml.safe_load((cm.data or {}).get("routing.yaml") or "{}") or {}
+            modes = {u["name"]: u.get("mode", "silent") for u in doc.get("useCases", [])}
+            router = cm.metadata.labels["app.kubernetes.io/instance"]
+            self.latest[router] = modes
+            self.events.put((t, router, modes))
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int) -> dict:
+    api = config.new_client_from_config(config_file=kubeconfig)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    _apply_crds(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+    metrics_port = free_port()
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "PACSFLOW_OPERATOR_METRICS_PORT": str(metrics_port),
+           "PACSFLOW_OPERATOR_METRICS_HOST": "127.0.0.1", "PACSFLOW_OPERATOR_LOG_LEVEL": "WARNING"}
+    op = subprocess.Popen([sys.executable, "-m", "pacsflow_operator", "--namespace", NS, "--liveness", ""],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    watcher = ConfigWatcher(api)
+    watcher.start()
+    try:
+        routers = [f"router-{i}" for i in range(n_routers)]
+        t0 = time.perf_counter()
+        for r in routers:
+            custom.create_namespaced_custom_object(GROUP, VERSION, NS, "dicomrouters", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "DicomRouter", "metadata": {"name": r},
+                "spec": {"aeTitle": r.upper().replace("-", "_"),
+                         "destinations": [{"name": "pacs", "aeTitle": "PACS", "host": "pacs", "port": 104}]},
+            })
+        owner = {}
+        for i in range(n_use_cases):
+            name, router = f"uc-{i:03d}", routers[i % n_routers]
+            owner[name] = router
+            custom.create_namespaced_custom_object(GROUP, VERSION, NS, "aiusecases", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "AIUseCase", "metadata": {"name": name},
+                "spec": {"router": router, "model": {"name": f"model_{i % 7}", "version": 1 + i % 3},
+                         "match": {"modalities": ["CT"]},
+                         "outputs": {"structuredReport": {"destination": "pacs"}}},
+            })
+        per_router = {r: sum(1 for v in owner.values() if v == r) for r in routers}
+        deadline = time.monotonic() + 600
+        while any(len(watcher.latest.get(r, {})) < per_router[r] for r in routers):
+            if op.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("operator did not converge:\n" + op.stderr.read().decode()[-3000:])
+            time.sleep(0.05)
+        converge = time.perf_counter() - t0
+        time.sleep(2)  # let status writes of the initial burst drain before counting requests
+        before = _scrape(metrics_port)
+
+        latencies = []
+        for k in range(n_edits):
+            name = f"uc-{(k * 37) % n_use_cases:03d}"
+            router = owner[name]
+            new = "assistive" if watcher.latest[router].get(name) == "silent" else "silent"
+            while not watcher.events.empty():
+                watcher.events.get_nowait()
+            custom.patch_namespaced_custom_object(GROUP, VERSION, NS, "aiusecases", name, {"spec": {"mode": new}})
+            t_edit = time.perf_counter()
+            while True:
+                t, r, modes = watcher.events.get(timeout=60)
+                if r == router and modes.get(name) == new:
+                    latencies.append(t - t_edit)
+                    break
+        time.sleep(2)  # the use case's own status patch lands after the ConfigMap
+        after = _scrape(metrics_port)
+
+        # Peer: one plain ConfigMap PATCH round trip on the same API server, same client.
+        core.create_namespaced_config_map(NS, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="peer"),
+                                                                 data={"k": "0"}))
+        peer = []
+        for k in range(n_edits):
+            t = time.perf_counter()
+            core.patch_namespaced_config_map("peer", NS, {"data": {"k": str(k)}})
+            peer.append(time.perf_counter() - t)
+
+        requests = after.get("pacsflow_operator_api_requests_total", 0) - before.get(
+            "pacsflow_operator_api_requests_total", 0)
+        reconciles = after.get("pacsflow_operator_reconciliations_total", 0) - before.get(
+            "pacsflow_operator_reconciliations_total", 0)
+        return {
+            "use_cases": n_use_cases, "routers": n_routers, "edits": n_edits,
+            "initial_convergence_s": converge,
+            "edit_to_configmap_p50_s": statistics.median(latencies),
+            "edit_to_configmap_p95_s": _pct(latencies, 0.95),
+            "peer_configmap_patch_p50_s": statistics.median(peer),
+            "ratio_p50_vs_peer": statistics.median(latencies) / statistics.median(peer),
+            "operator_peak_rss_bytes": _peak_rss(op.pid),
+            "api_requests_per_edit": requests / n_edits,
+            "api_requests_per_reconcile": requests / reconciles if reconciles else None,
+            "reconciliations_per_edit": reconciles / n_edits,
+        }
+    finally:
+        watcher.stop()
+        op.terminate()
+        try:
+            op.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            op.kill()
+        api.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print a table and write ``.bench/operator.json``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.operator_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--use-cases", type=int, default=200)
+    parser.add_argument("--routers", type=int, default=5)
+    parser.add_argument("--edits", type=int, default=60)
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting one (namespace 'bench' must not exist)")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        kubeconfig = args.kubeconfig
+        if not kubeconfig:
+            from tests.peers.cluster import control_plane
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacsflow-bench-")))
+            kubeconfig = str(stack.enter_context(control_plane(tmp / "kube")).kubeconfig)
+        result = run(kubeconfig, args.use_cases, args.routers, args.edits)
+    for key, value in result.items():
+        print(f"{key:32} {value:.4g}" if isinstance(value, float) else f"{key:32} {value}")
+    out = REPO / ".bench" / "operator.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

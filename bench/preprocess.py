@@ -1,0 +1,59 @@
+"""DALI (CPU here, GPU where present) vs the numpy reference: preprocessing one 64-slice 512x512 study.
+
+Both run in this process on the same decoded series; the numbers are medians of ``--repeat`` runs after one
+warm-up (DALI builds its pipeline on first use). Also prints the embedded model's inference time on the
+resulting batch, so the two halves of "preprocess + infer" can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from pacsflow_router import domain, phantom, preprocess
+from pacsflow_router.config import ModelRef
+from pacsflow_router.inference import EmbeddedOnnxBackend
+
+REPO = Path(__file__).resolve().parents[1] / "model_repository"
+
+
+def _timed(fn, repeat: int) -> tuple[float, np.ndarray]:
+    result = fn()  # warm-up: pipeline build, session load, caches
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print per-study seconds of DALI CPU and numpy preprocessing and their ratio."""
+    parser = argparse.ArgumentParser(prog="bench.preprocess")
+    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args([] if argv is None else argv)
+    datasets, _ = phantom.generate_study(7, lesion=True, slices=args.slices)
+    series = domain.Series("bench", "CT", "HEAD", "Head non-con",
+                           [domain.Slice(header=d, pixels=d.pixel_array) for d in datasets])
+    spec = preprocess.load_spec(REPO, "ich_detector")
+    device = "gpu" if preprocess.gpu_available() else "cpu"
+    t_dali, a = _timed(lambda: preprocess.preprocess_series(series, spec, "dali", device=device), args.repeat)
+    t_numpy, b = _timed(lambda: preprocess.preprocess_series(series, spec, "numpy"), args.repeat)
+    diff = float(np.abs(a - b).max())
+    backend = EmbeddedOnnxBackend(REPO)
+    t_infer, _ = _timed(lambda: backend.infer(ModelRef(name="ich_detector", version=1), a), args.repeat)
+    n = len(series.slices)
+    print(f"preprocess one study ({n} slices 512x512 -> {n}x1x256x256), median of {args.repeat}:")
+    print(f"  DALI {device:3}      {t_dali * 1000:8.1f} ms  ({n / t_dali:7.0f} slices/s)")
+    print(f"  numpy         {t_numpy * 1000:8.1f} ms  ({n / t_numpy:7.0f} slices/s)")
+    print(f"  ratio DALI/numpy time: {t_dali / t_numpy:.2f}  (max abs difference {diff:.2e})")
+    print(f"  embedded ONNX inference of the batch: {t_infer * 1000:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

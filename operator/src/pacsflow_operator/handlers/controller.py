@@ -1,0 +1,295 @@
+"""What to reconcile when something changes, with bursts coalesced and renders serialised per object.
+
+Every render reads kopf's in-memory indexes (fed by the watches, updated before any handler runs for an
+event), so reconciling a router with 200 use cases costs no list request. Renders of one router are
+serialised by a lock and coalesced: a handler that waited for the lock while another render already
+saw its change skips its own, so a burst of use-case edits costs one ConfigMap write, and the last
+write always comes from the newest index state (no lost update).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from .. import API_VERSION
+from ..errors import InvalidSpecError, KubeApiError
+from ..kube import Kube
+from ..metrics import RECONCILE_DURATION, RECONCILIATIONS
+from ..reconcile import router as router_rc
+from ..reconcile import triton as triton_rc
+from ..reconcile.conditions import merge_conditions
+from ..reconcile.usecase import Binding, use_case_status
+from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec, TritonClusterSpec
+from ..settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@contextmanager
+def outcome(kind: str):
+    """Count and time one reconciliation; map domain errors to kopf's (the one translation table)."""
+    start = time.perf_counter()
+    result = "error"
+    try:
+        yield
+        result = "success"
+    except InvalidSpecError as exc:
+        result = "invalid"
+        raise kopf.PermanentError(str(exc)) from None
+    except KubeApiError as exc:
+        result = "retry"
+        raise kopf.TemporaryError(str(exc), delay=10) from None
+    finally:
+        RECONCILIATIONS.labels(kind=kind, outcome=result).inc()
+        RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - start)
+
+
+def parse_spec(model: type, spec: Mapping[str, Any], what: str):
+    """Validate a stored spec with its model; the API server already checked the schema, so a failure
+    here means the operator and the CRD disagree (or a CEL-free field rule failed)."""
+    try:
+        return model.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise InvalidSpecError(f"{what}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+
+
+def owner(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any]:
+    """A minimal owner body for :func:`kopf.adopt`."""
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, "namespace": namespace, "uid": uid}}
+
+
+@dataclass
+class _Serial:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    requested: int = 0
+    done: int = 0
+
+
+class Controller:
+    """Holds the API client, per-object serialisation and the cache of what was last written.
+
+    Parameters
+    ----------
+    kube
+        API access.
+    settings
+        Operator settings (default images).
+    """
+
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._serial: dict[tuple[str, str, str], _Serial] = defaultdict(_Serial)
+        # Last manifest this process applied per child: unchanged children are not re-sent on use-case
+        # edits. The object's own create/update/resume handler passes force=True and re-applies all.
+        self._applied: dict[tuple[str, str, str], str] = {}
+        self._status: dict[tuple[str, str, str], str] = {}
+        self._owned: dict[tuple[str, str, str], set[tuple[str, str, str]]] = defaultdict(set)
+
+    async def _apply_all(self, children: list[dict[str, Any]], namespace: str, owner_body: dict, force: bool) -> int:
+        owned = self._owned[(owner_body["kind"], namespace, owner_body["metadata"]["name"])]
+        written = 0
+        for child in children:
+            child = copy.deepcopy(child)
+            kopf.adopt(child, owner=owner_body)
+            key = (child["kind"], namespace, child["metadata"]["name"])
+            digest = json.dumps(child, sort_keys=True)
+            if not force and self._applied.get(key) == digest:
+                continue
+            await asyncio.to_thread(self.kube.apply, child, namespace)
+            self._applied[key] = digest
+            owned.add(key)
+            written += 1
+        return written
+
+    async def _patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any],
+                            stored: Mapping[str, Any] | None) -> None:
+        key = (kind, namespace, name)
+        digest = json.dumps(status, sort_keys=True)
+        if self._status.get(key) == digest:
+            return
+        if stored is not None and json.dumps(_subset(stored, status), sort_keys=True) == digest:
+            self._status[key] = digest
+            return
+        await asyncio.to_thread(self.kube.patch_status, kind, namespace, name, status)
+        self._status[key] = digest
+
+    async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Any]) -> Any:
+        state = self._serial[key]
+        state.requested += 1
+        mine = state.requested
+        async with state.lock:
+            if not force and state.done >= mine:
+                return None  # a render that started after our change was indexed already covered it
+            snapshot = state.requested
+            result = await work()
+            state.done = snapshot
+            return result
+
+    # --------------------------------------------------------------------------------- routers
+    async def sync_router(self, namespace: str, name: str, idx: Indexes, *, force: bool = False
+                          ) -> router_rc.RouterPlan | None:
+        """Render and apply one DicomRouter's children and status from the current indexes.
+
+        Returns
+        -------
+        RouterPlan or None
+            ``None`` when the router does not exist or a concurrent render already covered this change.
+        """
+        async def work() -> router_rc.RouterPlan | None:
+            entry = idx.router(namespace, name)
+            if entry is None:
+                return None
+            with outcome("DicomRouter"):
+                spec = parse_spec(DicomRouterSpec, entry["spec"], f"DicomRouter {name}")
+                use_cases = idx.use_case_specs(namespace, name)
+                triton_exists = (idx.triton(namespace, spec.triton_cluster) is not None
+                                 if spec.triton_cluster else None)
+                plan = router_rc.render_router(name, namespace, spec, use_cases, image=self.settings.router_image,
+                                               triton_cluster_exists=triton_exists)
+                written = await self._apply_all(plan.children, namespace,
+                                                owner("DicomRouter", namespace, name, entry["uid"]), force)
+                status = {
+                    "observedGeneration": entry["generation"],
+                    "conditions": merge_conditions(entry["status"].get("conditions"), plan.conditions,
+                                                   entry["generation"]),
+                    "useCases": len(plan.accepted),
+                    "configMap": router_rc.config_map_name(name),
+                }
+                await self._patch_status("DicomRouter", namespace, name, status, entry["status"])
+                log.info("DicomRouter %s/%s: %d use case(s), %d object(s) written", namespace, name,
+                         len(plan.accepted), written)
+                return plan
+
+        return await self._serialised(("DicomRouter", namespace, name), force, work)
+
+    # --------------------------------------------------------------------------------- tritons
+    async def sync_triton(self, namespace: str, name: str, idx: Indexes, *, force: bool = False) -> None:
+        """Render and apply one TritonCluster's children and status from the current indexes."""
+        async def work() -> None:
+            entry = idx.triton(namespace, name)
+            if entry is None:
+                return
+            with outcome("TritonCluster"):
+                spec = parse_spec(TritonClusterSpec, entry["spec"], f"TritonCluster {name}")
+                use_cases: dict[str, AIUseCaseSpec] = {}
+                for router_name in idx.routers_of_triton(namespace, name):
+                    use_cases.update(idx.use_case_specs(namespace, router_name))
+                plan = triton_rc.render_triton(name, spec, use_cases, render_image=self.settings.router_image)
+                await self._apply_all(plan.children, namespace,
+                                      owner("TritonCluster", namespace, name, entry["uid"]), force)
+                status = {
+                    "observedGeneration": entry["generation"],
+                    "conditions": merge_conditions(entry["status"].get("conditions"), plan.conditions,
+                                                   entry["generation"]),
+                    "models": plan.models,
+                }
+                await self._patch_status("TritonCluster", namespace, name, status, entry["status"])
+
+        await self._serialised(("TritonCluster", namespace, name), force, work)
+
+    # ------------------------------------------------------------------------------- use cases
+    def use_case_status(self, namespace: str, name: str, spec: AIUseCaseSpec, generation: int | None,
+                        stored: Mapping[str, Any] | None, idx: Indexes,
+                        plan: router_rc.RouterPlan | None) -> dict[str, Any]:
+        """The status one AIUseCase should have now (pure apart from reading the indexes)."""
+        router_entry = idx.router(namespace, spec.router)
+        router_spec = None
+        triton_exists = None
+        rejected = None
+        if router_entry is not None:
+            try:
+                router_spec = DicomRouterSpec.model_validate(dict(router_entry["spec"]))
+            except ValidationError:
+                router_spec = None
+            if router_spec is not None and router_spec.triton_cluster:
+                triton_exists = idx.triton(namespace, router_spec.triton_cluster) is not None
+            if plan is None and router_spec is not None:
+                # Not rendered by this handler (coalesced): recompute the rejection, which is pure and cheap.
+                _, rejected_map = router_rc.routing_config(spec.router, namespace, router_spec, {name: spec})
+                rejected = rejected_map.get(name)
+            elif plan is not None:
+                rejected = plan.rejected.get(name)
+        return use_case_status(namespace, spec, generation, stored,
+                               Binding(router_spec, triton_exists, rejected))
+
+    async def refresh_use_cases(self, namespace: str, router_name: str, idx: Indexes,
+                                plan: router_rc.RouterPlan | None) -> None:
+        """Re-write the status of every use case bound to a router (after the router or its Triton changed)."""
+        for uc_name, entry in idx.use_cases(namespace, router_name).items():
+            try:
+                spec = AIUseCaseSpec.model_validate(dict(entry["spec"]))
+            except ValidationError:
+                continue
+            status = self.use_case_status(namespace, uc_name, spec, entry["generation"], entry["status"], idx, plan)
+            await self._patch_status("AIUseCase", namespace, uc_name, status, entry["status"])
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """Drop the caches of a deleted object, so one re-created with the same name is written in full."""
+        for child in self._owned.pop((kind, namespace, name), ()):
+            self._applied.pop(child, None)
+        self._status.pop((kind, namespace, name), None)
+
+
+def _subset(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: stored.get(k) for k in wanted}
+
+
+
+class Indexes:
+    """Read access to kopf's indexes (see :mod:`.indexes`), by namespace and name."""
+
+    def __init__(self, routers: Any, tritons: Any, use_cases_by_router: Any) -> None:
+        self._routers = routers
+        self._tritons = tritons
+        self._ucs = use_cases_by_router
+
+    @staticmethod
+    def _one(index: Any, key: Key) -> dict[str, Any] | None:
+        store = index.get(key)
+        if not store:
+            return None
+        return next(iter(store))
+
+    def router(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Indexed DicomRouter (uid, generation, spec, status) or None."""
+        return self._one(self._routers, (namespace, name))
+
+    def triton(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Indexed TritonCluster or None."""
+        return self._one(self._tritons, (namespace, name))
+
+    def use_cases(self, namespace: str, router: str) -> dict[str, dict[str, Any]]:
+        """Indexed AIUseCases bound to a router, by name."""
+        return {e["name"]: e for e in self._ucs.get((namespace, router), ())}
+
+    def use_case_specs(self, namespace: str, router: str) -> dict[str, AIUseCaseSpec]:
+        """Valid specs of the AIUseCases bound to a router, by name."""
+        out = {}
+        for uc_name, entry in self.use_cases(namespace, router).items():
+            try:
+                out[uc_name] = AIUseCaseSpec.model_validate(dict(entry["spec"]))
+            except ValidationError:
+                log.warning("AIUseCase %s/%s has a spec the operator cannot read; left out", namespace, uc_name)
+        return out
+
+    def routers_of_triton(self, namespace: str, triton: str) -> list[str]:
+        """Names of the DicomRouters whose spec.tritonCluster is ``triton``."""
+        return sorted(
+            key[1] for key, store in self._routers.items()
+            if key[0] == namespace and any(e["spec"].get("tritonCluster") == triton for e in store)
+        )

@@ -1,0 +1,50 @@
+"""kopf in-memory indexes of the three kinds, so reconciles read bindings without list requests.
+
+kopf updates indexes before it calls any handler for the same event and starts handlers only once
+every index is populated, so a render never sees a half-listed namespace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from .. import GROUP, VERSION
+
+
+def _entry(name: str, body: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "uid": body["metadata"]["uid"],
+        "generation": body["metadata"].get("generation"),
+        "spec": dict(body.get("spec", {})),
+        "status": dict(body.get("status", {}) or {}),
+    }
+
+
+@kopf.index(GROUP, VERSION, "dicomrouters")
+def routers(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any] | None:
+    """(namespace, name) -> DicomRouter (a router being deleted counts as gone)."""
+    if meta.get("deletionTimestamp"):
+        return None
+    return {(namespace, name): _entry(name, body)}
+
+
+@kopf.index(GROUP, VERSION, "tritonclusters")
+def tritons(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any] | None:
+    """(namespace, name) -> TritonCluster."""
+    if meta.get("deletionTimestamp"):
+        return None
+    return {(namespace, name): _entry(name, body)}
+
+
+@kopf.index(GROUP, VERSION, "aiusecases")
+def use_cases_by_router(
+    namespace: str, name: str, body: Any, meta: Any, spec: Any, **_: Any
+) -> dict[tuple[str, str], Any] | None:
+    """(namespace, router name) -> AIUseCases bound to it. A use case being deleted is already left out,
+    so the render its delete handler triggers drops it from the routing config."""
+    if meta.get("deletionTimestamp") or not spec.get("router"):
+        return None
+    return {(namespace, spec["router"]): _entry(name, body)}

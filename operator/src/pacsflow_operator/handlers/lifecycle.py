@@ -1,0 +1,66 @@
+"""Operator start-up: kopf settings with pacsflow-owned names, API login, the shared controller."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from ..kube import Kube, load_client_configuration
+from ..settings import OperatorSettings
+from .controller import Controller
+
+FINALIZER = "pacsflow.io/finalizer"
+PREFIX = "pacsflow.io"
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Same credentials as :class:`Kube`: in-cluster service account, else ``KUBECONFIG`` (read now)."""
+    config = load_client_configuration()
+    # kubernetes>=36 keeps the bearer token under "BearerToken", older ones under "authorization".
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """Name kopf's bookkeeping after pacsflow and build the controller once per process."""
+    settings.persistence.finalizer = FINALIZER
+    # Annotations only: the CRD status schema is structural and would prune kopf's default status.kopf.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # kopf would post every handler log line >= INFO as an Event: one API request each. Events are posted
+    # explicitly (kopf.info/kopf.warn) where a user learns something; handler logs go to the log only.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.batching.worker_limit = 32
+    op_settings = memo.get("settings") or OperatorSettings()
+    memo.settings = op_settings
+    memo.controller = Controller(Kube(), op_settings)
+    if op_settings.metrics_port:
+        start_http_server(op_settings.metrics_port, op_settings.metrics_host)
+        logger.info("metrics on %s:%d/metrics", op_settings.metrics_host, op_settings.metrics_port)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Release the API connection pool."""
+    controller = memo.get("controller")
+    if controller is not None:
+        controller.kube.close()

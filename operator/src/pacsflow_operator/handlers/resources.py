@@ -1,0 +1,138 @@
+"""kopf handlers of DicomRouter, TritonCluster and AIUseCase: parse, reconcile, post Events.
+
+Who re-renders what:
+
+* a DicomRouter changes -> its children, its bound use cases' status, its TritonCluster(s);
+* a TritonCluster changes or goes -> its children, the routers that name it and their use cases' status;
+* an AIUseCase changes or goes -> its router's ConfigMap, the router's TritonCluster, its own status.
+
+AIUseCases carry the finalizer ``pacsflow.io/finalizer``: a deleted use case leaves the routing config
+before it disappears. Routers and clusters need none (their children go by ownerReference GC), so a
+missing operator never blocks their deletion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from .. import GROUP, VERSION
+from ..resources.v1alpha1 import AIUseCaseSpec
+from .controller import Controller, Indexes, outcome, parse_spec
+
+
+def _idx(kwargs: dict[str, Any]) -> Indexes:
+    return Indexes(kwargs["routers"], kwargs["tritons"], kwargs["use_cases_by_router"])
+
+
+def _ctl(memo: kopf.Memo) -> Controller:
+    return memo.controller
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", ()) if c["type"] == "Ready"), {})
+
+
+# ------------------------------------------------------------------------------------- DicomRouter
+@kopf.on.resume(GROUP, VERSION, "dicomrouters")
+@kopf.on.create(GROUP, VERSION, "dicomrouters")
+@kopf.on.update(GROUP, VERSION, "dicomrouters")
+async def router_changed(namespace: str, name: str, body: Any, old: Any, new: Any, memo: kopf.Memo,
+                         reason: str, **kwargs: Any) -> None:
+    """Apply the router's children and refresh everything that depends on it."""
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    plan = await ctl.sync_router(namespace, name, idx, force=True)
+    await ctl.refresh_use_cases(namespace, name, idx, plan)
+    clusters = {((d or {}).get("spec") or {}).get("tritonCluster") for d in (old, new, body)}
+    for cluster in sorted(c for c in clusters if c):
+        await ctl.sync_triton(namespace, cluster, idx)
+    if plan is not None and reason != "resume":
+        kopf.info(body, reason="Reconciled",
+                  message=f"routing config rendered with {len(plan.accepted)} use case(s)")
+        if plan.rejected:
+            kopf.warn(body, reason="UseCasesLeftOut",
+                      message="left out of the routing config (see their status): " + ", ".join(sorted(plan.rejected)))
+
+
+@kopf.on.event(GROUP, VERSION, "dicomrouters")
+async def router_event(type: str, namespace: str, name: str, body: Any, memo: kopf.Memo, **kwargs: Any) -> None:  # noqa: A002 - kopf's kwarg name
+    """A deleted router: its use cases say so, its TritonCluster stops loading their models."""
+    if type != "DELETED":
+        return
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    ctl.forget("DicomRouter", namespace, name)
+    await ctl.refresh_use_cases(namespace, name, idx, None)
+    cluster = (body.get("spec") or {}).get("tritonCluster")
+    if cluster:
+        await ctl.sync_triton(namespace, cluster, idx)
+
+
+# ----------------------------------------------------------------------------------- TritonCluster
+@kopf.on.resume(GROUP, VERSION, "tritonclusters")
+@kopf.on.create(GROUP, VERSION, "tritonclusters")
+@kopf.on.update(GROUP, VERSION, "tritonclusters")
+async def triton_changed(namespace: str, name: str, body: Any, memo: kopf.Memo, reason: str, **kwargs: Any) -> None:
+    """Apply the cluster's children; routers that name it learn that it exists."""
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    await ctl.sync_triton(namespace, name, idx, force=True)
+    await _refresh_routers_of(ctl, idx, namespace, name)
+    if reason != "resume":
+        kopf.info(body, reason="Reconciled", message="Triton Deployment and Service applied")
+
+
+@kopf.on.event(GROUP, VERSION, "tritonclusters")
+async def triton_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:  # noqa: A002
+    """A deleted cluster: routers that name it and their use cases say so."""
+    if type != "DELETED":
+        return
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    ctl.forget("TritonCluster", namespace, name)
+    await _refresh_routers_of(ctl, idx, namespace, name)
+
+
+async def _refresh_routers_of(ctl: Controller, idx: Indexes, namespace: str, cluster: str) -> None:
+    for router in idx.routers_of_triton(namespace, cluster):
+        plan = await ctl.sync_router(namespace, router, idx, force=True)
+        await ctl.refresh_use_cases(namespace, router, idx, plan)
+
+
+# --------------------------------------------------------------------------------------- AIUseCase
+@kopf.on.resume(GROUP, VERSION, "aiusecases")
+@kopf.on.create(GROUP, VERSION, "aiusecases")
+@kopf.on.update(GROUP, VERSION, "aiusecases")
+async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, meta: Any, status: Any, old: Any,
+                           new: Any, patch: kopf.Patch, memo: kopf.Memo, reason: str, **kwargs: Any) -> None:
+    """Re-render the router's routing config (and its Triton cluster), then this use case's status."""
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    with outcome("AIUseCase"):
+        uc = parse_spec(AIUseCaseSpec, spec, f"AIUseCase {name}")
+    plan = await ctl.sync_router(namespace, uc.router, idx)
+    router = idx.router(namespace, uc.router)
+    cluster = (router or {}).get("spec", {}).get("tritonCluster")
+    if cluster:
+        await ctl.sync_triton(namespace, cluster, idx)
+    stored = dict(status or {})
+    wanted = ctl.use_case_status(namespace, name, uc, meta.get("generation"), stored, idx, plan)
+    if {k: stored.get(k) for k in wanted} != wanted:
+        patch.status.update(wanted)
+    old_mode = ((old or {}).get("spec") or {}).get("mode")
+    if reason == "update" and old_mode and old_mode != uc.mode:
+        kopf.info(body, reason="ModeChanged", message=f"mode {old_mode} → {uc.mode}; the router reloads its config")
+    ready, before = _ready(wanted), _ready(stored)
+    # One Warning Event per new problem, not one per reconcile.
+    if ready.get("status") == "False" and (before.get("status"), before.get("reason")) != ("False", ready["reason"]):
+        kopf.warn(body, reason=ready["reason"], message=ready["message"])
+
+
+@kopf.on.delete(GROUP, VERSION, "aiusecases")
+async def use_case_deleted(namespace: str, name: str, spec: Any, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Drop the use case from its router's config (the index already left it out) before it goes."""
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    router_name = spec.get("router")
+    if router_name and idx.router(namespace, router_name) is not None:
+        await ctl.sync_router(namespace, router_name, idx)
+        cluster = idx.router(namespace, router_name)["spec"].get("tritonCluster")
+        if cluster:
+            await ctl.sync_triton(namespace, cluster, idx)
+    ctl.forget("AIUseCase", namespace, name)

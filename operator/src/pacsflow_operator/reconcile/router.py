@@ -1,0 +1,318 @@
+"""DicomRouter + its bound AIUseCases -> routing config, Deployment, Service, spool PVC, ConfigMap.
+
+The routing config is built with the router's own model (:mod:`pacsflow_router.config`) and validated
+with its own parser, so what the operator writes is exactly what the router will load. The router
+hot-reloads the ConfigMap's file, so the pod template carries no config hash: a mode change must not
+restart the pod (that would drop associations in flight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pacsflow_router.config import (
+    Audit,
+    Inference,
+    Metrics,
+    RoutingConfig,
+    UseCase,
+    parse_config,
+    render_config,
+)
+from pacsflow_router.errors import ConfigError
+
+from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
+from .conditions import Cond, ready
+
+CONFIG_KEY = "routing.yaml"
+CONFIG_DIR = "/etc/pacsflow"
+DATA_DIR = "/var/lib/pacsflow"
+EMBEDDED_MODEL_REPOSITORY = "/opt/pacsflow/model_repository"
+TRITON_HTTP_PORT = 8000
+# A non-root uid/gid that owns the spool volume (fsGroup) so the router never needs root.
+RUN_AS = 10001
+
+
+def deployment_name(router: str) -> str:
+    """Name of the router's Deployment and Service."""
+    return f"{router}-router"
+
+
+def config_map_name(router: str) -> str:
+    """Name of the ConfigMap holding the router's rendered routing config."""
+    return f"{router}-router-config"
+
+
+def pvc_name(router: str) -> str:
+    """Name of the router's spool PersistentVolumeClaim."""
+    return f"{router}-router-spool"
+
+
+def triton_url(cluster: str, namespace: str) -> str:
+    """``host:port`` of a TritonCluster's HTTP endpoint as seen from a router pod."""
+    from .triton import service_name  # local: triton.py imports nothing from here, keep it one-way
+
+    return f"{service_name(cluster)}.{namespace}.svc:{TRITON_HTTP_PORT}"
+
+
+def labels(router: str, component: str = "router") -> dict[str, str]:
+    """Recommended labels (app.kubernetes.io/*) of every child of a router."""
+    return {
+        "app.kubernetes.io/name": "pacsflow-router",
+        "app.kubernetes.io/instance": router,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "pacsflow",
+        "app.kubernetes.io/managed-by": "pacsflow-operator",
+    }
+
+
+def _selector(router: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "pacsflow-router", "app.kubernetes.io/instance": router}
+
+
+@dataclass(frozen=True)
+class RouterPlan:
+    """What one reconcile of a DicomRouter wants to exist and report."""
+
+    config: RoutingConfig
+    config_text: str
+    children: list[dict[str, Any]]
+    accepted: tuple[str, ...]
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    conditions: list[Cond] = field(default_factory=list)
+
+
+def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConfig:
+    """The routing config of a router with no use cases (what the pod needs from the router spec)."""
+    if spec.triton_cluster:
+        inference = Inference(backend="triton", url=triton_url(spec.triton_cluster, namespace))
+    else:
+        inference = Inference(backend="embedded", model_repository=EMBEDDED_MODEL_REPOSITORY)
+    return RoutingConfig(
+        ae_title=spec.ae_title,
+        port=spec.port,
+        bind_address="0.0.0.0",
+        allowed_calling_ae_titles=list(spec.allowed_calling_ae_titles),
+        spool_dir=f"{DATA_DIR}/spool",
+        completion=spec.completion,
+        destinations=list(spec.destinations),
+        inference=inference,
+        audit=Audit(url=f"sqlite:///{DATA_DIR}/audit.db"),
+        metrics=Metrics(port=spec.metrics_port, host="0.0.0.0"),
+    )
+
+
+def use_case(name: str, spec: AIUseCaseSpec) -> UseCase:
+    """The routing-config entry of one AIUseCase (its metadata.name is the use case name)."""
+    return UseCase(
+        name=name, model=spec.model, match=spec.match, mode=spec.mode, triage=spec.triage, outputs=spec.outputs
+    )
+
+
+def _as_wire(config: RoutingConfig) -> dict[str, Any]:
+    return config.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def routing_config(
+    name: str, namespace: str, spec: DicomRouterSpec, use_cases: Mapping[str, AIUseCaseSpec]
+) -> tuple[RoutingConfig, dict[str, str]]:
+    """The router's routing config and the use cases that could not be rendered, with why.
+
+    One bad AIUseCase (say, an SR destination the router does not define) must not take every other
+    use case on the router down with it, so each is validated on its own with the router's parser and
+    left out when it fails.
+
+    Parameters
+    ----------
+    name, namespace
+        The DicomRouter's name and namespace.
+    spec
+        The DicomRouter's spec.
+    use_cases
+        AIUseCase name -> spec, every use case bound to this router.
+
+    Returns
+    -------
+    tuple
+        The validated :class:`RoutingConfig` and ``{use case name: message}`` of those left out.
+    """
+    base = _as_wire(base_config(name, namespace, spec))
+    accepted: list[dict[str, Any]] = []
+    rejected: dict[str, str] = {}
+    for uc_name in sorted(use_cases):
+        try:
+            entry = use_case(uc_name, use_cases[uc_name]).model_dump(by_alias=True, mode="json", exclude_none=True)
+        except ValueError as exc:  # pydantic ValidationError, e.g. a metadata.name that is not a DNS label
+            rejected[uc_name] = f"cannot be a routing config use case: {exc}"
+            continue
+        try:
+            parse_config({**base, "useCases": [entry]}, source=f"for AIUseCase {uc_name}")
+        except ConfigError as exc:
+            rejected[uc_name] = str(exc)
+            continue
+        accepted.append(entry)
+    # The whole document goes through the router's parser too: the contract is what it accepts.
+    return parse_config({**base, "useCases": accepted}, source=f"of DicomRouter {name}"), rejected
+
+
+def render_router(
+    name: str,
+    namespace: str,
+    spec: DicomRouterSpec,
+    use_cases: Mapping[str, AIUseCaseSpec],
+    *,
+    image: str,
+    triton_cluster_exists: bool | None = None,
+) -> RouterPlan:
+    """Every child of a DicomRouter and its conditions.
+
+    Parameters
+    ----------
+    name, namespace
+        The DicomRouter's name and namespace.
+    spec
+        The DicomRouter's spec.
+    use_cases
+        AIUseCase name -> spec, every use case bound to this router.
+    image
+        Router image when the spec names none (the operator's default).
+    triton_cluster_exists
+        Whether ``spec.tritonCluster`` exists (``None`` when the router names none).
+
+    Returns
+    -------
+    RouterPlan
+        ConfigMap, PVC, Service, Deployment (in the order they should be applied) and conditions.
+    """
+    config, rejected = routing_config(name, namespace, spec, use_cases)
+    text = render_config(config)
+    children = [
+        _config_map(name, text),
+        _pvc(name, spec),
+        _service(name, spec),
+        _deployment(name, spec, spec.image or image),
+    ]
+    conds = []
+    if spec.triton_cluster is not None:
+        if triton_cluster_exists:
+            conds.append(Cond("TritonClusterFound", "True", "Found", f"inference runs on {spec.triton_cluster}"))
+        else:
+            conds.append(Cond(
+                "TritonClusterFound", "False", "TritonClusterNotFound",
+                f"TritonCluster {spec.triton_cluster!r} does not exist in namespace {namespace!r}: create it or "
+                "fix spec.tritonCluster; studies wait in the spool until inference is reachable.",
+            ))
+    n = len(config.use_cases)
+    if rejected:
+        conds.append(Cond(
+            "ConfigRendered", "True", "SomeUseCasesInvalid",
+            f"{n} of {n + len(rejected)} use cases rendered; left out (see their status): "
+            + ", ".join(sorted(rejected)),
+        ))
+    else:
+        conds.append(Cond("ConfigRendered", "True", "Rendered", f"{n} use case(s) rendered"))
+    conds.insert(0, ready(conds, f"router children applied with {n} use case(s)"))
+    return RouterPlan(config, text, children, tuple(u.name for u in config.use_cases), rejected, conds)
+
+
+def _config_map(name: str, text: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(name), "labels": labels(name, "routing-config")},
+        "data": {CONFIG_KEY: text},
+    }
+
+
+def _pvc(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
+    pvc_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.spool.size}},
+    }
+    if spec.spool.storage_class_name:
+        pvc_spec["storageClassName"] = spec.spool.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": pvc_name(name), "labels": labels(name, "spool")},
+        "spec": pvc_spec,
+    }
+
+
+def _service(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": deployment_name(name), "labels": labels(name)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(name),
+            "ports": [
+                {"name": "dicom", "port": spec.port, "targetPort": "dicom", "protocol": "TCP"},
+                {"name": "metrics", "port": spec.metrics_port, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
+    container = {
+        "name": "router",
+        "image": image,
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": [{"name": "PACSFLOW_ROUTER_LOG_FORMAT", "value": "json"}],
+        "ports": [
+            {"name": "dicom", "containerPort": spec.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"},
+        ],
+        # Ready = the DICOM listener accepts connections; alive = the metrics server still answers.
+        "readinessProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/metrics", "port": "metrics"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "volumeMounts": [
+            {"name": "spool", "mountPath": DATA_DIR},
+            # No subPath: kubelet only refreshes whole-directory ConfigMap mounts, and hot reload needs that.
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(name), "labels": labels(name)},
+        "spec": {
+            "replicas": spec.replicas,
+            # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": _selector(name)},
+            "template": {
+                "metadata": {"labels": labels(name)},
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    # Long enough to finish an association and fsync what was acknowledged.
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "spool", "persistentVolumeClaim": {"claimName": pvc_name(name)}},
+                        {"name": "config", "configMap": {"name": config_map_name(name)}},
+                    ],
+                },
+            },
+        },
+    }

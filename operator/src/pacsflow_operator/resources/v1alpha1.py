@@ -1,0 +1,324 @@
+"""API ``pacsflow.io/v1alpha1``: the single source of the CRD schema (``crdgen`` turns it into YAML).
+
+Field docstrings become the CRD's OpenAPI descriptions, so ``kubectl explain aiusecase.spec.mode`` says
+what a field does. Use-case level types (model reference, match rule, triage, outputs, destinations) are
+the router's own config model (:mod:`pacsflow_router.config`), so what a user writes in an ``AIUseCase``
+is exactly what the router validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pacsflow_router.config import (
+    MODES,
+    AETitle,
+    Completion,
+    Destination,
+    Match,
+    Mode,
+    ModelRef,
+    Name,
+    Outputs,
+    Port,
+    Triage,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+# Kubernetes resource.Quantity, same pattern the API server uses for quantities in core types.
+Quantity = Annotated[
+    str, Field(pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTPE]*[-+]?[0-9]*)$", examples=["10Gi"])
+]
+
+_MODE_RANK = "{" + ", ".join(f"'{m}': {i}" for i, m in enumerate(MODES)) + "}"
+
+#: CEL transition rule on ``AIUseCase.spec.mode``: promote one phase at a time, demote any time.
+MODE_TRANSITION_RULE = f"{_MODE_RANK}[self] <= {_MODE_RANK}[oldSelf] + 1"
+MODE_TRANSITION_MESSAGE = (
+    "A use case is promoted one phase at a time (silent → assistive → triage) so that each phase is "
+    "reviewed before the next: set spec.mode to 'assistive' first and review its reports. Demotion to "
+    "any lower phase is always allowed."
+)
+_MODE_TRANSITION_MESSAGE_EXPRESSION = (
+    "'spec.mode cannot go from ' + oldSelf + ' to ' + self + ': a use case is promoted one phase at a "
+    "time (silent → assistive → triage) so that each phase is reviewed before the next; set it to '"
+    " + (oldSelf == 'silent' ? 'assistive' : 'triage') + ' first. Demotion to any lower phase is always "
+    "allowed.'"
+)
+REPLICAS_MESSAGE = (
+    "spec.replicas is at most 1: a study's instances may arrive over several associations, and until "
+    "routers share study state two router pods behind one Service would each see part of a study and "
+    "process incomplete studies. Use 0 to stop the router or 1 to run it."
+)
+ROUTER_IMMUTABLE_MESSAGE = (
+    "spec.router cannot change: create a new AIUseCase bound to the other router and delete this one "
+    "(its audit trail stays with the router that ran it)."
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True
+    )
+
+
+# --------------------------------------------------------------------------------------------- status
+class Condition(_Model):
+    """A KEP-1623 condition (the shape of ``metav1.Condition``)."""
+
+    type: str = Field(min_length=1, max_length=316)
+    """Condition type in CamelCase, e.g. ``Ready``."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """Machine-readable CamelCase reason for the last transition."""
+    message: str = Field(default="", max_length=32768)
+    """What is wrong and what to do about it."""
+    last_transition_time: datetime
+    """When the condition last changed status."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """``metadata.generation`` the condition was computed from."""
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+]
+
+
+class _Status(_Model):
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` the operator last reconciled."""
+    conditions: Conditions = Field(default_factory=list)
+    """Current state: ``Ready`` plus the conditions that say why not."""
+
+
+# -------------------------------------------------------------------------------------- DicomRouter
+class Spool(_Model):
+    """The router's durable spool volume (received instances, study state, outbox, audit store)."""
+
+    size: Quantity = "10Gi"
+    """Requested size of the spool PersistentVolumeClaim."""
+    storage_class_name: str | None = None
+    """StorageClass of the spool PVC (cluster default when unset)."""
+
+
+class DicomRouterSpec(_Model):
+    """A DICOM router: a C-STORE SCP that runs AI use cases on complete studies and sends results on."""
+
+    ae_title: AETitle = "PACSFLOW"
+    """The router's own AE title (what modalities and the PACS call)."""
+    port: Port = 11112
+    """DICOM port of the router's Service and container."""
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self <= 1", "message": REPLICAS_MESSAGE}]},
+    )
+    """Router pods: 0 (stopped) or 1. At most 1 until routers share study state, because a study's
+    instances may arrive over several associations and two pods would split studies."""
+    image: str | None = Field(default=None, min_length=1)
+    """Router container image (the operator's default router image when unset)."""
+    # Same spelling as the routing config (DICOM writes "AE Title", not "Ae Title").
+    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list, alias="allowedCallingAETitles")
+    """Calling AE titles accepted; associations from any other AE title are rejected."""
+    completion: Completion = Field(default_factory=Completion)
+    """When a study counts as complete."""
+    destinations: Annotated[
+        list[Destination],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = Field(default_factory=list)
+    """DICOM peers results are sent to; use cases name one in ``outputs.structuredReport.destination``."""
+    triton_cluster: Name | None = None
+    """Name of the TritonCluster (same namespace) that runs inference; in-process ONNX Runtime when unset."""
+    spool: Spool = Field(default_factory=Spool)
+    """Durable spool volume."""
+    metrics_port: Port = 9108
+    """Port of the router's Prometheus /metrics endpoint."""
+
+
+class DicomRouterStatus(_Status):
+    """Observed state of a DicomRouter."""
+
+    use_cases: int | None = Field(default=None, ge=0)
+    """Number of AIUseCases rendered into the routing config."""
+    config_map: str | None = None
+    """ConfigMap holding the rendered routing config (hot-reloaded by the router)."""
+
+
+# ------------------------------------------------------------------------------------ TritonCluster
+class ModelRepository(_Model):
+    """Where Triton's model repository lives."""
+
+    persistent_volume_claim: Name
+    """PersistentVolumeClaim (same namespace) holding the Triton-layout model repository."""
+
+
+class TritonClusterSpec(_Model):
+    """A Triton Inference Server deployment serving the models that AIUseCases pin."""
+
+    image: str = Field(min_length=1)
+    """Triton container image, e.g. ``nvcr.io/nvidia/tritonserver:25.01-py3``."""
+    replicas: int = Field(default=1, ge=0)
+    """Triton pods."""
+    gpus_per_replica: int = Field(default=1, ge=0)
+    """``nvidia.com/gpu`` per pod (0 runs on CPU)."""
+    model_repository: ModelRepository
+    """Model repository volume."""
+
+
+class ServedModel(_Model):
+    """A model the operator configured on this cluster."""
+
+    name: str
+    """Triton model name."""
+    versions: list[int] = Field(default_factory=list)
+    """Versions loaded (every version a bound use case pins)."""
+
+
+class TritonClusterStatus(_Status):
+    """Observed state of a TritonCluster."""
+
+    models: list[ServedModel] = Field(default_factory=list)
+    """Models and versions the rendered model configs load."""
+
+
+# ---------------------------------------------------------------------------------------- AIUseCase
+class AIUseCaseSpec(_Model):
+    """One clinical AI use case on one router, served by one pinned model version."""
+
+    router: Name = Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": ROUTER_IMMUTABLE_MESSAGE}]
+        }
+    )
+    """Name of the DicomRouter (same namespace) whose studies this use case runs on. Immutable."""
+    model: ModelRef
+    """Triton model name and pinned version."""
+    match: Match = Field(default_factory=Match)
+    """Which studies the use case applies to (DICOM attributes; an empty list matches any)."""
+    mode: Mode = Field(
+        default="silent",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": MODE_TRANSITION_RULE,
+                    "message": MODE_TRANSITION_MESSAGE,
+                    "messageExpression": _MODE_TRANSITION_MESSAGE_EXPRESSION,
+                    "reason": "FieldValueForbidden",
+                }
+            ]
+        },
+    )
+    """Rollout phase. silent: results audited, never shown; assistive: SR sent to the PACS; triage: SR
+    and a critical flag above the threshold. Promote one phase at a time; demote any time."""
+    triage: Triage = Field(default_factory=Triage)
+    """Triage settings (used in triage mode)."""
+    outputs: Outputs = Field(default_factory=Outputs)
+    """Where results go in assistive and triage mode."""
+
+
+class ModeChange(_Model):
+    """One entry of the rollout history."""
+
+    mode: Mode
+    """Mode the use case entered."""
+    since: datetime
+    """When the operator observed the change."""
+    generation: int | None = Field(default=None, ge=0)
+    """``metadata.generation`` that carried the change."""
+
+
+class AIUseCaseStatus(_Status):
+    """Observed state of an AIUseCase."""
+
+    mode_history: list[ModeChange] = Field(default_factory=list)
+    """Every mode the use case has been in, oldest first."""
+
+
+# --------------------------------------------------------------------------------------------- kinds
+@dataclass(frozen=True)
+class Kind:
+    """A custom resource kind: its names, models and ``kubectl get`` columns."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    columns: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def singular(self) -> str:
+        """Lower-case singular name."""
+        return self.kind.lower()
+
+
+def _ready_column() -> dict[str, Any]:
+    return {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'}
+
+
+def _reason_column() -> dict[str, Any]:
+    return {
+        "name": "Reason",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    }
+
+
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+DICOM_ROUTER = Kind(
+    kind="DicomRouter",
+    plural="dicomrouters",
+    short_names=("dr", "router"),
+    spec=DicomRouterSpec,
+    status=DicomRouterStatus,
+    columns=(
+        {"name": "AE Title", "type": "string", "jsonPath": ".spec.aeTitle"},
+        {"name": "Port", "type": "integer", "jsonPath": ".spec.port"},
+        {"name": "Triton", "type": "string", "jsonPath": ".spec.tritonCluster"},
+        {"name": "Use Cases", "type": "integer", "jsonPath": ".status.useCases"},
+        _ready_column(),
+        _reason_column(),
+        _AGE,
+    ),
+)
+TRITON_CLUSTER = Kind(
+    kind="TritonCluster",
+    plural="tritonclusters",
+    short_names=("tc", "triton"),
+    spec=TritonClusterSpec,
+    status=TritonClusterStatus,
+    columns=(
+        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpusPerReplica"},
+        {"name": "Image", "type": "string", "priority": 1, "jsonPath": ".spec.image"},
+        _ready_column(),
+        _reason_column(),
+        _AGE,
+    ),
+)
+AI_USE_CASE = Kind(
+    kind="AIUseCase",
+    plural="aiusecases",
+    short_names=("aiuc", "usecase"),
+    spec=AIUseCaseSpec,
+    status=AIUseCaseStatus,
+    columns=(
+        {"name": "Router", "type": "string", "jsonPath": ".spec.router"},
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+        {"name": "Version", "type": "integer", "jsonPath": ".spec.model.version"},
+        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+        _ready_column(),
+        _reason_column(),
+        _AGE,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (DICOM_ROUTER, TRITON_CLUSTER, AI_USE_CASE)

@@ -1,0 +1,24 @@
+"""Operator process settings (``PACSFLOW_OPERATOR_*``), loaded once at startup and passed down."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """Settings of the ``pacsflow-operator`` process (environment variables ``PACSFLOW_OPERATOR_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PACSFLOW_OPERATOR_")
+
+    router_image: str = "ghcr.io/pacsflow/router:0.1.0"
+    """Router image for DicomRouters whose spec names none."""
+    metrics_port: int = 8080
+    """Port of the operator's own /metrics endpoint (0: not served, e.g. in tests)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint binds to."""
+    log_level: str = "INFO"
+    """Root log level."""
+    log_format: Literal["text", "json"] = "text"
+    """``json`` in containers (one object per line), ``text`` on a terminal."""

@@ -1,0 +1,196 @@
+"""The audit trail of every AI interaction, append-only, in any SQLAlchemy database (SQLite by default).
+
+Two tables, written with SQLAlchemy Core so the same code runs on SQLite and PostgreSQL:
+
+``audit_results``
+    One row per study, use case and model (name, version), whatever the mode: what the AI concluded (probability,
+    critical flag), what the router did with it (outcome: ``reported``, ``reported-critical``, ``logged-silent``,
+    ``error: <reason>``), timings, and where the SR was queued. A unique constraint on (study key, use case, model
+    name, model version) makes a reprocess after a crash a no-op instead of a second record.
+``audit_events``
+    Delivery updates (``delivered``, ``retrying``, ``failed`` per destination), appended as new rows. Nothing is
+    ever UPDATEd or DELETEd through this module; the current destination status of a result is its latest event.
+
+Studies are identified by :func:`~.domain.study_key` (a hash), never by UID, name or ID: the audit store may be
+read by people who must not see patient data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger(__name__)
+
+METADATA = MetaData()
+
+RESULTS = Table(
+    "audit_results", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("study_key", String(64), nullable=False),
+    Column("use_case", String(63), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("probability", Float, nullable=True),
+    Column("critical", Boolean, nullable=False),
+    Column("outcome", String(255), nullable=False),
+    Column("timings", JSON, nullable=False),
+    Column("destination", String(63), nullable=True),
+    Column("destination_status", String(32), nullable=True),
+    UniqueConstraint("study_key", "use_case", "model_name", "model_version", name="audit_results_once"),
+)
+
+EVENTS = Table(
+    "audit_events", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("study_key", String(64), nullable=False),
+    Column("use_case", String(63), nullable=True),
+    Column("destination", String(63), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", String(1024), nullable=True),
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class AuditLog:
+    """Append-only audit store at a SQLAlchemy URL.
+
+    Parameters
+    ----------
+    url : str
+        ``sqlite:////abs/path/audit.db`` (parent directory created), ``sqlite://`` (in memory) or
+        ``postgresql://...``.
+    """
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        kwargs: dict = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                # One shared in-memory database across threads.
+                kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+            else:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, **kwargs)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_durable)
+        METADATA.create_all(self.engine)
+
+    def record_result(
+        self,
+        *,
+        study_key: str,
+        use_case: str,
+        mode: str,
+        model_name: str,
+        model_version: int,
+        probability: float | None,
+        critical: bool,
+        outcome: str,
+        timings: dict[str, float],
+        destination: str | None = None,
+        destination_status: str | None = None,
+    ) -> bool:
+        """Append the one result record of a study and use case.
+
+        Returns
+        -------
+        bool
+            True when written; False when this (study, use case, model, version) already has its record (a
+            reprocess after a crash), in which case nothing changes.
+        """
+        row = {
+            "recorded_at": _now(), "study_key": study_key, "use_case": use_case, "mode": mode,
+            "model_name": model_name, "model_version": int(model_version),
+            "probability": None if probability is None else float(probability), "critical": bool(critical),
+            "outcome": outcome[:255], "timings": {k: round(float(v), 6) for k, v in timings.items()},
+            "destination": destination, "destination_status": destination_status,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(RESULTS).values(**row))
+        except IntegrityError:
+            log.info("audit: study %s use case %s already recorded for %s v%s; keeping the first record",
+                     study_key, use_case, model_name, model_version)
+            return False
+        return True
+
+    def record_delivery(
+        self, *, study_key: str, use_case: str | None, destination: str, outcome: str, detail: str | None = None,
+    ) -> None:
+        """Append a delivery event (``delivered``, ``retrying``, ``failed``) for a study's result."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(EVENTS).values(
+                recorded_at=_now(), study_key=study_key, use_case=use_case, destination=destination,
+                outcome=outcome, detail=None if detail is None else detail[:1024],
+            ))
+
+    def records(self, *, study_key: str | None = None, use_case: str | None = None) -> list[dict]:
+        """Result records (oldest first), each with its ``deliveries`` (events, oldest first) and the current
+        ``destination_status`` (the latest event's outcome, else the status recorded with the result)."""
+        query = select(RESULTS).order_by(RESULTS.c.id)
+        events = select(EVENTS).order_by(EVENTS.c.id)
+        if study_key is not None:
+            query = query.where(RESULTS.c.study_key == study_key)
+            events = events.where(EVENTS.c.study_key == study_key)
+        if use_case is not None:
+            query = query.where(RESULTS.c.use_case == use_case)
+            events = events.where(EVENTS.c.use_case == use_case)
+        with self.engine.connect() as conn:
+            results = [dict(r._mapping) for r in conn.execute(query)]
+            deliveries = [dict(e._mapping) for e in conn.execute(events)]
+        for record in results:
+            mine = [e for e in deliveries
+                    if e["study_key"] == record["study_key"] and e["use_case"] == record["use_case"]
+                    and e["destination"] == record["destination"]]
+            record["deliveries"] = mine
+            if mine:
+                record["destination_status"] = mine[-1]["outcome"]
+        return results
+
+    def events(self, *, study_key: str | None = None) -> list[dict]:
+        """Delivery events (oldest first)."""
+        query = select(EVENTS).order_by(EVENTS.c.id)
+        if study_key is not None:
+            query = query.where(EVENTS.c.study_key == study_key)
+        with self.engine.connect() as conn:
+            return [dict(e._mapping) for e in conn.execute(query)]
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+
+def _sqlite_durable(dbapi_connection, _record) -> None:
+    # WAL lets the demo and tests read while the router writes; FULL makes a returned insert survive power loss.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()

@@ -1,0 +1,90 @@
+"""The router's Prometheus metrics: one registry, names per STYLE.md, labels only from configured values.
+
+Naming: prefix ``pacsflow_``, base units (seconds, bytes), counters end in ``_total`` (prometheus-client adds the
+suffix to a Counter's name), ``pacsflow_build_info``. Label values come only from bounded, configured sets: use
+case names, model names/versions, destination names, and the fixed outcome/reason vocabularies below; never
+UIDs, AE titles received from peers, or anything else a sender controls.
+
+Every module updates its own metrics through the objects here; :func:`start_metrics_server` exposes
+:data:`REGISTRY` on ``metrics.port``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+#: The router's own registry (not the global default one), so tests and embedding processes stay separate.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: Reasons an instance is refused (``pacsflow_instances_rejected_total{reason}``).
+REJECT_REASONS = ("spool-full", "unparseable", "unsupported-sop-class", "write-error")
+#: Outcomes of an association request (``pacsflow_associations_total{outcome}``).
+ASSOCIATION_OUTCOMES = ("accepted", "rejected", "aborted")
+#: Outcomes of one SR delivery attempt (``pacsflow_sr_exports_total{destination,outcome}``).
+EXPORT_OUTCOMES = ("delivered", "retrying", "failed")
+
+# Study latency spans seconds (completion wait excluded) to minutes (queue behind a busy GPU).
+_STUDY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+_STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+BUILD_INFO = Info("pacsflow_build", "pacsflow router build (label version).", registry=REGISTRY)
+
+# -- ingest (scp, spool) ----------------------------------------------------------------------------------------
+INSTANCES_RECEIVED = Counter(
+    "pacsflow_instances_received", "Instances acknowledged with success (durably spooled).", registry=REGISTRY)
+BYTES_RECEIVED = Counter(
+    "pacsflow_received_bytes", "Bytes of instances durably spooled.", registry=REGISTRY)
+INSTANCES_REJECTED = Counter(
+    "pacsflow_instances_rejected", "Instances answered with a failure status, by reason.", ["reason"],
+    registry=REGISTRY)
+ASSOCIATIONS = Counter(
+    "pacsflow_associations", "Inbound association requests, by outcome.", ["outcome"], registry=REGISTRY)
+
+# -- studies (studies, pipeline) --------------------------------------------------------------------------------
+QUEUE_DEPTH = Gauge(
+    "pacsflow_queue_depth_studies", "Studies received and waiting (incomplete or complete, not yet processed).",
+    registry=REGISTRY)
+STUDIES_IN_PROGRESS = Gauge(
+    "pacsflow_studies_in_progress", "Studies being processed by the pipeline now.", registry=REGISTRY)
+STUDIES_PROCESSED = Counter(
+    "pacsflow_studies_processed", "Study results per use case, by outcome (reported, logged-silent, ...).",
+    ["use_case", "outcome"], registry=REGISTRY)
+TIME_TO_RESULT = Histogram(
+    "pacsflow_study_time_to_result_seconds", "Last instance received -> SR delivered to its destination.",
+    ["use_case"], buckets=_STUDY_BUCKETS, registry=REGISTRY)
+PREPROCESS_SECONDS = Histogram(
+    "pacsflow_preprocess_seconds", "Preprocessing time per study and use case.", ["use_case"],
+    buckets=_STAGE_BUCKETS, registry=REGISTRY)
+INFERENCE_SECONDS = Histogram(
+    "pacsflow_inference_seconds", "Model inference time per study.", ["use_case", "model", "version"],
+    buckets=_STAGE_BUCKETS, registry=REGISTRY)
+CRITICAL_FINDINGS = Counter(
+    "pacsflow_critical_findings", "Studies flagged critical (triage mode, above the threshold).", ["use_case"],
+    registry=REGISTRY)
+INFERENCE_UNAVAILABLE = Counter(
+    "pacsflow_inference_unavailable_waits", "Times a study waited because the inference backend was unavailable.",
+    ["use_case"], registry=REGISTRY)
+CONFIG_RELOADS = Counter(
+    "pacsflow_config_reloads", "Routing config reloads, by outcome (applied, invalid).", ["outcome"],
+    registry=REGISTRY)
+
+# -- results out (export) ---------------------------------------------------------------------------------------
+SR_EXPORTS = Counter(
+    "pacsflow_sr_exports", "SR delivery attempts, by destination and outcome (delivered, retrying, failed).",
+    ["destination", "outcome"], registry=REGISTRY)
+OUTBOX_PENDING = Gauge(
+    "pacsflow_outbox_pending", "SRs waiting in the durable outbox for delivery.", registry=REGISTRY)
+EXPORT_ASSOCIATIONS = Counter(
+    "pacsflow_export_associations", "Outbound associations opened, by destination (low = reuse works).",
+    ["destination"], registry=REGISTRY)
+
+
+def start_metrics_server(host: str, port: int) -> tuple[object, object]:
+    """Serve :data:`REGISTRY` at ``http://host:port/metrics`` from a daemon thread.
+
+    Returns
+    -------
+    tuple
+        prometheus-client's ``(server, thread)``; ``server.shutdown()`` stops it.
+    """
+    return start_http_server(port, addr=host, registry=REGISTRY)

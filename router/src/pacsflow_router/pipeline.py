@@ -1,0 +1,126 @@
+"""One complete study through every use case: match -> preprocess -> infer -> findings -> mode gate -> SR/audit.
+
+This is the router's one data path (ARCHITECTURE.md "Data path"). It runs on the pipeline thread, never on a DICOM
+association thread. Exactly-once per study and use case comes from three durable facts: the study tracker's
+``mark_done`` row, the outbox's uniqueness on the SR's deterministic SOP Instance UID, and the audit log's
+uniqueness on (study, use case, model version). A crash between any two of them repeats the work on restart and the
+repeated write is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from . import __version__, metrics
+from .audit import AuditLog
+from .config import RoutingConfig, UseCase
+from .domain import StudyRef, StudyResult
+from .errors import InferenceError, InferenceUnavailableError
+from .export import Outbox
+from .findings import summarize
+from .inference import InferenceBackend
+from .matching import select_series
+from .preprocess import load_spec, preprocess_series
+from .reports import build_sr
+from .studies import StudyTracker
+from .volume import load_study
+
+log = logging.getLogger(__name__)
+
+# Triton priority levels: 1 is served first. Triage studies jump the queue; silent ones never delay clinical work.
+PRIORITY = {"triage": 1, "assistive": 2, "silent": 3}
+
+
+@dataclass
+class Pipeline:
+    """Processes complete studies; holds no state of its own beyond the components it is given."""
+
+    config: RoutingConfig
+    tracker: StudyTracker
+    backend: InferenceBackend
+    outbox: Outbox
+    audit: AuditLog
+    preprocess_backend: str = "dali"
+
+    def process(self, ref: StudyRef) -> bool:
+        """Run every use case on one complete study.
+
+        Returns True when the study is finished (every use case has its one result), False when it must be retried
+        later (the inference backend is unavailable); the study then stays durable and due.
+        """
+        started = time.monotonic()
+        study = load_study(ref)
+        timings_base = {"load": time.monotonic() - started}
+        for use_case in self.config.use_cases:
+            if self.tracker.is_done(ref.study_uid, use_case.name):
+                continue
+            series = select_series(use_case.match, study)
+            if series is None:
+                self.tracker.mark_done(ref.study_uid, use_case.name, "not-applicable")
+                continue
+            try:
+                outcome = self._run_use_case(study, series, use_case, dict(timings_base))
+            except InferenceUnavailableError as exc:
+                log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
+                metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
+                return False
+            except InferenceError as exc:
+                # Permanent for this study (e.g. a pinned version the repository does not have): audit, move on.
+                log.error("study %s use case %s failed: %s", ref.key, use_case.name, exc)
+                self.audit.record_result(
+                    study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
+                    model_name=use_case.model.name, model_version=use_case.model.version,
+                    probability=None, critical=False, outcome=f"error: {exc}", timings={},
+                    destination=None, destination_status=None,
+                )
+                metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
+                outcome = "error"
+            self.tracker.mark_done(ref.study_uid, use_case.name, outcome)
+        self.tracker.finish(ref.study_uid)
+        return True
+
+    def _run_use_case(self, study, series, use_case: UseCase, timings: dict[str, float]) -> str:
+        model = use_case.model
+        t0 = time.monotonic()
+        spec = load_spec(self.config.inference.model_repository, model)
+        batch = preprocess_series(series, spec, backend=self.preprocess_backend)
+        t1 = time.monotonic()
+        output = self.backend.infer(model, batch, priority=PRIORITY[use_case.mode])
+        t2 = time.monotonic()
+        timings.update(preprocess=t1 - t0, inference=t2 - t1)
+        metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(t1 - t0)
+        metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(t2 - t1)
+
+        threshold = use_case.triage.critical_threshold
+        finding = summarize(series, output, critical_threshold=threshold)
+        critical = use_case.mode == "triage" and finding.probability >= threshold
+        result = StudyResult(
+            use_case=use_case.name, model_name=model.name, model_version=model.version,
+            finding=finding, critical=critical, timings=timings,
+        )
+        destination = None
+        # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
+        if use_case.mode in ("assistive", "triage") and use_case.outputs.structured_report is not None:
+            t3 = time.monotonic()
+            sr = build_sr(study, result, use_case, software_version=__version__)
+            timings["report"] = time.monotonic() - t3
+            destination = use_case.outputs.structured_report.destination
+            self.outbox.enqueue(destination, sr, study_key=study.ref.key, use_case=use_case.name,
+                                last_received=study.ref.last_received)
+        outcome = {"silent": "logged-silent", "assistive": "reported", "triage": "reported"}[use_case.mode]
+        if critical:
+            outcome = "reported-critical"
+            metrics.CRITICAL_FINDINGS.labels(use_case.name).inc()
+            log.warning("study %s flagged CRITICAL by %s (p=%.3f)", study.ref.key, use_case.name, finding.probability)
+        self.audit.record_result(
+            study_key=study.ref.key, use_case=use_case.name, mode=use_case.mode,
+            model_name=model.name, model_version=model.version, probability=finding.probability,
+            critical=critical, outcome=outcome, timings=timings,
+            destination=destination, destination_status="queued" if destination else None,
+        )
+        metrics.STUDIES_PROCESSED.labels(use_case.name, outcome).inc()
+        log.info("study %s use case %s (%s): p=%.3f -> %s", study.ref.key, use_case.name, use_case.mode,
+                 finding.probability, outcome)
+        return outcome

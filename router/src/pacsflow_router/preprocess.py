@@ -1,0 +1,323 @@
+"""Slices -> the model's input tensor: HU rescale, window, resize, normalise (DALI, with a numpy reference).
+
+The steps and their parameters come from the model's preprocessing spec,
+``<model_repository>/<model>/preprocess.json`` (a ``<version>/preprocess.json`` overrides it), so the
+model, its training script and both implementations here share one definition:
+
+1. HU = stored value x Rescale Slope + Rescale Intercept (PS3.3 C.11.1.1.2; 1 and 0 when absent);
+2. window: ``clip((HU - (center - width / 2)) / width, 0, 1)``;
+3. resize to ``size`` (rows, cols) with bilinear interpolation, pixel centres aligned at half-pixel
+   offsets (``src = (dst + 0.5) * in / out - 0.5``, clamped at the border) and no antialiasing, so DALI's
+   ``fn.resize`` (``INTERP_LINEAR``, ``antialias=False``) and the numpy reference compute the same sums;
+4. ``(x - mean) / std``; output float32 ``[N, 1, rows, cols]``.
+
+DALI runs on the CPU here (``device_id=None``) and puts the same stages on the GPU when one is present
+(``device="gpu"``, or ``"auto"`` when DALI sees a CUDA device).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import domain
+from .config import ModelRef
+from .errors import ConfigError, InferenceError
+
+__all__ = [
+    "PreprocessSpec", "load_spec", "read_spec", "rescale_of", "preprocess_numpy", "preprocess_dali",
+    "preprocess_series", "build_pipeline", "gpu_available", "SPEC_FILE",
+]
+
+SPEC_FILE = "preprocess.json"
+#: Largest batch one DALI run takes; longer series run in chunks of this size.
+MAX_BATCH = 64
+
+Backend = Literal["dali", "numpy"]
+Device = Literal["auto", "cpu", "gpu"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Window(_Spec):
+    """Display window applied to HU values (brain window by default)."""
+
+    center: float = 40.0
+    width: float = Field(default=80.0, gt=0)
+
+
+class Normalize(_Spec):
+    """Normalisation after windowing and resize: ``(x - mean) / std``."""
+
+    mean: float = 0.0
+    std: float = Field(default=1.0, gt=0)
+
+
+class PreprocessSpec(_Spec):
+    """A model's preprocessing parameters (``preprocess.json``)."""
+
+    description: str = ""
+    window: Window = Field(default_factory=Window)
+    size: tuple[int, int] = (256, 256)
+    """Output (rows, columns)."""
+    interpolation: Literal["linear"] = "linear"
+    normalize: Normalize = Field(default_factory=Normalize)
+
+
+def read_spec(path: str | Path) -> PreprocessSpec:
+    """Read and validate one ``preprocess.json``.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not a valid spec; the message names the file and the key.
+    """
+    path = Path(path)
+    try:
+        return PreprocessSpec.model_validate(json.loads(path.read_text()))
+    except OSError as exc:
+        raise ConfigError(f"cannot read preprocessing spec {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"preprocessing spec {path} is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid preprocessing spec {path}: {problems}") from None
+
+
+def load_spec(model_repository: str | Path, model: ModelRef | str, version: int | None = None) -> PreprocessSpec:
+    """The preprocessing spec of a model in a Triton-layout model repository.
+
+    Parameters
+    ----------
+    model_repository : str or Path
+        Root of the repository.
+    model : ModelRef or str
+        The model (name and pinned version) or just its name.
+    version : int, optional
+        Version folder to look in first (default: the ModelRef's version).
+
+    Returns
+    -------
+    PreprocessSpec
+        ``<repo>/<name>/<version>/preprocess.json`` if present, else ``<repo>/<name>/preprocess.json``.
+    """
+    name = model.name if isinstance(model, ModelRef) else model
+    if version is None and isinstance(model, ModelRef):
+        version = model.version
+    root = Path(model_repository) / name
+    if version is not None and (root / str(version) / SPEC_FILE).is_file():
+        return read_spec(root / str(version) / SPEC_FILE)
+    return read_spec(root / SPEC_FILE)
+
+
+def rescale_of(header: Any) -> tuple[float, float]:
+    """(slope, intercept) of the Modality LUT of an image header; (1, 0) when absent or malformed."""
+    try:
+        slope = float(header.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 1.0, 0.0
+    return slope, intercept
+
+
+# ---------------------------------------------------------------- numpy reference
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resampling with half-pixel centres, clamped at the border."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _resize_linear(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    r0, r1, fr = _linear_taps(image.shape[0], rows)
+    c0, c1, fc = _linear_taps(image.shape[1], cols)
+    tmp = image[r0] * (1 - fr)[:, None] + image[r1] * fr[:, None]
+    return tmp[:, c0] * (1 - fc) + tmp[:, c1] * fc
+
+
+def preprocess_numpy(
+    images: Sequence[np.ndarray], rescale: Sequence[tuple[float, float]], spec: PreprocessSpec
+) -> np.ndarray:
+    """The numpy reference of the preprocessing (also what the training script uses).
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        2-D stored-value images, any size and integer/float dtype.
+    rescale : sequence of (float, float)
+        (slope, intercept) per image.
+    spec : PreprocessSpec
+        Window, output size and normalisation.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[N, 1, rows, cols]``.
+    """
+    rows, cols = spec.size
+    lo, width = spec.window.center - spec.window.width / 2, spec.window.width
+    out = np.empty((len(images), 1, rows, cols), dtype=np.float32)
+    for n, (image, (slope, intercept)) in enumerate(zip(images, rescale, strict=True)):
+        hu = image.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        windowed = np.clip((hu - np.float32(lo)) / np.float32(width), 0.0, 1.0)
+        resized = _resize_linear(windowed, rows, cols)
+        out[n, 0] = (resized - np.float32(spec.normalize.mean)) / np.float32(spec.normalize.std)
+    return out
+
+
+# ---------------------------------------------------------------- DALI
+
+
+def gpu_available() -> bool:
+    """Whether DALI sees a CUDA device (False on machines without a driver, never raises)."""
+    try:
+        from nvidia.dali import backend as dali_backend
+
+        return int(dali_backend.GetCUDADeviceCount()) > 0
+    except (ImportError, RuntimeError, OSError):
+        return False
+
+
+def build_pipeline(
+    spec: PreprocessSpec,
+    *,
+    device: Literal["cpu", "gpu"] = "cpu",
+    batch_size: int = MAX_BATCH,
+    num_threads: int = 1,
+    input_dtype: str = "int16",
+) -> Any:
+    """A built DALI pipeline computing the spec's steps (the graph a Triton dali_backend model can serialise).
+
+    Inputs (``feed_input``): ``raw`` HWC images of ``input_dtype``, ``slope`` and ``intercept`` float32
+    scalars per sample. Output: float32 CHW ``[1, rows, cols]`` per sample.
+    """
+    import nvidia.dali as dali
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    rows, cols = spec.size
+    lo, width = spec.window.center - spec.window.width / 2, spec.window.width
+    mean, std = spec.normalize.mean, spec.normalize.std
+    dtypes = {"int16": types.INT16, "uint16": types.UINT16, "uint8": types.UINT8, "float32": types.FLOAT}
+
+    @dali.pipeline_def(
+        batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None,
+        # Synchronous, one iteration in flight: each call feeds one batch and reads it back.
+        exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
+    )
+    def _pipeline():
+        raw = fn.external_source(name="raw", layout="HWC", dtype=dtypes[input_dtype])
+        slope = fn.external_source(name="slope", dtype=types.FLOAT)
+        intercept = fn.external_source(name="intercept", dtype=types.FLOAT)
+        if device == "gpu":
+            raw, slope, intercept = raw.gpu(), slope.gpu(), intercept.gpu()
+        hu = fn.cast(raw, dtype=types.FLOAT) * slope + intercept
+        windowed = dali.math.clamp((hu - lo) / width, 0.0, 1.0)
+        resized = fn.resize(windowed, resize_x=cols, resize_y=rows, interp_type=types.INTERP_LINEAR,
+                            antialias=False, dtype=types.FLOAT)
+        return fn.transpose((resized - mean) / std, perm=[2, 0, 1])
+
+    pipe = _pipeline()
+    pipe.build()
+    return pipe
+
+
+_pipelines: dict[tuple, tuple[threading.Lock, Any]] = {}
+_pipelines_lock = threading.Lock()
+
+
+def _cached_pipeline(spec: PreprocessSpec, device: str, input_dtype: str) -> tuple[threading.Lock, Any]:
+    # Building a pipeline costs ~100 ms; one per (spec, device, dtype) lives for the process.
+    key = (spec, device, input_dtype)
+    with _pipelines_lock:
+        if key not in _pipelines:
+            _pipelines[key] = (threading.Lock(), build_pipeline(spec, device=device, input_dtype=input_dtype))
+        return _pipelines[key]
+
+
+def _resolve_device(device: Device) -> Literal["cpu", "gpu"]:
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device == "gpu" and not gpu_available():
+        raise InferenceError("preprocessing device 'gpu' requested but DALI sees no CUDA device; use 'cpu' or 'auto'")
+    return device
+
+
+def preprocess_dali(
+    images: Sequence[np.ndarray],
+    rescale: Sequence[tuple[float, float]],
+    spec: PreprocessSpec,
+    *,
+    device: Device = "auto",
+) -> np.ndarray:
+    """The DALI implementation of :func:`preprocess_numpy` (same arguments and result).
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "gpu"}
+        Where DALI runs the stages; ``auto`` picks the GPU when DALI sees one.
+    """
+    if len(images) != len(rescale):
+        raise ValueError(f"{len(images)} images but {len(rescale)} rescale pairs")
+    rows, cols = spec.size
+    if not images:
+        return np.empty((0, 1, rows, cols), dtype=np.float32)
+    where = _resolve_device(device)
+    dtypes = {np.dtype(im.dtype).name for im in images}
+    # One dtype per batch: native int16 (CT) goes in as is; anything else as float32 (exact for <= 24-bit ints).
+    input_dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"int16", "uint16", "uint8", "float32"} else "float32"
+    lock, pipe = _cached_pipeline(spec, where, input_dtype)
+    out = np.empty((len(images), 1, rows, cols), dtype=np.float32)
+    with lock:  # a DALI pipeline is not thread-safe; feeding and running must pair up
+        for start in range(0, len(images), MAX_BATCH):
+            chunk = images[start:start + MAX_BATCH]
+            pipe.feed_input("raw", [np.ascontiguousarray(im, dtype=input_dtype)[:, :, None] for im in chunk])
+            pipe.feed_input("slope", [np.float32(s) for s, _ in rescale[start:start + MAX_BATCH]])
+            pipe.feed_input("intercept", [np.float32(i) for _, i in rescale[start:start + MAX_BATCH]])
+            (result,) = pipe.run()
+            if where == "gpu":
+                result = result.as_cpu()
+            out[start:start + len(chunk)] = result.as_array()
+    return out
+
+
+def preprocess_series(
+    series: domain.Series, spec: PreprocessSpec, backend: Backend = "dali", *, device: Device = "auto"
+) -> np.ndarray:
+    """Preprocess the slices of a series (in their sorted order) into the model's input batch.
+
+    Parameters
+    ----------
+    series : domain.Series
+        Decoded slices of any matrix size; Rescale Slope/Intercept read from each slice's header.
+    spec : PreprocessSpec
+        The model's spec (:func:`load_spec`).
+    backend : {"dali", "numpy"}
+        DALI pipeline (production) or the numpy reference.
+    device : {"auto", "cpu", "gpu"}
+        DALI device (ignored by the numpy backend).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[N, 1, rows, cols]``, N = number of slices.
+    """
+    images = [s.pixels for s in series.slices]
+    rescale = [rescale_of(s.header) for s in series.slices]
+    if backend == "numpy":
+        return preprocess_numpy(images, rescale, spec)
+    if backend == "dali":
+        return preprocess_dali(images, rescale, spec, device=device)
+    raise ValueError(f"unknown preprocessing backend {backend!r}; use 'dali' or 'numpy'")

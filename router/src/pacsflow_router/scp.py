@@ -1,0 +1,283 @@
+"""DICOM receive edge: a pynetdicom C-STORE/C-ECHO SCP that only spools (PS3.4 Annex B, PS3.7 9.1.1).
+
+The one place pynetdicom's acceptor side is imported. Three things plain pynetdicom does not do are added here:
+
+* ``TCP_NODELAY`` on every accepted socket (pynetdicom never sets it; Nagle costs 40-90 ms per message), and a
+  socket timeout so a peer that stalls mid-PDU cannot pin an association thread forever.
+* PDU length guard: pynetdicom reads the 6-byte PDU header and then ``recv(length)`` for whatever length the peer
+  declares, so a header declaring 400 MB is buffered into ~1 GB of RAM. :class:`_PduGuardSocket` checks the declared
+  length before reading the body: P-DATA-TF above the maximum length we advertised (PS3.8 D.1), or any other PDU
+  above :data:`MAX_CONTROL_PDU_LENGTH` (like dcmtk's ~1 MB), is answered with A-ABORT (PS3.8 9.3.8, reason
+  "invalid PDU parameter value") and the connection closed without reading it.
+* An empty ``allowedCallingAETitles`` rejects everybody (pynetdicom reads an empty list as "anybody").
+
+Error table (domain error -> DICOM status), in one place: :data:`STATUS_FOR`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from .config import RoutingConfig
+from .errors import SpoolFullError, UnparseableInstanceError
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+# pynetdicom logs request/response identifiers (patient name, IDs) at INFO; STYLE.md forbids patient data in logs.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+#: Transfer syntaxes accepted and stored as received (never transcoded). pynetdicom picks the first of these that a
+#: presentation context proposes, so the order is a policy: lossless compressed first (a sender holding compressed
+#: images sends them as they are), then uncompressed, and lossy last (a sender that holds uncompressed images and
+#: also offers a lossy syntax is never made to compress lossily before inference).
+TRANSFER_SYNTAXES = [
+    JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, HTJ2KLosslessRPCL,
+    RLELossless,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K,
+]
+
+#: Maximum P-DATA-TF length we advertise (PS3.8 D.1 Maximum Length); larger PDUs mean fewer reads per instance.
+MAX_PDU_LENGTH = 256 * 1024
+#: Largest non-P-DATA PDU read (A-ASSOCIATE-RQ with 128 contexts and a SAML token stays well below this).
+MAX_CONTROL_PDU_LENGTH = 1024 * 1024
+
+#: Domain error -> C-STORE status (PS3.4 Table B.2-1): the one translation table of this edge.
+STATUS_FOR: dict[type[Exception], int] = {
+    SpoolFullError: 0xA700,  # Refused: Out of Resources
+    UnparseableInstanceError: 0xC000,  # Error: Cannot understand
+}
+
+_P_DATA_TF = 0x04
+# A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value): PS3.8 9.3.8.
+_A_ABORT_INVALID_PARAMETER = bytes([0x07, 0x00, 0, 0, 0, 4, 0x00, 0x00, 0x02, 0x06])
+
+
+class _PduGuardSocket(AssociationSocket):
+    """AssociationSocket that refuses over-long PDUs before reading their body.
+
+    pynetdicom's DUL reads each PDU as ``recv(6)`` (header) followed by ``recv(length)``; the guard sits in between.
+    """
+
+    _pdu_type: int | None = None
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if self._pdu_type is None and nr_bytes == 6:
+            header = self._recv_exact(6)
+            if len(header) == 6:
+                self._pdu_type = header[0]
+            return header
+        pdu_type, self._pdu_type = self._pdu_type, None
+        limit = self._limit(pdu_type)
+        if nr_bytes > limit:
+            log.warning("refused PDU type 0x%02X declaring %d bytes (limit %d); association aborted",
+                        pdu_type or 0, nr_bytes, limit)
+            self._refuse()
+            # A short read makes the DUL raise Evt17 (transport closed) and end the association cleanly.
+            return bytearray()
+        return self._recv_exact(nr_bytes)
+
+    def _limit(self, pdu_type: int | None) -> int:
+        if pdu_type == _P_DATA_TF:
+            advertised = self.assoc.acceptor.maximum_length
+            return advertised if advertised else MAX_PDU_LENGTH
+        return MAX_CONTROL_PDU_LENGTH
+
+    def _recv_exact(self, nr_bytes: int) -> bytearray:
+        # One preallocated buffer filled in place: pynetdicom's 4 KiB recv+extend loop costs ~3x more CPU per MB.
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        nr_read = 0
+        sock = self.socket
+        assert sock is not None
+        while nr_read < nr_bytes:
+            got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+            if not got:
+                del view
+                del buf[nr_read:]
+                return buf
+            nr_read += got
+        return buf
+
+    def _refuse(self) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.sendall(_A_ABORT_INVALID_PARAMETER)
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer may already be gone; the DUL closes the socket next either way
+
+
+class _RequestHandler(RequestHandler):
+    def _create_association(self):
+        assoc = super()._create_association()
+        # pynetdicom has no socket-class hook and AssociationSocket.__init__ has already queued Evt5 (transport
+        # connection indication), so the guard is installed by re-classing the instance it created.
+        assoc.dul.socket.__class__ = _PduGuardSocket
+        return assoc
+
+
+class _Server(ThreadedAssociationServer):
+    """ThreadedAssociationServer that tunes every accepted socket before pynetdicom sees it."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # accept() returns a blocking socket without timeout; a peer stalling mid-PDU would block recv forever.
+        client.settimeout(self.ae.network_timeout)
+        return client, address
+
+
+class _AcceptorAE(AE):
+    """AE whose calling AE title allow-list may be empty meaning "nobody" (pynetdicom: empty means anybody)."""
+
+    def __init__(self, ae_title: str, allowed: list[str]) -> None:
+        super().__init__(ae_title)
+        self._allowed = _AllowList(allowed)
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        return self._allowed
+
+
+class _AllowList(list):
+    # Always truthy so pynetdicom always checks membership, even when the list is empty (PS3.8 A-ASSOCIATE-RJ
+    # reason 3, calling AE title not recognised).
+    def __bool__(self) -> bool:
+        return True
+
+
+class DicomReceiver:
+    """C-STORE/C-ECHO SCP that durably spools every instance before answering success.
+
+    Parameters
+    ----------
+    config
+        Routing config: ``aeTitle``, ``bindAddress``, ``port`` and ``allowedCallingAETitles`` are used.
+    spool
+        Where instances go; :meth:`Spool.store` returning is what makes the status 0x0000.
+    port
+        Overrides ``config.port``; 0 picks a free port (tests).
+    on_stored
+        Called on the association thread after each successful store (keep it cheap: wake the pipeline, count).
+    acse_timeout, network_timeout, dimse_timeout
+        Seconds before an idle or stalled peer is dropped (association setup, silent connection, DIMSE message).
+    maximum_associations
+        Concurrent associations; beyond it requests are rejected (transient, local limit exceeded).
+    """
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        spool: Spool,
+        on_stored: Callable[[], None] | None = None,
+        *,
+        port: int | None = None,
+        acse_timeout: float = 30.0,
+        network_timeout: float = 60.0,
+        dimse_timeout: float = 60.0,
+        maximum_associations: int = 32,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.on_stored = on_stored
+        self._listen_port = config.port if port is None else port
+        ae = _AcceptorAE(config.ae_title, list(config.allowed_calling_ae_titles))
+        ae.require_called_aet = True
+        ae.acse_timeout = acse_timeout
+        ae.network_timeout = network_timeout
+        ae.dimse_timeout = dimse_timeout
+        ae.maximum_associations = maximum_associations
+        ae.maximum_pdu_size = MAX_PDU_LENGTH
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        self._ae = ae
+        self.server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with ``port: 0``)."""
+        if self.server is None:
+            raise RuntimeError("DicomReceiver is not started")
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        """Listen and serve in a background thread; returns once the port accepts connections."""
+        server = self._ae.make_server(
+            (self.config.bind_address, self._listen_port),
+            evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+            server_class=_Server,
+            request_handler=_RequestHandler,
+        )
+        # make_server binds and listens in its constructor, so the port is live before the thread starts.
+        self._ae._servers.append(server)  # so AE.shutdown() also aborts its associations
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-receiver", daemon=True)
+        self._thread.start()
+        self.server = server
+        log.info("DICOM receiver %s listening on %s:%d", self.config.ae_title, self.config.bind_address, self.port)
+
+    def stop(self) -> None:
+        """Abort open associations, stop listening and wait for the server thread."""
+        self._ae.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.server = None
+        self._thread = None
+
+    def update_config(self, config: RoutingConfig) -> None:
+        """Hot-reload what can change without a new socket: the allowed calling AE titles.
+
+        ``aeTitle``, ``bindAddress`` and ``port`` keep their running values (they need a restart).
+        """
+        self.config = config.model_copy(update={
+            "ae_title": self.config.ae_title, "bind_address": self.config.bind_address, "port": self.config.port})
+        # In place: pynetdicom reads the list on every A-ASSOCIATE-RQ, so new associations see the new titles.
+        self._ae.require_calling_aet[:] = list(config.allowed_calling_ae_titles)
+
+    def _handle_store(self, event: evt.Event) -> int:
+        # The association thread only spools: parsing a header and an fsync, nothing heavier (STYLE.md).
+        try:
+            stored = self.spool.store(event.encoded_dataset(include_meta=True))
+        except (SpoolFullError, UnparseableInstanceError) as exc:
+            log.warning("C-STORE refused: %s", exc)
+            return STATUS_FOR[type(exc)]
+        if stored.duplicate:
+            log.info("study %s: duplicate instance re-sent, first copy kept", stored.study_key)
+        elif stored.late:
+            log.warning("study %s: instance arrived after the study was finished; kept, not reprocessed",
+                        stored.study_key)
+        else:
+            log.debug("study %s: instance %s spooled", stored.study_key, stored.sop_instance_uid)
+        if self.on_stored is not None:
+            self.on_stored()
+        return 0x0000

@@ -1,0 +1,142 @@
+"""Wires the router's parts together and runs its threads.
+
+Threads: pynetdicom's association threads (spool only), one pipeline thread (complete studies through the use
+cases), the outbox's sender thread, and a config watcher that hot-reloads the routing config the operator renders
+into a ConfigMap (use cases, modes, destinations) without dropping associations or queued studies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from . import metrics
+from .audit import AuditLog
+from .config import RoutingConfig, load_config
+from .errors import ConfigError
+from .export import Outbox
+from .inference import make_backend
+from .pipeline import Pipeline
+from .scp import DicomReceiver
+from .scu import StoreClient
+from .spool import Spool
+from .studies import StudyTracker
+
+log = logging.getLogger(__name__)
+
+# Settings that need a new process (listening socket, spool, stores); a hot reload keeps the running values.
+RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics")
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class RouterService:
+    """The running router: receiver, pipeline, outbox, metrics, config watcher."""
+
+    def __init__(self, config: RoutingConfig, *, config_path: str | None = None, config_poll_seconds: float = 2.0):
+        self.config = config
+        self._config_path = Path(config_path) if config_path else None
+        self._config_digest = _digest(self._config_path) if self._config_path else None
+        self._poll = config_poll_seconds
+        spool_dir = Path(config.spool_dir)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(spool_dir, config.spool_max_disk_usage)
+        self.tracker = StudyTracker(self.spool)
+        self.audit = AuditLog(config.audit.url)
+        self.outbox = Outbox(spool_dir / "outbox", self._sender_for, on_result=self._on_delivery)
+        self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit)
+        self.receiver = DicomReceiver(config, self.spool)
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    # -- wiring -------------------------------------------------------------------------------------------------
+    def _sender_for(self, destination: str) -> StoreClient:
+        return StoreClient(self.config.destination(destination), self.config.ae_title)
+
+    def _on_delivery(self, item, outcome: str) -> None:
+        self.audit.record_delivery(study_key=item.study_key, use_case=item.use_case,
+                                   destination=item.destination, outcome=outcome)
+        if outcome == "delivered" and item.last_received:
+            metrics.TIME_TO_RESULT.labels(item.use_case).observe(time.time() - item.last_received)
+
+    @property
+    def dicom_port(self) -> int:
+        return self.receiver.port
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        metrics.start_metrics_server(self.config.metrics.host, self.config.metrics.port)
+        metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
+        self.receiver.start()
+        self.outbox.start()
+        for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch")):
+            thread = threading.Thread(target=target, name=f"pacsflow-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def run_until(self, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.receiver.stop()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.outbox.stop()
+
+    # -- threads ------------------------------------------------------------------------------------------------
+    def _pipeline_loop(self) -> None:
+        while not self._stop.is_set():
+            metrics.QUEUE_DEPTH.set(self.tracker.queue_depth())
+            metrics.STUDIES_IN_PROGRESS.set(self.tracker.in_progress())
+            due = self.tracker.due(time.time(), self.config.completion.stable_seconds)
+            waiting = False
+            for ref in due:
+                if self._stop.is_set():
+                    return
+                try:
+                    waiting |= not self.pipeline.process(ref)
+                except Exception:  # noqa: BLE001 - one broken study must not stop the router; it stays due
+                    log.exception("study %s failed unexpectedly; it stays queued and is retried", ref.key)
+                    waiting = True
+            self._stop.wait(5.0 if waiting else 0.5)
+
+    def _watch_config(self) -> None:
+        while not self._stop.wait(self._poll):
+            if self._config_path is None:
+                return
+            digest = _digest(self._config_path)
+            if digest is None or digest == self._config_digest:
+                continue
+            self._config_digest = digest
+            try:
+                new = load_config(self._config_path)
+            except ConfigError as exc:
+                log.error("routing config changed but is invalid, keeping the running one: %s", exc)
+                metrics.CONFIG_RELOADS.labels("invalid").inc()
+                continue
+            self.apply_config(new)
+
+    def apply_config(self, new: RoutingConfig) -> None:
+        """Swap in a new routing config: use cases, modes, destinations, allowed AE titles, inference backend."""
+        for key in RESTART_ONLY:
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("routing config: %s changed; it takes effect after a restart", key)
+        merged = new.model_copy(update={k: getattr(self.config, k) for k in RESTART_ONLY})
+        if merged.inference != self.config.inference:
+            self.pipeline.backend = make_backend(merged.inference)
+        self.config = merged
+        self.pipeline.config = merged
+        self.receiver.update_config(merged)
+        metrics.CONFIG_RELOADS.labels("applied").inc()
+        log.info("routing config reloaded: %d use case(s): %s", len(merged.use_cases),
+                 ", ".join(f"{u.name}={u.mode}" for u in merged.use_cases))

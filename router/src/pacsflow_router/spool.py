@@ -1,0 +1,332 @@
+"""Durable on-disk staging of received instances: the C-STORE success status waits for :meth:`Spool.store`.
+
+Every instance is written exactly as received (Part-10 bytes: preamble, file meta, data set; never re-encoded) to a
+temporary file, fsync'ed, renamed to a random name, and the directory fsync'ed; only then is it indexed in SQLite
+(``state.db``: WAL, ``synchronous=FULL``) in the same transaction that moves its study's "last received" clock.
+When ``store`` returns, the instance survives ``kill -9`` and power loss, so the SCP may answer 0x0000.
+
+File names are uuid4 hex, never derived from UIDs or tags (STYLE.md: no path built from received values).
+
+The index schema is shared with :mod:`pacsflow_router.studies` (study state lives in the same database so that one
+transaction covers "instance indexed" and "study clock moved").
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+
+from .domain import study_key
+from .errors import SpoolFullError, UnparseableInstanceError
+
+log = logging.getLogger(__name__)
+
+# Only the attributes the index needs; parsing stops before Pixel Data so a 512 KB slice costs microseconds.
+_INDEX_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, id);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS studies_open ON studies (finished_at, last_received);
+CREATE TABLE IF NOT EXISTS results (
+    study_uid TEXT NOT NULL,
+    use_case TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    done_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, use_case)
+);
+"""
+
+_TMP_SUFFIX = ".part"
+_DATA_SUFFIX = ".dcm"
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One instance as indexed in the spool.
+
+    ``duplicate``: the SOP Instance UID was already spooled, the earlier copy is kept and nothing new was written.
+    ``late``: it arrived after its study was finished; it is kept but does not reopen the study.
+    """
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    path: Path
+    size: int
+    received_at: float
+    duplicate: bool = False
+    late: bool = False
+
+    @property
+    def study_key(self) -> str:
+        """Non-identifying study key for logs."""
+        return study_key(self.study_uid)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def parse_index_attributes(encoded: bytes) -> tuple[str, str, str, str]:
+    """Study, series, SOP Instance UID and modality of a Part-10 byte string.
+
+    Raises
+    ------
+    UnparseableInstanceError
+        The bytes are not a DICOM file or lack one of the UIDs the spool indexes by.
+    """
+    try:
+        ds = pydicom.dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_INDEX_TAGS)
+        values = [ds.get(k) for k in _INDEX_TAGS]
+    # On hostile bytes pydicom raises almost anything (struct.error, ValueError, KeyError, EOFError, ...); every one
+    # of them means "unparseable" and must become a 0xC000-range status, never a crashed association.
+    except Exception as exc:  # noqa: BLE001
+        raise UnparseableInstanceError(
+            f"received data is not a parseable DICOM instance ({type(exc).__name__}); nothing was stored"
+        ) from None
+    missing = [k for k, v in zip(_INDEX_TAGS[:3], values[:3], strict=True) if not v]
+    if missing:
+        raise UnparseableInstanceError(f"received instance lacks {', '.join(missing)}; the spool cannot index it")
+    return str(values[0]), str(values[1]), str(values[2]), str(values[3] or "")
+
+
+class Spool:
+    """Durable instance store with a SQLite index, safe to share between the SCP and pipeline threads.
+
+    Parameters
+    ----------
+    spool_dir
+        Directory for instance files and ``state.db``; created if missing.
+    max_disk_usage
+        Fraction (0, 1] of the spool's file system in use above which :meth:`store` raises
+        :class:`~pacsflow_router.errors.SpoolFullError` (the SCP answers 0xA700).
+    """
+
+    def __init__(self, spool_dir: str | Path, max_disk_usage: float = 0.95) -> None:
+        self.spool_dir = Path(spool_dir)
+        self.max_disk_usage = max_disk_usage
+        self.instance_dir = self.spool_dir / "instances"
+        self.instance_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.spool_dir / "state.db"
+        # One connection behind one lock: SQLite serialises writers anyway, and a lock is cheaper than busy retries.
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._recover()
+
+    # -- internals shared with studies.StudyTracker -------------------------------------------------------------
+
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement under the spool's lock and return all rows (for :mod:`pacsflow_router.studies`)."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def transaction(self) -> _Transaction:
+        """A locked ``BEGIN IMMEDIATE ... COMMIT`` block yielding the connection."""
+        return _Transaction(self._lock, self._db)
+
+    def _recover(self) -> None:
+        """Tidy up after a crash: drop half-written files, index complete but unindexed ones.
+
+        A file renamed into place but not yet indexed was fsync'ed and never acknowledged; indexing it keeps data
+        the sender may not re-send, and re-indexing is idempotent (UNIQUE on SOP Instance UID).
+        """
+        for part in self.instance_dir.glob("*" + _TMP_SUFFIX):
+            part.unlink(missing_ok=True)
+        known = {row[0] for row in self.execute("SELECT path FROM instances")}
+        orphans = [p for p in self.instance_dir.glob("*" + _DATA_SUFFIX) if p.name not in known]
+        for path in orphans:
+            data = path.read_bytes()
+            try:
+                attrs = parse_index_attributes(data)
+            except UnparseableInstanceError:
+                path.unlink(missing_ok=True)
+                continue
+            stored = self._index(attrs, path, len(data), path.stat().st_mtime)
+            if stored.duplicate:
+                path.unlink(missing_ok=True)
+        if orphans:
+            log.info("spool recovery: %d unindexed instance file(s) handled", len(orphans))
+
+    def _check_watermark(self) -> None:
+        usage = shutil.disk_usage(self.spool_dir)
+        fraction = usage.used / usage.total if usage.total else 1.0
+        if fraction > self.max_disk_usage:
+            raise SpoolFullError(
+                f"spool file system is {fraction:.1%} full, above spoolMaxDiskUsage {self.max_disk_usage:.1%}; "
+                "free space or raise the watermark"
+            )
+
+    def _existing(self, sop_instance_uid: str) -> StoredInstance | None:
+        rows = self.execute(
+            "SELECT study_uid, series_uid, modality, path, size, received_at, late FROM instances "
+            "WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        if not rows:
+            return None
+        study, series, modality, name, size, received_at, late = rows[0]
+        return StoredInstance(sop_instance_uid, study, series, modality, self.instance_dir / name, size,
+                              received_at, duplicate=True, late=bool(late))
+
+    def _index(self, attrs: tuple[str, str, str, str], path: Path, size: int, received_at: float) -> StoredInstance:
+        study, series, sop, modality = attrs
+        with self.transaction() as db:
+            row = db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop,)).fetchone()
+            if row is not None:
+                duplicate = True
+            else:
+                duplicate = False
+                finished = db.execute("SELECT finished_at FROM studies WHERE study_uid = ?", (study,)).fetchone()
+                late = finished is not None and finished[0] is not None
+                db.execute(
+                    "INSERT INTO instances (sop_instance_uid, study_uid, series_uid, modality, path, size, "
+                    "received_at, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sop, study, series, modality, path.name, size, received_at, int(late)))
+                if late:
+                    # A finished study already has its one result per use case; the late instance is kept for the
+                    # record but does not reopen the study (see studies.py "Late instances").
+                    db.execute("UPDATE studies SET instance_count = instance_count + 1 WHERE study_uid = ?",
+                               (study,))
+                else:
+                    db.execute(
+                        "INSERT INTO studies (study_uid, first_received, last_received, instance_count) "
+                        "VALUES (?, ?, ?, 1) ON CONFLICT (study_uid) DO UPDATE SET "
+                        "last_received = max(last_received, excluded.last_received), "
+                        "instance_count = instance_count + 1",
+                        (study, received_at, received_at))
+        if duplicate:
+            existing = self._existing(sop)
+            assert existing is not None  # rows are never deleted while the spool is open
+            return existing
+        return StoredInstance(sop, study, series, modality, path, size, received_at, late=late)
+
+    # -- public API ---------------------------------------------------------------------------------------------
+
+    def store(self, encoded: bytes) -> StoredInstance:
+        """Durably store one received instance and index it.
+
+        Parameters
+        ----------
+        encoded
+            The complete Part-10 file as received (preamble, file meta, data set), written byte for byte.
+
+        Returns
+        -------
+        StoredInstance
+            The indexed instance. A re-sent SOP Instance UID returns the earlier copy with ``duplicate=True``.
+
+        Raises
+        ------
+        SpoolFullError
+            The spool's file system is above ``max_disk_usage`` (checked before anything is written).
+        UnparseableInstanceError
+            ``encoded`` does not parse as DICOM or lacks Study/Series/SOP Instance UID; nothing is stored.
+        """
+        self._check_watermark()
+        attrs = parse_index_attributes(encoded)
+        existing = self._existing(attrs[2])
+        if existing is not None:
+            # Keep the first copy: it is already durable, and whatever used it (a running study) stays consistent.
+            self._touch_study(existing)
+            return existing
+        name = uuid.uuid4().hex
+        part = self.instance_dir / (name + _TMP_SUFFIX)
+        final = self.instance_dir / (name + _DATA_SUFFIX)
+        try:
+            with open(part, "wb") as fh:
+                fh.write(encoded)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(part, final)
+            _fsync_dir(self.instance_dir)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # The watermark was passed between the check and the write: same answer, 0xA700.
+                raise SpoolFullError("spool file system is full; free space in the spool directory") from None
+            raise
+        stored = self._index(attrs, final, len(encoded), time.time())
+        if stored.duplicate:
+            # Another association raced us with the same SOP Instance UID; its copy won.
+            final.unlink(missing_ok=True)
+        return stored
+
+    def _touch_study(self, existing: StoredInstance) -> None:
+        # A re-send means the sender is still busy with the study: restart its stable window (unless finished).
+        with self.transaction() as db:
+            db.execute("UPDATE studies SET last_received = max(last_received, ?) "
+                       "WHERE study_uid = ? AND finished_at IS NULL", (time.time(), existing.study_uid))
+
+    def instances(self, study_uid: str) -> list[StoredInstance]:
+        """Every spooled instance of a study, in arrival order (late ones included)."""
+        rows = self.execute(
+            "SELECT sop_instance_uid, series_uid, modality, path, size, received_at, late FROM instances "
+            "WHERE study_uid = ? ORDER BY id", (study_uid,))
+        return [StoredInstance(sop, study_uid, series, modality, self.instance_dir / name, size, received_at,
+                               late=bool(late))
+                for sop, series, modality, name, size, received_at, late in rows]
+
+    def count(self) -> int:
+        """Number of indexed instances."""
+        return self.execute("SELECT count(*) FROM instances")[0][0]
+
+    def close(self) -> None:
+        """Close the index (instances already stored stay durable)."""
+        with self._lock:
+            self._db.close()
+
+
+class _Transaction:
+    def __init__(self, lock: threading.RLock, db: sqlite3.Connection) -> None:
+        self._lock = lock
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()

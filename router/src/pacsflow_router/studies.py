@@ -1,0 +1,122 @@
+"""Study assembly and durable study state: which studies are complete, which use cases are done.
+
+State lives in the spool's ``state.db`` (see :mod:`pacsflow_router.spool`), so it survives ``kill -9`` exactly as
+the instances do: after a restart every acknowledged study that is not finished is due again, and use cases
+already marked done are skipped (:meth:`StudyTracker.is_done`).
+
+Lifecycle of a study
+--------------------
+receiving -> (no new instance for ``stable_seconds``) due -> per use case ``mark_done`` -> ``finish``.
+
+Late instances
+--------------
+Every study gets exactly one result per use case. An instance that arrives after :meth:`StudyTracker.finish` is
+acknowledged and kept in the spool (flagged ``late``) but does not reopen the study and triggers no second result;
+:meth:`StudyTracker.late_instances` counts them so operators can see senders that split studies over time. An
+instance that arrives while a due study is being processed (before ``finish``) restarts its stable window; the
+running result covers the instances present when processing started, and the study is still finished once.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .domain import StudyRef, study_key
+from .spool import Spool
+
+
+class StudyTracker:
+    """Durable per-study state on top of a :class:`~pacsflow_router.spool.Spool`.
+
+    Parameters
+    ----------
+    spool
+        The spool whose ``state.db`` holds the study tables.
+    stable_seconds
+        Default completion window (``completion.stableSeconds``) used by :meth:`due` and :meth:`queue_depth`.
+    """
+
+    def __init__(self, spool: Spool, stable_seconds: float = 30.0) -> None:
+        self.spool = spool
+        self.stable_seconds = stable_seconds
+
+    def due(self, now: float | None = None, stable_seconds: float | None = None) -> list[StudyRef]:
+        """Studies that are complete (silent for ``stable_seconds``) and not finished, oldest first.
+
+        Parameters
+        ----------
+        now
+            Wall-clock time (``time.time()``; the study clock must survive restarts, so not monotonic).
+        stable_seconds
+            Completion window; defaults to the tracker's.
+
+        Returns
+        -------
+        list of StudyRef
+            Each with the study's non-late instance paths in arrival order. A study stays due until
+            :meth:`finish`, so a caller that is still processing one must skip it itself.
+        """
+        now = time.time() if now is None else now
+        window = self.stable_seconds if stable_seconds is None else stable_seconds
+        studies = self.spool.execute(
+            "SELECT study_uid, last_received FROM studies WHERE finished_at IS NULL AND last_received <= ? "
+            "ORDER BY last_received", (now - window,))
+        refs = []
+        for study_uid, last_received in studies:
+            rows = self.spool.execute(
+                "SELECT path FROM instances WHERE study_uid = ? AND late = 0 ORDER BY id", (study_uid,))
+            paths = tuple(str(self.spool.instance_dir / name) for (name,) in rows)
+            refs.append(StudyRef(study_uid=study_uid, key=study_key(study_uid), paths=paths,
+                                 last_received=last_received))
+        return refs
+
+    def is_done(self, study_uid: str, use_case: str) -> bool:
+        """Whether ``use_case`` already has its one result for the study."""
+        return bool(self.spool.execute(
+            "SELECT 1 FROM results WHERE study_uid = ? AND use_case = ?", (study_uid, use_case)))
+
+    def mark_done(self, study_uid: str, use_case: str, outcome: str) -> bool:
+        """Record the one result of ``use_case`` for the study (idempotent: the first outcome wins).
+
+        Returns
+        -------
+        bool
+            True if this call recorded it, False if it was already recorded.
+        """
+        with self.spool.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO results (study_uid, use_case, outcome, done_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (study_uid, use_case) DO NOTHING", (study_uid, use_case, outcome, time.time()))
+            return cur.rowcount == 1
+
+    def outcome(self, study_uid: str, use_case: str) -> str | None:
+        """The recorded outcome of ``use_case`` for the study, or None."""
+        rows = self.spool.execute(
+            "SELECT outcome FROM results WHERE study_uid = ? AND use_case = ?", (study_uid, use_case))
+        return rows[0][0] if rows else None
+
+    def finish(self, study_uid: str) -> None:
+        """Mark the study finished: every use case is done; it leaves :meth:`due` for good (idempotent)."""
+        with self.spool.transaction() as db:
+            db.execute("UPDATE studies SET finished_at = ? WHERE study_uid = ? AND finished_at IS NULL",
+                       (time.time(), study_uid))
+
+    def is_finished(self, study_uid: str) -> bool:
+        """Whether :meth:`finish` was called for the study."""
+        rows = self.spool.execute("SELECT finished_at FROM studies WHERE study_uid = ?", (study_uid,))
+        return bool(rows) and rows[0][0] is not None
+
+    def in_progress(self) -> int:
+        """Studies acknowledged and not finished (receiving, waiting or being processed): a gauge."""
+        return self.spool.execute("SELECT count(*) FROM studies WHERE finished_at IS NULL")[0][0]
+
+    def queue_depth(self, now: float | None = None) -> int:
+        """Complete studies waiting for (or in) processing, with the tracker's ``stable_seconds``: a gauge."""
+        now = time.time() if now is None else now
+        return self.spool.execute(
+            "SELECT count(*) FROM studies WHERE finished_at IS NULL AND last_received <= ?",
+            (now - self.stable_seconds,))[0][0]
+
+    def late_instances(self) -> int:
+        """Instances that arrived after their study was finished (kept, not processed)."""
+        return self.spool.execute("SELECT count(*) FROM instances WHERE late = 1")[0][0]

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for pacsflow's tests and developers (docs/cluster.md).
+#
+#   scripts/cluster.sh bins   build kube-apiserver + kube-controller-manager (cached, outside the repo)
+#   scripts/cluster.sh helm   build helm v3 into the same cache
+#   scripts/cluster.sh up     start etcd + kube-apiserver + kube-controller-manager in the background;
+#                             writes .cluster/kubeconfig (PIDs and logs in .cluster/)
+#   scripts/cluster.sh down   stop them by the recorded PIDs
+#   scripts/cluster.sh path   print the binary cache directory
+#
+# Environment: PACSFLOW_CACHE (default ~/.cache/pacsflow), PACSFLOW_GO_JOBS (default 2: the build
+# shares the machine), CLUSTER_DIR (default .cluster).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# cluster/go.mod is the one place the Kubernetes version is written down.
+K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$REPO/cluster/go.mod")
+HELM_VERSION=v3.22.0
+CACHE=${PACSFLOW_CACHE:-$HOME/.cache/pacsflow}
+BIN=$CACHE/k8s-$K8S_VERSION/bin
+GO_JOBS=${PACSFLOW_GO_JOBS:-2}
+CLUSTER_DIR=${CLUSTER_DIR:-$REPO/.cluster}
+PY=${PY:-$REPO/.venv/bin/python}
+
+# Static, stripped, path-free binaries, like the upstream release builds.
+go_build_env() {
+  export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+}
+
+with_lock() {
+  # Two test sessions (or `make -j`) must not build into the same cache at once.
+  mkdir -p "$BIN"
+  exec 9>"$BIN/.build.lock"
+  flock 9
+}
+
+build_bins() {
+  local missing=()
+  for cmd in kube-apiserver kube-controller-manager; do
+    [ -x "$BIN/$cmd" ] || missing+=("$cmd")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v go >/dev/null || { echo "go is not installed; the control plane is built from source (docs/cluster.md)" >&2; exit 1; }
+  with_lock
+  go_build_env
+  cd "$REPO/cluster"
+  for cmd in "${missing[@]}"; do
+    [ -x "$BIN/$cmd" ] && continue  # built by whoever held the lock before us
+    echo "building $cmd $K8S_VERSION into $BIN (first use only; ~20 min on 2 cores)" >&2
+    local start=$SECONDS
+    # Build to a temporary name so an interrupted build never leaves a half-written binary.
+    nice -n 10 go build -p "$GO_JOBS" -trimpath -ldflags='-s -w' -o "$BIN/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+    mv "$BIN/.$cmd.tmp" "$BIN/$cmd"
+    echo "built $cmd in $((SECONDS - start))s" >&2
+  done
+}
+
+build_helm() {
+  [ -x "$BIN/helm" ] && return 0
+  command -v go >/dev/null || { echo "go is not installed; helm is built from source (docs/cluster.md)" >&2; exit 1; }
+  with_lock
+  [ -x "$BIN/helm" ] && return 0
+  go_build_env
+  echo "building helm $HELM_VERSION into $BIN (first use only)" >&2
+  local start=$SECONDS
+  # `go install pkg@version` builds outside any module, so the wrapper module is not involved.
+  GOBIN="$BIN" nice -n 10 go install -p "$GO_JOBS" -trimpath \
+    -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "built helm in $((SECONDS - start))s" >&2
+}
+
+case "${1:-}" in
+  bins) build_bins ;;
+  helm) build_helm ;;
+  up)
+    build_bins
+    cd "$REPO"
+    exec "$PY" -m tests.peers.cluster up "$CLUSTER_DIR"
+    ;;
+  down)
+    cd "$REPO"
+    exec "$PY" -m tests.peers.cluster down "$CLUSTER_DIR"
+    ;;
+  path) echo "$BIN" ;;
+  *)
+    sed -n '2,12p' "$0" >&2
+    exit 2
+    ;;
+esac

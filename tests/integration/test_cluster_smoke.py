@@ -1,0 +1,221 @@
+"""The test control plane behaves like a real cluster in the ways pacsflow's operator relies on.
+
+kube-apiserver + kube-controller-manager v1.34 and etcd, real processes (tests/peers/cluster.py):
+cascading delete by the garbage collector, namespace deletion, CEL transition rules on a CRD,
+kopf connecting through the kubeconfig, and ``make cluster-up``/``cluster-down`` for developers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import kopf
+import kubernetes
+import pytest
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.peers.cluster import REPO, ControlPlane, pid_alive
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` otherwise (no timing is asserted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{what} did not happen within {timeout:.0f}s")
+
+
+def gone(read: Callable[[], object]) -> bool:
+    try:
+        read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+@pytest.fixture
+def core(kube_cluster: ControlPlane):
+    with kube_cluster.api_client() as api:
+        yield client.CoreV1Api(api)
+
+
+def test_garbage_collector_deletes_dependents_of_a_deleted_owner(core, kube_namespace):
+    owner = core.create_namespaced_config_map(
+        kube_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"), data={"k": "v"})
+    )
+    child_meta = client.V1ObjectMeta(
+        name="child",
+        owner_references=[
+            client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
+        ],
+    )
+    core.create_namespaced_config_map(kube_namespace, client.V1ConfigMap(metadata=child_meta, data={"k": "v"}))
+
+    core.delete_namespaced_config_map("owner", kube_namespace)
+
+    eventually(
+        lambda: gone(lambda: core.read_namespaced_config_map("child", kube_namespace)),
+        "garbage collection of the owned ConfigMap",
+    )
+
+
+def test_deleting_a_namespace_removes_it_and_its_objects(core):
+    # The namespace controller (kube-controller-manager) empties a terminating namespace and
+    # removes its finalizer; without it the namespace would stay Terminating forever.
+    name = "t-ns-deletion"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespaced_config_map(name, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="x")))
+    core.delete_namespace(name)
+    eventually(lambda: gone(lambda: core.read_namespace(name)), "deletion of the namespace")
+
+
+RANK = "{'silent': 0, 'assistive': 1, 'triage': 2}"
+PHASE_RULE_MESSAGE = "mode may be promoted one phase at a time (silent -> assistive -> triage)"
+PHASE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "rollouts.smoke.test.pacsflow.io"},
+    "spec": {
+        "group": "smoke.test.pacsflow.io",
+        "names": {"kind": "Rollout", "plural": "rollouts", "singular": "rollout", "listKind": "RolloutList"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["mode"],
+                                "properties": {
+                                    "mode": {"type": "string", "enum": ["silent", "assistive", "triage"]}
+                                },
+                                # A transition rule (it reads oldSelf): only CEL in the API server
+                                # can enforce it, so a rejected update proves CEL runs.
+                                "x-kubernetes-validations": [
+                                    {
+                                        "rule": f"{RANK}[self.mode] <= {RANK}[oldSelf.mode] + 1",
+                                        "message": PHASE_RULE_MESSAGE,
+                                    }
+                                ],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture
+def phase_crd(kube_cluster: ControlPlane):
+    with kube_cluster.api_client() as api:
+        ext = client.ApiextensionsV1Api(api)
+        ext.create_custom_resource_definition(PHASE_CRD)
+
+        def established() -> bool:
+            status = ext.read_custom_resource_definition(PHASE_CRD["metadata"]["name"]).status
+            return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
+
+        eventually(established, "the CRD becoming Established")
+        try:
+            yield client.CustomObjectsApi(api)
+        finally:
+            ext.delete_custom_resource_definition(PHASE_CRD["metadata"]["name"])
+
+
+def test_crd_transition_rule_is_enforced_by_the_api_server(phase_crd, kube_namespace):
+    group, version, plural = "smoke.test.pacsflow.io", "v1", "rollouts"
+
+    def set_mode(mode: str):
+        return phase_crd.patch_namespaced_custom_object(
+            group, version, kube_namespace, plural, "ich", {"spec": {"mode": mode}}
+        )
+
+    phase_crd.create_namespaced_custom_object(
+        group, version, kube_namespace, plural,
+        {"apiVersion": f"{group}/{version}", "kind": "Rollout", "metadata": {"name": "ich"},
+         "spec": {"mode": "silent"}},
+    )
+
+    with pytest.raises(ApiException) as rejected:
+        set_mode("triage")
+    assert rejected.value.status == 422
+    assert PHASE_RULE_MESSAGE in rejected.value.body
+
+    for promoted_or_demoted in ("assistive", "triage", "assistive", "triage", "silent"):
+        assert set_mode(promoted_or_demoted)["spec"]["mode"] == promoted_or_demoted
+
+
+def test_kopf_operator_connects_through_the_kubeconfig(kube_cluster, core, kube_namespace, monkeypatch):
+    # The recipe for operator tests: a private registry (nothing leaks into other tests), an
+    # explicit login from KUBECONFIG (kopf's default piggybacks on the kubernetes client, which
+    # reads KUBECONFIG once at import and would reach a developer's real cluster), --standalone
+    # (no peering CRD), one namespace.
+    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.create("configmaps", labels={"pacsflow.io/smoke": "kopf"}, registry=registry)
+    def mark_seen(patch, **_):
+        patch.metadata.annotations["pacsflow.io/seen-by"] = "kopf"
+
+    def annotation() -> str | None:
+        annotations = core.read_namespaced_config_map("probe", kube_namespace).metadata.annotations or {}
+        return annotations.get("pacsflow.io/seen-by")
+
+    args = ["run", "--standalone", "--namespace", kube_namespace]
+    with KopfRunner(args, registry=registry, timeout=60) as runner:
+        core.create_namespaced_config_map(
+            kube_namespace,
+            client.V1ConfigMap(metadata=client.V1ObjectMeta(name="probe", labels={"pacsflow.io/smoke": "kopf"})),
+        )
+        eventually(lambda: annotation() == "kopf", "kopf's handler annotating the ConfigMap")
+
+    assert runner.exception is None
+    assert runner.exit_code == 0
+
+
+def test_make_cluster_up_and_down_run_a_control_plane_for_developers(tmp_path):
+    # Same entry point as `make cluster-up`/`cluster-down` (scripts/cluster.sh), in a private dir.
+    cluster_dir = tmp_path / "cluster"
+    script = str(REPO / "scripts" / "cluster.sh")
+    env = {**os.environ, "CLUSTER_DIR": str(cluster_dir), "PY": sys.executable}
+    env.pop("KUBECONFIG", None)
+    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=300)
+    pids = {}
+    try:
+        assert up.returncode == 0, up.stderr
+        kubeconfig = cluster_dir / "kubeconfig"
+        assert f"KUBECONFIG={kubeconfig}" in up.stdout
+        pids = {p.stem: int(p.read_text()) for p in (cluster_dir / "pids").glob("*.pid")}
+        assert sorted(pids) == ["etcd", "kube-apiserver", "kube-controller-manager"]
+
+        # The command has exited; the control plane it left behind answers with the kubeconfig.
+        with kubernetes.config.new_client_from_config(config_file=str(kubeconfig)) as api:
+            names = [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items]
+        assert "kube-system" in names
+    finally:
+        down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert pids and not any(pid_alive(pid, component) for component, pid in pids.items())

@@ -1,0 +1,160 @@
+"""The Helm chart: lint, values schema, offline validation for Kubernetes 1.34, install on a real API server.
+
+``helm`` is the real binary (built once by ``scripts/cluster.sh helm`` into the cache outside the repo);
+``helm template`` output is validated with kubernetes-validate's 1.34 schemas (strict: unknown fields fail).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.peers.cluster import ControlPlane, helm_path
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "pacsflow"
+K8S = "1.34.0"
+VARIANTS = {
+    "defaults": [],
+    "namespaced": ["--set", "operator.watchNamespaces={radiology,research}"],
+    "no-crds-existing-sa": ["--set", "crds.install=false", "--set", "serviceAccount.create=false",
+                            "--set", "serviceAccount.name=pacsflow", "--set", "metrics.service=false"],
+}
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return str(helm_path())
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
+
+
+def _template(helm: str, args: list[str]) -> list[dict]:
+    out = _run([helm, "template", "pacsflow", str(CHART), "--namespace", "pacsflow-system", *args])
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_helm_lint(helm: str, variant: str):
+    out = _run([helm, "lint", "--strict", str(CHART), *VARIANTS[variant]])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_template_is_valid_kubernetes(helm: str, variant: str):
+    docs = _template(helm, VARIANTS[variant])
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    assert ("CustomResourceDefinition" in kinds) == ("crds.install=false" not in VARIANTS[variant])
+
+
+def test_chart_crds_are_the_generated_ones_and_kept(helm: str):
+    docs = {d["metadata"]["name"]: d for d in _template(helm, []) if d["kind"] == "CustomResourceDefinition"}
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        generated = yaml.safe_load(path.read_text())
+        chart = docs[generated["metadata"]["name"]]
+        assert chart["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert chart["spec"] == generated["spec"]
+
+
+def test_namespaced_install_binds_only_the_watched_namespaces(helm: str):
+    docs = _template(helm, VARIANTS["namespaced"])
+    bindings = [(d["kind"], d["metadata"].get("namespace"), d["roleRef"]["name"]) for d in docs
+                if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert ("RoleBinding", "radiology", "pacsflow-manager") in bindings
+    assert ("RoleBinding", "research", "pacsflow-manager") in bindings
+    assert not any(k == "ClusterRoleBinding" and r == "pacsflow-manager" for k, _, r in bindings)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert {"--namespace=radiology", "--namespace=research"} <= set(dep["spec"]["template"]["spec"]
+                                                                   ["containers"][0]["args"])
+
+
+def test_rbac_is_least_privilege(helm: str):
+    for doc in _template(helm, []):
+        if doc["kind"] != "ClusterRole":
+            continue
+        for rule in doc["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+            assert "secrets" not in rule["resources"], rule
+
+
+def test_values_schema_rejects_unknown_and_bad_values(helm: str):
+    typo = _run([helm, "template", "x", str(CHART), "--set", "operator.logLevl=DEBUG"])
+    assert typo.returncode != 0 and "logLevl" in typo.stderr
+    bad = _run([helm, "template", "x", str(CHART), "--set", "operator.metricsPort=0"])
+    assert bad.returncode != 0 and "metricsPort" in bad.stderr
+
+
+def _schema_paths(schema: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, sub in schema.get("properties", {}).items():
+        paths.append((*prefix, key))
+        if "$ref" not in sub and sub.get("type") == "object" and "properties" in sub:
+            paths += _schema_paths(sub, (*prefix, key))
+    return paths
+
+
+def test_every_value_is_commented():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    found: dict[tuple[str, ...], int] = {}
+    stack: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m.group(2)))
+        found[tuple(k for _, k in stack)] = i
+    for path in _schema_paths(schema) + [("operator", "image", "repository"), ("router", "image", "tag")]:
+        assert path in found, f"{'.'.join(path)} missing from values.yaml"
+        i = found[path]
+        is_section = any(p[: len(path)] == path and p != path for p in found)
+        assert is_section or lines[i - 1].lstrip().startswith("#"), f"{'.'.join(path)} has no comment"
+
+
+@pytest.mark.cluster
+def test_helm_install_and_uninstall_on_the_api_server(helm: str, kube_cluster: ControlPlane, kube_namespace: str):
+    release = f"pf-{uuid.uuid4().hex[:6]}"
+    env = kube_cluster.env()
+    # --take-ownership: the operator tests in this session may have applied the same CRDs already.
+    install = _run([helm, "install", release, str(CHART), "--namespace", kube_namespace, "--take-ownership",
+                    "--set", f"operator.watchNamespaces={{{kube_namespace}}}"], env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    with kube_cluster.api_client() as api:
+        apps, core, ext = client.AppsV1Api(api), client.CoreV1Api(api), client.ApiextensionsV1Api(api)
+        dep = apps.read_namespaced_deployment(f"{release}-pacsflow", kube_namespace)
+        assert dep.spec.template.spec.service_account_name == f"{release}-pacsflow"
+        core.read_namespaced_service_account(f"{release}-pacsflow", kube_namespace)
+        crd = ext.read_custom_resource_definition("aiusecases.pacsflow.io")
+        assert crd.metadata.annotations["meta.helm.sh/release-name"] == release
+
+        uninstall = _run([helm, "uninstall", release, "--namespace", kube_namespace], env=env)
+        assert uninstall.returncode == 0, uninstall.stderr
+        # resource-policy keep: uninstalling never deletes the CRDs (and with them every use case).
+        ext.read_custom_resource_definition("aiusecases.pacsflow.io")
+        with pytest.raises(ApiException) as gone:
+            apps.read_namespaced_deployment(f"{release}-pacsflow", kube_namespace)
+        assert gone.value.status == 404

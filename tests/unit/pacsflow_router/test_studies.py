@@ -1,0 +1,97 @@
+"""Study state: due after the stable window, one result per use case, durable across restarts, late instances."""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+
+import pytest
+from pacsflow_router import phantom
+from pacsflow_router.domain import study_key
+from pacsflow_router.spool import Spool
+from pacsflow_router.studies import StudyTracker
+
+
+def part10(ds) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def two_studies():
+    a, _ = phantom.generate_study(11, lesion=False, slices=3, rows=16, cols=16)
+    b, _ = phantom.generate_study(12, lesion=True, slices=2, rows=16, cols=16)
+    return a, b
+
+
+def test_study_is_due_only_after_stable_window(tmp_path, two_studies):
+    spool = Spool(tmp_path, 0.999)
+    tracker = StudyTracker(spool, stable_seconds=30)
+    a, _ = two_studies
+    for ds in a:
+        spool.store(part10(ds))
+    now = time.time()
+    assert tracker.due(now, 30) == []
+    assert tracker.in_progress() == 1 and tracker.queue_depth(now) == 0
+    (ref,) = tracker.due(now + 31, 30)
+    assert ref.study_uid == a[0].StudyInstanceUID
+    assert ref.key == study_key(a[0].StudyInstanceUID)
+    assert [spool_path.split("/")[-1] for spool_path in ref.paths] == [
+        i.path.name for i in spool.instances(a[0].StudyInstanceUID)]
+    assert len(ref.paths) == 3
+    assert tracker.queue_depth(now + 31) == 1
+
+
+def test_new_instance_restarts_the_window(tmp_path, two_studies):
+    spool = Spool(tmp_path, 0.999)
+    tracker = StudyTracker(spool)
+    a, _ = two_studies
+    spool.store(part10(a[0]))
+    first = tracker.due(time.time() + 100, 0)[0].last_received
+    time.sleep(0.01)
+    spool.store(part10(a[1]))
+    assert tracker.due(first + 0.001, 0) == []  # the study's clock moved past "first"
+
+
+def test_mark_done_is_unique_and_idempotent(tmp_path, two_studies):
+    tracker = StudyTracker(Spool(tmp_path, 0.999))
+    uid = two_studies[0][0].StudyInstanceUID
+    assert not tracker.is_done(uid, "ich-head-ct")
+    assert tracker.mark_done(uid, "ich-head-ct", "reported") is True
+    assert tracker.mark_done(uid, "ich-head-ct", "error") is False
+    assert tracker.outcome(uid, "ich-head-ct") == "reported"
+    assert tracker.is_done(uid, "ich-head-ct") and not tracker.is_done(uid, "other")
+
+
+def test_restart_resumes_unfinished_and_remembers_done(tmp_path, two_studies):
+    a, b = two_studies
+    spool = Spool(tmp_path, 0.999)
+    tracker = StudyTracker(spool)
+    for ds in a + b:
+        spool.store(part10(ds))
+    tracker.mark_done(a[0].StudyInstanceUID, "uc1", "reported")
+    tracker.mark_done(b[0].StudyInstanceUID, "uc1", "reported")
+    tracker.finish(b[0].StudyInstanceUID)
+    spool.close()  # what kill -9 leaves behind is the committed database; nothing is held in memory
+
+    tracker = StudyTracker(Spool(tmp_path, 0.999))
+    due = tracker.due(time.time() + 60, 0)
+    assert [r.study_uid for r in due] == [a[0].StudyInstanceUID]
+    assert tracker.is_done(a[0].StudyInstanceUID, "uc1") and not tracker.is_done(a[0].StudyInstanceUID, "uc2")
+    assert tracker.is_finished(b[0].StudyInstanceUID)
+    assert tracker.in_progress() == 1
+
+
+def test_late_instance_is_kept_but_does_not_reopen_the_study(tmp_path, two_studies):
+    a, _ = two_studies
+    spool = Spool(tmp_path, 0.999)
+    tracker = StudyTracker(spool)
+    spool.store(part10(a[0]))
+    tracker.mark_done(a[0].StudyInstanceUID, "uc1", "reported")
+    tracker.finish(a[0].StudyInstanceUID)
+    late = spool.store(part10(a[1]))
+    assert late.late and late.path.read_bytes() == part10(a[1])
+    assert tracker.due(time.time() + 60, 0) == []
+    assert tracker.late_instances() == 1
+    assert len(spool.instances(a[0].StudyInstanceUID)) == 2
