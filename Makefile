@@ -27,7 +27,7 @@ test: venv system-deps lint check-crds cluster-bins helm triton-venv
 	$(VENV)/bin/pytest
 
 demo: venv system-deps
-	$(PY) -m pacsflow_router.demo
+	$(PY) scripts/demo.py
 
 bench: venv system-deps
 	$(PY) -m bench

@@ -192,3 +192,22 @@ def test_store_client_sets_tcp_nodelay_and_names_the_destination_on_failure(tmp_
     with pytest.raises(StoreError, match="destination 'wrong-ae'") as excinfo:
         StoreClient(wrong, "PACSFLOW").send(_sr(10))
     assert "rejected" in str(excinfo.value) and not excinfo.value.permanent
+
+
+def test_unknown_destination_keeps_the_item_until_the_config_knows_it(tmp_path, pacs):
+    recorder = _Recorder(pacs)
+    known: set[str] = set()
+
+    def senders(name: str) -> StoreClient:
+        if name not in known:
+            raise KeyError(name)  # what a config lookup of a removed destination does
+        return recorder.sender(name)
+
+    outbox = Outbox(tmp_path / "outbox", senders, on_result=recorder.on_result, base_delay=0.05, max_delay=0.1)
+    outbox.enqueue("pacs", _sr(11))
+    assert outbox.deliver_due() == 0 and outbox.pending() == 1
+    known.add("pacs")  # the destination is back in the routing config
+    outbox.reset_senders()
+    assert outbox.deliver_due() == 1
+    assert len(pacs.instances(modality="SR")) == 1
+    outbox.close()

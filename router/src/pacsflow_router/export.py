@@ -267,7 +267,15 @@ class Outbox:
                     self._park(item, f"stored SR file unreadable: {exc}")
                     continue
                 try:
-                    status = self._sender(item.destination).send(ds)
+                    sender = self._sender(item.destination)
+                except Exception as exc:  # noqa: BLE001 - the factory is the caller's code (config lookup)
+                    # No client for this destination now (e.g. removed by a config reload): keep the item, back off.
+                    self._backoff[item.destination] = (failures + 1, now + self._delay(failures + 1))
+                    log.error("outbox: no sender for destination %s (%s: %s); items stay queued",
+                              item.destination, type(exc).__name__, exc)
+                    continue
+                try:
+                    status = sender.send(ds)
                 except ExportError as exc:
                     message = str(exc)
                     attempts = item.attempts + 1
@@ -324,6 +332,19 @@ class Outbox:
         times = [max(t, self._backoff.get(dest, (0, 0.0))[1]) for dest, t in rows]
         return min(times) if times else None
 
+    def reset_senders(self) -> None:
+        """Close and forget the cached senders; the next delivery asks ``senders`` again.
+
+        Call after the destinations changed (config reload) so new host/port/AE title values take effect.
+        """
+        with self._deliver_lock:
+            for sender in self._senders.values():
+                close = getattr(sender, "close", None)
+                if close is not None:
+                    close()
+            self._senders.clear()
+            self._backoff.clear()
+
     # -- background thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -355,12 +376,7 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        with self._deliver_lock:
-            for sender in self._senders.values():
-                close = getattr(sender, "close", None)
-                if close is not None:
-                    close()
-            self._senders.clear()
+        self.reset_senders()
 
     def close(self) -> None:
         """Stop and close the database (the object is unusable afterwards)."""

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Only the config module of the router (import-linter contract); ConfigError is re-exported by it.
 from pacsflow_router.config import (
     Audit,
+    ConfigError,
     Inference,
     Metrics,
     RoutingConfig,
@@ -21,7 +23,6 @@ from pacsflow_router.config import (
     parse_config,
     render_config,
 )
-from pacsflow_router.errors import ConfigError
 
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
 from .conditions import Cond, ready
