@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,9 @@ from pacsflow_router.export import Outbox, OutboxItem
 from pacsflow_router.reports import build_sr
 from pacsflow_router.scu import StoreClient, StoreError
 
+from tests.conftest import free_port
 from tests.peers import orthanc as orthanc_peer
+from tests.peers.dcmtk import dcmtk_env, wait_for_port
 from tests.peers.orthanc import Orthanc
 from tests.peers.srcheck import check_sr
 from tests.unit.pacsflow_router.test_reports import USE_CASE, phantom_study_and_result
@@ -211,3 +214,56 @@ def test_unknown_destination_keeps_the_item_until_the_config_knows_it(tmp_path, 
     assert outbox.deliver_due() == 1
     assert len(pacs.instances(modality="SR")) == 1
     outbox.close()
+
+
+def test_peer_that_aborts_during_the_store_leaves_the_item_queued(tmp_path):
+    """dcmtk storescp --abort-during: the association dies mid C-STORE, so no response ever comes."""
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "-aet", "PACS", "--abort-during", "-od", str(tmp_path), str(port)],
+                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        results: list[tuple[OutboxItem, str]] = []
+        destination = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+        outbox = Outbox(tmp_path / "outbox", lambda _name: StoreClient(destination, "PACSFLOW", dimse_timeout=5),
+                        on_result=lambda item, outcome: results.append((item, outcome)))
+        outbox.enqueue("pacs", _sr(12))
+        assert outbox.deliver_due() == 0
+        assert outbox.pending() == 1
+        ((item, outcome),) = results
+        assert outcome == "retrying" and "destination 'pacs'" in item.last_error
+        outbox.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_item_refused_with_a_failure_status_is_parked_after_max_attempts(tmp_path):
+    """A pynetdicom SCP answering 0xC000 ("cannot understand"): no peer here can be made to refuse a valid SR
+    (Orthanc 1.10 answers Success even when its ReceivedInstanceFilter drops an instance)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Comprehensive3DSRStorage
+
+    scp_ae = AE(ae_title="REFUSER")
+    scp_ae.add_supported_context(Comprehensive3DSRStorage)
+    port = free_port()
+    server = scp_ae.start_server(("127.0.0.1", port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xC000)])
+    try:
+        results: list[tuple[OutboxItem, str]] = []
+        destination = Destination(name="refuser", ae_title="REFUSER", host="127.0.0.1", port=port)
+        outbox = Outbox(tmp_path / "outbox", lambda _name: StoreClient(destination, "PACSFLOW"),
+                        on_result=lambda item, outcome: results.append((item, outcome)), max_attempts=3,
+                        base_delay=10, max_delay=60)
+        ds = _sr(13)
+        outbox.enqueue("refuser", ds)
+        start = time.time()
+        for minute in range(5):  # simulated clock: each round is after the item's backoff
+            outbox.deliver_due(now=start + 60 * (minute + 1))
+        assert outbox.counts() == {"failed": 1}
+        assert [outcome for _item, outcome in results] == ["retrying", "failed"]
+        assert "0xC000" in results[-1][0].last_error and results[-1][0].attempts == 3
+        assert len(list((tmp_path / "outbox" / "items").glob("*.dcm"))) == 1  # parked, never deleted
+        outbox.close()
+    finally:
+        server.shutdown()
