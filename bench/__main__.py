@@ -8,6 +8,11 @@ import sys
 # One line per benchmark module; each has ``main() -> int | None``.
 MODULES = [
     "bench.ingest",
+    "bench.preprocess",
+    "bench.report",
+    "bench.study",
+    "bench.triton",
+    "bench.operator",
 ]
 
 

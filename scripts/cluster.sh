@@ -44,12 +44,20 @@ build_bins() {
   with_lock
   go_build_env
   cd "$REPO/cluster"
+  # What upstream's hack/lib/version.sh stamps in; without it /version says v0.0.0-master and
+  # helm's kubeVersion checks (and anything else reading the server version) reject the cluster.
+  local major minor ldflags="-s -w"
+  IFS=. read -r major minor _ <<<"${K8S_VERSION#v}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean"
+  done
   for cmd in "${missing[@]}"; do
     [ -x "$BIN/$cmd" ] && continue  # built by whoever held the lock before us
     echo "building $cmd $K8S_VERSION into $BIN (first use only; ~20 min on 2 cores)" >&2
     local start=$SECONDS
     # Build to a temporary name so an interrupted build never leaves a half-written binary.
-    nice -n 10 go build -p "$GO_JOBS" -trimpath -ldflags='-s -w' -o "$BIN/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+    nice -n 10 go build -p "$GO_JOBS" -trimpath -ldflags="$ldflags" -o "$BIN/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
     mv "$BIN/.$cmd.tmp" "$BIN/$cmd"
     echo "built $cmd in $((SECONDS - start))s" >&2
   done

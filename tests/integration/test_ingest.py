@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from pacsflow_router import phantom
+from pacsflow_router import metrics, phantom
 from pacsflow_router.config import parse_config
 from pacsflow_router.scp import MAX_PDU_LENGTH, DicomReceiver
 from pacsflow_router.spool import Spool
@@ -36,7 +36,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from tests.peers.dcmtk import dcmtk_env, echoscu, storescu, storescu_command
+from tests.peers.dcmtk import StoreResult, dcmtk_env, echoscu, storescu, storescu_command
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "storescu"], capture_output=True, check=False).returncode != 0,
@@ -71,6 +71,11 @@ def dataset_bytes(path: Path | bytes) -> bytes:
     assert data[128:132] == b"DICM"
     (group_length,) = struct.unpack("<I", data[140:144])  # (0002,0000) UL, explicit VR little endian
     return data[144 + group_length:]
+
+
+def sample(name: str, **labels: str) -> float:
+    """Current value of a router metric (0 when never touched)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def write_study(out_dir: Path, seed: int, slices: int, ts: str = ExplicitVRLittleEndian, size: int = 64):
@@ -112,6 +117,7 @@ def test_store_keeps_transfer_syntax_and_bytes(receiver, tmp_path, ts):
         paths = _jpeg_lossless_copies(write_study(tmp_path / "src", 21, 2), tmp_path / "jpeg")
     else:
         paths = write_study(tmp_path / "src", 21, 2, ts)
+    received, received_bytes = sample("pacsflow_instances_received_total"), sample("pacsflow_received_bytes_total")
     result = storescu(rx.port, paths, extra=[STORESCU_PROPOSE[ts]])
     assert result.returncode == 0 and len(result.acknowledged) == 2, result.output
     for p in paths:
@@ -120,14 +126,19 @@ def test_store_keeps_transfer_syntax_and_bytes(receiver, tmp_path, ts):
         on_disk = stored.path.read_bytes()
         assert pydicom.dcmread(stored.path).file_meta.TransferSyntaxUID == ts
         assert dataset_bytes(on_disk) == dataset_bytes(p)  # never re-encoded
+    assert sample("pacsflow_instances_received_total") == received + 2
+    assert sample("pacsflow_received_bytes_total") == received_bytes + sum(
+        i.size for i in spool.instances(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID))
 
 
 def test_unknown_calling_ae_is_rejected_with_reason(receiver):
     rx, spool = receiver
+    rejected = sample("pacsflow_associations_total", outcome="rejected")
     result = echoscu(rx.port, calling="INTRUDER")
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
     assert spool.count() == 0
+    assert sample("pacsflow_associations_total", outcome="rejected") == rejected + 1
 
 
 def test_empty_allow_list_rejects_everybody(tmp_path):
@@ -147,6 +158,7 @@ def test_spool_above_watermark_answers_out_of_resources(tmp_path):
     spool = Spool(tmp_path / "spool", 1e-9)
     rx = DicomReceiver(config(tmp_path / "spool"), spool, port=0)
     rx.start()
+    full = sample("pacsflow_instances_rejected_total", reason="spool-full")
     try:
         result = storescu(rx.port, write_study(tmp_path / "src", 22, 2))
     finally:
@@ -154,6 +166,7 @@ def test_spool_above_watermark_answers_out_of_resources(tmp_path):
     assert "Refused: OutOfResources" in result.responses.values(), result.output
     assert result.acknowledged == []
     assert spool.count() == 0 and not list((tmp_path / "spool" / "instances").iterdir())
+    assert sample("pacsflow_instances_rejected_total", reason="spool-full") == full + 1
 
 
 def _send_with_pynetdicom(port: int, path: Path) -> int:
@@ -423,8 +436,6 @@ def test_kill_9_during_ingest_loses_no_acknowledged_instance(tmp_path):
             break
     lines += proc.stdout.read().splitlines(keepends=True)
     proc.wait(timeout=60)
-    from tests.peers.dcmtk import StoreResult
-
     result = StoreResult.parse(proc.returncode, "".join(lines))
     acknowledged = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in result.acknowledged}
     assert 20 <= len(acknowledged) < len(paths), "the kill did not land mid-stream"

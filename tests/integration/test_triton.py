@@ -131,8 +131,8 @@ def test_version_drop_in_and_pin_switch(tmp_path: Path):
         try:
             make_test_onnx(source / "ich_detector" / "2" / "model.onnx", seed=2)
             changed = modelrepo.write_repository(modelrepo.plan_repository(source, "cpu-python"), tmp_path / "models")
-            assert sorted(changed) == ["ich_detector_onnx/2", "ich_detector_v2"]
-            backend.load(["ich_detector_onnx", "ich_detector_v2"])
+            assert sorted(changed) == ["ich_detector_v2", "ich_detector_v2_onnx"]
+            backend.load(modelrepo.version_models("ich_detector", 2))
             v2 = backend.infer(V2, batch)
         finally:
             stop.set()
@@ -145,7 +145,7 @@ def test_version_drop_in_and_pin_switch(tmp_path: Path):
         np.testing.assert_allclose(v2.probability, expected, atol=ATOL)
         assert np.abs(v2.probability - v1_before.probability).max() > 0.05
         index = backend.repository_index()
-        assert index["ich_detector_onnx"]["1"].startswith("READY") and index["ich_detector_onnx"]["2"] == "READY"
+        assert index["ich_detector_v1"]["1"] == "READY" and index["ich_detector_v2"]["2"] == "READY"
     finally:
         peer.stop()
 
@@ -155,13 +155,13 @@ def test_malformed_model_directory_is_reported_and_good_versions_keep_serving(tm
     models = tmp_path / "models"
     modelrepo.render_repository(source, models, "cpu-python")
     # A version whose model file went missing, and a model folder with a config.pbtxt that does not parse.
-    (models / "ich_detector_onnx" / "2" / "model.onnx").unlink()
+    (models / "ich_detector_v2_onnx" / "2" / "model.onnx").unlink()
     (models / "other_model" / "1").mkdir(parents=True)
     (models / "other_model" / "config.pbtxt").write_text('name: "other_model"\nbackend: "python"\ninput [ {')
 
     problems = modelrepo.check_repository(models)
     assert any(p.startswith("other_model/config.pbtxt: not a valid Triton model config") for p in problems)
-    assert "ich_detector_onnx/2: missing model.onnx" in problems
+    assert "ich_detector_v2_onnx/2: missing model.onnx" in problems
     with TritonPeer(models, tmp_path, "explicit").start(wait_models=("ich_detector_v1",)) as peer:
         backend = TritonBackend(peer.url)
         batch = study_batch(8)
@@ -171,9 +171,8 @@ def test_malformed_model_directory_is_reported_and_good_versions_keep_serving(tm
         assert not backend.ready(V2)
         with pytest.raises(InferenceUnavailableError, match=r"version 2 .* not ready in Triton \(UNAVAILABLE"):
             backend.infer(V2, batch)
-        index = backend.repository_index()
-        assert "UNAVAILABLE" in index["other_model"][""] or "UNAVAILABLE" in next(iter(index["other_model"].values()))
-        assert "model.onnx" in index["ich_detector_onnx"]["2"]  # Triton's reason names the missing file
+        assert "model.onnx" in backend.repository_index()["ich_detector_v2_onnx"]["2"]  # the reason names the file
+        assert "failed to read text proto from" in peer.log() and "other_model/config.pbtxt" in peer.log()
         np.testing.assert_allclose(backend.infer(V1, batch).probability, expected, atol=ATOL)
 
 

@@ -14,21 +14,25 @@ one target, so there are never two hand-maintained copies:
 ``gpu``
     Stock NGC Triton on a GPU node: the ONNX step runs on the native onnxruntime backend with a GPU instance group.
 
-For a source model ``M`` with versions ``N`` both targets render:
+For a source model ``M`` and each of its versions ``N`` both targets render:
 
-``M_onnx``           versions ``N`` (the committed ONNX files), dynamic batching, priority levels, bounded queue
+``M_vN_onnx``        version ``N``: the committed ONNX file, dynamic batching, priority levels, bounded queue
+``M_vN``             version ``N``: the ensemble ``M_vN_onnx`` -> ``M_postprocess``, what the router asks for
 ``M_postprocess``    version 1: the router's own :func:`pacsflow_router.postprocess.postprocess` (a verbatim copy of
                      its module) in the python backend, so both paths turn raw outputs into findings with one function
-``M_v<N>``           one ensemble per ONNX version, whose single version ``N`` pins step ``M_onnx`` to version ``N``
 
-Why one ensemble per version: an ensemble's steps live in its one ``config.pbtxt`` shared by all its versions, so an
-ensemble ``M`` with versions 1 and 2 cannot route version 2 to ``M_onnx`` version 2 (``model_version: -1`` would send
-both to the newest ONNX and silently break pinning). The router therefore asks Triton for model
-:func:`ensemble_name` ``(M, N)`` at version ``N``; Triton's own metrics then carry both the name and the version.
+Why a model per version rather than Triton versions of one model:
 
-Dropping ``M/<N+1>/model.onnx`` into the source and rendering again adds ``M_onnx/<N+1>`` and ``M_v<N+1>`` without
-touching any existing file (unchanged files are not rewritten, new version folders appear by an atomic rename), so a
-Triton that (re)loads the repository loads the new version and leaves the old ones serving.
+* an ensemble's steps live in its one ``config.pbtxt``, shared by all its versions, so an ensemble ``M`` with
+  versions 1 and 2 cannot route version 2 to ONNX version 2 (``model_version: -1`` would send both to the newest
+  ONNX and silently break pinning);
+* Triton loads a model's versions all or nothing: one broken ``model.onnx`` in version 3 of a shared ONNX model
+  unloads versions 1 and 2 as well. Separate models keep a bad drop-in from taking down the versions that work.
+
+So the router asks Triton for model :func:`ensemble_name` ``(M, N)`` at version ``N`` (Triton's own metrics then
+carry both). Dropping ``M/<N+1>/model.onnx`` into the source and rendering again only adds the two new model folders
+(unchanged files are not rewritten; new folders appear by an atomic rename), so Triton (poll mode, or an explicit load
+of :func:`version_models`) loads them without touching the versions already serving.
 
 Config parsing uses the protobuf schema shipped in tritonclient (``tritonclient.grpc.model_config_pb2``): that is
 Triton's own definition of ``config.pbtxt``, used here as data; no client is created.
@@ -152,6 +156,11 @@ def ensemble_name(model: str, version: int) -> str:
         e.g. ``ich_detector_v2``; ask Triton for this name at version ``version``.
     """
     return f"{model}_v{version}"
+
+
+def version_models(model: str, version: int) -> list[str]:
+    """Triton models serving ``model`` version ``version``, in load order (steps before the ensemble)."""
+    return [f"{model}_postprocess", f"{ensemble_name(model, version)}_onnx", ensemble_name(model, version)]
 
 
 def parse_config(text: str, where: str = "config.pbtxt") -> mc.ModelConfig:
@@ -288,9 +297,10 @@ def _io(src: mc.ModelConfig) -> tuple[int, list[mc.ModelInput], list[mc.ModelOut
     return DEFAULT_MAX_BATCH_SIZE, inputs, outputs
 
 
-def _onnx_step(src: _Source, target: str, pinned: bool) -> mc.ModelConfig:
+def _onnx_step(src: _Source, version: int, target: str) -> mc.ModelConfig:
     batch, inputs, outputs = _io(src.config)
-    cfg = mc.ModelConfig(name=f"{src.name}_onnx", max_batch_size=batch, input=inputs, output=outputs)
+    cfg = mc.ModelConfig(name=f"{ensemble_name(src.name, version)}_onnx", max_batch_size=batch, input=inputs,
+                         output=outputs)
     if target == "gpu":
         cfg.backend = "onnxruntime"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
@@ -300,11 +310,7 @@ def _onnx_step(src: _Source, target: str, pinned: bool) -> mc.ModelConfig:
         # model.py reads the file named here; the static check verifies that every served version has it.
         cfg.parameters["onnx_file"].string_value = ONNX_FILE
     _batching(cfg)
-    if pinned:
-        cfg.version_policy.specific.versions.extend(sorted(src.versions))
-    else:
-        # Every version present, so that a new version folder loads without changing this file (no reload of the others).
-        cfg.version_policy.all.SetInParent()
+    cfg.version_policy.specific.versions.append(version)
     return cfg
 
 
@@ -356,7 +362,7 @@ def plan_repository(
         Which Triton the repository is for (see the module docstring).
     versions : mapping, optional
         Versions to render per source model (``"*"`` applies to every model), e.g. the versions use cases pin.
-        Default: every version present; the ONNX step then has ``version_policy: all``.
+        Default: every version present.
     postprocess_file : path-like, optional
         Source of the postprocess step; default: the installed :mod:`pacsflow_router.postprocess`.
 
@@ -373,25 +379,24 @@ def plan_repository(
         raise ModelRepositoryError(f"no renderable model in {source}: " + "; ".join(plan.problems))
     postprocess_py = _postprocess_source(None if postprocess_file is None else Path(postprocess_file))
     for src in sources:
-        onnx = _onnx_step(src, target, pinned=versions is not None)
-        post = _postprocess_step(src, onnx.max_batch_size)
-        base = PurePosixPath(onnx.name)
-        plan.files[base / "config.pbtxt"] = _format(onnx)
-        for v, path in src.versions.items():
-            plan.files[base / str(v) / ONNX_FILE] = path
-            if target == "cpu-python":
-                plan.files[base / str(v) / "model.py"] = _ONNX_MODEL_PY.encode()
+        post = _postprocess_step(src, _io(src.config)[0])
         pbase = PurePosixPath(post.name)
         plan.files[pbase / "config.pbtxt"] = _format(post)
         plan.files[pbase / "1" / "model.py"] = _POSTPROCESS_MODEL_PY.encode()
         plan.files[pbase / "1" / "postprocess.py"] = postprocess_py
-        plan.models += [onnx.name, post.name]
-        for v in src.versions:
+        plan.models.append(post.name)
+        for v, path in src.versions.items():
+            onnx = _onnx_step(src, v, target)
+            base = PurePosixPath(onnx.name)
+            plan.files[base / "config.pbtxt"] = _format(onnx)
+            plan.files[base / str(v) / ONNX_FILE] = path
+            if target == "cpu-python":
+                plan.files[base / str(v) / "model.py"] = _ONNX_MODEL_PY.encode()
             ens = _ensemble(src, v, onnx, post)
             plan.files[PurePosixPath(ens.name) / "config.pbtxt"] = _format(ens)
             # Triton needs the version folder even though an ensemble has no files of its own.
             plan.files[PurePosixPath(ens.name) / str(v) / ".keep"] = b""
-            plan.models.append(ens.name)
+            plan.models += [onnx.name, ens.name]
     return plan
 
 

@@ -11,7 +11,7 @@ The one place pynetdicom's acceptor side is imported. Three things plain pynetdi
   "invalid PDU parameter value") and the connection closed without reading it.
 * An empty ``allowedCallingAETitles`` rejects everybody (pynetdicom reads an empty list as "anybody").
 
-Error table (domain error -> DICOM status), in one place: :data:`STATUS_FOR`.
+Refusal table (error -> DICOM status and metric reason), in one place: :data:`REFUSALS`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from . import metrics
 from .config import RoutingConfig
 from .errors import SpoolFullError, UnparseableInstanceError
 from .spool import Spool
@@ -68,13 +69,16 @@ MAX_PDU_LENGTH = 256 * 1024
 #: Largest non-P-DATA PDU read (A-ASSOCIATE-RQ with 128 contexts and a SAML token stays well below this).
 MAX_CONTROL_PDU_LENGTH = 1024 * 1024
 
-#: Domain error -> C-STORE status (PS3.4 Table B.2-1): the one translation table of this edge.
-STATUS_FOR: dict[type[Exception], int] = {
-    SpoolFullError: 0xA700,  # Refused: Out of Resources
-    UnparseableInstanceError: 0xC000,  # Error: Cannot understand
-}
+#: Refusals: error -> (C-STORE status, ``pacsflow_instances_rejected_total`` reason); the one translation table of
+#: this edge (PS3.4 Table B.2-1). First match wins.
+REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
+    (SpoolFullError, 0xA700, "spool-full"),  # Refused: Out of Resources
+    (UnparseableInstanceError, 0xC000, "unparseable"),  # Error: Cannot understand
+    (OSError, 0xA700, "write-error"),  # disk I/O error: refuse, the sender keeps the instance and retries
+)
 
 _P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # A-ASSOCIATE-RQ .. A-ABORT (PS3.8 9.3)
 # A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value): PS3.8 9.3.8.
 _A_ABORT_INVALID_PARAMETER = bytes([0x07, 0x00, 0, 0, 0, 4, 0x00, 0x00, 0x02, 0x06])
 
@@ -88,9 +92,10 @@ class _PduGuardSocket(AssociationSocket):
     _pdu_type: int | None = None
 
     def recv(self, nr_bytes: int) -> bytearray:
-        if self._pdu_type is None and nr_bytes == 6:
-            header = self._recv_exact(6)
-            if len(header) == 6:
+        if self._pdu_type is None:  # at a PDU boundary: this is the 6-byte header read
+            header = self._recv_exact(nr_bytes)
+            # Unknown types get no body read (the DUL raises Evt19 at once), so only known ones arm the guard.
+            if nr_bytes == 6 and len(header) == 6 and header[0] in _PDU_TYPES:
                 self._pdu_type = header[0]
             return header
         pdu_type, self._pdu_type = self._pdu_type, None
@@ -110,7 +115,8 @@ class _PduGuardSocket(AssociationSocket):
         return MAX_CONTROL_PDU_LENGTH
 
     def _recv_exact(self, nr_bytes: int) -> bytearray:
-        # One preallocated buffer filled in place: pynetdicom's 4 KiB recv+extend loop costs ~3x more CPU per MB.
+        # One preallocated buffer filled in place: pynetdicom's 4 KiB recv+extend loop costs ~2.5x the CPU per MB
+        # (measured on a socketpair: 0.74 vs 0.28 ms/MB).
         buf = bytearray(nr_bytes)
         view = memoryview(buf)
         nr_read = 0
@@ -235,7 +241,12 @@ class DicomReceiver:
         """Listen and serve in a background thread; returns once the port accepts connections."""
         server = self._ae.make_server(
             (self.config.bind_address, self._listen_port),
-            evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._handle_store),
+                (evt.EVT_ACCEPTED, _count_association("accepted")),
+                (evt.EVT_REJECTED, _count_association("rejected")),
+                (evt.EVT_ABORTED, _count_association("aborted")),
+            ],
             server_class=_Server,
             request_handler=_RequestHandler,
         )
@@ -266,11 +277,17 @@ class DicomReceiver:
 
     def _handle_store(self, event: evt.Event) -> int:
         # The association thread only spools: parsing a header and an fsync, nothing heavier (STYLE.md).
+        encoded = event.encoded_dataset(include_meta=True)
         try:
-            stored = self.spool.store(event.encoded_dataset(include_meta=True))
-        except (SpoolFullError, UnparseableInstanceError) as exc:
-            log.warning("C-STORE refused: %s", exc)
-            return STATUS_FOR[type(exc)]
+            stored = self.spool.store(encoded)
+        except (SpoolFullError, UnparseableInstanceError, OSError) as exc:
+            status, reason = next((st, r) for kind, st, r in REFUSALS if isinstance(exc, kind))
+            if reason == "write-error":
+                log.error("C-STORE refused, spool write failed: %s", exc)
+            else:
+                log.warning("C-STORE refused: %s", exc)
+            metrics.INSTANCES_REJECTED.labels(reason).inc()
+            return status
         if stored.duplicate:
             log.info("study %s: duplicate instance re-sent, first copy kept", stored.study_key)
         elif stored.late:
@@ -278,6 +295,15 @@ class DicomReceiver:
                         stored.study_key)
         else:
             log.debug("study %s: instance %s spooled", stored.study_key, stored.sop_instance_uid)
+        metrics.INSTANCES_RECEIVED.inc()
+        metrics.BYTES_RECEIVED.inc(len(encoded))
         if self.on_stored is not None:
             self.on_stored()
         return 0x0000
+
+
+def _count_association(outcome: str) -> Callable[[evt.Event], None]:
+    def handler(event: evt.Event) -> None:
+        metrics.ASSOCIATIONS.labels(outcome).inc()
+
+    return handler

@@ -49,7 +49,7 @@ class RouterService:
         spool_dir = Path(config.spool_dir)
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(spool_dir, config.spool_max_disk_usage)
-        self.tracker = StudyTracker(self.spool)
+        self.tracker = StudyTracker(self.spool, config.completion.stable_seconds)
         self.audit = AuditLog(config.audit.url)
         self.outbox = Outbox(spool_dir / "outbox", self._sender_for, on_result=self._on_delivery)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit)
@@ -132,10 +132,13 @@ class RouterService:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("routing config: %s changed; it takes effect after a restart", key)
         merged = new.model_copy(update={k: getattr(self.config, k) for k in RESTART_ONLY})
+        if merged.destinations != self.config.destinations:
+            self.outbox.reset_senders()
         if merged.inference != self.config.inference:
             self.pipeline.backend = make_backend(merged.inference)
         self.config = merged
         self.pipeline.config = merged
+        self.tracker.stable_seconds = merged.completion.stable_seconds
         self.receiver.update_config(merged)
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("routing config reloaded: %d use case(s): %s", len(merged.use_cases),

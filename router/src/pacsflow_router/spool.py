@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS studies (
     first_received REAL NOT NULL,
     last_received REAL NOT NULL,
     instance_count INTEGER NOT NULL DEFAULT 0,
+    resumed_at REAL,
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS studies_open ON studies (finished_at, last_received);
@@ -183,6 +184,13 @@ class Spool:
                 path.unlink(missing_ok=True)
         if orphans:
             log.info("spool recovery: %d unindexed instance file(s) handled", len(orphans))
+        # A restart may have cut a sender off mid-study; it will usually resend. Restart the completion window of
+        # every unfinished study so the resent instances join it instead of arriving late after a partial result.
+        with self.transaction() as db:
+            resumed = db.execute("UPDATE studies SET resumed_at = ? WHERE finished_at IS NULL",
+                                 (time.time(),)).rowcount
+        if resumed:
+            log.info("spool recovery: %d unfinished stud(ies) resume after their completion window", resumed)
 
     def _check_watermark(self) -> None:
         usage = shutil.disk_usage(self.spool_dir)

@@ -8,6 +8,12 @@ Lifecycle of a study
 --------------------
 receiving -> (no new instance for ``stable_seconds``) due -> per use case ``mark_done`` -> ``finish``.
 
+Restart
+-------
+Opening the spool restarts the completion window of every unfinished study (``resumed_at``): a crash may have cut a
+sender off mid-study, and what it resends then joins the study instead of arriving after a partial result.
+:attr:`StudyRef.last_received` stays the true time of the last instance (time-to-result is measured from it).
+
 Late instances
 --------------
 Every study gets exactly one result per use case. An instance that arrives after :meth:`StudyTracker.finish` is
@@ -23,6 +29,9 @@ import time
 
 from .domain import StudyRef, study_key
 from .spool import Spool
+
+# Unfinished, and silent for the window since the last instance or since the restart that resumed it.
+_COMPLETE = "finished_at IS NULL AND max(last_received, coalesce(resumed_at, 0)) <= ?"
 
 
 class StudyTracker:
@@ -59,8 +68,8 @@ class StudyTracker:
         now = time.time() if now is None else now
         window = self.stable_seconds if stable_seconds is None else stable_seconds
         studies = self.spool.execute(
-            "SELECT study_uid, last_received FROM studies WHERE finished_at IS NULL AND last_received <= ? "
-            "ORDER BY last_received", (now - window,))
+            f"SELECT study_uid, last_received FROM studies WHERE {_COMPLETE} ORDER BY last_received",
+            (now - window,))
         refs = []
         for study_uid, last_received in studies:
             rows = self.spool.execute(
@@ -113,9 +122,8 @@ class StudyTracker:
     def queue_depth(self, now: float | None = None) -> int:
         """Complete studies waiting for (or in) processing, with the tracker's ``stable_seconds``: a gauge."""
         now = time.time() if now is None else now
-        return self.spool.execute(
-            "SELECT count(*) FROM studies WHERE finished_at IS NULL AND last_received <= ?",
-            (now - self.stable_seconds,))[0][0]
+        return self.spool.execute(f"SELECT count(*) FROM studies WHERE {_COMPLETE}",
+                                  (now - self.stable_seconds,))[0][0]
 
     def late_instances(self) -> int:
         """Instances that arrived after their study was finished (kept, not processed)."""

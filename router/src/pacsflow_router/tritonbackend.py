@@ -41,7 +41,7 @@ from .config import Inference, ModelRef
 from .domain import ModelOutput
 from .errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
 from .metrics import REGISTRY
-from .modelrepo import PRIORITY_LEVELS, ensemble_name
+from .modelrepo import PRIORITY_LEVELS, ensemble_name, version_models
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,18 @@ class TritonBackend:
                 log.debug("unregistering shared memory %s failed: %s", region.name, exc)
         shm.destroy_shared_memory_region(region.handle)
 
+    def _reset(self, state: _ThreadState) -> None:
+        # A gRPC channel that failed to connect backs off for up to minutes; a fresh client reconnects at once.
+        self._local.state = None
+        with self._lock:
+            if state in self._states:
+                self._states.remove(state)
+        try:
+            self._drop_region(state)
+            state.client.close()
+        except (InferenceServerException, OSError) as exc:
+            log.debug("closing a client of an unreachable Triton: %s", exc)
+
     def close(self) -> None:
         """Unregister and free the shared-memory regions and close the clients."""
         with self._lock:
@@ -168,11 +180,13 @@ class TritonBackend:
     # -- the InferenceBackend interface -----------------------------------------------------------------------
     def ready(self, model: ModelRef) -> bool:
         """Whether Triton serves ``model`` at its pinned version right now."""
+        state = self._state()
         try:
-            return bool(self._state().client.is_model_ready(ensemble_name(model.name, model.version),
-                                                             str(model.version)))
+            return bool(state.client.is_model_ready(ensemble_name(model.name, model.version), str(model.version)))
         except (InferenceServerException, OSError) as exc:
             log.debug("readiness of %s v%d unknown: %s", model.name, model.version, exc)
+            if isinstance(exc, OSError) or _unreachable(exc):
+                self._reset(state)
             return False
 
     def infer(self, model: ModelRef, batch: np.ndarray, *, priority: int = 0) -> ModelOutput:
@@ -288,6 +302,7 @@ class TritonBackend:
         message = str(exc)
         if isinstance(exc, OSError) or _unreachable(exc):
             self._max_batch.pop(name, None)
+            self._reset(state)
             return InferenceUnavailableError(f"Triton at {self.url} is unreachable for {what}: {_short(message)}; "
                                              "the study stays queued and is retried")
         try:
@@ -318,6 +333,10 @@ class TritonBackend:
         for name in names:
             client.load_model(name)
             self._max_batch.pop(name, None)
+
+    def load_version(self, model: ModelRef) -> None:
+        """Load (explicit model control) the Triton models that serve ``model`` at its version."""
+        self.load(version_models(model.name, model.version))
 
     def repository_index(self) -> dict[str, dict[str, str]]:
         """Model name -> {version: state (reason)} as Triton reports it."""

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from pacsflow_router import modelrepo
+
 from tests.peers.triton import make_source_repository, make_test_onnx
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,15 +33,17 @@ def test_committed_repository_renders_and_checks_clean(tmp_path: Path, target: s
 def test_render_layout_per_target(source: Path, tmp_path: Path, target: str):
     out = tmp_path / "out"
     plan = modelrepo.render_repository(source, out, target)
-    assert plan.models == ["ich_detector_onnx", "ich_detector_postprocess", "ich_detector_v1", "ich_detector_v2"]
+    assert plan.models == ["ich_detector_postprocess", "ich_detector_v1_onnx", "ich_detector_v1",
+                           "ich_detector_v2_onnx", "ich_detector_v2"]
     assert modelrepo.check_repository(out) == []
-    onnx = modelrepo.parse_config((out / "ich_detector_onnx" / "config.pbtxt").read_text())
+    onnx = modelrepo.parse_config((out / "ich_detector_v1_onnx" / "config.pbtxt").read_text())
+    assert list(onnx.version_policy.specific.versions) == [1]
     if target == "gpu":
         assert onnx.backend == "onnxruntime" and onnx.instance_group[0].kind == onnx.instance_group[0].KIND_GPU
-        assert not (out / "ich_detector_onnx" / "1" / "model.py").exists()
+        assert not (out / "ich_detector_v1_onnx" / "1" / "model.py").exists()
     else:
-        assert onnx.backend == "python" and (out / "ich_detector_onnx" / "1" / "model.py").is_file()
-    assert (out / "ich_detector_onnx" / "2" / "model.onnx").read_bytes() == \
+        assert onnx.backend == "python" and (out / "ich_detector_v1_onnx" / "1" / "model.py").is_file()
+    assert (out / "ich_detector_v2_onnx" / "2" / "model.onnx").read_bytes() == \
         (source / "ich_detector" / "2" / "model.onnx").read_bytes()
     db = onnx.dynamic_batching
     assert (db.priority_levels, db.default_priority_level) == (modelrepo.PRIORITY_LEVELS, modelrepo.PRIORITY_LEVELS)
@@ -60,15 +62,15 @@ def test_each_ensemble_version_pins_its_onnx_version(source: Path, tmp_path: Pat
         assert list(cfg.version_policy.specific.versions) == [version]
         assert (tmp_path / "out" / name / str(version)).is_dir()
         steps = {s.model_name: s.model_version for s in cfg.ensemble_scheduling.step}
-        assert steps == {"ich_detector_onnx": version, "ich_detector_postprocess": 1}
+        assert steps == {f"ich_detector_v{version}_onnx": version, "ich_detector_postprocess": 1}
+        assert modelrepo.version_models("ich_detector", version) == [
+            "ich_detector_postprocess", f"ich_detector_v{version}_onnx", name]
 
 
-def test_pinned_versions_render_only_those_with_a_specific_policy(source: Path, tmp_path: Path):
+def test_pinned_versions_render_only_those(source: Path, tmp_path: Path):
     plan = modelrepo.render_repository(source, tmp_path / "out", "gpu", {"ich_detector": [2]})
-    assert "ich_detector_v1" not in plan.models and "ich_detector_v2" in plan.models
-    cfg = modelrepo.parse_config((tmp_path / "out" / "ich_detector_onnx" / "config.pbtxt").read_text())
-    assert list(cfg.version_policy.specific.versions) == [2]
-    assert not (tmp_path / "out" / "ich_detector_onnx" / "1").exists()
+    assert plan.models == ["ich_detector_postprocess", "ich_detector_v2_onnx", "ich_detector_v2"]
+    assert not (tmp_path / "out" / "ich_detector_v1_onnx").exists()
     assert modelrepo.check_repository(tmp_path / "out") == []
 
 
@@ -86,7 +88,7 @@ def test_version_drop_in_only_adds_files(source: Path, tmp_path: Path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out}
     make_test_onnx(source / "ich_detector" / "2" / "model.onnx", seed=2)
     changed = modelrepo.write_repository(modelrepo.plan_repository(source, "cpu-python"), out)
-    assert sorted(changed) == ["ich_detector_onnx/2", "ich_detector_v2"]
+    assert sorted(changed) == ["ich_detector_v2", "ich_detector_v2_onnx"]
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert modelrepo.check_repository(out) == []
     # Nothing was staged inside the repository Triton reads.
@@ -98,7 +100,7 @@ def test_removed_version_is_removed_from_output(source: Path, tmp_path: Path):
     modelrepo.render_repository(source, out, "cpu-python")
     (out / "not_ours").mkdir()
     modelrepo.render_repository(source, out, "cpu-python", {"*": [2]})
-    assert not (out / "ich_detector_onnx" / "1").exists() and not (out / "ich_detector_v1").exists()
+    assert not (out / "ich_detector_v1_onnx").exists() and not (out / "ich_detector_v1").exists()
     assert (out / "not_ours").is_dir()
 
 
@@ -110,14 +112,16 @@ def test_malformed_source_is_reported_and_good_versions_still_render(source: Pat
     plan = modelrepo.render_repository(source, tmp_path / "out", "cpu-python")
     assert "ich_detector/3: missing or empty model.onnx; version skipped" in plan.problems
     assert any(p.startswith("broken/config.pbtxt: not a valid Triton model config") for p in plan.problems)
-    assert plan.models == ["ich_detector_onnx", "ich_detector_postprocess", "ich_detector_v1", "ich_detector_v2"]
+    assert plan.models == ["ich_detector_postprocess", "ich_detector_v1_onnx", "ich_detector_v1",
+                           "ich_detector_v2_onnx", "ich_detector_v2"]
     assert modelrepo.check_repository(tmp_path / "out") == []
 
 
 def test_check_reports_broken_rendered_repository(source: Path, tmp_path: Path):
     out = tmp_path / "out"
     modelrepo.render_repository(source, out, "cpu-python")
-    (out / "ich_detector_onnx" / "2" / "model.py").unlink()
+    (out / "ich_detector_v2_onnx" / "2" / "model.py").unlink()
+    (out / "ich_detector_v1_onnx" / "1" / "model.onnx").unlink()
     (out / "garbage").mkdir()
     (out / "garbage" / "config.pbtxt").write_text("max_batch_size: lots\n")
     ens = out / "ich_detector_v1" / "config.pbtxt"
@@ -125,9 +129,10 @@ def test_check_reports_broken_rendered_repository(source: Path, tmp_path: Path):
     renamed = out / "ich_detector_v2" / "config.pbtxt"
     renamed.write_text(renamed.read_text().replace('name: "ich_detector_v2"', 'name: "ich_detector_v9"'))
     problems = modelrepo.check_repository(out)
-    assert "ich_detector_onnx/2: missing model.py" in problems
+    assert "ich_detector_v2_onnx/2: missing model.py" in problems
+    assert "ich_detector_v1_onnx/1: missing model.onnx" in problems
     assert any(p.startswith("garbage/config.pbtxt: not a valid Triton model config") for p in problems)
-    assert any("output_map key 'logits' is not an output of ich_detector_onnx" in p for p in problems)
+    assert any("output_map key 'logits' is not an output of ich_detector_v1_onnx" in p for p in problems)
     assert "ich_detector_v2/config.pbtxt: name 'ich_detector_v9' does not match folder 'ich_detector_v2'" in problems
 
 
@@ -135,11 +140,13 @@ def test_check_reports_step_on_missing_model_and_version(source: Path, tmp_path:
     out = tmp_path / "out"
     modelrepo.render_repository(source, out, "gpu")
     shutil.rmtree(out / "ich_detector_postprocess")
-    shutil.rmtree(out / "ich_detector_onnx" / "2")
+    shutil.rmtree(out / "ich_detector_v2_onnx" / "2")
     problems = modelrepo.check_repository(out)
     assert "ich_detector_v1: step 1 (ich_detector_postprocess): no model 'ich_detector_postprocess' in the repository" \
         in problems
-    assert "ich_detector_v2: step 0 (ich_detector_onnx): version 2 is not served by ich_detector_onnx" in problems
+    assert "ich_detector_v2: step 0 (ich_detector_v2_onnx): version 2 is not served by ich_detector_v2_onnx" \
+        in problems
+    assert "ich_detector_v2_onnx: no numbered version folder" in problems
 
 
 def test_cli_render_and_check(source: Path, tmp_path: Path, capsys):

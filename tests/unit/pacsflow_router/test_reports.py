@@ -164,3 +164,11 @@ def test_checker_rejects_an_sr_whose_scoord3d_lost_its_frame_of_reference(tmp_pa
     check = check_sr(_saved(sr, tmp_path, "broken"))
     assert not check.ok
     assert any("dsrdump" in e for e in check.errors)
+
+
+def test_checker_rejects_an_sr_missing_a_type_1_attribute(tmp_path):
+    study, result = phantom_study_and_result(seed=17, lesion=False, probability=0.1)
+    sr = build_sr(study, result, USE_CASE, software_version="0.1.0")
+    del sr.CompletionFlag  # SR Document General module, Type 1
+    check = check_sr(_saved(sr, tmp_path, "incomplete"))
+    assert any(e.startswith("dciodvfy: Error") for e in check.errors), check.errors

@@ -95,3 +95,20 @@ def test_late_instance_is_kept_but_does_not_reopen_the_study(tmp_path, two_studi
     assert tracker.due(time.time() + 60, 0) == []
     assert tracker.late_instances() == 1
     assert len(spool.instances(a[0].StudyInstanceUID)) == 2
+
+
+def test_restart_restarts_the_completion_window_but_keeps_last_received(tmp_path, two_studies):
+    a, _ = two_studies
+    spool = Spool(tmp_path, 0.999)
+    spool.store(part10(a[0]))
+    an_hour_ago = time.time() - 3600
+    spool.execute("UPDATE studies SET last_received = ?", (an_hour_ago,))  # received long before the crash
+    assert len(StudyTracker(spool).due(time.time(), 30)) == 1
+    spool.close()
+
+    tracker = StudyTracker(Spool(tmp_path, 0.999), stable_seconds=30)
+    now = time.time()
+    assert tracker.due(now, 30) == []  # a resend after the restart still joins the study
+    assert tracker.queue_depth(now) == 0 and tracker.in_progress() == 1
+    (ref,) = tracker.due(now + 31, 30)
+    assert ref.last_received == an_hour_ago
