@@ -7,11 +7,13 @@ kopf connecting through the kubeconfig, and ``make cluster-up``/``cluster-down``
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import kopf
 import kubernetes
@@ -20,7 +22,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.peers.cluster import REPO, ControlPlane, pid_alive
+from tests.peers.cluster import REPO, ControlPlane, ControlPlaneError, helm_path, pid_alive, start
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -158,7 +160,7 @@ def test_crd_transition_rule_is_enforced_by_the_api_server(phase_crd, kube_names
     with pytest.raises(ApiException) as rejected:
         set_mode("triage")
     assert rejected.value.status == 422
-    assert PHASE_RULE_MESSAGE in rejected.value.body
+    assert PHASE_RULE_MESSAGE in json.loads(rejected.value.body)["message"]
 
     for promoted_or_demoted in ("assistive", "triage", "assistive", "triage", "silent"):
         assert set_mode(promoted_or_demoted)["spec"]["mode"] == promoted_or_demoted
@@ -219,3 +221,58 @@ def test_make_cluster_up_and_down_run_a_control_plane_for_developers(tmp_path):
         down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert pids and not any(pid_alive(pid, component) for component, pid in pids.items())
+
+
+def test_helm_installs_a_chart_that_requires_kubernetes_1_34(kube_cluster, kube_namespace, tmp_path):
+    # kubeVersion makes helm check the server's /version: it proves the binaries carry their
+    # real version (an unstamped build reports v0.0.0-master and every such chart fails).
+    helm = str(helm_path())
+    env = kube_cluster.env()
+    subprocess.run([helm, "create", "demo"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    chart_yaml = tmp_path / "demo" / "Chart.yaml"
+    chart_yaml.write_text(chart_yaml.read_text() + 'kubeVersion: ">=1.34.0-0 <1.35.0-0"\n')
+
+    install = subprocess.run(
+        [helm, "install", "demo", str(tmp_path / "demo"), "--namespace", kube_namespace],
+        env=env, capture_output=True, text=True,
+    )
+
+    assert install.returncode == 0, install.stderr
+    with kube_cluster.api_client() as api:
+        deployment = client.AppsV1Api(api).read_namespaced_deployment("demo", kube_namespace)
+    assert deployment.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_a_component_that_fails_to_start_is_reported_and_nothing_is_left_running(tmp_path):
+    # The one stand-in here replaces the API server binary on purpose: the behaviour under test
+    # is the launcher's error path (real etcd is started and must be stopped again).
+    binaries = tmp_path / "bin"
+    binaries.mkdir()
+    for name in ("kube-apiserver", "kube-controller-manager"):
+        fake = binaries / name
+        fake.write_text("#!/bin/sh\necho 'Error: unknown flag: --pretend-misconfigured' >&2\nexit 1\n")
+        fake.chmod(0o755)
+
+    with pytest.raises(ControlPlaneError) as failed:
+        start(tmp_path / "cp", binaries=binaries, timeout=30)
+
+    assert "kube-apiserver exited with status 1" in str(failed.value)
+    assert "--pretend-misconfigured" in str(failed.value)
+    assert (tmp_path / "cp" / "logs" / "etcd.log").exists()  # etcd did start ...
+    assert processes_mentioning(str(tmp_path)) == []  # ... and was stopped
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids

@@ -43,7 +43,7 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def _template(helm: str, args: list[str]) -> list[dict]:
-    out = _run([helm, "template", "pacsflow", str(CHART), "--namespace", "pacsflow-system", *args])
+    out = _run([helm, "template", "pacsflow", str(CHART), "--namespace", "pacsflow-system", "--kube-version", K8S, *args])
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -99,9 +99,9 @@ def test_rbac_is_least_privilege(helm: str):
 
 
 def test_values_schema_rejects_unknown_and_bad_values(helm: str):
-    typo = _run([helm, "template", "x", str(CHART), "--set", "operator.logLevl=DEBUG"])
+    typo = _run([helm, "template", "x", str(CHART), "--kube-version", K8S, "--set", "operator.logLevl=DEBUG"])
     assert typo.returncode != 0 and "logLevl" in typo.stderr
-    bad = _run([helm, "template", "x", str(CHART), "--set", "operator.metricsPort=0"])
+    bad = _run([helm, "template", "x", str(CHART), "--kube-version", K8S, "--set", "operator.metricsPort=0"])
     assert bad.returncode != 0 and "metricsPort" in bad.stderr
 
 

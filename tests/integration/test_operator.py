@@ -9,6 +9,7 @@ garbage collector of kube-controller-manager.
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -317,7 +318,21 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, run_operator):
     eventually(lambda: cluster.condition("AIUseCase", "ich-head-ct", "Ready"), "first reconcile")
     eventually(lambda: cluster.child("Deployment", "gpu-triton-triton"), "Triton Deployment")
     unchanged = ("Deployment", "Service", "PersistentVolumeClaim")
-    before = {k: cluster.child(k, ROUTER_CHILDREN[k]).metadata.resource_version for k in unchanged}
+
+    def our_writes() -> dict:
+        # What the operator last changed: its server-side-apply managedFields entry (set only when an apply
+        # changes something) and the Deployment's generation (bumped by any spec change). resourceVersion
+        # is no use here: kube-controller-manager keeps writing the Deployment's status.
+        out = {}
+        for kind in unchanged:
+            obj = cluster.child(kind, ROUTER_CHILDREN[kind])
+            ours = [(m.operation, m.time, json.dumps(m.fields_v1, sort_keys=True))
+                    for m in obj.metadata.managed_fields if m.manager == "pacsflow-operator"]
+            out[kind] = (ours, obj.metadata.generation)
+        return out
+
+    before = our_writes()
+    assert all(ours for ours, _ in before.values())
     run_operator.stop(first)
     # A change made while the operator is down is picked up by the next one (resume/update handlers).
     cluster.patch_spec("AIUseCase", "ich-head-ct", {"mode": "assistive"})
@@ -345,5 +360,4 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, run_operator):
         "PersistentVolumeClaim": ["ed-router-router-spool"],
     }
     # Server-side apply of identical manifests is a no-op: the restart rewrote nothing but the config.
-    after = {k: cluster.child(k, ROUTER_CHILDREN[k]).metadata.resource_version for k in unchanged}
-    assert after == before
+    assert our_writes() == before

@@ -1,7 +1,7 @@
 """The Triton path against a real tritonserver (nvidia-pytriton's 2.51 binary, CPU python backend + ensembles).
 
-Equality with the embedded path: the same ONNX file run by the router's in-process ONNX Runtime and postprocess
-function. Tolerance: 1e-5 absolute on probabilities and locations (float32 sigmoid outputs; both sides run the
+Equality with the embedded path: the same ONNX file run by the router's EmbeddedOnnxBackend (in-process ONNX
+Runtime and the same postprocess function). Tolerance: 1e-5 absolute on probabilities and locations (float32 sigmoid outputs; both sides run the
 same graph on the CPU, ONNX Runtime versions differ between the two venvs).
 """
 
@@ -12,13 +12,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from pacsflow_router import modelrepo
 from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
-from pacsflow_router.postprocess import postprocess
-from pacsflow_router.tritonbackend import REQUESTS, TritonBackend
+from pacsflow_router.inference import EmbeddedOnnxBackend
+from pacsflow_router.tritonbackend import IN_FLIGHT, REQUESTS, TritonBackend
 
 from tests.peers.triton import ROOT, TritonPeer, make_source_repository, make_test_onnx, serve, study_batch
 
@@ -30,9 +29,11 @@ V2 = ModelRef(name="ich_detector", version=2)
 
 
 def embedded(onnx_file: Path, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The embedded path's answer: in-process ONNX Runtime, then the router's postprocess."""
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    return postprocess(*session.run(["logit", "location_logit"], {"image": batch}))
+    """The embedded path's answer for ``<repo>/<name>/<version>/model.onnx``: the router's EmbeddedOnnxBackend."""
+    version = onnx_file.parent
+    backend = EmbeddedOnnxBackend(version.parent.parent)
+    out = backend.infer(ModelRef(name=version.parent.name, version=int(version.name)), batch)
+    return out.probability, out.location
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_malformed_model_directory_is_reported_and_good_versions_keep_serving(tm
         expected, _ = embedded(source / "ich_detector" / "1" / "model.onnx", batch)
         np.testing.assert_allclose(out.probability, expected, atol=ATOL)
         assert not backend.ready(V2)
-        with pytest.raises(InferenceUnavailableError, match=r"version 2 .* not ready in Triton \(UNAVAILABLE"):
+        with pytest.raises(InferenceUnavailableError, match=r"version 2 .* not ready in Triton \(ich_detector_v2_onnx UNAVAILABLE .*NoSuchFile"):
             backend.infer(V2, batch)
         assert "model.onnx" in backend.repository_index()["ich_detector_v2_onnx"]["2"]  # the reason names the file
         assert "failed to read text proto from" in peer.log() and "other_model/config.pbtxt" in peer.log()
@@ -210,3 +211,55 @@ def test_committed_repository_served_by_triton_matches_embedded(tmp_path: Path):
             np.testing.assert_allclose(out.probability, probability, atol=ATOL)
             np.testing.assert_allclose(out.location, location, atol=ATOL)
         backend.close()
+
+
+def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
+    """A triage study (priority 1) sent behind a queue of silent ones (3) is answered before most of them.
+
+    Control: the same request sent as silent waits its turn. Asserted on completion order, never on durations; each
+    round first checks through Triton's statistics that several silent studies were still unanswered.
+    """
+    silent_count = 10
+    with serve(ROOT / "model_repository", tmp_path) as peer:
+        batch = study_batch(64)
+        watcher = TritonBackend(peer.url)
+        watcher.infer(V1, batch)
+
+        def answered() -> int:
+            return watcher.statistics(V1)["ich_detector_v1:1"]["inference_stats"]["success"]["count"]
+
+        def silent_after_probe(probe_priority: int) -> tuple[int, int]:
+            order: list[str] = []
+            lock = threading.Lock()
+            clients = [TritonBackend(peer.url) for _ in range(silent_count)]
+            for client in clients:
+                client.infer(V1, batch[:1])  # connect before the round
+
+            def silent(client: TritonBackend) -> None:
+                client.infer(V1, batch, priority=3)
+                with lock:
+                    order.append("silent")
+
+            start = answered()
+            threads = [threading.Thread(target=silent, args=(c,)) for c in clients]
+            for t in threads:
+                t.start()
+            # Every silent request has reached Triton once the ensemble's statistics count all of them as started:
+            # wait until Triton has answered at most 2, then send the probe behind the rest.
+            while IN_FLIGHT.labels("ich_detector", "1")._value.get() < silent_count:
+                threading.Event().wait(0.005)
+            threading.Event().wait(0.3)
+            unanswered = silent_count - (answered() - start)
+            TritonBackend(peer.url).infer(V1, batch, priority=probe_priority)
+            with lock:
+                order.append("probe")
+            for t in threads:
+                t.join()
+            return len(order) - 1 - order.index("probe"), unanswered
+
+        triage_after, triage_waiting = silent_after_probe(1)
+        silent_after, silent_waiting = silent_after_probe(3)
+        print("DEBUG", triage_after, triage_waiting, silent_after, silent_waiting)
+        assert triage_waiting >= 5 and silent_waiting >= 5, "the queue drained before the probe; nothing to compare"
+        assert triage_after >= triage_waiting - 2
+        assert silent_after <= 1

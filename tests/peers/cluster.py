@@ -565,6 +565,9 @@ def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
             "--allow-privileged=true",
+            # The `kubernetes` Service cannot point at a loopback address (the Endpoints would be
+            # invalid and the reconciler logs an error every 10 s); nothing here runs in a Pod.
+            "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--v=1",
         ], detached=detached)

@@ -35,7 +35,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-__all__ = ["GroundTruth", "Lesion", "generate_study", "write_study", "main"]
+__all__ = ["GroundTruth", "Lesion", "generate_study", "write_study", "lesion_schedule", "main"]
 
 #: Transfer syntaxes pydicom can write natively (no encoder plugin needed).
 _NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}

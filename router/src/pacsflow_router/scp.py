@@ -289,7 +289,7 @@ class DicomReceiver:
             metrics.INSTANCES_REJECTED.labels(reason).inc()
             return status
         if stored.duplicate:
-            log.info("study %s: duplicate instance re-sent, first copy kept", stored.study_key)
+            log.debug("study %s: duplicate instance re-sent, first copy kept", stored.study_key)
         elif stored.late:
             log.warning("study %s: instance arrived after the study was finished; kept, not reprocessed",
                         stored.study_key)

@@ -319,7 +319,11 @@ class TritonBackend:
         states = index[name]
         status = states.get(str(model.version)) or next(iter(states.values()), "")
         if not status.startswith("READY") or any(t in message.lower() for t in _TRANSIENT):
-            return InferenceUnavailableError(f"{what} is not ready in Triton ({_short(status or message)}); "
+            # An ensemble whose step failed to load has no state of its own: the step's reason says what is wrong.
+            reasons = [f"{m} {state}" for m in version_models(model.name, model.version)
+                       for state in index.get(m, {}).values() if state and not state.startswith("READY")]
+            detail = reasons[0] if reasons else (status or message)
+            return InferenceUnavailableError(f"{what} is not ready in Triton ({_short(detail)}); "
                                              "the study stays queued and is retried")
         return InferenceError(f"Triton rejected {what}: {_short(message)}")
 

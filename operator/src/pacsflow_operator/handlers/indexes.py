@@ -12,6 +12,9 @@ import kopf
 
 from .. import GROUP, VERSION
 
+# Return {} (not None) to drop an object: kopf keeps the previous value when an indexer returns None.
+_GONE: dict = {}
+
 
 def _entry(name: str, body: Any) -> dict[str, Any]:
     return {
@@ -24,27 +27,27 @@ def _entry(name: str, body: Any) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, "dicomrouters")
-def routers(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any] | None:
+def routers(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any]:
     """(namespace, name) -> DicomRouter (a router being deleted counts as gone)."""
     if meta.get("deletionTimestamp"):
-        return None
+        return _GONE
     return {(namespace, name): _entry(name, body)}
 
 
 @kopf.index(GROUP, VERSION, "tritonclusters")
-def tritons(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any] | None:
+def tritons(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any]:
     """(namespace, name) -> TritonCluster."""
     if meta.get("deletionTimestamp"):
-        return None
+        return _GONE
     return {(namespace, name): _entry(name, body)}
 
 
 @kopf.index(GROUP, VERSION, "aiusecases")
 def use_cases_by_router(
     namespace: str, name: str, body: Any, meta: Any, spec: Any, **_: Any
-) -> dict[tuple[str, str], Any] | None:
+) -> dict[tuple[str, str], Any]:
     """(namespace, router name) -> AIUseCases bound to it. A use case being deleted is already left out,
     so the render its delete handler triggers drops it from the routing config."""
     if meta.get("deletionTimestamp") or not spec.get("router"):
-        return None
+        return _GONE
     return {(namespace, spec["router"]): _entry(name, body)}

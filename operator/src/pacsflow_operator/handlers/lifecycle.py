@@ -45,11 +45,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: An
         prefix=PREFIX, key="last-handled-configuration"
     )
     # kopf would post every handler log line >= INFO as an Event: one API request each. Events are posted
-    # explicitly (kopf.info/kopf.warn) where a user learns something; handler logs go to the log only.
+    # explicitly (kopf.event, unfiltered; kopf.warn) where a user learns something; handler logs go to the log only.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    settings.batching.worker_limit = 32
+    settings.queueing.worker_limit = 32
     op_settings = memo.get("settings") or OperatorSettings()
     memo.settings = op_settings
     memo.controller = Controller(Kube(), op_settings)

@@ -48,7 +48,7 @@ async def router_changed(namespace: str, name: str, body: Any, old: Any, new: An
     for cluster in sorted(c for c in clusters if c):
         await ctl.sync_triton(namespace, cluster, idx)
     if plan is not None and reason != "resume":
-        kopf.info(body, reason="Reconciled",
+        kopf.event(body, type="Normal", reason="Reconciled",
                   message=f"routing config rendered with {len(plan.accepted)} use case(s)")
         if plan.rejected:
             kopf.warn(body, reason="UseCasesLeftOut",
@@ -78,7 +78,7 @@ async def triton_changed(namespace: str, name: str, body: Any, memo: kopf.Memo, 
     await ctl.sync_triton(namespace, name, idx, force=True)
     await _refresh_routers_of(ctl, idx, namespace, name)
     if reason != "resume":
-        kopf.info(body, reason="Reconciled", message="Triton Deployment and Service applied")
+        kopf.event(body, type="Normal", reason="Reconciled", message="Triton Deployment and Service applied")
 
 
 @kopf.on.event(GROUP, VERSION, "tritonclusters")
@@ -118,7 +118,7 @@ async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, meta
         patch.status.update(wanted)
     old_mode = ((old or {}).get("spec") or {}).get("mode")
     if reason == "update" and old_mode and old_mode != uc.mode:
-        kopf.info(body, reason="ModeChanged", message=f"mode {old_mode} → {uc.mode}; the router reloads its config")
+        kopf.event(body, type="Normal", reason="ModeChanged", message=f"mode {old_mode} → {uc.mode}; the router reloads its config")
     ready, before = _ready(wanted), _ready(stored)
     # One Warning Event per new problem, not one per reconcile.
     if ready.get("status") == "False" and (before.get("status"), before.get("reason")) != ("False", ready["reason"]):
