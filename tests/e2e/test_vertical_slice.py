@@ -66,6 +66,13 @@ def test_modes_gate_what_leaves_and_srs_are_valid(pacs, make_router, studies, tm
             sr.save_as(path)
             check = check_sr(path)
             assert check.errors == [], check.errors
+    # No patient data in the router's log: no UIDs, names or IDs (STYLE.md; DEBUG is off by default).
+    log_text = router.log()
+    header = pydicom.dcmread(positive_paths[0], stop_before_pixels=True)
+    for value in (truth.study_instance_uid for truth in (positive, negative)):
+        assert value not in log_text
+    for value in (str(header.PatientName), str(header.PatientID), str(header.SOPInstanceUID)):
+        assert value and value not in log_text
     assert metric_value(router, "pacsflow_critical_findings_total", use_case="ich-triage") == 1
     assert metric_value(router, "pacsflow_critical_findings_total", use_case="ich-assist") == 0
 

@@ -47,8 +47,9 @@ def configure_logging(settings: RouterSettings) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
-    # pynetdicom logs every PDU at INFO including patient-level identifiers in some messages.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # No patient data in logs (STYLE.md): pynetdicom logs PDU details and highdicom logs source UIDs at INFO.
+    for chatty in ("pynetdicom", "highdicom"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def main(argv: list[str] | None = None) -> int:
