@@ -167,6 +167,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int) -> dict
                          "match": {"modalities": ["CT"]},
                          "outputs": {"structuredReport": {"destination": "pacs"}}},
             })
+        created = time.perf_counter() - t0
         per_router = {r: sum(1 for v in owner.values() if v == r) for r in routers}
         deadline = time.monotonic() + 600
         while any(len(watcher.latest.get(r, {})) < per_router[r] for r in routers):
@@ -212,6 +213,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int) -> dict
             "pacsflow_operator_reconciliations_total", 0)
         return {
             "use_cases": n_use_cases, "routers": n_routers, "edits": n_edits,
+            "create_all_objects_s": created,
             "initial_convergence_s": converge,
             "edit_to_configmap_p50_s": statistics.median(latencies),
             "edit_to_configmap_p95_s": _pct(latencies, 0.95),

@@ -240,7 +240,14 @@ def test_helm_installs_a_chart_that_requires_kubernetes_1_34(kube_cluster, kube_
     assert install.returncode == 0, install.stderr
     with kube_cluster.api_client() as api:
         deployment = client.AppsV1Api(api).read_namespaced_deployment("demo", kube_namespace)
-    assert deployment.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert deployment.metadata.labels["app.kubernetes.io/managed-by"] == "Helm"
+        # Deployment -> ReplicaSet -> Pod runs in kube-controller-manager (the Pod then stays
+        # Pending: there are no nodes).
+        core = client.CoreV1Api(api)
+        eventually(
+            lambda: core.list_namespaced_pod(kube_namespace, label_selector="app.kubernetes.io/name=demo").items,
+            "the Deployment's Pod being created",
+        )
 
 
 def test_a_component_that_fails_to_start_is_reported_and_nothing_is_left_running(tmp_path):

@@ -69,17 +69,33 @@ class Pipeline:
             except InferenceError as exc:
                 # Permanent for this study (e.g. a pinned version the repository does not have): audit, move on.
                 log.error("study %s use case %s failed: %s", ref.key, use_case.name, exc)
-                self.audit.record_result(
-                    study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
-                    model_name=use_case.model.name, model_version=use_case.model.version,
-                    probability=None, critical=False, outcome=f"error: {exc}", timings={},
-                    destination=None, destination_status=None,
-                )
-                metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
+                self._record_error(ref, use_case, str(exc))
                 outcome = "error"
             self.tracker.mark_done(ref.study_uid, use_case.name, outcome)
         self.tracker.finish(ref.study_uid)
         return True
+
+    def give_up(self, ref: StudyRef, reason: str) -> None:
+        """Finish a study that keeps failing (e.g. undecodable pixel data): one audited error per use case.
+
+        Without this a poison study would be retried forever and hold its spool space; the audit trail and the
+        ``error`` outcome metric tell the SRE which study key to look at.
+        """
+        for use_case in self.config.use_cases:
+            if self.tracker.is_done(ref.study_uid, use_case.name):
+                continue
+            self._record_error(ref, use_case, reason)
+            self.tracker.mark_done(ref.study_uid, use_case.name, "error")
+        self.tracker.finish(ref.study_uid)
+
+    def _record_error(self, ref: StudyRef, use_case: UseCase, reason: str) -> None:
+        self.audit.record_result(
+            study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
+            model_name=use_case.model.name, model_version=use_case.model.version,
+            probability=None, critical=False, outcome=f"error: {reason}", timings={},
+            destination=None, destination_status=None,
+        )
+        metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
 
     def _run_use_case(self, study, series, use_case: UseCase, timings: dict[str, float]) -> str:
         model = use_case.model

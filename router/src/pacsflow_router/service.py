@@ -28,6 +28,9 @@ from .studies import StudyTracker
 log = logging.getLogger(__name__)
 
 # Settings that need a new process (listening socket, spool, stores); a hot reload keeps the running values.
+# A study whose processing raises unexpectedly this many times in a row is finished with an audited error.
+MAX_STUDY_ATTEMPTS = 3
+
 RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics")
 
 
@@ -56,6 +59,7 @@ class RouterService:
         self.receiver = DicomReceiver(config, self.spool)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._failures: dict[str, int] = {}
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def _sender_for(self, destination: str) -> StoreClient:
@@ -97,6 +101,7 @@ class RouterService:
     def _pipeline_loop(self) -> None:
         while not self._stop.is_set():
             metrics.QUEUE_DEPTH.set(self.tracker.queue_depth())
+            metrics.LATE_INSTANCES.set(self.tracker.late_instances())
             metrics.STUDIES_IN_PROGRESS.set(self.tracker.in_progress())
             due = self.tracker.due(time.time(), self.config.completion.stable_seconds)
             waiting = False
@@ -105,8 +110,14 @@ class RouterService:
                     return
                 try:
                     waiting |= not self.pipeline.process(ref)
-                except Exception:  # noqa: BLE001 - one broken study must not stop the router; it stays due
-                    log.exception("study %s failed unexpectedly; it stays queued and is retried", ref.key)
+                    self._failures.pop(ref.key, None)
+                except Exception as exc:  # noqa: BLE001 - one broken study must not stop the router
+                    attempts = self._failures[ref.key] = self._failures.get(ref.key, 0) + 1
+                    log.exception("study %s failed unexpectedly (attempt %d of %d)", ref.key, attempts,
+                                  MAX_STUDY_ATTEMPTS)
+                    if attempts >= MAX_STUDY_ATTEMPTS:
+                        self.pipeline.give_up(ref, f"{type(exc).__name__} after {attempts} attempts")
+                        self._failures.pop(ref.key, None)
                     waiting = True
             self._stop.wait(5.0 if waiting else 0.5)
 
