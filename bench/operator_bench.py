@@ -136,16 +136,18 @@ class ConfigWatcher(threading.Thread):
         self._watch.stop()
 
 
-def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int) -> dict:
+def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operator_log: str | None = None) -> dict:
     api = config.new_client_from_config(config_file=kubeconfig)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     _apply_crds(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
     metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": kubeconfig, "PACSFLOW_OPERATOR_METRICS_PORT": str(metrics_port),
-           "PACSFLOW_OPERATOR_METRICS_HOST": "127.0.0.1", "PACSFLOW_OPERATOR_LOG_LEVEL": "WARNING"}
+           "PACSFLOW_OPERATOR_METRICS_HOST": "127.0.0.1",
+           "PACSFLOW_OPERATOR_LOG_LEVEL": "INFO" if operator_log else "WARNING"}
+    log_file = open(operator_log, "wb") if operator_log else subprocess.PIPE  # noqa: SIM115 - closed below
     op = subprocess.Popen([sys.executable, "-m", "pacsflow_operator", "--namespace", NS, "--liveness", ""],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     watcher = ConfigWatcher(api)
     watcher.start()
     try:
@@ -172,7 +174,8 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int) -> dict
         deadline = time.monotonic() + 600
         while any(len(watcher.latest.get(r, {})) < per_router[r] for r in routers):
             if op.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("operator did not converge:\n" + op.stderr.read().decode()[-3000:])
+                raise RuntimeError("operator did not converge" + (
+                    "" if operator_log else ":\n" + op.stderr.read().decode()[-3000:]))
             time.sleep(0.05)
         converge = time.perf_counter() - t0
         time.sleep(2)  # let status writes of the initial burst drain before counting requests
@@ -228,6 +231,8 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int) -> dict
     finally:
         watcher.stop()
         op.terminate()
+        if operator_log:
+            log_file.close()
         try:
             op.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-cases", type=int, default=200)
     parser.add_argument("--routers", type=int, default=5)
     parser.add_argument("--edits", type=int, default=60)
+    parser.add_argument("--operator-log", help="write the operator's INFO log here")
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting one (namespace 'bench' must not exist)")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacsflow-bench-")))
             kubeconfig = str(stack.enter_context(control_plane(tmp / "kube")).kubeconfig)
-        result = run(kubeconfig, args.use_cases, args.routers, args.edits)
+        result = run(kubeconfig, args.use_cases, args.routers, args.edits, args.operator_log)
     for key, value in result.items():
         print(f"{key:32} {value:.4g}" if isinstance(value, float) else f"{key:32} {value}")
     out = REPO / ".bench" / "operator.json"
