@@ -95,6 +95,11 @@ def _apiserver_writes(api: client.ApiClient) -> float:
     return total
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -178,6 +183,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
                     "" if operator_log else ":\n" + op.stderr.read().decode()[-3000:]))
             time.sleep(0.05)
         converge = time.perf_counter() - t0
+        converge_cpu = _cpu_seconds(op.pid)
         time.sleep(2)  # let status writes of the initial burst drain before counting requests
         before = _scrape(metrics_port)
         server_before = _apiserver_writes(api)
@@ -218,6 +224,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
             "use_cases": n_use_cases, "routers": n_routers, "edits": n_edits,
             "create_all_objects_s": created,
             "initial_convergence_s": converge,
+            "operator_cpu_s_during_convergence": converge_cpu,
             "edit_to_configmap_p50_s": statistics.median(latencies),
             "edit_to_configmap_p95_s": _pct(latencies, 0.95),
             "peer_configmap_patch_p50_s": statistics.median(peer),

@@ -153,12 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                   "cores, no GPU)")
             for label, value in ms.items():
                 print(f"   {label:34} {value:8.1f} ms   {value / base:.2f}x")
-            keys = list(backends)
-            fastest = min(((ms[label], key) for label, key in zip(list(ms)[1:], keys, strict=True)))
+            # Parts 2 and 3 use the fastest Triton variant (labels after "embedded" follow ``backends``' order).
+            _, (protocol, url, shm) = min(zip(list(ms.values())[1:], backends, strict=True))
             for backend in backends.values():
                 backend.close()
-            fastest = (None, *fastest[1])
-            _, protocol, url, shm = fastest
 
             print(f"2. 4 concurrent studies, triton {protocol}{' + shm' if shm else ''}: studies/s")
             for slices in (args.slices, 8):

@@ -158,3 +158,78 @@ def test_helm_install_and_uninstall_on_the_api_server(helm: str, kube_cluster: C
         with pytest.raises(ApiException) as gone:
             apps.read_namespaced_deployment(f"{release}-pacsflow", kube_namespace)
         assert gone.value.status == 404
+
+
+@pytest.mark.cluster
+def test_operator_works_with_only_the_charts_rbac(helm: str, kube_cluster: ControlPlane, kube_namespace: str,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Least privilege that is enough: the operator runs as the chart's ServiceAccount (a real token from
+    the API server) and still creates children, writes status, posts Events and releases finalizers."""
+    from kopf.testing import KopfRunner  # the operator's runner; only this test needs it
+
+    release = f"pf-{uuid.uuid4().hex[:6]}"
+    env = kube_cluster.env()
+    install = _run([helm, "install", release, str(CHART), "--namespace", kube_namespace, "--take-ownership",
+                    "--set", f"operator.watchNamespaces={{{kube_namespace}}}"], env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    sa = f"{release}-pacsflow"
+    try:
+        with kube_cluster.api_client() as api:
+            core, custom, apps = client.CoreV1Api(api), client.CustomObjectsApi(api), client.AppsV1Api(api)
+            token = core.create_namespaced_service_account_token(
+                sa, kube_namespace, client.AuthenticationV1TokenRequest(
+                    spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
+            kubeconfig = tmp_path / "operator-sa.kubeconfig"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+                "clusters": [{"name": "c", "cluster": {"server": kube_cluster.server_url,
+                                                        "certificate-authority": str(kube_cluster.pki.ca_crt)}}],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": kube_namespace}}],
+            }))
+            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+            monkeypatch.setenv("PACSFLOW_OPERATOR_METRICS_PORT", "0")
+            examples = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "crds" / "examples").glob("*.yaml")}
+            with KopfRunner(["run", "--standalone", "--namespace", kube_namespace, "-m",
+                             "pacsflow_operator.handlers"], timeout=60) as runner:
+                for kind in ("tritoncluster", "dicomrouter", "aiusecase"):
+                    custom.create_namespaced_custom_object("pacsflow.io", "v1alpha1", kube_namespace, f"{kind}s",
+                                                           examples[kind])
+
+                def ready() -> bool:
+                    uc = custom.get_namespaced_custom_object("pacsflow.io", "v1alpha1", kube_namespace,
+                                                             "aiusecases", "ich-head-ct")
+                    conds = {c["type"]: c["status"] for c in (uc.get("status") or {}).get("conditions", [])}
+                    return conds.get("Ready") == "True"
+
+                _eventually(ready, "use case Ready under the chart's RBAC")
+                dep = apps.read_namespaced_deployment("ed-router-router", kube_namespace)
+                assert dep.metadata.owner_references[0].kind == "DicomRouter"
+                apps.read_namespaced_deployment("gpu-triton-triton", kube_namespace)
+                custom.delete_namespaced_custom_object("pacsflow.io", "v1alpha1", kube_namespace, "aiusecases",
+                                                       "ich-head-ct")
+
+                def deleted() -> bool:
+                    try:
+                        custom.get_namespaced_custom_object("pacsflow.io", "v1alpha1", kube_namespace,
+                                                            "aiusecases", "ich-head-ct")
+                    except ApiException as exc:
+                        return exc.status == 404
+                    return False
+
+                _eventually(deleted, "finalizer released by the operator")
+            assert runner.exception is None, runner.output
+            assert "403" not in runner.output and "Forbidden" not in runner.output, runner.output
+    finally:
+        _run([helm, "uninstall", release, "--namespace", kube_namespace], env=env)
+
+
+def _eventually(check, what: str, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{what} did not happen within {timeout:.0f}s")

@@ -98,6 +98,7 @@ class TritonPeer:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "tritonserver.log"
+        self._shm_before: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -120,10 +121,13 @@ class TritonPeer:
                    TRITON_METRICS_PORT=str(self.metrics_port), TRITON_MODEL_CONTROL_MODE=self.mode,
                    TRITON_SERVER_DIR=str(self.workdir / "server"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._shm_before = _stub_regions()
         log = self.log_path.open("ab")
+        # Triton waits exit-timeout seconds for clients' keep-alive connections before it unloads the models; tests
+        # keep clients open, so keep that short (the python stubs must still get to exit and free their memory).
         self.proc = subprocess.Popen(
-            [str(SCRIPT), str(self.repository), *self.extra], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [str(SCRIPT), str(self.repository), "--exit-timeout-secs=5", *self.extra], env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -154,11 +158,17 @@ class TritonPeer:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(30)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             # The python-backend stubs are in the same session; take them down with the server.
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        # A stub that failed to initialise (the malformed-model tests) leaves its region behind: remove the ones
+        # this server created that no process maps any more.
+        mapped = _mapped_files()
+        for name in _stub_regions() - self._shm_before:
+            if f"/dev/shm/{name}" not in mapped:
+                Path("/dev/shm", name).unlink(missing_ok=True)
 
     def log(self) -> str:
         """Everything tritonserver printed so far."""
@@ -169,6 +179,22 @@ class TritonPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _stub_regions() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("triton_python_backend_shm_region_*")} if shm.is_dir() else set()
+
+
+def _mapped_files() -> set[str]:
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split(maxsplit=5)[-1].strip() for line in maps.read_text().splitlines()
+                          if "/dev/shm/" in line)
+        except OSError:
+            continue  # the process ended or is not ours to read
+    return mapped
 
 
 def serve(source: Path, workdir: Path, mode: str = "explicit", versions: dict | None = None) -> TritonPeer:

@@ -23,6 +23,7 @@ DALI runs on the CPU here (``device_id=None``) and puts the same stages on the G
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -190,8 +191,9 @@ def _window_affine(rescale: Sequence[tuple[float, float]], spec: PreprocessSpec)
 # ---------------------------------------------------------------- DALI
 
 
+@functools.cache
 def gpu_available() -> bool:
-    """Whether DALI sees a CUDA device (False on machines without a driver, never raises)."""
+    """Whether DALI sees a CUDA device (False on machines without a driver, never raises; asked once)."""
     try:
         from nvidia.dali import backend as dali_backend
 

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[3] / "model_repository"
 MODEL = ModelRef(name="ich_detector", version=1)
 SEEDS = range(900_000, 900_040)
 # Reached when the model was committed: sensitivity 20/20, specificity 20/20, location error median 1.0 mm,
-# max 2.3 mm (on 120 further phantoms of six matrix/slice layouts: 60/60 and 60/60, lowest positive 0.81,
-# highest negative 0.17). One miss in 20 is allowed.
+# max 3.5 mm (on 120 further phantoms of six matrix/slice layouts: 60/60 and 60/60, lowest positive 0.90,
+# highest negative 0.11). One miss in 20 is allowed.
 MIN_SENSITIVITY = 0.95
 MIN_SPECIFICITY = 0.95
 # The reported point must lie inside the lesion, allowing this much beyond its largest semi-axis.

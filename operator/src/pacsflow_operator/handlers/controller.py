@@ -159,8 +159,12 @@ class Controller:
                 use_cases = idx.use_case_specs(namespace, name)
                 triton_exists = (idx.triton(namespace, spec.triton_cluster) is not None
                                  if spec.triton_cluster else None)
-                plan = router_rc.render_router(name, namespace, spec, use_cases, image=self.settings.router_image,
-                                               triton_cluster_exists=triton_exists)
+                # In a thread: rendering YAML for a router with many use cases takes tens of ms of CPU, and
+                # on the event loop that would stall every other object's handlers and watches.
+                plan = await asyncio.to_thread(
+                    router_rc.render_router, name, namespace, spec, use_cases,
+                    image=self.settings.router_image, triton_cluster_exists=triton_exists,
+                )
                 written = await self._apply_all(plan.children, namespace,
                                                 owner("DicomRouter", namespace, name, entry["uid"]), force)
                 status = {

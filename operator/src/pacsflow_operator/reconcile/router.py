@@ -140,21 +140,28 @@ def routing_config(
         The validated :class:`RoutingConfig` and ``{use case name: message}`` of those left out.
     """
     base = _as_wire(base_config(name, namespace, spec))
-    accepted: list[dict[str, Any]] = []
+    entries: dict[str, dict[str, Any]] = {}
     rejected: dict[str, str] = {}
     for uc_name in sorted(use_cases):
         try:
-            entry = use_case(uc_name, use_cases[uc_name]).model_dump(by_alias=True, mode="json", exclude_none=True)
+            entries[uc_name] = use_case(uc_name, use_cases[uc_name]).model_dump(
+                by_alias=True, mode="json", exclude_none=True)
         except ValueError as exc:  # pydantic ValidationError, e.g. a metadata.name that is not a DNS label
             rejected[uc_name] = f"cannot be a routing config use case: {exc}"
-            continue
+    # Fast path: one parse of the whole document (the router's parser is the judge of the contract).
+    try:
+        return parse_config({**base, "useCases": list(entries.values())}, source=f"of DicomRouter {name}"), rejected
+    except ConfigError:
+        pass
+    # Something is wrong: find the culprits one use case at a time and leave only them out.
+    accepted = []
+    for uc_name, entry in entries.items():
         try:
             parse_config({**base, "useCases": [entry]}, source=f"for AIUseCase {uc_name}")
         except ConfigError as exc:
             rejected[uc_name] = str(exc)
             continue
         accepted.append(entry)
-    # The whole document goes through the router's parser too: the contract is what it accepts.
     return parse_config({**base, "useCases": accepted}, source=f"of DicomRouter {name}"), rejected
 
 
