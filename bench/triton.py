@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from pacsflow_router import modelrepo
 from pacsflow_router.config import ModelRef
 from pacsflow_router.inference import EmbeddedOnnxBackend
 from pacsflow_router.tritonbackend import TritonBackend
-
 from tests.peers.triton import TritonPeer, study_batch
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"

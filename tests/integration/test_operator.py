@@ -19,8 +19,8 @@ import yaml
 from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from pacsflow_router.config import parse_config
 
+from pacsflow_router.config import parse_config
 from tests.peers.cluster import ControlPlane
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

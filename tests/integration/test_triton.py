@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pacsflow_router import modelrepo
 from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
 from pacsflow_router.inference import EmbeddedOnnxBackend
 from pacsflow_router.tritonbackend import IN_FLIGHT, REQUESTS, TritonBackend
-
 from tests.peers.triton import ROOT, TritonPeer, make_source_repository, make_test_onnx, serve, study_batch
 
 pytestmark = pytest.mark.triton

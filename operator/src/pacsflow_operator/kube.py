@@ -99,7 +99,11 @@ class Kube:
             reason = _api_reason(data, response.reason)
             if response.status == 404:
                 raise NotFoundError(f"{verb} {path}: not found")
-            if response.status in (400, 403, 422):
+            if response.status == 403:
+                # Retried, not permanent: fixing the RBAC (the chart's ClusterRole) must heal it without a restart.
+                raise errors.KubeApiError(f"{verb} {path} forbidden: {reason}; grant it to the operator's "
+                                          "ServiceAccount (charts/pacsflow/templates/rbac.yaml)")
+            if response.status in (400, 422):
                 raise errors.InvalidSpecError(f"{verb} {path} refused ({response.status}): {reason}")
             raise errors.KubeApiError(f"{verb} {path} failed ({response.status}): {reason}")
         return json.loads(data) if data else None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pacsflow_operator import crdgen
 from pacsflow_operator.resources.v1alpha1 import AI_USE_CASE, DICOM_ROUTER, KINDS, MODE_TRANSITION_RULE
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pacsflow_operator.reconcile import router as router_rc
 from pacsflow_operator.reconcile import triton as triton_rc
 from pacsflow_operator.reconcile.usecase import Binding, use_case_status

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pacsflow_operator.resources.v1alpha1 import KINDS, AIUseCaseSpec, DicomRouterSpec
 from pydantic import ValidationError
+
+from pacsflow_operator.resources.v1alpha1 import KINDS, AIUseCaseSpec, DicomRouterSpec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "crds" / "examples"
 SPECS = {k.kind: k.spec for k in KINDS}

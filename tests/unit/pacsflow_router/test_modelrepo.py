@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pacsflow_router import modelrepo
 
+from pacsflow_router import modelrepo
 from tests.peers.triton import make_source_repository, make_test_onnx
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
 from pacsflow_router.config import (
     MODES,
     AETitle,
@@ -25,8 +28,6 @@ from pacsflow_router.config import (
     Port,
     Triage,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 
 # Kubernetes resource.Quantity, same pattern the API server uses for quantities in core types.
 Quantity = Annotated[
