@@ -19,6 +19,7 @@ import yaml
 from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from pacsflow_router.config import parse_config
 from tests.peers.cluster import ControlPlane
@@ -233,6 +234,12 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
                "DicomRouter status.useCases")
     eventually(lambda: (cluster.get("TritonCluster", "gpu-triton").get("status") or {}).get("models")
                == [{"name": "ich_detector", "versions": [1]}], "TritonCluster status.models")
+    # The operator counted what it did (in-process registry: the runner shares this process).
+    for kind in ("DicomRouter", "TritonCluster"):
+        assert REGISTRY.get_sample_value("pacsflow_operator_reconciliations_total",
+                                         {"kind": kind, "outcome": "success"}) > 0
+    assert REGISTRY.get_sample_value("pacsflow_operator_reconcile_duration_seconds_count", {"kind": "DicomRouter"}) > 0
+    assert REGISTRY.get_sample_value("pacsflow_operator_api_requests_total", {"verb": "apply"}) > 0
     # kopf's bookkeeping uses pacsflow names, and the use case carries the pacsflow finalizer.
     assert uc["metadata"]["finalizers"] == ["pacsflow.io/finalizer"]
     assert any(k.startswith("pacsflow.io/") for k in uc["metadata"]["annotations"])

@@ -54,3 +54,4 @@ def test_a_pinned_version_that_does_not_exist_fails_the_init_container(tmp_path:
     done = subprocess.run(_init_command({"ich_detector": 99}, 0, tmp_path / "models"), capture_output=True,
                           text=True, check=False)
     assert done.returncode != 0
+    assert "pinned version 99" in done.stderr
