@@ -139,7 +139,8 @@ def cluster(admin: client.ApiClient, kube_namespace: str, crds: list[dict]) -> C
 
 
 @pytest.fixture
-def run_operator(kube_cluster: ControlPlane, kube_namespace: str, monkeypatch: pytest.MonkeyPatch):
+def run_operator(kube_cluster: ControlPlane, kube_namespace: str, admin: client.ApiClient,
+                 monkeypatch: pytest.MonkeyPatch):
     """Start the operator (as ``kopf run -m pacsflow_operator.handlers``) on the test namespace."""
     monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
     monkeypatch.setenv("PACSFLOW_OPERATOR_METRICS_PORT", "0")
@@ -163,6 +164,14 @@ def run_operator(kube_cluster: ControlPlane, kube_namespace: str, monkeypatch: p
 
     start.stop = stop
     yield start
+    if runners:
+        # Delete the use cases while the operator still runs, so their finalizers are released and the
+        # namespace can go (nothing else here carries a finalizer).
+        custom = client.CustomObjectsApi(admin)
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, kube_namespace, "aiusecases")
+        eventually(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, kube_namespace,
+                                                                    "aiusecases")["items"],
+                   "use cases deleted before the operator stops")
     for runner in list(runners):
         stop(runner)
 

@@ -1,0 +1,51 @@
+"""The shipped alert rules load in Prometheus's own checker and fire when they should (promtool, Debian)."""
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-rules.yaml"
+
+
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/install-system-deps.sh installs Debian's prometheus package"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_rules_are_valid():
+    result = _promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+def test_undelivered_results_alert_fires_only_while_nothing_is_delivered(tmp_path):
+    (tmp_path / "test.yaml").write_text(textwrap.dedent(f"""\
+        rule_files: [{RULES}]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'pacsflow_outbox_pending{{instance="r1"}}'
+                values: '0 0 3x40'
+              - series: 'pacsflow_sr_exports_total{{instance="r1",destination="pacs",outcome="delivered"}}'
+                values: '5 6 6x40'
+              - series: 'pacsflow_outbox_pending{{instance="r2"}}'
+                values: '2x40'
+              - series: 'pacsflow_sr_exports_total{{instance="r2",destination="pacs",outcome="delivered"}}'
+                values: '0+1x40'
+            alert_rule_test:
+              - eval_time: 5m
+                alertname: PacsflowResultsNotDelivered
+                exp_alerts: []
+              - eval_time: 30m
+                alertname: PacsflowResultsNotDelivered
+                exp_alerts:
+                  - exp_labels: {{severity: critical, instance: r1}}
+                    exp_annotations:
+                      summary: "3 AI result(s) waiting for the PACS on r1"
+                      runbook: docs/operations.md#results-not-delivered
+        """))
+    result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
