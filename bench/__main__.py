@@ -12,7 +12,7 @@ MODULES = [
     "bench.report",
     "bench.study",
     "bench.triton",
-    "bench.operator",
+    "bench.operator_bench",
 ]
 
 

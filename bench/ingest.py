@@ -28,9 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from pacsflow_router import phantom
 from pydicom.uid import generate_uid
 
+from pacsflow_router import phantom
 from tests.peers.dcmtk import StoreSCP, dcmtk_env, storescu_command, wait_for_port
 
 HOST = "127.0.0.1"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from pacsflow_router import domain, phantom, preprocess
 from pacsflow_router.config import ModelRef
 from pacsflow_router.inference import EmbeddedOnnxBackend

@@ -23,7 +23,6 @@ from pathlib import Path
 from pacsflow_router.config import Destination
 from pacsflow_router.export import Outbox
 from pacsflow_router.reports import build_sr
-
 from tests.peers.dcmtk import dcmtk_env, storescu_command
 from tests.peers.orthanc import Orthanc
 from tests.unit.pacsflow_router.test_reports import USE_CASE, phantom_study_and_result

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from pacsflow_router import phantom
 from pacsflow_router.audit import AuditLog
 from pacsflow_router.domain import study_key
-
 from tests.peers.orthanc import Orthanc
 from tests.peers.router import RouterProcess, free_port, router_config
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pacsflow_router import phantom
 
+from pacsflow_router import phantom
 from tests.e2e.conftest import audit_records, metric_value, wait_for
 from tests.peers.dcmtk import storescu
 from tests.peers.router import use_case

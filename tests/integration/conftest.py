@@ -32,3 +32,15 @@ def kube_namespace(kube_cluster: ControlPlane) -> Iterator[str]:
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         yield name
         core.delete_namespace(name)
+
+
+@pytest.fixture(autouse=True)
+def _restore_kopf_default_registry() -> Iterator[None]:
+    """``kopf run`` with a private registry makes it the process-wide default and never restores it; without this,
+    a later KopfRunner in the same pytest process would run an earlier test's handlers (e.g. a ConfigMap watcher
+    that the chart's least-privilege RBAC rightly forbids)."""
+    import kopf
+
+    saved = kopf.get_default_registry()
+    yield
+    kopf.set_default_registry(saved)

@@ -20,11 +20,6 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from pacsflow_router import metrics, phantom
-from pacsflow_router.config import parse_config
-from pacsflow_router.scp import MAX_PDU_LENGTH, DicomReceiver
-from pacsflow_router.spool import Spool
-from pacsflow_router.studies import StudyTracker
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -36,6 +31,11 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from pacsflow_router import metrics, phantom
+from pacsflow_router.config import parse_config
+from pacsflow_router.scp import MAX_PDU_LENGTH, DicomReceiver
+from pacsflow_router.spool import Spool
+from pacsflow_router.studies import StudyTracker
 from tests.peers.dcmtk import StoreResult, dcmtk_env, echoscu, storescu, storescu_command
 
 pytestmark = pytest.mark.skipif(

@@ -384,3 +384,22 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, run_operator):
     }
     # Server-side apply of identical manifests is a no-op: the restart rewrote nothing but the config.
     assert our_writes() == before
+
+
+def test_use_case_with_unknown_destination_is_left_out_until_the_router_defines_it(cluster: Cluster, run_operator):
+    run_operator()
+    router = example("DicomRouter")
+    router["spec"].pop("tritonCluster")
+    router["spec"]["destinations"] = []
+    cluster.create(router)
+    cluster.create(example("AIUseCase"))
+    cond = eventually(lambda: (c := cluster.condition("AIUseCase", "ich-head-ct", "ConfigRendered")) and c,
+                      "ConfigRendered condition")
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
+    assert "unknown destination 'pacs'" in cond["message"]
+    assert "ich-head-ct" not in cluster.routing_config()
+
+    cluster.patch_spec("DicomRouter", "ed-router", {"destinations": example("DicomRouter")["spec"]["destinations"]})
+    eventually(lambda: "ich-head-ct" in (cluster.routing_config() or ""), "use case rendered once the router has it")
+    eventually(lambda: (c := cluster.condition("AIUseCase", "ich-head-ct", "Ready")) and c["status"] == "True",
+               "use case Ready after the router changed")

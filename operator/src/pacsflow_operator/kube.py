@@ -150,15 +150,22 @@ class Kube:
         query = [("labelSelector", label_selector)] if label_selector else []
         return self._call("list", "GET", self._path(kind, namespace), query=query).get("items", [])
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch ``status`` of a custom resource through its status subresource."""
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch ``status`` of a custom resource through its status subresource.
+
+        Returns
+        -------
+        dict or None
+            The object as stored, or None when it no longer exists.
+        """
         try:
-            self._call(
+            return self._call(
                 "patch_status", "PATCH", self._path(kind, namespace, name, "status"),
                 body={"status": status}, content_type="application/merge-patch+json",
             )
         except NotFoundError:
             log.debug("%s %s/%s vanished before its status could be written", kind, namespace, name)
+            return None
 
 
 class NotFoundError(errors.KubeApiError):

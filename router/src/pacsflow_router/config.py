@@ -250,4 +250,7 @@ def load_config(path: str | Path) -> RoutingConfig:
 
 def render_config(config: RoutingConfig) -> str:
     """The YAML the operator writes into the router's ConfigMap (camelCase keys)."""
-    return yaml.safe_dump(config.model_dump(by_alias=True, mode="json", exclude_none=True), sort_keys=False)
+    # libyaml's emitter when present: the operator renders one config per router on every use-case edit.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(config.model_dump(by_alias=True, mode="json", exclude_none=True), Dumper=dumper,
+                     sort_keys=False)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from pacsflow_router import domain, findings, phantom
 from pacsflow_router.errors import InferenceError
 

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
 from pacsflow_router import inference
 from pacsflow_router.config import Inference, ModelRef
 from pacsflow_router.errors import InferenceError, ModelNotFoundError

@@ -7,9 +7,9 @@ import subprocess
 import urllib.request
 
 import pytest
-from pacsflow_router import metrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from pacsflow_router import metrics
 from tests.conftest import free_port
 
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from pacsflow_router import domain, findings, phantom, preprocess, volume
 from pacsflow_router.config import ModelRef
 from pacsflow_router.inference import EmbeddedOnnxBackend

@@ -7,8 +7,9 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
-from pacsflow_router import phantom
 from pydicom.uid import CTImageStorage, JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from pacsflow_router import phantom
 
 
 def _hu(ds: pydicom.Dataset) -> np.ndarray:

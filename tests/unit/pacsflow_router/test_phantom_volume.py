@@ -5,9 +5,10 @@ import random
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
 from pacsflow_router import domain, phantom, volume
 from pacsflow_router.errors import UnparseableInstanceError
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 
 def _ref(paths) -> domain.StudyRef:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pacsflow_router import domain, phantom, preprocess
 from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import ConfigError, InferenceError

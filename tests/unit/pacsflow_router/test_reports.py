@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+
 from pacsflow_router import domain
 from pacsflow_router.config import UseCase
 from pacsflow_router.phantom import generate_study
 from pacsflow_router.reports import build_sr, device_uid
-from pydicom.dataset import Dataset
-
 from tests.peers.srcheck import check_sr
 
 USE_CASE = UseCase.model_validate({

@@ -9,6 +9,7 @@ from io import BytesIO
 
 import pydicom
 import pytest
+
 from pacsflow_router import phantom
 from pacsflow_router.errors import SpoolFullError, UnparseableInstanceError
 from pacsflow_router.spool import Spool

@@ -6,6 +6,7 @@ import time
 from io import BytesIO
 
 import pytest
+
 from pacsflow_router import phantom
 from pacsflow_router.domain import study_key
 from pacsflow_router.spool import Spool

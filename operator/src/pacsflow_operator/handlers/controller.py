@@ -97,7 +97,11 @@ class Controller:
         # Last manifest this process applied per child: unchanged children are not re-sent on use-case
         # edits. The object's own create/update/resume handler passes force=True and re-applies all.
         self._applied: dict[tuple[str, str, str], str] = {}
-        self._status: dict[tuple[str, str, str], str] = {}
+        # Last status this process wrote per object, with the resourceVersion the write produced: the base
+        # for the next status when the watch has not delivered that write yet (modeHistory must not lose
+        # an entry because two writes came faster than the watch).
+        self._written: dict[tuple[str, str, str], tuple[int, dict[str, Any]]] = {}
+        self._status_locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._owned: dict[tuple[str, str, str], set[tuple[str, str, str]]] = defaultdict(set)
 
     async def _apply_all(self, children: list[dict[str, Any]], namespace: str, owner_body: dict, force: bool) -> int:
@@ -116,17 +120,22 @@ class Controller:
             written += 1
         return written
 
+    def base_status(self, kind: str, namespace: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """The freshest status known for an indexed object: the index's, or our own newer write."""
+        written = self._written.get((kind, namespace, entry["name"]))
+        if written is not None and written[0] > _rv(entry):
+            return written[1]
+        return dict(entry["status"])
+
     async def _patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any],
-                            stored: Mapping[str, Any] | None) -> None:
-        key = (kind, namespace, name)
-        digest = json.dumps(status, sort_keys=True)
-        if self._status.get(key) == digest:
-            return
-        if stored is not None and json.dumps(_subset(stored, status), sort_keys=True) == digest:
-            self._status[key] = digest
-            return
-        await asyncio.to_thread(self.kube.patch_status, kind, namespace, name, status)
-        self._status[key] = digest
+                            base: Mapping[str, Any]) -> bool:
+        """Write ``status`` unless ``base`` (the freshest known status) already says the same."""
+        if {k: base.get(k) for k in status} == status:
+            return False
+        stored = await asyncio.to_thread(self.kube.patch_status, kind, namespace, name, status)
+        if stored is not None:
+            self._written[(kind, namespace, name)] = (_rv(stored["metadata"]), dict(stored.get("status") or {}))
+        return True
 
     async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Any]) -> Any:
         state = self._serial[key]
@@ -167,14 +176,14 @@ class Controller:
                 )
                 written = await self._apply_all(plan.children, namespace,
                                                 owner("DicomRouter", namespace, name, entry["uid"]), force)
+                base = self.base_status("DicomRouter", namespace, entry)
                 status = {
                     "observedGeneration": entry["generation"],
-                    "conditions": merge_conditions(entry["status"].get("conditions"), plan.conditions,
-                                                   entry["generation"]),
+                    "conditions": merge_conditions(base.get("conditions"), plan.conditions, entry["generation"]),
                     "useCases": len(plan.accepted),
                     "configMap": router_rc.config_map_name(name),
                 }
-                await self._patch_status("DicomRouter", namespace, name, status, entry["status"])
+                await self._patch_status("DicomRouter", namespace, name, status, base)
                 log.info("DicomRouter %s/%s: %d use case(s), %d object(s) written", namespace, name,
                          len(plan.accepted), written)
                 return plan
@@ -196,13 +205,13 @@ class Controller:
                 plan = triton_rc.render_triton(name, spec, use_cases, render_image=self.settings.router_image)
                 await self._apply_all(plan.children, namespace,
                                       owner("TritonCluster", namespace, name, entry["uid"]), force)
+                base = self.base_status("TritonCluster", namespace, entry)
                 status = {
                     "observedGeneration": entry["generation"],
-                    "conditions": merge_conditions(entry["status"].get("conditions"), plan.conditions,
-                                                   entry["generation"]),
+                    "conditions": merge_conditions(base.get("conditions"), plan.conditions, entry["generation"]),
                     "models": plan.models,
                 }
-                await self._patch_status("TritonCluster", namespace, name, status, entry["status"])
+                await self._patch_status("TritonCluster", namespace, name, status, base)
 
         await self._serialised(("TritonCluster", namespace, name), force, work)
 
@@ -222,6 +231,8 @@ class Controller:
                 router_spec = None
             if router_spec is not None and router_spec.triton_cluster:
                 triton_exists = idx.triton(namespace, router_spec.triton_cluster) is not None
+            if plan is not None and name not in plan.rejected and name not in plan.accepted:
+                plan = None  # rendered before this use case was indexed: its verdict is not in the plan
             if plan is None and router_spec is not None:
                 # Not rendered by this handler (coalesced): recompute the rejection, which is pure and cheap.
                 _, rejected_map = router_rc.routing_config(spec.router, namespace, router_spec, {name: spec})
@@ -231,26 +242,54 @@ class Controller:
         return use_case_status(namespace, spec, generation, stored,
                                Binding(router_spec, triton_exists, rejected))
 
-    async def refresh_use_cases(self, namespace: str, router_name: str, idx: Indexes,
-                                plan: router_rc.RouterPlan | None) -> None:
-        """Re-write the status of every use case bound to a router (after the router or its Triton changed)."""
-        for uc_name, entry in idx.use_cases(namespace, router_name).items():
+    async def write_use_case_status(self, namespace: str, router: str, name: str, idx: Indexes,
+                                    plan: router_rc.RouterPlan | None) -> tuple[dict, dict] | None:
+        """Compute one AIUseCase's status from the indexes *now* and write it if it changed.
+
+        Every writer of a use case's status (its own handler, its router's, its Triton cluster's) comes
+        through here, one at a time per use case, so the last write is always computed from the newest
+        state: a handler that computed earlier can never overwrite a newer verdict.
+
+        Returns
+        -------
+        tuple of dict or None
+            (status before, status after), or None when the use case is not (or no longer) indexed.
+        """
+        key = ("AIUseCase", namespace, name)
+        async with self._status_locks[key]:
+            entry = idx.use_cases(namespace, router).get(name)
+            if entry is None:
+                return None
             try:
                 spec = AIUseCaseSpec.model_validate(dict(entry["spec"]))
             except ValidationError:
-                continue
-            status = self.use_case_status(namespace, uc_name, spec, entry["generation"], entry["status"], idx, plan)
-            await self._patch_status("AIUseCase", namespace, uc_name, status, entry["status"])
+                return None
+            base = self.base_status("AIUseCase", namespace, entry)
+            status = self.use_case_status(namespace, name, spec, entry["generation"], base, idx, plan)
+            await self._patch_status("AIUseCase", namespace, name, status, base)
+            return base, status
+
+    async def refresh_use_cases(self, namespace: str, router_name: str, idx: Indexes,
+                                plan: router_rc.RouterPlan | None) -> None:
+        """Re-write the status of every use case bound to a router (after the router or its Triton changed)."""
+        for uc_name in idx.use_cases(namespace, router_name):
+            await self.write_use_case_status(namespace, router_name, uc_name, idx, plan)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop the caches of a deleted object, so one re-created with the same name is written in full."""
         for child in self._owned.pop((kind, namespace, name), ()):
             self._applied.pop(child, None)
-        self._status.pop((kind, namespace, name), None)
+        self._written.pop((kind, namespace, name), None)
+        self._status_locks.pop((kind, namespace, name), None)
 
 
-def _subset(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: stored.get(k) for k in wanted}
+def _rv(meta: Mapping[str, Any]) -> int:
+    # resourceVersion is opaque by contract but is etcd's revision (an increasing integer) in every
+    # Kubernetes release; it is only used to prefer the newer of two known statuses.
+    try:
+        return int(meta.get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 

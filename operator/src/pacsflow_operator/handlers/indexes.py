@@ -20,6 +20,7 @@ def _entry(name: str, body: Any) -> dict[str, Any]:
     return {
         "name": name,
         "uid": body["metadata"]["uid"],
+        "resourceVersion": body["metadata"].get("resourceVersion"),
         "generation": body["metadata"].get("generation"),
         "spec": dict(body.get("spec", {})),
         "status": dict(body.get("status", {}) or {}),

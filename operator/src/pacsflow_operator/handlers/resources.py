@@ -101,8 +101,8 @@ async def _refresh_routers_of(ctl: Controller, idx: Indexes, namespace: str, clu
 @kopf.on.resume(GROUP, VERSION, "aiusecases")
 @kopf.on.create(GROUP, VERSION, "aiusecases")
 @kopf.on.update(GROUP, VERSION, "aiusecases")
-async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, meta: Any, status: Any, old: Any,
-                           new: Any, patch: kopf.Patch, memo: kopf.Memo, reason: str, **kwargs: Any) -> None:
+async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, old: Any, memo: kopf.Memo,
+                           reason: str, **kwargs: Any) -> None:
     """Re-render the router's routing config (and its Triton cluster), then this use case's status."""
     ctl, idx = _ctl(memo), _idx(kwargs)
     with outcome("AIUseCase"):
@@ -112,14 +112,14 @@ async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, meta
     cluster = (router or {}).get("spec", {}).get("tritonCluster")
     if cluster:
         await ctl.sync_triton(namespace, cluster, idx)
-    stored = dict(status or {})
-    wanted = ctl.use_case_status(namespace, name, uc, meta.get("generation"), stored, idx, plan)
-    if {k: stored.get(k) for k in wanted} != wanted:
-        patch.status.update(wanted)
+    written = await ctl.write_use_case_status(namespace, uc.router, name, idx, plan)
+    if written is None:  # no longer indexed: being deleted
+        return
+    before, wanted = written
     old_mode = ((old or {}).get("spec") or {}).get("mode")
     if reason == "update" and old_mode and old_mode != uc.mode:
         kopf.event(body, type="Normal", reason="ModeChanged", message=f"mode {old_mode} → {uc.mode}; the router reloads its config")
-    ready, before = _ready(wanted), _ready(stored)
+    ready, before = _ready(wanted), _ready(before)
     # One Warning Event per new problem, not one per reconcile.
     if ready.get("status") == "False" and (before.get("status"), before.get("reason")) != ("False", ready["reason"]):
         kopf.warn(body, reason=ready["reason"], message=ready["message"])
