@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,20 +10,16 @@ import pytest
 from pacsflow_router import phantom
 from pacsflow_router.audit import AuditLog
 from pacsflow_router.domain import study_key
+from tests.peers.net import eventually
 from tests.peers.orthanc import Orthanc
 from tests.peers.router import RouterProcess, free_port, router_config
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, router: RouterProcess | None = None):
-    """Poll ``condition`` until truthy; fail with ``what`` (and the router's log tail) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    tail = "\n".join(router.log().splitlines()[-40:]) if router else ""
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- router log ---\n{tail}")
+    """:func:`tests.peers.net.eventually` with the router's log tail in the failure message."""
+    return eventually(condition, what, timeout,
+                      context=(lambda: "--- router log ---\n" + "\n".join(router.log().splitlines()[-40:]))
+                      if router else None)
 
 
 @pytest.fixture

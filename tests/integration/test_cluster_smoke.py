@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,18 +22,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.peers.cluster import REPO, ControlPlane, ControlPlaneError, helm_path, pid_alive, start
+from tests.peers.net import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``check`` until it is true; fail naming ``what`` otherwise (no timing is asserted)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{what} did not happen within {timeout:.0f}s")
 
 
 def gone(read: Callable[[], object]) -> bool:

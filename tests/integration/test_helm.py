@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.peers.cluster import ControlPlane, helm_path
+from tests.peers.net import eventually
 
 pytestmark = [pytest.mark.slow]
 
@@ -202,7 +203,7 @@ def test_operator_works_with_only_the_charts_rbac(helm: str, kube_cluster: Contr
                     conds = {c["type"]: c["status"] for c in (uc.get("status") or {}).get("conditions", [])}
                     return conds.get("Ready") == "True"
 
-                _eventually(ready, "use case Ready under the chart's RBAC")
+                eventually(ready, "use case Ready under the chart's RBAC")
                 dep = apps.read_namespaced_deployment("ed-router-router", kube_namespace)
                 assert dep.metadata.owner_references[0].kind == "DicomRouter"
                 apps.read_namespaced_deployment("gpu-triton-triton", kube_namespace)
@@ -217,19 +218,8 @@ def test_operator_works_with_only_the_charts_rbac(helm: str, kube_cluster: Contr
                         return exc.status == 404
                     return False
 
-                _eventually(deleted, "finalizer released by the operator")
+                eventually(deleted, "finalizer released by the operator")
             assert runner.exception is None, runner.output
             assert "403" not in runner.output and "Forbidden" not in runner.output, runner.output
     finally:
         _run([helm, "uninstall", release, "--namespace", kube_namespace], env=env)
-
-
-def _eventually(check, what: str, timeout: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{what} did not happen within {timeout:.0f}s")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from pacsflow_router.config import parse_config
 from tests.peers.cluster import ControlPlane
+from tests.peers.net import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -35,17 +35,6 @@ ROUTER_CHILDREN = {
     "Service": "ed-router-router",
     "Deployment": "ed-router-router",
 }
-
-
-def eventually(check: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    """Poll ``check`` until it returns something truthy and return that (no timing is asserted)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    pytest.fail(f"{what} did not happen within {timeout:.0f}s")
 
 
 def example(kind: str) -> dict:

@@ -27,3 +27,19 @@ def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = 
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def eventually(check, what: str, timeout: float = 60.0, *, context=None):
+    """Poll ``check`` until it returns something truthy and return that; fail naming ``what`` otherwise.
+
+    ``context`` (optional, a callable returning text, e.g. a process log tail) is added to the failure message.
+    Used instead of sleeps and timing asserts: how long it took is for bench/, not for tests.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    extra = f"\n{context()}" if context else ""
+    raise AssertionError(f"{what} did not happen within {timeout:.0f}s{extra}")
