@@ -130,3 +130,37 @@ def test_hot_reload_promotes_silent_to_assistive_without_restart(pacs, make_rout
     wait_for(lambda: metric_value(router, "pacsflow_config_reloads_total", outcome="invalid") >= 1, 30,
              "invalid config rejected", router)
     assert router.proc.poll() is None
+
+
+def test_compressed_non_square_study_without_optional_tags_reaches_the_model(pacs, make_router, tmp_path):
+    """JPEG-LS lossless, 400x512 matrix, optional attributes stripped: stored as sent, decoded, one valid SR."""
+    from pydicom.uid import JPEGLSLossless
+
+    from pacsflow_router import phantom
+
+    datasets, truth = phantom.generate_study(71, lesion=True, slices=16, rows=400, cols=512,
+                                             transfer_syntax_uid=JPEGLSLossless)
+    paths = []
+    for i, ds in enumerate(datasets):
+        for keyword in ("SliceThickness", "SpacingBetweenSlices", "BodyPartExamined", "SeriesDescription",
+                        "WindowCenter", "WindowWidth", "InstanceNumber", "PatientBirthDate", "AccessionNumber"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        path = tmp_path / f"ls{i:03}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    router = make_router([use_case("ich", "assistive")], pacs_port=pacs.dicom_port).start()
+    result = storescu(router.port, paths, extra=("-xt",))  # propose JPEG-LS lossless: send as stored, no decoding
+    assert len(result.acknowledged) == len(paths), result.output[-2000:]
+    srs = wait_for(lambda: _srs(pacs, truth), TIMEOUT, "the SR", router)
+    record = audit_records(router, truth)[0]
+    assert record["probability"] >= 0.5
+    srs[0].save_as(tmp_path / "sr.dcm")
+    assert check_sr(tmp_path / "sr.dcm").errors == []
+    # Stored as received: the spooled instances are still JPEG-LS, their compressed pixel data byte for byte what
+    # storescu sent (the file meta header is the router's own, as PS3.10 wants).
+    spooled = [ds for ds in map(pydicom.dcmread, (tmp_path / "router" / "spool").rglob("*.dcm"))
+               if ds.Modality == "CT"]  # the outbox keeps its SR files under the spool too
+    assert len(spooled) == len(paths)
+    assert {ds.file_meta.TransferSyntaxUID for ds in spooled} == {JPEGLSLossless}
+    assert {ds.PixelData for ds in spooled} == {pydicom.dcmread(p).PixelData for p in paths}

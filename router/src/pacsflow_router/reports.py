@@ -71,6 +71,19 @@ _TYPE2_COPIED = (
 )
 
 
+# What highdicom's Image Library entry (TID 1602) reads from a cross-sectional image; it raises when one is missing.
+_LIBRARY_GEOMETRY = ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "SliceThickness")
+
+
+def _describable(header: Dataset | None) -> bool:
+    """Whether the source image can get an Image Library entry (TID 1600).
+
+    Senders do omit Type 2 geometry (an empty or absent SliceThickness is common on reformats); the report must
+    still be written, so such an image is referenced only by the finding's coordinates and the evidence sequence.
+    """
+    return header is not None and all(header.get(k) not in (None, "") for k in _LIBRARY_GEOMETRY)
+
+
 def sr_uids(study_uid: str, use_case: str, model_name: str, model_version: int) -> tuple[str, str]:
     """Deterministic (SeriesInstanceUID, SOPInstanceUID) of the SR for one study, use case and model version.
 
@@ -201,7 +214,7 @@ def build_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_procedure(series),
         imaging_measurements=[group],
-        referenced_images=[source] if source is not None else None,
+        referenced_images=[source] if _describable(source) else None,
     )
     equipment = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
