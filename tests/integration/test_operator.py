@@ -31,10 +31,10 @@ GROUP, VERSION = "pacsflow.io", "v1alpha1"
 PLURALS = {"DicomRouter": "dicomrouters", "TritonCluster": "tritonclusters", "AIUseCase": "aiusecases"}
 ROUTER_CHILDREN = {
     "ConfigMap": "ed-router-router-config",
-    "PersistentVolumeClaim": "ed-router-router-spool",
     "Service": "ed-router-router",
     "Deployment": "ed-router-router",
 }
+SPOOL_CLAIM = "ed-router-router-spool"  # retained: never owned, never garbage-collected
 
 
 def example(kind: str) -> dict:
@@ -212,6 +212,8 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
     for kind, name in ROUTER_CHILDREN.items():
         obj = eventually(lambda k=kind, n=name: cluster.child(k, n), f"{kind} {name}")
         assert _owned_by(obj, router), f"{kind} {name} not owned by the DicomRouter"
+    spool = eventually(lambda: cluster.child("PersistentVolumeClaim", SPOOL_CLAIM), "spool claim")
+    assert not spool.metadata.owner_references, "the spool outlives its router: it holds acknowledged instances"
     dep = cluster.child("Deployment", "ed-router-router")
     assert dep.spec.replicas == 1 and dep.spec.strategy.type == "Recreate"
     assert dep.spec.template.spec.containers[0].image == "registry.example/pacsflow/router:test"
@@ -320,6 +322,7 @@ def test_delete_cascades_and_deleted_use_case_leaves_the_config(cluster: Cluster
     for kind, name in ROUTER_CHILDREN.items():
         eventually(lambda k=kind, n=name: cluster.child(k, n) is None, f"{kind} {name} garbage-collected",
                    timeout=90)
+    assert cluster.child("PersistentVolumeClaim", SPOOL_CLAIM) is not None, "acknowledged instances are kept"
 
 
 def test_operator_restart_creates_no_duplicates(cluster: Cluster, run_operator):
@@ -337,7 +340,7 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, run_operator):
         # is no use here: kube-controller-manager keeps writing the Deployment's status.
         out = {}
         for kind in unchanged:
-            obj = cluster.child(kind, ROUTER_CHILDREN[kind])
+            obj = cluster.child(kind, {**ROUTER_CHILDREN, "PersistentVolumeClaim": SPOOL_CLAIM}[kind])
             ours = [(m.operation, m.time, json.dumps(m.fields_v1, sort_keys=True))
                     for m in obj.metadata.managed_fields if m.manager == "pacsflow-operator"]
             out[kind] = (ours, obj.metadata.generation)

@@ -101,6 +101,7 @@ def test_router_deployment():
 def test_router_pvc_and_service():
     children = _by_kind(router_rc.render_router("ed", "ns", ROUTER, {}, image="img").children)
     assert children["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert router_rc.RETAIN_ANNOTATION in children["PersistentVolumeClaim"]["metadata"]["annotations"]
     ports = {p["name"]: p["port"] for p in children["Service"]["spec"]["ports"]}
     assert ports == {"dicom": 11112, "metrics": 9108}
 

@@ -109,7 +109,8 @@ class Controller:
         written = 0
         for child in children:
             child = copy.deepcopy(child)
-            kopf.adopt(child, owner=owner_body)
+            if router_rc.RETAIN_ANNOTATION not in child["metadata"].get("annotations", {}):
+                kopf.adopt(child, owner=owner_body)
             key = (child["kind"], namespace, child["metadata"]["name"])
             digest = json.dumps(child, sort_keys=True)
             if not force and self._applied.get(key) == digest:

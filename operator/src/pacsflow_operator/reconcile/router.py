@@ -234,6 +234,12 @@ def _config_map(name: str, text: str) -> dict[str, Any]:
     }
 
 
+#: Children carrying this annotation are applied but never given an ownerReference, so deleting their owner does not
+#: garbage-collect them. The spool holds acknowledged instances and queued results: "nothing acknowledged may ever
+#: be lost" includes a platform team deleting a DicomRouter. Re-creating the router reuses the claim and resumes.
+RETAIN_ANNOTATION = "pacsflow.io/retain"
+
+
 def _pvc(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
     pvc_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
@@ -244,7 +250,10 @@ def _pvc(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": pvc_name(name), "labels": labels(name, "spool")},
+        "metadata": {
+            "name": pvc_name(name), "labels": labels(name, "spool"),
+            "annotations": {RETAIN_ANNOTATION: "acknowledged DICOM instances: delete this claim yourself"},
+        },
         "spec": pvc_spec,
     }
 
