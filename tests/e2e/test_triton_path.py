@@ -90,12 +90,19 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
         assert abs(record_a["probability"] - reference) <= TOLERANCE
         assert _air(sr_a) == ("1", device_uid("ich_detector", 1))
 
+        reloads = 0
+
+        def pin(version: int) -> None:
+            """Edit the mounted config as the operator does on a pin change; wait for the hot reload."""
+            nonlocal reloads
+            router.write_config({**router.config, "useCases": [use_case("ich", "triage", threshold=0.5,
+                                                                        version=version)]})
+            reloads += 1
+            wait_for(lambda: metric_value(router, "pacsflow_config_reloads_total", outcome="applied") >= reloads,
+                     30, f"reload pinning version {version}", router)
+
         # 2. Pin switched to 2 (hot reload): different model, AIR version and device UID follow.
-        cfg = dict(router.config)
-        cfg["useCases"] = [use_case("ich", "triage", threshold=0.5, version=2)]
-        router.write_config(cfg)
-        wait_for(lambda: metric_value(router, "pacsflow_config_reloads_total", outcome="applied") >= 1, 30,
-                 "reload", router)
+        pin(2)
         paths_b, study_b = studies(64, lesion=True)
         assert len(storescu(router.port, paths_b).acknowledged) == len(paths_b)
         sr_b = wait_for(lambda: _sr_of(pacs, study_b), TIMEOUT, "SR via Triton (v2)", router)
@@ -107,10 +114,7 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
         assert device_uid("ich_detector", 2) != device_uid("ich_detector", 1)
 
         # 3. A version Triton does not have: audited error on that study, the router keeps running.
-        cfg["useCases"] = [use_case("ich", "triage", threshold=0.5, version=7)]
-        router.write_config(cfg)
-        wait_for(lambda: metric_value(router, "pacsflow_config_reloads_total", outcome="applied") >= 2, 30,
-                 "reload", router)
+        pin(7)
         paths_c, study_c = studies(62, lesion=False)
         assert len(storescu(router.port, paths_c).acknowledged) == len(paths_c)
         record_c = wait_for(lambda: audit_records(router, study_c), TIMEOUT, "audited error", router)[0]
@@ -118,10 +122,7 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
         assert router.proc.poll() is None
 
         # 4. Triton down mid-run: the study waits (durably, counted), completes once Triton is back.
-        cfg["useCases"] = [use_case("ich", "triage", threshold=0.5, version=1)]
-        router.write_config(cfg)
-        wait_for(lambda: metric_value(router, "pacsflow_config_reloads_total", outcome="applied") >= 3, 30,
-                 "reload", router)
+        pin(1)
         triton.stop()
         paths_d, study_d = studies(63, lesion=True)
         assert len(storescu(router.port, paths_d).acknowledged) == len(paths_d)

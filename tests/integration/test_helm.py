@@ -220,6 +220,7 @@ def test_operator_works_with_only_the_charts_rbac(helm: str, kube_cluster: Contr
 
                 eventually(deleted, "finalizer released by the operator")
             assert runner.exception is None, runner.output
-            assert "403" not in runner.output and "Forbidden" not in runner.output, runner.output
+            # Not a bare "403": log timestamps such as "02:29:56,403" contain it.
+            assert "forbidden" not in runner.output.lower(), runner.output
     finally:
         _run([helm, "uninstall", release, "--namespace", kube_namespace], env=env)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import copy
 import sqlite3
 import threading
-from io import BytesIO
 
-import pydicom
 import pytest
 
 from pacsflow_router import phantom
 from pacsflow_router.errors import SpoolFullError, UnparseableInstanceError
 from pacsflow_router.spool import Spool
-
-
-def part10(ds: pydicom.Dataset) -> bytes:
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+from tests.peers.dicomfiles import part10
 
 
 @pytest.fixture(scope="module")

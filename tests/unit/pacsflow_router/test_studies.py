@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from io import BytesIO
 
 import pytest
 
@@ -11,12 +10,7 @@ from pacsflow_router import phantom
 from pacsflow_router.domain import study_key
 from pacsflow_router.spool import Spool
 from pacsflow_router.studies import StudyTracker
-
-
-def part10(ds) -> bytes:
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+from tests.peers.dicomfiles import part10
 
 
 @pytest.fixture(scope="module")

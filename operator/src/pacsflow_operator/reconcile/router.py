@@ -26,6 +26,7 @@ from pacsflow_router.config import (
 
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
 from .conditions import Cond, ready
+from .manifests import cluster_ip_service
 
 CONFIG_KEY = "routing.yaml"
 CONFIG_DIR = "/etc/pacsflow"
@@ -259,19 +260,8 @@ def _pvc(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
 
 
 def _service(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": deployment_name(name), "labels": labels(name)},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": _selector(name),
-            "ports": [
-                {"name": "dicom", "port": spec.port, "targetPort": "dicom", "protocol": "TCP"},
-                {"name": "metrics", "port": spec.metrics_port, "targetPort": "metrics", "protocol": "TCP"},
-            ],
-        },
-    }
+    return cluster_ip_service(deployment_name(name), labels(name), _selector(name),
+                              [("dicom", spec.port), ("metrics", spec.metrics_port)])
 
 
 def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:

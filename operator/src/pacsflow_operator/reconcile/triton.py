@@ -18,6 +18,7 @@ from typing import Any
 
 from ..resources.v1alpha1 import AIUseCaseSpec, TritonClusterSpec
 from .conditions import Cond, ready
+from .manifests import cluster_ip_service
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 REPO_MOUNT, MODELS_DIR = "/repository", "/models"
@@ -120,20 +121,8 @@ def render_triton(
 
 
 def _service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": service_name(name), "labels": labels(name)},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": _selector(name),
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-            ],
-        },
-    }
+    return cluster_ip_service(service_name(name), labels(name), _selector(name),
+                              [("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT)])
 
 
 def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_image: str) -> dict[str, Any]:
