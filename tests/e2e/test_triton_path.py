@@ -16,12 +16,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacsflow_router.config import Match, ModelRef
+from pacsflow_router.config import Match, UseCase
 from pacsflow_router.domain import StudyRef, study_key
-from pacsflow_router.findings import summarize
 from pacsflow_router.inference import EmbeddedOnnxBackend
 from pacsflow_router.matching import select_series
-from pacsflow_router.preprocess import load_spec, preprocess_series
+from pacsflow_router.pipeline import analyse
 from pacsflow_router.reports import device_uid
 from pacsflow_router.volume import load_study
 from tests.e2e.conftest import audit_records, metric_value, wait_for
@@ -41,9 +40,8 @@ def _embedded_probability(repository: Path, version: int, paths: list[Path], stu
     ref = StudyRef(study_uid=study_uid, key=study_key(study_uid), paths=tuple(map(str, paths)), last_received=0)
     study = load_study(ref)
     series = select_series(Match(modalities=["CT"]), study)
-    model = ModelRef(name="ich_detector", version=version)
-    batch = preprocess_series(series, load_spec(repository, model), backend="dali")
-    return summarize(series, EmbeddedOnnxBackend(repository).infer(model, batch), critical_threshold=0.5).probability
+    uc = UseCase.model_validate(use_case("ich", "triage", threshold=0.5, version=version))
+    return analyse(series, uc, EmbeddedOnnxBackend(repository), repository).probability
 
 
 def _sr_of(pacs, truth) -> pydicom.Dataset | None:

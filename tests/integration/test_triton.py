@@ -19,7 +19,8 @@ from pacsflow_router import modelrepo
 from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
 from pacsflow_router.inference import EmbeddedOnnxBackend
-from pacsflow_router.tritonbackend import IN_FLIGHT, REQUESTS, TritonBackend
+from pacsflow_router.tritonbackend import REQUESTS, TritonBackend
+from tests.peers.net import eventually
 from tests.peers.triton import ROOT, TritonPeer, make_source_repository, make_test_onnx, serve, study_batch
 
 pytestmark = pytest.mark.triton
@@ -237,7 +238,11 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
             for client in clients:
                 client.infer(V1, batch[:1])  # connect before the round
 
+            sent: list[str] = []
+
             def silent(client: TritonBackend) -> None:
+                with lock:
+                    sent.append("silent")
                 client.infer(V1, batch, priority=3)
                 with lock:
                     order.append("silent")
@@ -246,10 +251,11 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
             threads = [threading.Thread(target=silent, args=(c,)) for c in clients]
             for t in threads:
                 t.start()
-            # Every silent request is in its client's hands; give them a moment to reach Triton's queue, then count
-            # (from Triton's statistics) how many are still unanswered when the probe goes out behind them.
-            while IN_FLIGHT.labels("ich_detector", "1")._value.get() < silent_count:
-                time.sleep(0.005)
+            # Every silent request is in its client's hands (counted by the test, not by the in-flight gauge: a fast
+            # machine answers the first before the last is sent, and the gauge would then never reach the count);
+            # give them a moment to reach Triton's queue, then count (from Triton's statistics) how many are still
+            # unanswered when the probe goes out behind them.
+            eventually(lambda: len(sent) == silent_count, "every silent request sent", timeout=30)
             time.sleep(0.1)
             unanswered = silent_count - (answered() - start)
             probe.infer(V1, batch, priority=probe_priority)

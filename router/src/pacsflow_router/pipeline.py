@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import __version__, metrics
 from .audit import AuditLog
 from .config import RoutingConfig, UseCase
-from .domain import StudyRef, StudyResult
+from .domain import Finding, Series, StudyRef, StudyResult
 from .errors import InferenceError, InferenceUnavailableError
 from .export import Outbox
 from .findings import summarize
@@ -31,6 +32,23 @@ log = logging.getLogger(__name__)
 
 # Triton priority levels: 1 is served first. Triage studies jump the queue; silent ones never delay clinical work.
 PRIORITY = {"triage": 1, "assistive": 2, "silent": 3}
+
+
+def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_repository: str | Path, *,
+            preprocess_backend: str = "dali", timings: dict[str, float] | None = None) -> Finding:
+    """The AI step of one use case on one series: preprocess (the model's spec) -> infer -> study-level finding.
+
+    ``timings``, when given, receives ``preprocess`` and ``inference`` seconds. Triage requests get a higher
+    Triton priority than assistive and silent ones (:data:`PRIORITY`).
+    """
+    model = use_case.model
+    t0 = time.monotonic()
+    batch = preprocess_series(series, load_spec(model_repository, model), backend=preprocess_backend)
+    t1 = time.monotonic()
+    output = backend.infer(model, batch, priority=PRIORITY[use_case.mode])
+    if timings is not None:
+        timings.update(preprocess=t1 - t0, inference=time.monotonic() - t1)
+    return summarize(series, output, critical_threshold=use_case.triage.critical_threshold)
 
 
 @dataclass
@@ -99,18 +117,11 @@ class Pipeline:
 
     def _run_use_case(self, study, series, use_case: UseCase, timings: dict[str, float]) -> str:
         model = use_case.model
-        t0 = time.monotonic()
-        spec = load_spec(self.config.inference.model_repository, model)
-        batch = preprocess_series(series, spec, backend=self.preprocess_backend)
-        t1 = time.monotonic()
-        output = self.backend.infer(model, batch, priority=PRIORITY[use_case.mode])
-        t2 = time.monotonic()
-        timings.update(preprocess=t1 - t0, inference=t2 - t1)
-        metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(t1 - t0)
-        metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(t2 - t1)
-
         threshold = use_case.triage.critical_threshold
-        finding = summarize(series, output, critical_threshold=threshold)
+        finding = analyse(series, use_case, self.backend, self.config.inference.model_repository,
+                          preprocess_backend=self.preprocess_backend, timings=timings)
+        metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(timings["preprocess"])
+        metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(timings["inference"])
         critical = use_case.mode == "triage" and finding.probability >= threshold
         result = StudyResult(
             use_case=use_case.name, model_name=model.name, model_version=model.version,

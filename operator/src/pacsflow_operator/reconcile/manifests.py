@@ -19,3 +19,15 @@ def cluster_ip_service(name: str, labels: dict[str, str], selector: dict[str, st
                       for port_name, port in ports],
         },
     }
+
+
+def deployment(name: str, labels: dict[str, str], selector: dict[str, str], replicas: int,
+               pod_spec: dict[str, Any], *, strategy: str | None = None) -> dict[str, Any]:
+    """A Deployment whose pods carry ``labels`` (a superset of ``selector``) and run ``pod_spec``."""
+    spec: dict[str, Any] = {"replicas": replicas}
+    if strategy is not None:
+        spec["strategy"] = {"type": strategy}
+    spec["selector"] = {"matchLabels": selector}
+    spec["template"] = {"metadata": {"labels": labels}, "spec": pod_spec}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": spec}

@@ -26,7 +26,7 @@ from pacsflow_router.config import (
 
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
 from .conditions import Cond, ready
-from .manifests import cluster_ip_service
+from .manifests import cluster_ip_service, deployment
 
 CONFIG_KEY = "routing.yaml"
 CONFIG_DIR = "/etc/pacsflow"
@@ -293,33 +293,22 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": deployment_name(name), "labels": labels(name)},
-        "spec": {
-            "replicas": spec.replicas,
-            # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": _selector(name)},
-            "template": {
-                "metadata": {"labels": labels(name)},
-                "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    # Long enough to finish an association and fsync what was acknowledged.
-                    "terminationGracePeriodSeconds": 60,
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "spool", "persistentVolumeClaim": {"claimName": pvc_name(name)}},
-                        {"name": "config", "configMap": {"name": config_map_name(name)}},
-                    ],
-                },
-            },
+    pod_spec = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
+        # Long enough to finish an association and fsync what was acknowledged.
+        "terminationGracePeriodSeconds": 60,
+        "containers": [container],
+        "volumes": [
+            {"name": "spool", "persistentVolumeClaim": {"claimName": pvc_name(name)}},
+            {"name": "config", "configMap": {"name": config_map_name(name)}},
+        ],
     }
+    # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).
+    return deployment(deployment_name(name), labels(name), _selector(name), spec.replicas, pod_spec,
+                      strategy="Recreate")

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..resources.v1alpha1 import AIUseCaseSpec, TritonClusterSpec
 from .conditions import Cond, ready
-from .manifests import cluster_ip_service
+from .manifests import cluster_ip_service, deployment
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 REPO_MOUNT, MODELS_DIR = "/repository", "/models"
@@ -167,25 +167,14 @@ def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_im
             {"name": "repository", "mountPath": REPO_MOUNT, "readOnly": True},
         ],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": deployment_name(name), "labels": labels(name)},
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": _selector(name)},
-            "template": {
-                "metadata": {"labels": labels(name)},
-                "spec": {
-                    "initContainers": [init],
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "models", "emptyDir": {}},
-                        {"name": "repository", "persistentVolumeClaim": {
-                            "claimName": spec.model_repository.persistent_volume_claim, "readOnly": True}},
-                        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
-                    ],
-                },
-            },
-        },
+    pod_spec = {
+        "initContainers": [init],
+        "containers": [container],
+        "volumes": [
+            {"name": "models", "emptyDir": {}},
+            {"name": "repository", "persistentVolumeClaim": {
+                "claimName": spec.model_repository.persistent_volume_claim, "readOnly": True}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        ],
     }
+    return deployment(deployment_name(name), labels(name), _selector(name), spec.replicas, pod_spec)
