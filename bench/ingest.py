@@ -2,8 +2,8 @@
 
 ``python -m bench ingest`` (or ``python -m bench.ingest``):
 
-1. N (default 300) 512x512 int16 CT instances (512 KB each, from :mod:`pacsflow_router.phantom`) sent by dcmtk
-   ``storescu`` over ONE association to (a) the router's :class:`~pacsflow_router.scp.DicomReceiver` writing the
+1. N (default 300) 512x512 int16 CT instances (512 KB each, from :mod:`pacsflow_router.models.phantom`) sent by dcmtk
+   ``storescu`` over ONE association to (a) the router's :class:`~pacsflow_router.ingest.scp.DicomReceiver` writing the
    durable spool (fsync per instance + SQLite WAL commit), (b) dcmtk ``storescp`` writing files (no fsync),
    (c) Orthanc (SQLite index, ``SyncStorageArea`` on). Instances/s, MB/s and the router's ratio to each peer.
 2. Router RSS while one association delivers a 2,000-instance study (64x64, small on purpose): RSS at 25/50/75/100 %
@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 from pydicom.uid import generate_uid
 
-from pacsflow_router import phantom
+from pacsflow_router.models import phantom
 from tests.peers.dcmtk import StoreSCP, dcmtk_env, storescu_command, wait_for_port
 
 HOST = "127.0.0.1"
@@ -91,8 +91,8 @@ class RouterProcess:
 
 def _serve(spool_dir: str) -> None:
     from pacsflow_router.config import parse_config
-    from pacsflow_router.scp import DicomReceiver
-    from pacsflow_router.spool import Spool
+    from pacsflow_router.ingest.scp import DicomReceiver
+    from pacsflow_router.ingest.spool import Spool
 
     config = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir})
     receiver = DicomReceiver(config, Spool(spool_dir, 0.99), port=0)

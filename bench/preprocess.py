@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pacsflow_router import domain, phantom, preprocess
+from pacsflow_router import domain
+from pacsflow_router.analysis import preprocess
+from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
 from pacsflow_router.config import ModelRef
-from pacsflow_router.inference import EmbeddedOnnxBackend
+from pacsflow_router.models import phantom
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 

@@ -4,7 +4,7 @@
 
 1. ``build_sr`` on a phantom study (32 slices): milliseconds per SR (median of 20).
 2. N (default 100) distinct SRs to one Orthanc: (a) the router's path - ``Outbox.enqueue`` (file fsync + SQLite
-   FULL commit per SR) then ``deliver_due`` over one :class:`~pacsflow_router.scu.StoreClient` association;
+   FULL commit per SR) then ``deliver_due`` over one :class:`~pacsflow_router.results.scu.StoreClient` association;
    (b) dcmtk ``storescu`` sending the same files over one association (no durability). SRs/s and the ratio.
    Each run uses a fresh Orthanc so both store the same number of new instances.
 
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from pacsflow_router.config import Destination
-from pacsflow_router.export import Outbox
-from pacsflow_router.reports import build_sr
+from pacsflow_router.results.export import Outbox
+from pacsflow_router.results.reports import build_sr
 from tests.peers.dcmtk import dcmtk_env, storescu_command
 from tests.peers.orthanc import Orthanc
 from tests.unit.pacsflow_router.test_reports import USE_CASE, phantom_study_and_result
@@ -48,7 +48,7 @@ def bench_build(repeats: int = 20) -> float:
 
 
 def bench_outbox(work: Path, srs) -> tuple[float, float, int]:
-    from pacsflow_router.scu import StoreClient
+    from pacsflow_router.results.scu import StoreClient
 
     clients = []
     with Orthanc(work / "orthanc-outbox") as pacs:

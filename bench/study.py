@@ -19,9 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pacsflow_router import phantom  # noqa: E402
-from pacsflow_router.audit import AuditLog  # noqa: E402
 from pacsflow_router.domain import study_key  # noqa: E402
+from pacsflow_router.models import phantom  # noqa: E402
+from pacsflow_router.results.audit import AuditLog  # noqa: E402
 from tests.peers.dcmtk import storescu  # noqa: E402
 from tests.peers.orthanc import Orthanc  # noqa: E402
 from tests.peers.router import RouterProcess, free_port, router_config, use_case  # noqa: E402

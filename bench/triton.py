@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pacsflow_router import modelrepo
+from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
+from pacsflow_router.analysis.tritonbackend import TritonBackend
 from pacsflow_router.config import ModelRef
-from pacsflow_router.inference import EmbeddedOnnxBackend
-from pacsflow_router.tritonbackend import TritonBackend
+from pacsflow_router.models import repository
 from tests.peers.triton import TritonPeer, study_batch
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -59,11 +59,11 @@ def _repository(tmp: Path) -> Path:
     cfg = source / "nobatch" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace('name: "ich_detector"', 'name: "nobatch"'))
     out = tmp / "models"
-    plan = modelrepo.render_repository(source, out, "cpu-python", {"*": [1]})
+    plan = repository.render_repository(source, out, "cpu-python", {"*": [1]})
     for name in plan.models:
         if name.startswith("nobatch") and name != "nobatch_v1":
             path = out / name / "config.pbtxt"
-            config = modelrepo.parse_config(path.read_text())
+            config = repository.parse_config(path.read_text())
             config.ClearField("dynamic_batching")
             path.write_text(str(config))
     return out
@@ -113,7 +113,7 @@ def _split(backend: TritonBackend, model: ModelRef, batch: np.ndarray, repeat: i
     for key in sorted(after):
         name = key.split(":")[0]
         stats = "inference_stats"
-        if name == modelrepo.ensemble_name(model.name, model.version):
+        if name == repository.ensemble_name(model.name, model.version):
             out["triton request (ensemble)"] = delta(key, stats, "success", "ns")
         elif name.startswith(model.name):
             out[f"  {name} queue"] = delta(key, stats, "queue", "ns")

@@ -7,8 +7,8 @@ Usage (CPU, ~10-15 minutes on one core)::
     PYTHONPATH=router/src .venv-train/bin/python scripts/train_ich_detector.py \
         --out model_repository/ich_detector/1/model.onnx
 
-Data: phantom studies (:mod:`pacsflow_router.phantom`, seeds from ``--seed``, far from the seeds the tests
-use) preprocessed by the numpy reference of :mod:`pacsflow_router.preprocess` with the model's own
+Data: phantom studies (:mod:`pacsflow_router.models.phantom`, seeds from ``--seed``, far from the seeds the tests
+use) preprocessed by the numpy reference of :mod:`pacsflow_router.analysis.preprocess` with the model's own
 ``preprocess.json`` -- the same steps DALI runs in the router (tested equal). A slice is positive when its
 plane cuts a lesion; slices that only graze a lesion's pole (in-plane radius < 40 % of the lesion's) are
 left out of the loss because no reader could call them.
@@ -17,7 +17,7 @@ Model: a ~30 k-parameter fully convolutional net producing a 32x32 lesion heatma
 logit is the heatmap's maximum; the location is the soft-argmax of the heatmap. Trained with a per-cell
 BCE (cells inside the lesion), a per-slice BCE and an L1 loss on the location of positive slices.
 
-ONNX I/O contract (the Triton path and :mod:`pacsflow_router.inference` rely on it; opset 17, dynamic
+ONNX I/O contract (the Triton path and :mod:`pacsflow_router.analysis.inference` rely on it; opset 17, dynamic
 batch): input ``image`` float32 [-1, 1, 256, 256]; outputs ``logit`` float32 [-1, 1] (pre-sigmoid, lesion
 in this slice) and ``location_logit`` float32 [-1, 2] (pre-sigmoid (row, column) of the lesion centre as
 fractions of the image extent, 0 = top/left edge, 1 = bottom/right edge).
@@ -40,8 +40,8 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "router" / "src"))
 
-from pacsflow_router import phantom  # noqa: E402
-from pacsflow_router.preprocess import load_spec, preprocess_numpy  # noqa: E402
+from pacsflow_router.analysis.preprocess import load_spec, preprocess_numpy  # noqa: E402
+from pacsflow_router.models import phantom  # noqa: E402
 
 GRID = 32  # heatmap cells per side (stride 8 at 256x256)
 # Matrix sizes the training studies come in, so the model sees the resize of every common CT matrix.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pacsflow_router import phantom
-from pacsflow_router.audit import AuditLog
 from pacsflow_router.domain import study_key
+from pacsflow_router.models import phantom
+from pacsflow_router.results.audit import AuditLog
 from tests.peers.net import eventually
 from tests.peers.orthanc import Orthanc
 from tests.peers.router import RouterProcess, free_port, router_config

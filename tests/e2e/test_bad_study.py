@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pacsflow_router import phantom
+from pacsflow_router.models import phantom
 from tests.e2e.conftest import audit_records, metric_value, wait_for
 from tests.peers.dcmtk import storescu
 from tests.peers.router import use_case

@@ -16,13 +16,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
+from pacsflow_router.analysis.matching import select_series
+from pacsflow_router.analysis.volume import load_study
 from pacsflow_router.config import Match, UseCase
 from pacsflow_router.domain import StudyRef, study_key
-from pacsflow_router.inference import EmbeddedOnnxBackend
-from pacsflow_router.matching import select_series
 from pacsflow_router.pipeline import analyse
-from pacsflow_router.reports import device_uid
-from pacsflow_router.volume import load_study
+from pacsflow_router.results.reports import device_uid
 from tests.e2e.conftest import audit_records, metric_value, wait_for
 from tests.peers.dcmtk import storescu
 from tests.peers.router import REPO, use_case

@@ -136,7 +136,7 @@ def test_compressed_non_square_study_without_optional_tags_reaches_the_model(pac
     """JPEG-LS lossless, 400x512 matrix, optional attributes stripped: stored as sent, decoded, one valid SR."""
     from pydicom.uid import JPEGLSLossless
 
-    from pacsflow_router import phantom
+    from pacsflow_router.models import phantom
 
     datasets, truth = phantom.generate_study(71, lesion=True, slices=16, rows=400, cols=512,
                                              transfer_syntax_uid=JPEGLSLossless)

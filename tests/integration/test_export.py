@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from pacsflow_router.config import Destination
-from pacsflow_router.export import Outbox, OutboxItem
-from pacsflow_router.reports import build_sr
-from pacsflow_router.scu import StoreClient, StoreError
+from pacsflow_router.results.export import Outbox, OutboxItem
+from pacsflow_router.results.reports import build_sr
+from pacsflow_router.results.scu import StoreClient, StoreError
 from tests.conftest import free_port
 from tests.peers import orthanc as orthanc_peer
 from tests.peers.dcmtk import dcmtk_env, wait_for_port

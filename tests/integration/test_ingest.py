@@ -31,11 +31,12 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from pacsflow_router import metrics, phantom
+from pacsflow_router import metrics
 from pacsflow_router.config import parse_config
-from pacsflow_router.scp import MAX_PDU_LENGTH, DicomReceiver
-from pacsflow_router.spool import Spool
-from pacsflow_router.studies import StudyTracker
+from pacsflow_router.ingest.scp import MAX_PDU_LENGTH, DicomReceiver
+from pacsflow_router.ingest.spool import Spool
+from pacsflow_router.ingest.studies import StudyTracker
+from pacsflow_router.models import phantom
 from tests.peers.dcmtk import StoreResult, dcmtk_env, echoscu, storescu, storescu_command
 
 pytestmark = pytest.mark.skipif(
@@ -221,8 +222,8 @@ def test_tcp_nodelay_is_set_on_accepted_sockets(receiver):
 RUNNER = """
 import sys
 from pacsflow_router.config import parse_config
-from pacsflow_router.scp import DicomReceiver
-from pacsflow_router.spool import Spool
+from pacsflow_router.ingest.scp import DicomReceiver
+from pacsflow_router.ingest.spool import Spool
 spool_dir = sys.argv[1]
 cfg = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir})
 rx = DicomReceiver(cfg, Spool(spool_dir, 0.999), port=0, acse_timeout=2, network_timeout=3)

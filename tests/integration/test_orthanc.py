@@ -9,9 +9,9 @@ import pydicom
 import pytest
 
 from pacsflow_router.config import Destination
-from pacsflow_router.phantom import generate_study
-from pacsflow_router.reports import build_sr
-from pacsflow_router.scu import StoreClient
+from pacsflow_router.models.phantom import generate_study
+from pacsflow_router.results.reports import build_sr
+from pacsflow_router.results.scu import StoreClient
 from tests.conftest import free_port
 from tests.peers import orthanc as orthanc_peer
 from tests.peers.dcmtk import StoreSCP, storescu

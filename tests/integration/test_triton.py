@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacsflow_router import modelrepo
+from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
+from pacsflow_router.analysis.tritonbackend import REQUESTS, TritonBackend
 from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
-from pacsflow_router.inference import EmbeddedOnnxBackend
-from pacsflow_router.tritonbackend import REQUESTS, TritonBackend
+from pacsflow_router.models import repository
 from tests.peers.net import eventually
 from tests.peers.triton import ROOT, TritonPeer, make_source_repository, make_test_onnx, serve, study_batch
 
@@ -133,9 +133,9 @@ def test_version_drop_in_and_pin_switch(tmp_path: Path):
         worker.start()
         try:
             make_test_onnx(source / "ich_detector" / "2" / "model.onnx", seed=2)
-            changed = modelrepo.write_repository(modelrepo.plan_repository(source, "cpu-python"), tmp_path / "models")
+            changed = repository.write_repository(repository.plan_repository(source, "cpu-python"), tmp_path / "models")
             assert sorted(changed) == ["ich_detector_v2", "ich_detector_v2_onnx"]
-            backend.load(modelrepo.version_models("ich_detector", 2))
+            backend.load(repository.version_models("ich_detector", 2))
             v2 = backend.infer(V2, batch)
         finally:
             stop.set()
@@ -156,13 +156,13 @@ def test_version_drop_in_and_pin_switch(tmp_path: Path):
 def test_malformed_model_directory_is_reported_and_good_versions_keep_serving(tmp_path: Path):
     source = make_source_repository(tmp_path / "src", {1: 1, 2: 2})
     models = tmp_path / "models"
-    modelrepo.render_repository(source, models, "cpu-python")
+    repository.render_repository(source, models, "cpu-python")
     # A version whose model file went missing, and a model folder with a config.pbtxt that does not parse.
     (models / "ich_detector_v2_onnx" / "2" / "model.onnx").unlink()
     (models / "other_model" / "1").mkdir(parents=True)
     (models / "other_model" / "config.pbtxt").write_text('name: "other_model"\nbackend: "python"\ninput [ {')
 
-    problems = modelrepo.check_repository(models)
+    problems = repository.check_repository(models)
     assert any(p.startswith("other_model/config.pbtxt: not a valid Triton model config") for p in problems)
     assert "ich_detector_v2_onnx/2: missing model.onnx" in problems
     with TritonPeer(models, tmp_path, "explicit").start(wait_models=("ich_detector_v1",)) as peer:

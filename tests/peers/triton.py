@@ -203,9 +203,9 @@ def serve(source: Path, workdir: Path, mode: str = "explicit", versions: dict | 
     The lead's end-to-end tests use this with the committed ``model_repository``: ``peer.url`` is what the routing
     config's ``inference.url`` takes (``backend: triton``). Stop it with ``peer.stop()`` or use it as a context.
     """
-    from pacsflow_router import modelrepo
+    from pacsflow_router.models import repository
 
-    plan = modelrepo.render_repository(source, workdir / "models", "cpu-python", versions)
+    plan = repository.render_repository(source, workdir / "models", "cpu-python", versions)
     ensembles = tuple(m for m in plan.models if not m.endswith(("_onnx", "_postprocess")))
     return TritonPeer(workdir / "models", workdir, mode).start(wait_models=ensembles)
 

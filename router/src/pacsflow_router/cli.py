@@ -10,8 +10,8 @@ import sys
 
 # subcommand -> module with ``main(argv: list[str]) -> int``
 SUBCOMMANDS = {
-    "phantom": ("pacsflow_router.phantom", "write synthetic head-CT phantom studies with ground truth"),
-    "model-repository": ("pacsflow_router.modelrepo", "render/check the deployable Triton model repository"),
+    "phantom": ("pacsflow_router.models.phantom", "write synthetic head-CT phantom studies with ground truth"),
+    "model-repository": ("pacsflow_router.models.repository", "render/check the deployable Triton model repository"),
 }
 
 

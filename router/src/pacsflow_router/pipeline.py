@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, metrics
-from .audit import AuditLog
+from .analysis.findings import summarize
+from .analysis.inference import InferenceBackend
+from .analysis.matching import select_series
+from .analysis.preprocess import load_spec, preprocess_series
+from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
 from .domain import Finding, Series, StudyRef, StudyResult
 from .errors import InferenceError, InferenceUnavailableError
-from .export import Outbox
-from .findings import summarize
-from .inference import InferenceBackend
-from .matching import select_series
-from .preprocess import load_spec, preprocess_series
-from .reports import build_sr
-from .studies import StudyTracker
-from .volume import load_study
+from .ingest.studies import StudyTracker
+from .results.audit import AuditLog
+from .results.export import Outbox
+from .results.reports import build_sr
 
 log = logging.getLogger(__name__)
 

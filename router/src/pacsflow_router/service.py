@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 from . import metrics
-from .audit import AuditLog
+from .analysis.inference import make_backend
 from .config import RoutingConfig, load_config
 from .errors import ConfigError
-from .export import Outbox
-from .inference import make_backend
+from .ingest.scp import DicomReceiver
+from .ingest.spool import Spool
+from .ingest.studies import StudyTracker
 from .pipeline import Pipeline
-from .scp import DicomReceiver
-from .scu import StoreClient
-from .spool import Spool
-from .studies import StudyTracker
+from .results.audit import AuditLog
+from .results.export import Outbox
+from .results.scu import StoreClient
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from pacsflow_router.audit import AuditLog
 from pacsflow_router.domain import study_key
+from pacsflow_router.results.audit import AuditLog
 
 KEY = study_key("1.2.826.0.1.3680043.8.498.1")
 

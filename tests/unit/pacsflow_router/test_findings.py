@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from pacsflow_router import domain, findings, phantom
+from pacsflow_router import domain
+from pacsflow_router.analysis import findings
 from pacsflow_router.errors import InferenceError
+from pacsflow_router.models import phantom
 
 
 def _series(seed=41, rows=200, cols=160, slices=6, lesion=True):

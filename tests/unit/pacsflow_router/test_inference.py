@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pacsflow_router import inference
+from pacsflow_router.analysis import inference
+from pacsflow_router.analysis.postprocess import postprocess
 from pacsflow_router.config import Inference, ModelRef
 from pacsflow_router.errors import InferenceError, ModelNotFoundError
-from pacsflow_router.postprocess import postprocess
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pacsflow_router import domain, findings, phantom, preprocess, volume
+from pacsflow_router import domain
+from pacsflow_router.analysis import findings, preprocess, volume
+from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
 from pacsflow_router.config import ModelRef
-from pacsflow_router.inference import EmbeddedOnnxBackend
+from pacsflow_router.models import phantom
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 MODEL = ModelRef(name="ich_detector", version=1)

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from pacsflow_router import phantom
+from pacsflow_router.models import phantom
 
 
 def _hu(ds: pydicom.Dataset) -> np.ndarray:

@@ -7,8 +7,10 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from pacsflow_router import domain, phantom, volume
+from pacsflow_router import domain
+from pacsflow_router.analysis import volume
 from pacsflow_router.errors import UnparseableInstanceError
+from pacsflow_router.models import phantom
 
 
 def _ref(paths) -> domain.StudyRef:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacsflow_router import domain, phantom, preprocess
+from pacsflow_router import domain
+from pacsflow_router.analysis import preprocess
 from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import ConfigError, InferenceError
+from pacsflow_router.models import phantom
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 TOLERANCE = 1e-5

@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 
 from pacsflow_router import domain
 from pacsflow_router.config import UseCase
-from pacsflow_router.phantom import generate_study
-from pacsflow_router.reports import build_sr, device_uid
+from pacsflow_router.models.phantom import generate_study
+from pacsflow_router.results.reports import build_sr, device_uid
 from tests.peers.srcheck import check_sr
 
 USE_CASE = UseCase.model_validate({

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from pacsflow_router import phantom
 from pacsflow_router.errors import SpoolFullError, UnparseableInstanceError
-from pacsflow_router.spool import Spool
+from pacsflow_router.ingest.spool import Spool
+from pacsflow_router.models import phantom
 from tests.peers.dicomfiles import part10
 
 

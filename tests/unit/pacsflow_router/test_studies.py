@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from pacsflow_router import phantom
 from pacsflow_router.domain import study_key
-from pacsflow_router.spool import Spool
-from pacsflow_router.studies import StudyTracker
+from pacsflow_router.ingest.spool import Spool
+from pacsflow_router.ingest.studies import StudyTracker
+from pacsflow_router.models import phantom
 from tests.peers.dicomfiles import part10
 
 

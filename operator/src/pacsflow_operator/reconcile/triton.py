@@ -1,7 +1,7 @@
 """TritonCluster + the AIUseCases it serves -> Deployment and Service that load every pinned version.
 
 The model repository PVC holds the *source* repository the model team maintains; Triton serves a
-repository rendered from it by the router's :mod:`pacsflow_router.modelrepo` (ONNX step with dynamic
+repository rendered from it by the router's :mod:`pacsflow_router.models.repository` (ONNX step with dynamic
 batching, priority levels and a bounded queue, postprocess step, one ensemble per pinned version). The
 operator does not read the PVC: it renders the list of pinned versions into the arguments of an init
 container that runs ``pacsflow model-repository render`` from the router image into an ``emptyDir``, so

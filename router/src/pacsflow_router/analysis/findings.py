@@ -18,8 +18,8 @@ import math
 import numpy as np
 from pydicom.dataset import Dataset
 
-from . import domain
-from .errors import InferenceError
+from .. import domain
+from ..errors import InferenceError
 
 __all__ = ["summarize", "pixel_to_patient"]
 

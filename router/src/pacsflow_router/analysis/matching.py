@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from .config import Match
-from .domain import Series, Study
+from ..config import Match
+from ..domain import Series, Study
 
 
 def series_matches(match: Match, series: Series) -> bool:

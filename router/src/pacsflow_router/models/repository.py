@@ -18,7 +18,7 @@ For a source model ``M`` and each of its versions ``N`` both targets render:
 
 ``M_vN_onnx``        version ``N``: the committed ONNX file, dynamic batching, priority levels, bounded queue
 ``M_vN``             version ``N``: the ensemble ``M_vN_onnx`` -> ``M_postprocess``, what the router asks for
-``M_postprocess``    version 1: the router's own :func:`pacsflow_router.postprocess.postprocess` (a verbatim copy of
+``M_postprocess``    version 1: the router's own :func:`pacsflow_router.analysis.postprocess.postprocess` (a verbatim copy of
                      its module) in the python backend, so both paths turn raw outputs into findings with one function
 
 Why a model per version rather than Triton versions of one model:
@@ -66,7 +66,7 @@ MAX_QUEUE_DELAY_MICROSECONDS = 2000
 DEFAULT_MAX_BATCH_SIZE = 64
 #: Python-backend models read this file; the GPU target hands the same file to the onnxruntime backend.
 ONNX_FILE = "model.onnx"
-POSTPROCESS_MODULE = "pacsflow_router.postprocess"
+POSTPROCESS_MODULE = "pacsflow_router.analysis.postprocess"
 _RENDER_MARK = ".pacsflow-rendered"
 
 _ONNX_MODEL_PY = '''\
@@ -364,7 +364,7 @@ def plan_repository(
         Versions to render per source model (``"*"`` applies to every model), e.g. the versions use cases pin.
         Default: every version present.
     postprocess_file : path-like, optional
-        Source of the postprocess step; default: the installed :mod:`pacsflow_router.postprocess`.
+        Source of the postprocess step; default: the installed :mod:`pacsflow_router.analysis.postprocess`.
 
     Returns
     -------

@@ -34,8 +34,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from . import metrics
-from .errors import ExportError
+from .. import metrics
+from ..errors import ExportError
 
 log = logging.getLogger(__name__)
 

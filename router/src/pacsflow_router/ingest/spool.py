@@ -7,7 +7,7 @@ When ``store`` returns, the instance survives ``kill -9`` and power loss, so the
 
 File names are uuid4 hex, never derived from UIDs or tags (STYLE.md: no path built from received values).
 
-The index schema is shared with :mod:`pacsflow_router.studies` (study state lives in the same database so that one
+The index schema is shared with :mod:`pacsflow_router.ingest.studies` (study state lives in the same database so that one
 transaction covers "instance indexed" and "study clock moved").
 """
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pydicom
 
-from .domain import study_key
-from .errors import SpoolFullError, UnparseableInstanceError
+from ..domain import study_key
+from ..errors import SpoolFullError, UnparseableInstanceError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Spool:
     # -- internals shared with studies.StudyTracker -------------------------------------------------------------
 
     def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """Run one statement under the spool's lock and return all rows (for :mod:`pacsflow_router.studies`)."""
+        """Run one statement under the spool's lock and return all rows (for :mod:`pacsflow_router.ingest.studies`)."""
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 

@@ -4,7 +4,7 @@ Every backend takes a preprocessed batch (float32 ``[N, 1, 256, 256]`` for ``ich
 :class:`config.ModelRef`, and returns a :class:`domain.ModelOutput` already passed through
 :func:`postprocess.postprocess`, so the pipeline never sees raw logits. The embedded backend reads the same
 Triton-layout model repository Triton serves (``<repo>/<name>/<version>/model.onnx``); the Triton backend
-lives in :mod:`pacsflow_router.tritonbackend` (the one module that imports tritonclient) and is imported
+lives in :mod:`pacsflow_router.analysis.tritonbackend` (the one module that imports tritonclient) and is imported
 only when the config asks for it.
 """
 
@@ -17,9 +17,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import Inference, ModelRef
-from .domain import ModelOutput
-from .errors import InferenceError, ModelNotFoundError
+from ..config import Inference, ModelRef
+from ..domain import ModelOutput
+from ..errors import InferenceError, ModelNotFoundError
 from .postprocess import postprocess
 
 __all__ = ["InferenceBackend", "EmbeddedOnnxBackend", "make_backend", "ONNX_FILE"]
@@ -192,7 +192,7 @@ def make_backend(inference: Inference) -> InferenceBackend:
     ----------
     inference : config.Inference
         ``backend: embedded`` -> :class:`EmbeddedOnnxBackend` over ``modelRepository``;
-        ``backend: triton`` -> :class:`pacsflow_router.tritonbackend.TritonBackend` at ``url``.
+        ``backend: triton`` -> :class:`pacsflow_router.analysis.tritonbackend.TritonBackend` at ``url``.
     """
     if inference.backend == "embedded":
         return EmbeddedOnnxBackend(inference.model_repository)

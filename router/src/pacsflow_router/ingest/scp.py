@@ -42,9 +42,9 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from . import metrics
-from .config import RoutingConfig
-from .errors import SpoolFullError, UnparseableInstanceError
+from .. import metrics
+from ..config import RoutingConfig
+from ..errors import SpoolFullError, UnparseableInstanceError
 from .spool import Spool
 
 log = logging.getLogger(__name__)

@@ -37,11 +37,11 @@ import tritonclient.utils.shared_memory as shm
 from prometheus_client import Counter, Gauge, Histogram
 from tritonclient.utils import InferenceServerException
 
-from .config import Inference, ModelRef
-from .domain import ModelOutput
-from .errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
-from .metrics import REGISTRY
-from .modelrepo import PRIORITY_LEVELS, ensemble_name, version_models
+from ..config import Inference, ModelRef
+from ..domain import ModelOutput
+from ..errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
+from ..metrics import REGISTRY
+from ..models.repository import PRIORITY_LEVELS, ensemble_name, version_models
 
 log = logging.getLogger(__name__)
 

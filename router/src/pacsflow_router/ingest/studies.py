@@ -1,6 +1,6 @@
 """Study assembly and durable study state: which studies are complete, which use cases are done.
 
-State lives in the spool's ``state.db`` (see :mod:`pacsflow_router.spool`), so it survives ``kill -9`` exactly as
+State lives in the spool's ``state.db`` (see :mod:`pacsflow_router.ingest.spool`), so it survives ``kill -9`` exactly as
 the instances do: after a restart every acknowledged study that is not finished is due again, and use cases
 already marked done are skipped (:meth:`StudyTracker.is_done`).
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 
-from .domain import StudyRef, study_key
+from ..domain import StudyRef, study_key
 from .spool import Spool
 
 # Unfinished, and silent for the window since the last instance or since the restart that resumed it.
@@ -35,7 +35,7 @@ _COMPLETE = "finished_at IS NULL AND max(last_received, coalesce(resumed_at, 0))
 
 
 class StudyTracker:
-    """Durable per-study state on top of a :class:`~pacsflow_router.spool.Spool`.
+    """Durable per-study state on top of a :class:`~pacsflow_router.ingest.spool.Spool`.
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pacsflow_router import modelrepo
+from pacsflow_router.models import repository
 from tests.peers.triton import make_source_repository, make_test_onnx
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -19,24 +19,24 @@ def source(tmp_path: Path) -> Path:
     return make_source_repository(tmp_path / "src", {1: 1, 2: 2})
 
 
-@pytest.mark.parametrize("target", modelrepo.TARGETS)
+@pytest.mark.parametrize("target", repository.TARGETS)
 def test_committed_repository_renders_and_checks_clean(tmp_path: Path, target: str):
     """Every config in the committed repository, rendered for both Triton targets, passes the static check."""
-    assert modelrepo.check_repository(COMMITTED) == []
-    plan = modelrepo.render_repository(COMMITTED, tmp_path / target, target)
+    assert repository.check_repository(COMMITTED) == []
+    plan = repository.render_repository(COMMITTED, tmp_path / target, target)
     assert plan.problems == []
     assert "ich_detector_v1" in plan.models
-    assert modelrepo.check_repository(tmp_path / target) == []
+    assert repository.check_repository(tmp_path / target) == []
 
 
-@pytest.mark.parametrize("target", modelrepo.TARGETS)
+@pytest.mark.parametrize("target", repository.TARGETS)
 def test_render_layout_per_target(source: Path, tmp_path: Path, target: str):
     out = tmp_path / "out"
-    plan = modelrepo.render_repository(source, out, target)
+    plan = repository.render_repository(source, out, target)
     assert plan.models == ["ich_detector_postprocess", "ich_detector_v1_onnx", "ich_detector_v1",
                            "ich_detector_v2_onnx", "ich_detector_v2"]
-    assert modelrepo.check_repository(out) == []
-    onnx = modelrepo.parse_config((out / "ich_detector_v1_onnx" / "config.pbtxt").read_text())
+    assert repository.check_repository(out) == []
+    onnx = repository.parse_config((out / "ich_detector_v1_onnx" / "config.pbtxt").read_text())
     assert list(onnx.version_policy.specific.versions) == [1]
     if target == "gpu":
         assert onnx.backend == "onnxruntime" and onnx.instance_group[0].kind == onnx.instance_group[0].KIND_GPU
@@ -46,36 +46,36 @@ def test_render_layout_per_target(source: Path, tmp_path: Path, target: str):
     assert (out / "ich_detector_v2_onnx" / "2" / "model.onnx").read_bytes() == \
         (source / "ich_detector" / "2" / "model.onnx").read_bytes()
     db = onnx.dynamic_batching
-    assert (db.priority_levels, db.default_priority_level) == (modelrepo.PRIORITY_LEVELS, modelrepo.PRIORITY_LEVELS)
-    assert db.default_queue_policy.max_queue_size == modelrepo.MAX_QUEUE_SIZE
+    assert (db.priority_levels, db.default_priority_level) == (repository.PRIORITY_LEVELS, repository.PRIORITY_LEVELS)
+    assert db.default_queue_policy.max_queue_size == repository.MAX_QUEUE_SIZE
     # The postprocess step is the router's own function, byte for byte.
-    from pacsflow_router import postprocess
+    from pacsflow_router.analysis import postprocess
     assert (out / "ich_detector_postprocess" / "1" / "postprocess.py").read_bytes() == \
         Path(postprocess.__file__).read_bytes()
 
 
 def test_each_ensemble_version_pins_its_onnx_version(source: Path, tmp_path: Path):
-    modelrepo.render_repository(source, tmp_path / "out", "cpu-python")
+    repository.render_repository(source, tmp_path / "out", "cpu-python")
     for version in (1, 2):
-        name = modelrepo.ensemble_name("ich_detector", version)
-        cfg = modelrepo.parse_config((tmp_path / "out" / name / "config.pbtxt").read_text())
+        name = repository.ensemble_name("ich_detector", version)
+        cfg = repository.parse_config((tmp_path / "out" / name / "config.pbtxt").read_text())
         assert list(cfg.version_policy.specific.versions) == [version]
         assert (tmp_path / "out" / name / str(version)).is_dir()
         steps = {s.model_name: s.model_version for s in cfg.ensemble_scheduling.step}
         assert steps == {f"ich_detector_v{version}_onnx": version, "ich_detector_postprocess": 1}
-        assert modelrepo.version_models("ich_detector", version) == [
+        assert repository.version_models("ich_detector", version) == [
             "ich_detector_postprocess", f"ich_detector_v{version}_onnx", name]
 
 
 def test_pinned_versions_render_only_those(source: Path, tmp_path: Path):
-    plan = modelrepo.render_repository(source, tmp_path / "out", "gpu", {"ich_detector": [2]})
+    plan = repository.render_repository(source, tmp_path / "out", "gpu", {"ich_detector": [2]})
     assert plan.models == ["ich_detector_postprocess", "ich_detector_v2_onnx", "ich_detector_v2"]
     assert not (tmp_path / "out" / "ich_detector_v1_onnx").exists()
-    assert modelrepo.check_repository(tmp_path / "out") == []
+    assert repository.check_repository(tmp_path / "out") == []
 
 
 def test_pinning_a_missing_version_is_reported(source: Path, tmp_path: Path):
-    plan = modelrepo.render_repository(source, tmp_path / "out", "cpu-python", {"*": [1, 7]})
+    plan = repository.render_repository(source, tmp_path / "out", "cpu-python", {"*": [1, 7]})
     assert any("pinned version 7" in p for p in plan.problems)
     assert "ich_detector_v1" in plan.models
 
@@ -84,22 +84,22 @@ def test_version_drop_in_only_adds_files(source: Path, tmp_path: Path):
     """Re-rendering after a new version lands writes the new version folders and leaves every served file alone."""
     shutil.rmtree(source / "ich_detector" / "2")
     out = tmp_path / "out"
-    modelrepo.render_repository(source, out, "cpu-python")
+    repository.render_repository(source, out, "cpu-python")
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out}
     make_test_onnx(source / "ich_detector" / "2" / "model.onnx", seed=2)
-    changed = modelrepo.write_repository(modelrepo.plan_repository(source, "cpu-python"), out)
+    changed = repository.write_repository(repository.plan_repository(source, "cpu-python"), out)
     assert sorted(changed) == ["ich_detector_v2", "ich_detector_v2_onnx"]
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert modelrepo.check_repository(out) == []
+    assert repository.check_repository(out) == []
     # Nothing was staged inside the repository Triton reads.
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.is_dir()]
 
 
 def test_removed_version_is_removed_from_output(source: Path, tmp_path: Path):
     out = tmp_path / "out"
-    modelrepo.render_repository(source, out, "cpu-python")
+    repository.render_repository(source, out, "cpu-python")
     (out / "not_ours").mkdir()
-    modelrepo.render_repository(source, out, "cpu-python", {"*": [2]})
+    repository.render_repository(source, out, "cpu-python", {"*": [2]})
     assert not (out / "ich_detector_v1_onnx").exists() and not (out / "ich_detector_v1").exists()
     assert (out / "not_ours").is_dir()
 
@@ -109,17 +109,17 @@ def test_malformed_source_is_reported_and_good_versions_still_render(source: Pat
     bad = source / "broken"
     (bad / "1").mkdir(parents=True)
     (bad / "config.pbtxt").write_text('name: "broken"\nplatform: onnxruntime_onnx\ninput [ { name: "image" ')
-    plan = modelrepo.render_repository(source, tmp_path / "out", "cpu-python")
+    plan = repository.render_repository(source, tmp_path / "out", "cpu-python")
     assert "ich_detector/3: missing or empty model.onnx; version skipped" in plan.problems
     assert any(p.startswith("broken/config.pbtxt: not a valid Triton model config") for p in plan.problems)
     assert plan.models == ["ich_detector_postprocess", "ich_detector_v1_onnx", "ich_detector_v1",
                            "ich_detector_v2_onnx", "ich_detector_v2"]
-    assert modelrepo.check_repository(tmp_path / "out") == []
+    assert repository.check_repository(tmp_path / "out") == []
 
 
 def test_check_reports_broken_rendered_repository(source: Path, tmp_path: Path):
     out = tmp_path / "out"
-    modelrepo.render_repository(source, out, "cpu-python")
+    repository.render_repository(source, out, "cpu-python")
     (out / "ich_detector_v2_onnx" / "2" / "model.py").unlink()
     (out / "ich_detector_v1_onnx" / "1" / "model.onnx").unlink()
     (out / "garbage").mkdir()
@@ -128,7 +128,7 @@ def test_check_reports_broken_rendered_repository(source: Path, tmp_path: Path):
     ens.write_text(ens.read_text().replace('key: "logit"\n      value: "raw_logit"', 'key: "logits"\n      value: "raw_logit"', 1))
     renamed = out / "ich_detector_v2" / "config.pbtxt"
     renamed.write_text(renamed.read_text().replace('name: "ich_detector_v2"', 'name: "ich_detector_v9"'))
-    problems = modelrepo.check_repository(out)
+    problems = repository.check_repository(out)
     assert "ich_detector_v2_onnx/2: missing model.py" in problems
     assert "ich_detector_v1_onnx/1: missing model.onnx" in problems
     assert any(p.startswith("garbage/config.pbtxt: not a valid Triton model config") for p in problems)
@@ -138,10 +138,10 @@ def test_check_reports_broken_rendered_repository(source: Path, tmp_path: Path):
 
 def test_check_reports_step_on_missing_model_and_version(source: Path, tmp_path: Path):
     out = tmp_path / "out"
-    modelrepo.render_repository(source, out, "gpu")
+    repository.render_repository(source, out, "gpu")
     shutil.rmtree(out / "ich_detector_postprocess")
     shutil.rmtree(out / "ich_detector_v2_onnx" / "2")
-    problems = modelrepo.check_repository(out)
+    problems = repository.check_repository(out)
     assert "ich_detector_v1: step 1 (ich_detector_postprocess): no model 'ich_detector_postprocess' in the repository" \
         in problems
     assert "ich_detector_v2: step 0 (ich_detector_v2_onnx): version 2 is not served by ich_detector_v2_onnx" \
@@ -151,15 +151,15 @@ def test_check_reports_step_on_missing_model_and_version(source: Path, tmp_path:
 
 def test_cli_render_and_check(source: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    assert modelrepo.main(["render", "--target", "gpu", "--source", str(source), "--out", str(out),
+    assert repository.main(["render", "--target", "gpu", "--source", str(source), "--out", str(out),
                            "--versions", "ich_detector:1"]) == 0
     assert "ich_detector_v1" in capsys.readouterr().out
-    assert modelrepo.main(["check", str(out)]) == 0
+    assert repository.main(["check", str(out)]) == 0
     (out / "ich_detector_v1" / "config.pbtxt").write_text("nonsense {")
-    assert modelrepo.main(["check", str(out)]) == 1
+    assert repository.main(["check", str(out)]) == 1
     assert "ich_detector_v1/config.pbtxt: not a valid Triton model config" in capsys.readouterr().out
-    assert modelrepo.main(["render", "--target", "gpu", "--source", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert repository.main(["render", "--target", "gpu", "--source", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
 
 
 def test_ensemble_name_is_what_the_router_asks_for():
-    assert modelrepo.ensemble_name("ich_detector", 2) == "ich_detector_v2"
+    assert repository.ensemble_name("ich_detector", 2) == "ich_detector_v2"

@@ -33,9 +33,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import domain
-from .config import ModelRef
-from .errors import ConfigError, InferenceError
+from .. import domain
+from ..config import ModelRef
+from ..errors import ConfigError, InferenceError
 
 __all__ = [
     "PreprocessSpec", "load_spec", "read_spec", "rescale_of", "preprocess_numpy", "preprocess_dali",

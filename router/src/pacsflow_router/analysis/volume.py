@@ -17,8 +17,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from . import domain
-from .errors import UnparseableInstanceError
+from .. import domain
+from ..errors import UnparseableInstanceError
 
 __all__ = ["load_study", "slice_normal", "sort_slices"]
 

@@ -31,9 +31,9 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 
-from . import metrics
-from .config import Destination
-from .errors import ExportError
+from .. import metrics
+from ..config import Destination
+from ..errors import ExportError
 
 log = logging.getLogger(__name__)
 

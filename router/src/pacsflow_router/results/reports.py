@@ -40,8 +40,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from .config import UseCase
-from .domain import Series, Study, StudyResult
+from ..config import UseCase
+from ..domain import Series, Study, StudyResult
 
 MANUFACTURER = "pacsflow"
 

@@ -1,0 +1,1 @@
+"""DICOM in: the C-STORE SCP, the durable spool and study assembly. Never waits on analysis."""

@@ -1,0 +1,1 @@
+"""Model tooling: the Triton model-repository renderer and the synthetic phantoms."""
