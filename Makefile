@@ -22,6 +22,7 @@ system-deps:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: venv system-deps lint check-crds cluster-bins helm triton-venv
 	$(VENV)/bin/pytest

@@ -18,9 +18,10 @@ import difflib
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
+from pydantic import BaseModel
 
 from . import GROUP, VERSION
 from .resources.v1alpha1 import KINDS, Kind
@@ -93,7 +94,7 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return {k: node[k] for k in known + rest}
 
 
-def openapi_schema(model: type) -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model (camelCase keys).
 
     Parameters
@@ -108,7 +109,7 @@ def openapi_schema(model: type) -> dict[str, Any]:
     """
     schema = model.model_json_schema(by_alias=True, mode="validation")
     defs = schema.pop("$defs", {})
-    return _structural(schema, defs)
+    return cast(dict[str, Any], _structural(schema, defs))  # a model's schema is an object node
 
 
 def crd(kind: Kind) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -132,23 +132,24 @@ class Kube:
         """
         body = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
         # force: the operator is the owner of what it renders; a stale manager must not block a reconcile.
-        return self._call(
+        return cast(dict[str, Any], self._call(
             "apply", "PATCH", self._path(manifest["kind"], namespace, manifest["metadata"]["name"]),
             body=body, content_type="application/apply-patch+yaml",
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-        )
+        ))
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or ``None`` when it does not exist."""
         try:
-            return self._call("get", "GET", self._path(kind, namespace, name))
+            return cast("dict[str, Any] | None", self._call("get", "GET", self._path(kind, namespace, name)))
         except NotFoundError:
             return None
 
     def list_objects(self, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         """Objects of ``kind`` in ``namespace`` (optionally filtered by a label selector)."""
         query = [("labelSelector", label_selector)] if label_selector else []
-        return self._call("list", "GET", self._path(kind, namespace), query=query).get("items", [])
+        return cast(list[dict[str, Any]], self._call("list", "GET", self._path(kind, namespace), query=query)
+                    .get("items", []))
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch ``status`` of a custom resource through its status subresource.
@@ -159,10 +160,10 @@ class Kube:
             The object as stored, or None when it no longer exists.
         """
         try:
-            return self._call(
+            return cast("dict[str, Any] | None", self._call(
                 "patch_status", "PATCH", self._path(kind, namespace, name, "status"),
                 body={"status": status}, content_type="application/merge-patch+json",
-            )
+            ))
         except NotFoundError:
             log.debug("%s %s/%s vanished before its status could be written", kind, namespace, name)
             return None
@@ -173,7 +174,9 @@ class NotFoundError(errors.KubeApiError):
 
 
 def _api_reason(data: bytes | None, default: str | None) -> str:
+    if data is None:
+        return str(default)
     try:
-        return json.loads(data).get("message") or str(default)
+        return cast("str | None", json.loads(data).get("message")) or str(default)
     except (TypeError, ValueError, AttributeError):
         return str(default)

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import ConfigError
+from .errors import ConfigError as ConfigError  # re-exported: the operator reads it from here (contract)
 
 Mode = Literal["silent", "assistive", "triage"]
 MODES: tuple[Mode, ...] = ("silent", "assistive", "triage")
@@ -208,7 +208,7 @@ class RoutingConfig(_Model):
         return next(d for d in self.destinations if d.name == name)
 
 
-def _key_path(loc: tuple) -> str:
+def _key_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):

@@ -18,10 +18,10 @@ from . import __version__, metrics
 from .analysis.findings import summarize
 from .analysis.inference import InferenceBackend
 from .analysis.matching import select_series
-from .analysis.preprocess import load_spec, preprocess_series
+from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
-from .domain import Finding, Series, StudyRef, StudyResult
+from .domain import Finding, Series, Study, StudyRef, StudyResult
 from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import StudyTracker
 from .results.audit import AuditLog
@@ -35,7 +35,7 @@ PRIORITY = {"triage": 1, "assistive": 2, "silent": 3}
 
 
 def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_repository: str | Path, *,
-            preprocess_backend: str = "dali", timings: dict[str, float] | None = None) -> Finding:
+            preprocess_backend: Backend = "dali", timings: dict[str, float] | None = None) -> Finding:
     """The AI step of one use case on one series: preprocess (the model's spec) -> infer -> study-level finding.
 
     ``timings``, when given, receives ``preprocess`` and ``inference`` seconds. Triage requests get a higher
@@ -60,7 +60,7 @@ class Pipeline:
     backend: InferenceBackend
     outbox: Outbox
     audit: AuditLog
-    preprocess_backend: str = "dali"
+    preprocess_backend: Backend = "dali"
 
     def process(self, ref: StudyRef) -> bool:
         """Run every use case on one complete study.
@@ -115,7 +115,7 @@ class Pipeline:
         )
         metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
 
-    def _run_use_case(self, study, series, use_case: UseCase, timings: dict[str, float]) -> str:
+    def _run_use_case(self, study: Study, series: Series, use_case: UseCase, timings: dict[str, float]) -> str:
         model = use_case.model
         threshold = use_case.triage.critical_threshold
         finding = analyse(series, use_case, self.backend, self.config.inference.model_repository,

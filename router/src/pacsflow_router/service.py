@@ -22,7 +22,7 @@ from .ingest.spool import Spool
 from .ingest.studies import StudyTracker
 from .pipeline import Pipeline
 from .results.audit import AuditLog
-from .results.export import Outbox
+from .results.export import Outbox, OutboxItem
 from .results.scu import StoreClient
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ class RouterService:
     def _sender_for(self, destination: str) -> StoreClient:
         return StoreClient(self.config.destination(destination), self.config.ae_title)
 
-    def _on_delivery(self, item, outcome: str) -> None:
+    def _on_delivery(self, item: OutboxItem, outcome: str) -> None:
+        # The pipeline enqueues every SR with its study key (the audit column is NOT NULL).
+        assert item.study_key is not None
         self.audit.record_delivery(study_key=item.study_key, use_case=item.use_case,
                                    destination=item.destination, outcome=outcome)
         if outcome == "delivered" and item.last_received:

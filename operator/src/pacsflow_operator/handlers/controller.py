@@ -15,13 +15,13 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import API_VERSION
 from ..errors import InvalidSpecError, KubeApiError
@@ -37,10 +37,13 @@ from ..settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+Entry = dict[str, Any]  # one indexed object (see .indexes)
+SpecT = TypeVar("SpecT", bound=BaseModel)
+T = TypeVar("T")
 
 
 @contextmanager
-def outcome(kind: str):
+def outcome(kind: str) -> Iterator[None]:
     """Count and time one reconciliation; map domain errors to kopf's (the one translation table)."""
     start = time.perf_counter()
     result = "error"
@@ -58,7 +61,7 @@ def outcome(kind: str):
         RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - start)
 
 
-def parse_spec(model: type, spec: Mapping[str, Any], what: str):
+def parse_spec(model: type[SpecT], spec: Mapping[str, Any], what: str) -> SpecT:
     """Validate a stored spec with its model; the API server already checked the schema, so a failure
     here means the operator and the CRD disagree (or a CEL-free field rule failed)."""
     try:
@@ -104,13 +107,15 @@ class Controller:
         self._status_locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._owned: dict[tuple[str, str, str], set[tuple[str, str, str]]] = defaultdict(set)
 
-    async def _apply_all(self, children: list[dict[str, Any]], namespace: str, owner_body: dict, force: bool) -> int:
+    async def _apply_all(self, children: list[dict[str, Any]], namespace: str, owner_body: dict[str, Any],
+                         force: bool) -> int:
         owned = self._owned[(owner_body["kind"], namespace, owner_body["metadata"]["name"])]
         written = 0
         for child in children:
             child = copy.deepcopy(child)
             if router_rc.RETAIN_ANNOTATION not in child["metadata"].get("annotations", {}):
-                kopf.adopt(child, owner=owner_body)
+                # kopf.adopt reads the owner as a plain mapping; its annotation names kopf's Body view of one.
+                kopf.adopt(child, owner=owner_body)  # type: ignore[arg-type]
             key = (child["kind"], namespace, child["metadata"]["name"])
             digest = json.dumps(child, sort_keys=True)
             if not force and self._applied.get(key) == digest:
@@ -138,7 +143,7 @@ class Controller:
             self._written[(kind, namespace, name)] = (_rv(stored["metadata"]), dict(stored.get("status") or {}))
         return True
 
-    async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Any]) -> Any:
+    async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Awaitable[T]]) -> T | None:
         state = self._serial[key]
         state.requested += 1
         mine = state.requested
@@ -244,7 +249,7 @@ class Controller:
                                Binding(router_spec, triton_exists, rejected))
 
     async def write_use_case_status(self, namespace: str, router: str, name: str, idx: Indexes,
-                                    plan: router_rc.RouterPlan | None) -> tuple[dict, dict] | None:
+                                    plan: router_rc.RouterPlan | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Compute one AIUseCase's status from the indexes *now* and write it if it changed.
 
         Every writer of a use case's status (its own handler, its router's, its Triton cluster's) comes
@@ -297,13 +302,14 @@ def _rv(meta: Mapping[str, Any]) -> int:
 class Indexes:
     """Read access to kopf's indexes (see :mod:`.indexes`), by namespace and name."""
 
-    def __init__(self, routers: Any, tritons: Any, use_cases_by_router: Any) -> None:
+    def __init__(self, routers: kopf.Index[Key, Entry], tritons: kopf.Index[Key, Entry],
+                 use_cases_by_router: kopf.Index[Key, Entry]) -> None:
         self._routers = routers
         self._tritons = tritons
         self._ucs = use_cases_by_router
 
     @staticmethod
-    def _one(index: Any, key: Key) -> dict[str, Any] | None:
+    def _one(index: kopf.Index[Key, Entry], key: Key) -> dict[str, Any] | None:
         store = index.get(key)
         if not store:
             return None

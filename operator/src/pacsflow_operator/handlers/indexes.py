@@ -1,7 +1,8 @@
 """kopf in-memory indexes of the three kinds, so reconciles read bindings without list requests.
 
 kopf updates indexes before it calls any handler for the same event and starts handlers only once
-every index is populated, so a render never sees a half-listed namespace.
+every index is populated, so a render never sees a half-listed namespace. The three kinds are
+namespaced, so kopf always passes a ``namespace`` (typed optional for cluster-scoped kinds).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import kopf
 from .. import GROUP, VERSION
 
 # Return {} (not None) to drop an object: kopf keeps the previous value when an indexer returns None.
-_GONE: dict = {}
+_GONE: dict[tuple[str, str], Any] = {}
 
 
 def _entry(name: str, body: Any) -> dict[str, Any]:
@@ -28,16 +29,18 @@ def _entry(name: str, body: Any) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, "dicomrouters")
-def routers(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any]:
+def routers(namespace: str | None, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any]:
     """(namespace, name) -> DicomRouter (a router being deleted counts as gone)."""
+    assert namespace is not None
     if meta.get("deletionTimestamp"):
         return _GONE
     return {(namespace, name): _entry(name, body)}
 
 
 @kopf.index(GROUP, VERSION, "tritonclusters")
-def tritons(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any]:
+def tritons(namespace: str | None, name: str, body: Any, meta: Any, **_: Any) -> dict[tuple[str, str], Any]:
     """(namespace, name) -> TritonCluster."""
+    assert namespace is not None
     if meta.get("deletionTimestamp"):
         return _GONE
     return {(namespace, name): _entry(name, body)}
@@ -45,10 +48,11 @@ def tritons(namespace: str, name: str, body: Any, meta: Any, **_: Any) -> dict[t
 
 @kopf.index(GROUP, VERSION, "aiusecases")
 def use_cases_by_router(
-    namespace: str, name: str, body: Any, meta: Any, spec: Any, **_: Any
+    namespace: str | None, name: str, body: Any, meta: Any, spec: Any, **_: Any
 ) -> dict[tuple[str, str], Any]:
     """(namespace, router name) -> AIUseCases bound to it. A use case being deleted is already left out,
     so the render its delete handler triggers drops it from the routing config."""
+    assert namespace is not None
     if meta.get("deletionTimestamp") or not spec.get("router"):
         return _GONE
     return {(namespace, spec["router"]): _entry(name, body)}

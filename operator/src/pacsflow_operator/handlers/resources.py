@@ -9,11 +9,14 @@ Who re-renders what:
 AIUseCases carry the finalizer ``pacsflow.io/finalizer``: a deleted use case leaves the routing config
 before it disappears. Routers and clusters need none (their children go by ownerReference GC), so a
 missing operator never blocks their deletion.
+
+The three kinds are namespaced, so kopf always passes a ``namespace`` (its handler protocol types it
+optional, for cluster-scoped kinds): each handler asserts it once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -27,7 +30,7 @@ def _idx(kwargs: dict[str, Any]) -> Indexes:
 
 
 def _ctl(memo: kopf.Memo) -> Controller:
-    return memo.controller
+    return cast(Controller, memo.controller)
 
 
 def _ready(status: dict[str, Any]) -> dict[str, Any]:
@@ -38,9 +41,10 @@ def _ready(status: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.resume(GROUP, VERSION, "dicomrouters")
 @kopf.on.create(GROUP, VERSION, "dicomrouters")
 @kopf.on.update(GROUP, VERSION, "dicomrouters")
-async def router_changed(namespace: str, name: str, body: Any, old: Any, new: Any, memo: kopf.Memo,
+async def router_changed(namespace: str | None, name: str, body: Any, old: Any, new: Any, memo: kopf.Memo,
                          reason: str, **kwargs: Any) -> None:
     """Apply the router's children and refresh everything that depends on it."""
+    assert namespace is not None
     ctl, idx = _ctl(memo), _idx(kwargs)
     plan = await ctl.sync_router(namespace, name, idx, force=True)
     await ctl.refresh_use_cases(namespace, name, idx, plan)
@@ -56,8 +60,9 @@ async def router_changed(namespace: str, name: str, body: Any, old: Any, new: An
 
 
 @kopf.on.event(GROUP, VERSION, "dicomrouters")
-async def router_event(type: str, namespace: str, name: str, body: Any, memo: kopf.Memo, **kwargs: Any) -> None:  # noqa: A002 - kopf's kwarg name
+async def router_event(type: str, namespace: str | None, name: str, body: Any, memo: kopf.Memo, **kwargs: Any) -> None:  # noqa: A002 - kopf's kwarg name
     """A deleted router: its use cases say so, its TritonCluster stops loading their models."""
+    assert namespace is not None
     if type != "DELETED":
         return
     ctl, idx = _ctl(memo), _idx(kwargs)
@@ -72,8 +77,9 @@ async def router_event(type: str, namespace: str, name: str, body: Any, memo: ko
 @kopf.on.resume(GROUP, VERSION, "tritonclusters")
 @kopf.on.create(GROUP, VERSION, "tritonclusters")
 @kopf.on.update(GROUP, VERSION, "tritonclusters")
-async def triton_changed(namespace: str, name: str, body: Any, memo: kopf.Memo, reason: str, **kwargs: Any) -> None:
+async def triton_changed(namespace: str | None, name: str, body: Any, memo: kopf.Memo, reason: str, **kwargs: Any) -> None:
     """Apply the cluster's children; routers that name it learn that it exists."""
+    assert namespace is not None
     ctl, idx = _ctl(memo), _idx(kwargs)
     await ctl.sync_triton(namespace, name, idx, force=True)
     await _refresh_routers_of(ctl, idx, namespace, name)
@@ -82,8 +88,9 @@ async def triton_changed(namespace: str, name: str, body: Any, memo: kopf.Memo, 
 
 
 @kopf.on.event(GROUP, VERSION, "tritonclusters")
-async def triton_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:  # noqa: A002
+async def triton_event(type: str, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:  # noqa: A002
     """A deleted cluster: routers that name it and their use cases say so."""
+    assert namespace is not None
     if type != "DELETED":
         return
     ctl, idx = _ctl(memo), _idx(kwargs)
@@ -101,9 +108,10 @@ async def _refresh_routers_of(ctl: Controller, idx: Indexes, namespace: str, clu
 @kopf.on.resume(GROUP, VERSION, "aiusecases")
 @kopf.on.create(GROUP, VERSION, "aiusecases")
 @kopf.on.update(GROUP, VERSION, "aiusecases")
-async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, old: Any, memo: kopf.Memo,
+async def use_case_changed(namespace: str | None, name: str, body: Any, spec: Any, old: Any, memo: kopf.Memo,
                            reason: str, **kwargs: Any) -> None:
     """Re-render the router's routing config (and its Triton cluster), then this use case's status."""
+    assert namespace is not None
     ctl, idx = _ctl(memo), _idx(kwargs)
     with outcome("AIUseCase"):
         uc = parse_spec(AIUseCaseSpec, spec, f"AIUseCase {name}")
@@ -126,13 +134,14 @@ async def use_case_changed(namespace: str, name: str, body: Any, spec: Any, old:
 
 
 @kopf.on.delete(GROUP, VERSION, "aiusecases")
-async def use_case_deleted(namespace: str, name: str, spec: Any, memo: kopf.Memo, **kwargs: Any) -> None:
+async def use_case_deleted(namespace: str | None, name: str, spec: Any, memo: kopf.Memo, **kwargs: Any) -> None:
     """Drop the use case from its router's config (the index already left it out) before it goes."""
+    assert namespace is not None
     ctl, idx = _ctl(memo), _idx(kwargs)
     router_name = spec.get("router")
     if router_name and idx.router(namespace, router_name) is not None:
         await ctl.sync_router(namespace, router_name, idx)
-        cluster = idx.router(namespace, router_name)["spec"].get("tritonCluster")
+        cluster = (idx.router(namespace, router_name) or {}).get("spec", {}).get("tritonCluster")
         if cluster:
             await ctl.sync_triton(namespace, cluster, idx)
     ctl.forget("AIUseCase", namespace, name)

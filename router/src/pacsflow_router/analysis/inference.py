@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ..config import Inference, ModelRef
 from ..domain import ModelOutput
 from ..errors import InferenceError, ModelNotFoundError
 from .postprocess import postprocess
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = ["InferenceBackend", "EmbeddedOnnxBackend", "make_backend", "ONNX_FILE"]
 
@@ -101,7 +104,7 @@ class EmbeddedOnnxBackend:
         self.intra_op_threads = intra_op_threads
         self.max_batch = max_batch
         self.providers = providers or ["CPUExecutionProvider"]
-        self._sessions: dict[tuple[str, int], object] = {}
+        self._sessions: dict[tuple[str, int], InferenceSession] = {}
         self._lock = threading.Lock()
 
     def model_path(self, model: ModelRef) -> Path:
@@ -114,7 +117,7 @@ class EmbeddedOnnxBackend:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / ONNX_FILE).is_file())
 
-    def _session(self, model: ModelRef):
+    def _session(self, model: ModelRef) -> InferenceSession:
         key = (model.name, model.version)
         with self._lock:
             session = self._sessions.get(key)

@@ -151,7 +151,8 @@ def _resize_linear(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     r0, r1, fr = _linear_taps(image.shape[0], rows)
     c0, c1, fc = _linear_taps(image.shape[1], cols)
     tmp = image[r0] * (1 - fr)[:, None] + image[r1] * fr[:, None]
-    return tmp[:, c0] * (1 - fc) + tmp[:, c1] * fc
+    out: np.ndarray = tmp[:, c0] * (1 - fc) + tmp[:, c1] * fc
+    return out
 
 
 def preprocess_numpy(
@@ -197,7 +198,8 @@ def gpu_available() -> bool:
     try:
         from nvidia.dali import backend as dali_backend
 
-        return int(dali_backend.GetCUDADeviceCount()) > 0
+        # GetCUDADeviceCount is provided by backend_impl at run time but missing from DALI's stubs.
+        return int(dali_backend.GetCUDADeviceCount()) > 0  # type: ignore[attr-defined]
     except (ImportError, RuntimeError, OSError):
         return False
 
@@ -219,24 +221,29 @@ def build_pipeline(
     import nvidia.dali as dali
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
+    from nvidia.dali.data_node import DataNode
 
     rows, cols = spec.size
     mean, std = spec.normalize.mean, spec.normalize.std
-    dtypes = {"int16": types.INT16, "uint16": types.UINT16, "uint8": types.UINT8, "float32": types.FLOAT}
+    # The DALIDataType members are the very objects DALI also exposes as types.INT16 etc. (which its
+    # stubs do not declare).
+    dtypes = {"int16": types.DALIDataType.INT16, "uint16": types.DALIDataType.UINT16,
+              "uint8": types.DALIDataType.UINT8, "float32": types.DALIDataType.FLOAT}
 
+    # DALI documents device_id=None (a CPU-only pipeline); its stub declares int.
     @dali.pipeline_def(
-        batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None,
+        batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None,  # type: ignore[arg-type]
         # Synchronous, one iteration in flight: each call feeds one batch and reads it back.
         exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
     )
-    def _pipeline():
+    def _pipeline() -> DataNode:
         raw = fn.external_source(name="raw", layout="HWC", dtype=dtypes[input_dtype])
-        scale = fn.external_source(name="scale", dtype=types.FLOAT)
-        offset = fn.external_source(name="offset", dtype=types.FLOAT)
+        scale = fn.external_source(name="scale", dtype=types.DALIDataType.FLOAT)
+        offset = fn.external_source(name="offset", dtype=types.DALIDataType.FLOAT)
         if device == "gpu":
             raw, scale, offset = raw.gpu(), scale.gpu(), offset.gpu()
-        resized = fn.resize(raw, resize_x=cols, resize_y=rows, interp_type=types.INTERP_LINEAR,
-                            antialias=False, dtype=types.FLOAT)
+        resized = fn.resize(raw, resize_x=cols, resize_y=rows, interp_type=types.DALIInterpType.INTERP_LINEAR,
+                            antialias=False, dtype=types.DALIDataType.FLOAT)
         out = dali.math.clamp(resized * scale + offset, 0.0, 1.0)
         if (mean, std) != (0.0, 1.0):
             out = (out - mean) / std
@@ -247,11 +254,12 @@ def build_pipeline(
     return pipe
 
 
-_pipelines: dict[tuple, tuple[threading.Lock, Any]] = {}
+_pipelines: dict[tuple[PreprocessSpec, str, str], tuple[threading.Lock, Any]] = {}
 _pipelines_lock = threading.Lock()
 
 
-def _cached_pipeline(spec: PreprocessSpec, device: str, input_dtype: str) -> tuple[threading.Lock, Any]:
+def _cached_pipeline(spec: PreprocessSpec, device: Literal["cpu", "gpu"], input_dtype: str
+                     ) -> tuple[threading.Lock, Any]:
     # Building a pipeline costs ~100 ms; one per (spec, device, dtype) lives for the process.
     key = (spec, device, input_dtype)
     with _pipelines_lock:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -74,7 +75,7 @@ class _Region:
 
 @dataclass
 class _ThreadState:
-    client: object
+    client: httpclient.InferenceServerClient | grpcclient.InferenceServerClient
     region: _Region | None = None
     registered: set[str] = field(default_factory=set)
 
@@ -346,7 +347,7 @@ class TritonBackend:
         """Model name -> {version: state (reason)} as Triton reports it."""
         return self._repository_index(self._state())
 
-    def statistics(self, model: ModelRef) -> dict:
+    def statistics(self, model: ModelRef) -> dict[str, dict[str, Any]]:
         """Triton's inference statistics of the ensemble and its steps (HTTP JSON shape), keyed by model name."""
         client = self._state().client
         if self.protocol == "grpc":

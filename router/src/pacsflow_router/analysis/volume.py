@@ -64,8 +64,9 @@ def sort_slices(slices: list[domain.Slice]) -> list[domain.Slice]:
         return []
     normal = slice_normal(slices[0].header)
     positions = [_position(s.header) for s in slices]
-    if normal is not None and all(p is not None for p in positions):
-        keys = [float(np.dot(p, normal)) for p in positions]
+    known = [p for p in positions if p is not None]
+    if normal is not None and len(known) == len(positions):
+        keys = [float(np.dot(p, normal)) for p in known]
         # Distinct positions only: duplicates (e.g. two acquisitions) are ordered by InstanceNumber next.
         order = sorted(range(len(slices)), key=lambda i: (keys[i], _instance_number(slices[i].header), i))
         return [slices[i] for i in order]

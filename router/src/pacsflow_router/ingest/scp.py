@@ -39,7 +39,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from .. import metrics
@@ -143,7 +144,7 @@ class _PduGuardSocket(AssociationSocket):
 
 
 class _RequestHandler(RequestHandler):
-    def _create_association(self):
+    def _create_association(self) -> Association:
         assoc = super()._create_association()
         # pynetdicom has no socket-class hook and AssociationSocket.__init__ has already queued Evt5 (transport
         # connection indication), so the guard is installed by re-classing the instance it created.
@@ -169,12 +170,12 @@ class _AcceptorAE(AE):
         super().__init__(ae_title)
         self._allowed = _AllowList(allowed)
 
-    @property
+    @property  # type: ignore[misc]  # read-only on purpose: the allow-list is fixed at construction
     def require_calling_aet(self) -> list[str]:
         return self._allowed
 
 
-class _AllowList(list):
+class _AllowList(list[str]):
     # Always truthy so pynetdicom always checks membership, even when the list is empty (PS3.8 A-ASSOCIATE-RJ
     # reason 3, calling AE title not recognised).
     def __bool__(self) -> bool:
@@ -224,7 +225,8 @@ class DicomReceiver:
         ae.maximum_associations = maximum_associations
         ae.maximum_pdu_size = MAX_PDU_LENGTH
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+            if context.abstract_syntax is not None:  # always set in pynetdicom's lists; typed Optional
+                ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         self._ae = ae
         self.server: ThreadedAssociationServer | None = None

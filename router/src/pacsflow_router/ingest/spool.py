@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
 
 import pydicom
 
@@ -153,7 +155,7 @@ class Spool:
 
     # -- internals shared with studies.StudyTracker -------------------------------------------------------------
 
-    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement under the spool's lock and return all rows (for :mod:`pacsflow_router.ingest.studies`)."""
         with self._lock:
             return self._db.execute(sql, params).fetchall()
@@ -311,7 +313,7 @@ class Spool:
 
     def count(self) -> int:
         """Number of indexed instances."""
-        return self.execute("SELECT count(*) FROM instances")[0][0]
+        return cast(int, self.execute("SELECT count(*) FROM instances")[0][0])
 
     def close(self) -> None:
         """Close the index (instances already stored stay durable)."""
@@ -333,7 +335,8 @@ class _Transaction:
             raise
         return self._db
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:

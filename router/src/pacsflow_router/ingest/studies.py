@@ -26,6 +26,7 @@ running result covers the instances present when processing started, and the stu
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from ..domain import StudyRef, study_key
 from .spool import Spool
@@ -117,14 +118,14 @@ class StudyTracker:
 
     def in_progress(self) -> int:
         """Studies acknowledged and not finished (receiving, waiting or being processed): a gauge."""
-        return self.spool.execute("SELECT count(*) FROM studies WHERE finished_at IS NULL")[0][0]
+        return cast(int, self.spool.execute("SELECT count(*) FROM studies WHERE finished_at IS NULL")[0][0])
 
     def queue_depth(self, now: float | None = None) -> int:
         """Complete studies waiting for (or in) processing, with the tracker's ``stable_seconds``: a gauge."""
         now = time.time() if now is None else now
-        return self.spool.execute(f"SELECT count(*) FROM studies WHERE {_COMPLETE}",
-                                  (now - self.stable_seconds,))[0][0]
+        return cast(int, self.spool.execute(f"SELECT count(*) FROM studies WHERE {_COMPLETE}",
+                                            (now - self.stable_seconds,))[0][0])
 
     def late_instances(self) -> int:
         """Instances that arrived after their study was finished (kept, not processed)."""
-        return self.spool.execute("SELECT count(*) FROM instances WHERE late = 1")[0][0]
+        return cast(int, self.spool.execute("SELECT count(*) FROM instances WHERE late = 1")[0][0])

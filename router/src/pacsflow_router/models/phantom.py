@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -115,7 +116,7 @@ class GroundTruth:
     positive_slices: tuple[int, ...] = field(default=())
     """Union of the lesions' ``slice_indices``, sorted."""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (the layout of ``ground_truth.json``)."""
         return asdict(self)
 
@@ -200,7 +201,7 @@ def _make_grid(head: _Head, cols_mm: np.ndarray, rows_mm: np.ndarray) -> _Grid:
 
 def _render_slice(
     head: _Head,
-    lesions: Sequence[dict],
+    lesions: Sequence[dict[str, Any]],
     g: _Grid,
     z: float,
     rng: np.random.Generator,
@@ -238,10 +239,11 @@ def _render_slice(
     hu = hu + inside_brain * (brain - hu)
     # Beam hardening: a smooth bias of a few HU, strongest at the centre.
     hu = hu + head.bias_hu * (1 - (g.r / (max(head.ax, head.ay) * s)) ** 2) * inside_brain
-    return (hu + noise).astype(np.float32)
+    out: np.ndarray = (hu + noise).astype(np.float32)
+    return out
 
 
-def _paint_lesion(brain: np.ndarray, lesion: dict, g: _Grid, z: float) -> None:
+def _paint_lesion(brain: np.ndarray, lesion: dict[str, Any], g: _Grid, z: float) -> None:
     """Blend one lesion (and its oedema rim) into ``brain`` in place, only inside its bounding box."""
     lx, ly, lz = lesion["centre"]
     sx, sy, sz = lesion["axes"]
@@ -266,9 +268,9 @@ def _paint_lesion(brain: np.ndarray, lesion: dict, g: _Grid, z: float) -> None:
     box += core * (clot - box)
 
 
-def _place_lesions(head: _Head, rng: np.random.Generator, z_planes: np.ndarray) -> list[dict]:
+def _place_lesions(head: _Head, rng: np.random.Generator, z_planes: np.ndarray) -> list[dict[str, Any]]:
     """One or two lesions inside the brain, each cut near its centre by at least one slice plane."""
-    lesions: list[dict] = []
+    lesions: list[dict[str, Any]] = []
     for _ in range(1 if rng.random() < 0.6 else 2):
         diameter = float(np.exp(rng.uniform(math.log(4.0), math.log(25.0))))
         r = diameter / 2

@@ -50,6 +50,7 @@ import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -178,7 +179,7 @@ def parse_config(text: str, where: str = "config.pbtxt") -> mc.ModelConfig:
 
 
 def _format(config: mc.ModelConfig) -> bytes:
-    return text_format.MessageToString(config).encode()
+    return cast(str, text_format.MessageToString(config)).encode()
 
 
 @dataclass
@@ -349,8 +350,8 @@ def _ensemble(src: _Source, version: int, onnx: mc.ModelConfig, post: mc.ModelCo
 
 
 def plan_repository(
-    source: str | os.PathLike, target: str, versions: Mapping[str, Collection[int]] | None = None,
-    postprocess_file: str | os.PathLike | None = None,
+    source: str | os.PathLike[str], target: str, versions: Mapping[str, Collection[int]] | None = None,
+    postprocess_file: str | os.PathLike[str] | None = None,
 ) -> RepositoryPlan:
     """Compute the deployable repository for ``target`` from the source repository (pure: reads, never writes).
 
@@ -408,7 +409,7 @@ def _same(dest: Path, data: bytes | Path) -> bool:
     return dest.read_bytes() == data
 
 
-def write_repository(plan: RepositoryPlan, out: str | os.PathLike) -> list[str]:
+def write_repository(plan: RepositoryPlan, out: str | os.PathLike[str]) -> list[str]:
     """Make ``out`` match ``plan``, touching only what changed; returns the relative paths written or removed.
 
     New models and new version folders are assembled next to ``out`` and renamed into place, so a Triton polling
@@ -474,8 +475,8 @@ def _put(dest: Path, data: bytes | Path, atomic: bool = False) -> None:
 
 
 def render_repository(
-    source: str | os.PathLike, out: str | os.PathLike, target: str,
-    versions: Mapping[str, Collection[int]] | None = None, postprocess_file: str | os.PathLike | None = None,
+    source: str | os.PathLike[str], out: str | os.PathLike[str], target: str,
+    versions: Mapping[str, Collection[int]] | None = None, postprocess_file: str | os.PathLike[str] | None = None,
 ) -> RepositoryPlan:
     """:func:`plan_repository` then :func:`write_repository`; returns the plan (with its problems)."""
     plan = plan_repository(source, target, versions, postprocess_file)
@@ -494,7 +495,7 @@ def _model_files(cfg: mc.ModelConfig) -> list[str]:
     return [cfg.default_model_filename] if cfg.default_model_filename else []
 
 
-def check_repository(path: str | os.PathLike) -> list[str]:
+def check_repository(path: str | os.PathLike[str]) -> list[str]:
     """Statically check a Triton model repository (source or rendered); returns the problems, empty when clean.
 
     Checks: every model folder has a ``config.pbtxt`` that parses with Triton's schema and names its folder; its

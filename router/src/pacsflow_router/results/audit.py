@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -38,8 +39,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class AuditLog:
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
-        kwargs: dict = {}
+        kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             if parsed.database in (None, "", ":memory:"):
                 # One shared in-memory database across threads.
@@ -152,7 +154,7 @@ class AuditLog:
                 outcome=outcome, detail=None if detail is None else detail[:1024],
             ))
 
-    def records(self, *, study_key: str | None = None, use_case: str | None = None) -> list[dict]:
+    def records(self, *, study_key: str | None = None, use_case: str | None = None) -> list[dict[str, Any]]:
         """Result records (oldest first), each with its ``deliveries`` (events, oldest first) and the current
         ``destination_status`` (the latest event's outcome, else the status recorded with the result)."""
         query = select(RESULTS).order_by(RESULTS.c.id)
@@ -175,7 +177,7 @@ class AuditLog:
                 record["destination_status"] = mine[-1]["outcome"]
         return results
 
-    def events(self, *, study_key: str | None = None) -> list[dict]:
+    def events(self, *, study_key: str | None = None) -> list[dict[str, Any]]:
         """Delivery events (oldest first)."""
         query = select(EVENTS).order_by(EVENTS.c.id)
         if study_key is not None:
@@ -188,7 +190,7 @@ class AuditLog:
         self.engine.dispose()
 
 
-def _sqlite_durable(dbapi_connection, _record) -> None:
+def _sqlite_durable(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # WAL lets the demo and tests read while the router writes; FULL makes a returned insert survive power loss.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -205,7 +205,7 @@ class Outbox:
     def pending(self) -> int:
         """Number of items not yet delivered (and not parked as failed)."""
         with self._db_lock:
-            return self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            return cast(int, self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
 
     def state(self, sop_uid: str, destination: str | None = None) -> str | None:
         """``pending``, ``delivered`` or ``failed`` for one SR (None when never enqueued)."""
@@ -221,7 +221,8 @@ class Outbox:
 
     # -- delivery ----------------------------------------------------------------------------------------------
     def _delay(self, failures: int) -> float:
-        return min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1)))
+        # int ** int is typed Any (a negative exponent gives a float); here the exponent is >= 0.
+        return min(self.max_delay, self.base_delay * cast(int, 2 ** max(0, failures - 1)))
 
     def _sender(self, destination: str) -> Sender:
         sender = self._senders.get(destination)
@@ -244,7 +245,7 @@ class Outbox:
                 " FROM outbox WHERE state = 'pending' AND next_attempt <= ? ORDER BY id", (now,)).fetchall()
         return [OutboxItem(*row) for row in rows]
 
-    def _record(self, sql: str, params: tuple) -> int:
+    def _record(self, sql: str, params: tuple[object, ...]) -> int:
         with self._db_lock:
             return self._db.execute(sql, params).rowcount
 
@@ -310,7 +311,7 @@ class Outbox:
 
     def _file_for(self, item_id: int) -> str:
         with self._db_lock:
-            return self._db.execute("SELECT file FROM outbox WHERE id = ?", (item_id,)).fetchone()[0]
+            return cast(str, self._db.execute("SELECT file FROM outbox WHERE id = ?", (item_id,)).fetchone()[0])
 
     def _park(self, item: OutboxItem, message: str, *, attempts: int | None = None) -> None:
         attempts = item.attempts + 1 if attempts is None else attempts

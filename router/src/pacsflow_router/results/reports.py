@@ -33,6 +33,8 @@ from (model name, model version) so it changes exactly when the model does (IHE 
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -75,7 +77,7 @@ _TYPE2_COPIED = (
 _LIBRARY_GEOMETRY = ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "SliceThickness")
 
 
-def _describable(header: Dataset | None) -> bool:
+def _describable(header: Dataset | None) -> TypeGuard[Dataset]:
     """Whether the source image can get an Image Library entry (TID 1600).
 
     Senders do omit Type 2 geometry (an empty or absent SliceThickness is common on reformats); the report must

@@ -65,7 +65,8 @@ def _accepts(assoc: Association, sop_class: str) -> bool:
 
 
 def _set_nodelay(event: evt.Event) -> None:
-    sock = event.assoc.dul.socket.socket
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
