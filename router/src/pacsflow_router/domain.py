@@ -37,6 +37,21 @@ class Slice:
 
     header: Dataset
     pixels: np.ndarray  # (rows, cols), stored values before rescale
+    frame_number: int | None = None
+    """1-based frame of a multi-frame instance (``header`` is then that frame's view: Image Position/Orientation
+    (Patient), Pixel Spacing, Slice Thickness, Rescale Slope/Intercept from its functional groups, with the
+    instance's SOP Class/Instance UID); None for a single-frame instance."""
+
+
+@dataclass(frozen=True)
+class SkippedInstance:
+    """An instance of a series that was received but not analysed, and why (no patient data in ``reason``)."""
+
+    sop_instance_uid: str
+    reason: str
+    """Short and bounded, e.g. ``"pixel data not decodable"``."""
+    images: int = 1
+    """Images (frames) the instance holds."""
 
 
 @dataclass
@@ -48,6 +63,34 @@ class Series:
     body_part: str
     description: str
     slices: list[Slice] = field(default_factory=list)
+    skipped: list[SkippedInstance] = field(default_factory=list)
+    """Instances received for this series whose images are not in ``slices`` (e.g. undecodable pixel data)."""
+    missing: int = 0
+    """Images never received, inferred from gaps along the slice normal that are whole multiples of the series'
+    own spacing (a dropped slice); 0 without geometry."""
+
+    @property
+    def expected_images(self) -> int:
+        """Images the series should have: analysed + skipped + missing."""
+        return len(self.slices) + sum(s.images for s in self.skipped) + self.missing
+
+    @property
+    def complete(self) -> bool:
+        """Whether every expected image was decoded (nothing skipped, nothing missing)."""
+        return not self.skipped and self.missing == 0
+
+    def coverage(self) -> str:
+        """One line for an SR or a log: ``"62 of 64 images analysed; not analysed: 1 pixel data not decodable,
+        1 missing"`` (counts and reasons only, no identifiers)."""
+        text = f"{len(self.slices)} of {self.expected_images} images analysed"
+        reasons: dict[str, int] = {}
+        for skipped in self.skipped:
+            reasons[skipped.reason] = reasons.get(skipped.reason, 0) + skipped.images
+        if self.missing:
+            reasons["missing"] = reasons.get("missing", 0) + self.missing
+        if reasons:
+            text += "; not analysed: " + ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+        return text
 
 
 @dataclass
@@ -57,6 +100,8 @@ class Study:
     ref: StudyRef
     first_header: Dataset
     series: list[Series]
+    unreadable: int = 0
+    """Spooled instances that could not be parsed at all (their series is unknown)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +128,7 @@ class Finding:
     frame_of_reference_uid: str | None
     pixel_point: tuple[float, float]  # (column, row) in the image, DICOM SCOORD convention
     patient_point: tuple[float, float, float] | None  # (x, y, z) mm in the patient coordinate system
+    frame_number: int | None = None  # 1-based frame of a multi-frame source instance (Referenced Frame Number)
 
 
 @dataclass(frozen=True)

@@ -108,4 +108,5 @@ def summarize(
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
         pixel_point=(column, row),
         patient_point=pixel_to_patient(header, column, row),
+        frame_number=image.frame_number,
     )

@@ -5,12 +5,20 @@ transfer syntax the SCP accepts (uncompressed, RLE, JPEG baseline/lossless, JPEG
 the model. Headers are kept without their pixel data. Optional attributes may be missing: slices are
 ordered along the slice normal when every slice has Image Position/Orientation (Patient), otherwise by
 Instance Number, otherwise in spool order.
+
+Real scanners send more than single-frame images of complete series:
+
+- multi-frame images (Enhanced CT/MR, Legacy Converted Enhanced CT/MR) put rescale, geometry and spacing in
+  the Shared and Per-frame Functional Groups (PS3.3 C.7.6.16); each frame becomes a slice whose header is a
+  per-frame view carrying them at the top level, where the rest of the pipeline reads them;
+- partial series (an instance whose pixel data does not decode, a slice never sent) are loaded around the
+  gap, and the series records what was skipped and how many images are missing, for the acceptance criteria,
+  the SR and the audit to act on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import numpy as np
 import pydicom
@@ -20,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 from .. import domain
 from ..errors import UnparseableInstanceError
 
-__all__ = ["load_study", "slice_normal", "sort_slices"]
+__all__ = ["frame_headers", "load_study", "missing_images", "slice_normal", "sort_slices"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,22 @@ def _instance_number(header: Dataset) -> int:
         return 0
 
 
-def _frames(ds: Dataset) -> Iterable[np.ndarray]:
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# Functional group macros (PS3.3 C.7.6.16) whose attributes become the per-frame view's top-level attributes:
+# sequence keyword -> attributes copied from its one item. Per-frame groups override shared ones (C.7.6.16.1).
+_FRAME_GROUPS: dict[str, tuple[str, ...]] = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+}
+# Frame Type (CT/MR Image Frame Type macros) is the per-frame Image Type (PS3.3 C.8.15.3.1, C.8.13.5.1).
+_FRAME_TYPE_GROUPS = ("CTImageFrameTypeSequence", "MRImageFrameTypeSequence")
+
+
+def _frames(ds: Dataset) -> list[np.ndarray]:
     """The 2-D stored-value images of a dataset (one per frame), greyscale."""
     arr = ds.pixel_array  # stored values; HU rescale happens in preprocessing
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -89,15 +112,125 @@ def _frames(ds: Dataset) -> Iterable[np.ndarray]:
         # Colour images are not what the CT models expect, but must not break loading: use luminance-ish mean.
         arr = arr.mean(axis=-1)
     if arr.ndim == 2:
-        yield arr
-    elif arr.ndim == 3:
-        yield from arr
-    else:
-        raise ValueError(f"unexpected pixel array shape {arr.shape}")
+        return [arr]
+    if arr.ndim == 3:
+        return list(arr)
+    raise ValueError(f"unexpected pixel array shape {arr.shape}")
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _group_item(groups: Dataset | None, keyword: str) -> Dataset | None:
+    if groups is None:
+        return None
+    seq = groups.get(keyword)
+    return seq[0] if seq else None
+
+
+def frame_headers(ds: Dataset) -> list[Dataset]:
+    """Per-frame views of a multi-frame header: what a single-frame image of the same frame would carry.
+
+    Each view has the instance's top-level attributes (SOP Class/Instance UID, patient, study, series, frame of
+    reference) plus, at the top level, the frame's Image Position/Orientation (Patient), Pixel Spacing, Slice
+    Thickness, Spacing Between Slices, Rescale Slope/Intercept/Type, Window Center/Width and (from the frame
+    type macro) Image Type, taken from the frame's Per-frame Functional Groups item, else from the Shared
+    Functional Groups (PS3.3 C.7.6.16). The Per-frame Functional Groups Sequence itself is left out of the
+    views (each would otherwise hold every frame's groups); the shared one is kept.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        A multi-frame header without pixel data (Enhanced CT/MR, Legacy Converted Enhanced CT/MR, or any
+        multi-frame image; without functional groups every view carries the instance's own geometry).
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        One view per frame, in frame order (frame number = index + 1).
+    """
+    n = _number_of_frames(ds)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    base = Dataset()
+    # Iterating decodes every top-level value with the instance's character set before it is shared by the views.
+    for elem in ds:
+        if elem.keyword != "PerFrameFunctionalGroupsSequence":
+            base.add(elem)
+    views: list[Dataset] = []
+    for index in range(n):
+        frame = per_frame[index] if per_frame is not None and index < len(per_frame) else None
+        view = Dataset()
+        view.update(base)  # element objects are shared, not copied: the views are read-only
+        for group, keywords in _FRAME_GROUPS.items():
+            item = _group_item(frame, group) or _group_item(shared, group)
+            if item is None:
+                continue
+            for keyword in keywords:
+                if keyword in item:
+                    view[keyword] = item[keyword]
+        for group in _FRAME_TYPE_GROUPS:
+            item = _group_item(frame, group) or _group_item(shared, group)
+            if item is not None and item.get("FrameType"):
+                view.ImageType = item.FrameType
+        views.append(view)
+    return views
+
+
+def _is_multiframe(ds: Dataset) -> bool:
+    return "NumberOfFrames" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def missing_images(positions: list[float]) -> int:
+    """Images missing from a stack, from gaps that are whole multiples (>= 2) of the median spacing.
+
+    Parameters
+    ----------
+    positions : list of float
+        Positions along the slice normal (mm) of every image of the series, received or skipped, any order.
+
+    Returns
+    -------
+    int
+        The number of slice positions inside the stack where no image was received; 0 for fewer than three
+        distinct positions (no spacing to judge by) or an irregular stack (gaps that are no whole multiple).
+    """
+    distinct = np.unique(np.round(np.asarray(positions, dtype=float), 3))
+    if len(distinct) < 3:
+        return 0
+    gaps = np.diff(distinct)
+    step = float(np.median(gaps))
+    if step <= 1e-3:
+        return 0
+    missing = 0
+    for gap in gaps:
+        ratio = float(gap) / step
+        # A gap counts only when it is clearly a dropped slice, not a variable-pitch reconstruction.
+        if ratio >= 1.5 and abs(ratio - round(ratio)) < 0.2:
+            missing += round(ratio) - 1
+    return missing
+
+
+def _stack_position(header: Dataset, normal: np.ndarray | None) -> float | None:
+    p = _position(header)
+    if p is None or normal is None:
+        return None
+    return float(np.dot(p, normal))
 
 
 def load_study(ref: domain.StudyRef) -> domain.Study:
     """Read, group, sort and decode the instances of a spooled study.
+
+    Multi-frame images (Enhanced CT/MR, Legacy Converted Enhanced) become one slice per frame with a per-frame
+    view as header (:func:`frame_headers`) and ``frame_number`` set. Instances whose pixel data cannot be decoded
+    are recorded on their series (``Series.skipped``) and the rest is analysed; images missing from a stack are
+    counted from its gaps (``Series.missing``). Whether what remains is still fit to analyse is the acceptance
+    criteria's decision.
 
     Parameters
     ----------
@@ -108,7 +241,8 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
     -------
     domain.Study
         Series (in order of first appearance) with slices sorted along the normal; headers carry no
-        pixel data. Instances without pixel data (e.g. SR, presentation states) are skipped.
+        pixel data. Instances without pixel data (e.g. SR, presentation states) are left out. Series
+        whose every image was skipped are kept (empty ``slices``) so their ``skipped`` is reported.
 
     Raises
     ------
@@ -116,30 +250,22 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
         No instance of the study could be read and decoded as an image.
     """
     series: dict[str, domain.Series] = {}
+    skipped_headers: dict[str, list[Dataset]] = {}
     first_header: Dataset | None = None
-    skipped = 0
+    unreadable = 0
+    undecodable = 0
     for index, path in enumerate(ref.paths):
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             # The spool only holds instances that parsed at ingest; a failure here is disk-level damage.
             log.warning("study %s: instance %d unreadable (%s), skipped", ref.key, index, type(exc).__name__)
-            skipped += 1
+            unreadable += 1
             continue
         if first_header is None:
             first_header = ds
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if not any(name in ds for name in _PIXEL_KEYWORDS):
             continue
-        try:
-            frames = list(_frames(ds))
-        except (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError) as exc:
-            log.warning("study %s: instance %d pixel data not decodable (%s: %s), skipped",
-                        ref.key, index, type(exc).__name__, exc)
-            skipped += 1
-            continue
-        for name in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            if name in ds:
-                del ds[name]
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if uid not in series:
             series[uid] = domain.Series(
@@ -148,12 +274,67 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
                 body_part=str(ds.get("BodyPartExamined", "") or ""),
                 description=str(ds.get("SeriesDescription", "") or ""),
             )
-        series[uid].slices.extend(domain.Slice(header=ds, pixels=np.ascontiguousarray(f)) for f in frames)
-    if first_header is None or not series:
+            skipped_headers[uid] = []
+        try:
+            frames = _frames(ds)
+        except (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError, IndexError,
+                KeyError) as exc:
+            # The type only: decoder messages can quote header values.
+            log.warning("study %s: instance %d pixel data not decodable (%s), skipped", ref.key, index,
+                        type(exc).__name__)
+            undecodable += 1
+            _strip_pixels(ds)
+            series[uid].skipped.append(domain.SkippedInstance(
+                sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""), reason="pixel data not decodable",
+                images=_number_of_frames(ds),
+            ))
+            skipped_headers[uid].append(ds)
+            continue
+        _strip_pixels(ds)
+        if _is_multiframe(ds):
+            views = frame_headers(ds)
+            if len(views) != len(frames):
+                log.warning("study %s: instance %d declares %d frames but holds %d; frames beyond either skipped",
+                            ref.key, index, len(views), len(frames))
+            series[uid].slices.extend(
+                domain.Slice(header=view, pixels=np.ascontiguousarray(frame), frame_number=number)
+                for number, (view, frame) in enumerate(zip(views, frames, strict=False), start=1)
+            )
+        else:
+            series[uid].slices.append(domain.Slice(header=ds, pixels=np.ascontiguousarray(frames[0])))
+    if first_header is None or not any(s.slices for s in series.values()):
         raise UnparseableInstanceError(
             f"study {ref.key}: none of its {len(ref.paths)} instances could be decoded as an image "
-            f"({skipped} unreadable); check the spool files and the pixel-data plugins (pylibjpeg, pyjpegls)"
+            f"({unreadable} unreadable, {undecodable} with undecodable pixel data); check the spool files and "
+            f"the pixel-data plugins (pylibjpeg, pyjpegls)"
         )
     for s in series.values():
         s.slices = sort_slices(s.slices)
-    return domain.Study(ref=ref, first_header=first_header, series=list(series.values()))
+        s.missing = _missing(s, skipped_headers[s.series_uid])
+        if not s.complete:
+            log.warning("study %s series %d: %s", ref.key, list(series).index(s.series_uid), s.coverage())
+    return domain.Study(ref=ref, first_header=first_header, series=list(series.values()), unreadable=unreadable)
+
+
+def _strip_pixels(ds: Dataset) -> None:
+    for name in _PIXEL_KEYWORDS:
+        if name in ds:
+            del ds[name]
+
+
+def _missing(series: domain.Series, skipped: list[Dataset]) -> int:
+    """Images missing from the stack: gaps not explained by the skipped (received but undecodable) images."""
+    if not series.slices:
+        return 0
+    normal = slice_normal(series.slices[0].header)
+    positions: list[float] = []
+    for header in [s.header for s in series.slices] + [h for ds in skipped for h in _skipped_views(ds)]:
+        p = _stack_position(header, normal)
+        if p is None:
+            return 0  # without complete geometry there is no stack to find gaps in
+        positions.append(p)
+    return missing_images(positions)
+
+
+def _skipped_views(ds: Dataset) -> list[Dataset]:
+    return frame_headers(ds) if _is_multiframe(ds) else [ds]
