@@ -25,7 +25,7 @@ from pacsflow_router.results.export import Outbox
 from pacsflow_router.results.reports import build_sr
 from tests.peers.dcmtk import dcmtk_env, storescu_command
 from tests.peers.orthanc import Orthanc
-from tests.unit.pacsflow_router.test_reports import USE_CASE, phantom_study_and_result
+from tests.unit.pacsflow_router.test_reports import SPEC, USE_CASE, phantom_study_and_result
 
 
 def _make_srs(count: int):
@@ -33,7 +33,7 @@ def _make_srs(count: int):
     for seed in range(count):
         study, result = phantom_study_and_result(1000 + seed, lesion=seed % 2 == 0, probability=0.9 if seed % 2 == 0
                                                  else 0.05)
-        out.append(build_sr(study, result, USE_CASE, software_version="bench"))
+        out.append(build_sr(study, result, USE_CASE, software_version="bench", spec=SPEC))
     return out
 
 
@@ -42,7 +42,7 @@ def bench_build(repeats: int = 20) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        build_sr(study, result, USE_CASE, software_version="bench")
+        build_sr(study, result, USE_CASE, software_version="bench", spec=SPEC)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -19,7 +19,7 @@ from tests.peers import orthanc as orthanc_peer
 from tests.peers.dcmtk import dcmtk_env, wait_for_port
 from tests.peers.orthanc import Orthanc
 from tests.peers.srcheck import check_sr
-from tests.unit.pacsflow_router.test_reports import USE_CASE, phantom_study_and_result
+from tests.unit.pacsflow_router.test_reports import SPEC, USE_CASE, phantom_study_and_result
 
 pytestmark = pytest.mark.skipif(not orthanc_peer.available(), reason="Orthanc not installed (make system-deps)")
 
@@ -34,7 +34,7 @@ def _wait(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "con
 
 def _sr(seed: int, lesion: bool = True) -> pydicom.Dataset:
     study, result = phantom_study_and_result(seed, lesion=lesion, probability=0.9 if lesion else 0.05)
-    return build_sr(study, result, USE_CASE, software_version="0.1.0")
+    return build_sr(study, result, USE_CASE, software_version="0.1.0", spec=SPEC)
 
 
 class _Recorder:

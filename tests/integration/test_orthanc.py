@@ -16,7 +16,7 @@ from tests.conftest import free_port
 from tests.peers import orthanc as orthanc_peer
 from tests.peers.dcmtk import StoreSCP, storescu
 from tests.peers.orthanc import Orthanc, forward_script
-from tests.unit.pacsflow_router.test_reports import USE_CASE, phantom_study_and_result
+from tests.unit.pacsflow_router.test_reports import SPEC, USE_CASE, phantom_study_and_result
 
 pytestmark = pytest.mark.skipif(not orthanc_peer.available(), reason="Orthanc not installed (make system-deps)")
 
@@ -55,7 +55,7 @@ def test_lua_snippet_forwards_images_to_the_router_but_not_srs(tmp_path):
         # An SR arriving at the PACS (the router's own result) must not be sent back to the router. Orthanc runs
         # Lua callbacks in order, so once the image stored after it has been forwarded, the SR would have been too.
         study, finding = phantom_study_and_result(22, lesion=True, probability=0.9)
-        sr = build_sr(study, finding, USE_CASE, software_version="0.1.0")
+        sr = build_sr(study, finding, USE_CASE, software_version="0.1.0", spec=SPEC)
         destination = Destination(name="pacs", ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port)
         with StoreClient(destination, "PACSFLOW") as client:
             client.send(sr)

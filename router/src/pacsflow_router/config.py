@@ -152,10 +152,25 @@ class UseCase(_Model):
     """Which studies the use case applies to."""
     mode: Mode = "silent"
     """silent: audit only; assistive: SR to the PACS; triage: SR and critical flag above the threshold."""
+    decision_threshold: float | None = Field(default=None, ge=0, le=1)
+    """Probability at or above which the SR says "Present"; unset: the model manifest's
+    ``operatingPoint.decisionThreshold``. A critical result is always "Present": triage flags a study critical only
+    at or above both this and ``triage.criticalThreshold``."""
     triage: Triage = Field(default_factory=Triage)
     """Triage settings."""
     outputs: Outputs = Field(default_factory=Outputs)
     """Result outputs."""
+
+    @model_validator(mode="after")
+    def _critical_is_present(self) -> UseCase:
+        # The SR must never say "Absent" for a study the worklist flags critical (the manifest's default is checked
+        # by the pipeline, which flags critical only at or above both thresholds).
+        if self.decision_threshold is not None and self.triage.critical_threshold < self.decision_threshold:
+            raise ValueError(
+                f"triage.criticalThreshold {self.triage.critical_threshold} is below decisionThreshold "
+                f"{self.decision_threshold}: a critical study would be reported Absent; raise criticalThreshold "
+                "or lower decisionThreshold")
+        return self
 
 
 class RoutingConfig(_Model):

@@ -65,7 +65,7 @@ INFERENCE_UNAVAILABLE = Counter(
     "pacsflow_inference_unavailable_waits", "Times a study waited because the inference backend was unavailable.",
     ["use_case"], registry=REGISTRY)
 LATE_INSTANCES = Gauge(
-    "pacsflow_late_instances", "Instances kept but not processed: they arrived after their study's result.",
+    "pacsflow_late_instances", "Instances that arrived after their study's result; each re-opened the study.",
     registry=REGISTRY)
 CONFIG_RELOADS = Counter(
     "pacsflow_config_reloads", "Routing config reloads, by outcome (applied, invalid).", ["outcome"],

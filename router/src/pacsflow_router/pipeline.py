@@ -3,30 +3,38 @@
 This is the router's one data path (ARCHITECTURE.md "Data path"). It runs on the pipeline thread, never on a DICOM
 association thread. Exactly-once per study and use case comes from three durable facts: the study tracker's
 ``mark_done`` row, the outbox's uniqueness on the SR's deterministic SOP Instance UID, and the audit log's
-uniqueness on (study, use case, model version). A crash between any two of them repeats the work on restart and the
-repeated write is a no-op.
+uniqueness on (study, use case, model version, revision). A crash between any two of them repeats the work on
+restart and the repeated write is a no-op.
+
+Late instances (ingest/studies.py "Late instances"): a study re-opened by a new instance is processed again; a use
+case whose analysed instances are unchanged is skipped, one whose series changed runs again and its result is an
+amendment (revision + 1, a new SR naming the previous one as its predecessor, the same Tracking UID).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.sr.coding import Code
+
 from . import __version__, metrics
 from .analysis.findings import summarize
 from .analysis.inference import InferenceBackend
+from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, load_manifest
 from .analysis.matching import select_series
 from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
-from .domain import Finding, Series, Study, StudyRef, StudyResult
+from .domain import Finding, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
-from .ingest.studies import StudyTracker
+from .ingest.studies import ReportRecord, StudyTracker
 from .results.audit import AuditLog
 from .results.export import Outbox
-from .results.reports import build_sr
+from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,49 @@ def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_
     return summarize(series, output, critical_threshold=use_case.triage.critical_threshold)
 
 
+def _code(concept: CodedConcept) -> Code:
+    return Code(concept.value, concept.scheme, concept.meaning)
+
+
+def decision_threshold(use_case: UseCase, manifest: ModelManifest) -> float:
+    """The use case's ``decisionThreshold``, else the model's validated operating point."""
+    if use_case.decision_threshold is not None:
+        return use_case.decision_threshold
+    return manifest.operating_point.decision_threshold
+
+
+def is_critical(use_case: UseCase, probability: float, decision: float) -> bool:
+    """Triage flags a study critical at or above its critical threshold, and never below the decision threshold.
+
+    A manifest's operating point can be above a use case's ``criticalThreshold`` (config validation sees only the
+    use case's own ``decisionThreshold``); the stricter threshold wins so the SR never says "Absent" for a study the
+    worklist flags critical.
+    """
+    return use_case.mode == "triage" and probability >= max(use_case.triage.critical_threshold, decision)
+
+
+def report_spec(use_case: UseCase, manifest: ModelManifest, model_repository: str | Path) -> ReportSpec:
+    """What the SR says for a use case (codes, statements, thresholds, the model's version string), from its
+    model's manifest: the router names no model."""
+    finding = manifest.finding
+    return ReportSpec(
+        finding_type=_code(finding.type),
+        procedure=_code(finding.procedure),
+        present_statement=finding.present_statement,
+        absent_statement=finding.absent_statement,
+        finding_site=_code(finding.site) if finding.site is not None else None,
+        algorithm_version=algorithm_version(model_repository, use_case.model),
+        decision_threshold=decision_threshold(use_case, manifest),
+        critical_threshold=use_case.triage.critical_threshold if use_case.mode == "triage" else None,
+        image_only=manifest.output.geometry == "image",
+    )
+
+
+def analysed_instances(series: Series) -> list[str]:
+    """SOP Instance UIDs of the instances a use case analyses in a series."""
+    return [str(s.header.SOPInstanceUID) for s in series.slices]
+
+
 @dataclass
 class Pipeline:
     """Processes complete studies; holds no state of its own beyond the components it is given."""
@@ -72,14 +123,21 @@ class Pipeline:
         study = load_study(ref)
         timings_base = {"load": time.monotonic() - started}
         for use_case in self.config.use_cases:
-            if self.tracker.is_done(ref.study_uid, use_case.name):
+            previous = self.tracker.latest_report(ref.study_uid, use_case.name)
+            done = self.tracker.is_done(ref.study_uid, use_case.name)
+            # A done use case is looked at again only when the study was re-opened (or resumed after a crash): it
+            # runs again only if what it would analyse changed. Errors stay final until something is analysed.
+            if done and previous is None and (self.tracker.outcome(ref.study_uid, use_case.name) or "").startswith(
+                    "error"):
                 continue
             series = select_series(use_case.match, study)
             if series is None:
                 self.tracker.mark_done(ref.study_uid, use_case.name, "not-applicable")
                 continue
+            if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
+                continue  # unchanged (a late instance in another series, or a repeat): no amendment
             try:
-                outcome = self._run_use_case(study, series, use_case, dict(timings_base))
+                outcome = self._run_use_case(study, series, use_case, dict(timings_base), previous=previous)
             except InferenceUnavailableError as exc:
                 log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
                 metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
@@ -89,8 +147,9 @@ class Pipeline:
                 log.error("study %s use case %s failed: %s", ref.key, use_case.name, exc)
                 self._record_error(ref, use_case, str(exc))
                 outcome = "error"
-            self.tracker.mark_done(ref.study_uid, use_case.name, outcome)
-        self.tracker.finish(ref.study_uid)
+            self.tracker.mark_done(ref.study_uid, use_case.name, outcome, replace=done)
+        # Finished only if nothing arrived since processing started; otherwise due again, and amended.
+        self.tracker.finish(ref.study_uid, ref.last_received)
         return True
 
     def give_up(self, ref: StudyRef, reason: str) -> None:
@@ -115,14 +174,24 @@ class Pipeline:
         )
         metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
 
-    def _run_use_case(self, study: Study, series: Series, use_case: UseCase, timings: dict[str, float]) -> str:
+    def _run_use_case(self, study: Study, series: Series, use_case: UseCase, timings: dict[str, float], *,
+                      previous: ReportRecord | None = None) -> str:
         model = use_case.model
-        threshold = use_case.triage.critical_threshold
-        finding = analyse(series, use_case, self.backend, self.config.inference.model_repository,
+        repository = self.config.inference.model_repository
+        finding = analyse(series, use_case, self.backend, repository,
                           preprocess_backend=self.preprocess_backend, timings=timings)
+        analysed_at = dt.datetime.now(dt.UTC)
         metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(timings["preprocess"])
         metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(timings["inference"])
-        critical = use_case.mode == "triage" and finding.probability >= threshold
+        spec = report_spec(use_case, load_manifest(repository, model), repository)
+        critical = is_critical(use_case, finding.probability, spec.decision_threshold)
+        analysed = analysed_instances(series)
+        revision = 0 if previous is None else previous.revision + 1
+        predecessor = None
+        if previous is not None and previous.sr_sop_uid and previous.sr_series_uid and previous.sr_sop_class_uid:
+            predecessor = Predecessor(study.ref.study_uid, previous.sr_series_uid, previous.sr_sop_class_uid,
+                                      previous.sr_sop_uid)
+        sr_uids: tuple[str | None, str | None, str | None] = (None, None, None)
         result = StudyResult(
             use_case=use_case.name, model_name=model.name, model_version=model.version,
             finding=finding, critical=critical, timings=timings,
@@ -131,7 +200,9 @@ class Pipeline:
         # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
         if use_case.mode in ("assistive", "triage") and use_case.outputs.structured_report is not None:
             t3 = time.monotonic()
-            sr = build_sr(study, result, use_case, software_version=__version__)
+            sr = build_sr(study, result, use_case, software_version=__version__, spec=spec, analysed=analysed,
+                          predecessor=predecessor, contribution_datetime=analysed_at)
+            sr_uids = (str(sr.SeriesInstanceUID), str(sr.SOPClassUID), str(sr.SOPInstanceUID))
             timings["report"] = time.monotonic() - t3
             destination = use_case.outputs.structured_report.destination
             self.outbox.enqueue(destination, sr, study_key=study.ref.key, use_case=use_case.name,
@@ -141,12 +212,20 @@ class Pipeline:
             outcome = "reported-critical"
             metrics.CRITICAL_FINDINGS.labels(use_case.name).inc()
             log.warning("study %s flagged CRITICAL by %s (p=%.3f)", study.ref.key, use_case.name, finding.probability)
+        if revision:
+            outcome = f"{outcome}-amended"
         self.audit.record_result(
             study_key=study.ref.key, use_case=use_case.name, mode=use_case.mode,
             model_name=model.name, model_version=model.version, probability=finding.probability,
             critical=critical, outcome=outcome, timings=timings,
             destination=destination, destination_status="queued" if destination else None,
+            revision=revision, sr_key=study_key(sr_uids[2]) if sr_uids[2] else None,
+            amends_sr_key=study_key(predecessor.sop_instance_uid) if predecessor else None,
         )
+        # After the SR is queued and audited: a crash before this line repeats both as no-ops (same UIDs, revision).
+        self.tracker.record_report(study.ref.study_uid, use_case.name, ReportRecord(
+            revision=revision, analysed=analysed_digest(analysed), sr_series_uid=sr_uids[0],
+            sr_sop_class_uid=sr_uids[1], sr_sop_uid=sr_uids[2]))
         metrics.STUDIES_PROCESSED.labels(use_case.name, outcome).inc()
         log.info("study %s use case %s (%s): p=%.3f -> %s", study.ref.key, use_case.name, use_case.mode,
                  finding.probability, outcome)

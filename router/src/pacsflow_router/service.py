@@ -16,6 +16,7 @@ from pathlib import Path
 from . import metrics
 from .analysis.inference import make_backend
 from .config import RoutingConfig, load_config
+from .domain import study_key
 from .errors import ConfigError
 from .ingest.scp import DicomReceiver
 from .ingest.spool import Spool
@@ -69,7 +70,7 @@ class RouterService:
         # The pipeline enqueues every SR with its study key (the audit column is NOT NULL).
         assert item.study_key is not None
         self.audit.record_delivery(study_key=item.study_key, use_case=item.use_case,
-                                   destination=item.destination, outcome=outcome)
+                                   destination=item.destination, outcome=outcome, sr_key=study_key(item.sop_uid))
         if outcome == "delivered" and item.last_received:
             metrics.TIME_TO_RESULT.labels(item.use_case).observe(time.time() - item.last_received)
 

@@ -78,18 +78,56 @@ def test_restart_resumes_unfinished_and_remembers_done(tmp_path, two_studies):
     assert tracker.in_progress() == 1
 
 
-def test_late_instance_is_kept_but_does_not_reopen_the_study(tmp_path, two_studies):
+def test_late_instance_reopens_the_study_but_a_resent_one_does_not(tmp_path, two_studies):
     a, _ = two_studies
     spool = Spool(tmp_path, 0.999)
     tracker = StudyTracker(spool)
     spool.store(part10(a[0]))
+    (ref,) = tracker.due(time.time() + 60, 0)
     tracker.mark_done(a[0].StudyInstanceUID, "uc1", "reported")
-    tracker.finish(a[0].StudyInstanceUID)
+    assert tracker.finish(a[0].StudyInstanceUID, ref.last_received)
+    assert tracker.due(time.time() + 60, 0) == []
+
+    resent = spool.store(part10(a[0]))
+    assert resent.duplicate and not resent.late
+    assert tracker.due(time.time() + 60, 0) == [], "a re-sent instance re-opens nothing"
+
     late = spool.store(part10(a[1]))
     assert late.late and late.path.read_bytes() == part10(a[1])
-    assert tracker.due(time.time() + 60, 0) == []
     assert tracker.late_instances() == 1
-    assert len(spool.instances(a[0].StudyInstanceUID)) == 2
+    assert not tracker.is_finished(a[0].StudyInstanceUID)
+    assert tracker.due(late.received_at, 30) == [], "due again only after its completion window"
+    (again,) = tracker.due(time.time() + 60, 0)
+    assert len(again.paths) == 2 and again.last_received >= late.received_at, "late instances are analysed too"
+    assert tracker.is_done(a[0].StudyInstanceUID, "uc1"), "earlier results stay (the pipeline decides on amending)"
+
+
+def test_finish_leaves_a_study_open_when_an_instance_arrived_during_processing(tmp_path, two_studies):
+    a, _ = two_studies
+    spool = Spool(tmp_path, 0.999)
+    tracker = StudyTracker(spool)
+    spool.store(part10(a[0]))
+    (ref,) = tracker.due(time.time() + 60, 0)
+    time.sleep(0.01)
+    spool.store(part10(a[1]))  # arrives while the pipeline works on ref
+    assert not tracker.finish(a[0].StudyInstanceUID, ref.last_received)
+    (again,) = tracker.due(time.time() + 60, 0)
+    assert len(again.paths) == 2
+    assert tracker.finish(a[0].StudyInstanceUID, again.last_received)
+
+
+def test_report_records_remember_the_latest_revision(tmp_path, two_studies):
+    from pacsflow_router.ingest.studies import ReportRecord
+
+    tracker = StudyTracker(Spool(tmp_path, 0.999))
+    uid = two_studies[0][0].StudyInstanceUID
+    assert tracker.latest_report(uid, "uc1") is None
+    first = ReportRecord(0, "digest-a", "1.2.3", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.4")
+    assert tracker.record_report(uid, "uc1", first)
+    assert not tracker.record_report(uid, "uc1", first), "a repeat after a crash changes nothing"
+    assert tracker.record_report(uid, "uc1", ReportRecord(1, "digest-b", "1.2.5", first.sr_sop_class_uid, "1.2.5.6"))
+    assert tracker.latest_report(uid, "uc1") == ReportRecord(1, "digest-b", "1.2.5", first.sr_sop_class_uid, "1.2.5.6")
+    assert tracker.latest_report(uid, "uc2") is None
 
 
 def test_restart_restarts_the_completion_window_but_keeps_last_received(tmp_path, two_studies):

@@ -20,7 +20,9 @@ present (a version that changes what the model accepts), else ``<repo>/<name>/mo
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Literal
@@ -33,8 +35,11 @@ from ..errors import ConfigError
 
 __all__ = [
     "MANIFEST_FILE", "CodedConcept", "FindingSpec", "Range", "InputRequirements", "HuBand", "DomainCheck",
-    "OperatingPoint", "OutputSpec", "ModelManifest", "read_manifest", "load_manifest",
+    "OperatingPoint", "OutputSpec", "ModelManifest", "read_manifest", "load_manifest", "algorithm_version",
+    "ALGORITHM_VERSION_KEY",
 ]
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "model.json"
 
@@ -230,3 +235,42 @@ def load_manifest(model_repository: str | Path, model: ModelRef) -> ModelManifes
     root = Path(model_repository) / model.name
     versioned = root / str(model.version) / MANIFEST_FILE
     return read_manifest(versioned if versioned.is_file() else root / MANIFEST_FILE)
+
+
+#: ONNX ``metadata_props`` key holding the model's own version string (written by the training script).
+ALGORITHM_VERSION_KEY = "algorithm_version"
+
+
+@functools.lru_cache(maxsize=64)
+def _onnx_algorithm_version(path: str, mtime_ns: int) -> str | None:
+    # mtime in the key: a model file replaced in place (a re-export of the same version) is read again.
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # Only the metadata is wanted: skip graph optimisation, the bulk of session creation.
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    value = session.get_modelmeta().custom_metadata_map.get(ALGORITHM_VERSION_KEY, "").strip()
+    return value or None
+
+
+def algorithm_version(model_repository: str | Path, model: ModelRef) -> str:
+    """The model's own version string, for TID 4019 Algorithm Version (IHE AIR).
+
+    Read from ``metadata_props["algorithm_version"]`` of ``<repo>/<name>/<version>/model.onnx`` with ONNX Runtime
+    (a runtime dependency; the ``onnx`` package is not), cached per model file. A model without that key, or a
+    repository without the ONNX file (a Triton-only deployment that serves another format), falls back to the
+    pinned version number.
+    """
+    path = Path(model_repository) / model.name / str(model.version) / "model.onnx"
+    try:
+        stat = path.stat()
+    except OSError:
+        return str(model.version)
+    try:
+        found = _onnx_algorithm_version(str(path.resolve()), stat.st_mtime_ns)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes; a bad file must not stop a report
+        log.warning("cannot read the algorithm version of %s v%s (%s); using the version number",
+                    model.name, model.version, type(exc).__name__)
+        return str(model.version)
+    return found or str(model.version)

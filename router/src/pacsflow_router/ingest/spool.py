@@ -66,6 +66,17 @@ CREATE TABLE IF NOT EXISTS results (
     done_at REAL NOT NULL,
     PRIMARY KEY (study_uid, use_case)
 );
+CREATE TABLE IF NOT EXISTS reports (
+    study_uid TEXT NOT NULL,
+    use_case TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    analysed TEXT NOT NULL,
+    sr_series_uid TEXT,
+    sr_sop_class_uid TEXT,
+    sr_sop_uid TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, use_case, revision)
+);
 """
 
 _TMP_SUFFIX = ".part"
@@ -77,7 +88,7 @@ class StoredInstance:
     """One instance as indexed in the spool.
 
     ``duplicate``: the SOP Instance UID was already spooled, the earlier copy is kept and nothing new was written.
-    ``late``: it arrived after its study was finished; it is kept but does not reopen the study.
+    ``late``: it arrived after its study was finished; it re-opens the study (see studies.py "Late instances").
     """
 
     sop_instance_uid: str
@@ -228,10 +239,11 @@ class Spool:
                     "received_at, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (sop, study, series, modality, path.name, size, received_at, int(late)))
                 if late:
-                    # A finished study already has its one result per use case; the late instance is kept for the
-                    # record but does not reopen the study (see studies.py "Late instances").
-                    db.execute("UPDATE studies SET instance_count = instance_count + 1 WHERE study_uid = ?",
-                               (study,))
+                    # A finished study already has its results; a new instance may change an analysed series, so
+                    # the study re-opens and is due again after its completion window (studies.py "Late instances").
+                    # A duplicate never gets here: a re-sent instance changes nothing and re-opens nothing.
+                    db.execute("UPDATE studies SET instance_count = instance_count + 1, finished_at = NULL, "
+                               "last_received = max(last_received, ?) WHERE study_uid = ?", (received_at, study))
                 else:
                     db.execute(
                         "INSERT INTO studies (study_uid, first_received, last_received, instance_count) "

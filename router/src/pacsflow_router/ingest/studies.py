@@ -6,7 +6,8 @@ already marked done are skipped (:meth:`StudyTracker.is_done`).
 
 Lifecycle of a study
 --------------------
-receiving -> (no new instance for ``stable_seconds``) due -> per use case ``mark_done`` -> ``finish``.
+receiving -> (no new instance for ``stable_seconds``) due -> per use case ``mark_done`` -> ``finish``
+(-> a late instance re-opens it -> due again -> amended results -> ``finish``).
 
 Restart
 -------
@@ -16,16 +17,23 @@ sender off mid-study, and what it resends then joins the study instead of arrivi
 
 Late instances
 --------------
-Every study gets exactly one result per use case. An instance that arrives after :meth:`StudyTracker.finish` is
-acknowledged and kept in the spool (flagged ``late``) but does not reopen the study and triggers no second result;
-:meth:`StudyTracker.late_instances` counts them so operators can see senders that split studies over time. An
-instance that arrives while a due study is being processed (before ``finish``) restarts its stable window; the
-running result covers the instances present when processing started, and the study is still finished once.
+An instance that arrives after :meth:`StudyTracker.finish` is acknowledged, kept (flagged ``late``) and re-opens
+the study: it is due again once its completion window has passed, with every instance, late ones included. The
+pipeline then compares, per use case, the set of instances it would analyse now with the set recorded with the
+last result (:meth:`StudyTracker.latest_report`): only a use case whose analysed series changed (or that the
+instance newly makes eligible) runs again, and its result is an amendment (revision + 1, an SR that names its
+predecessor). A re-sent instance (same SOP Instance UID) is a duplicate, not late: it re-opens nothing.
+:meth:`StudyTracker.late_instances` counts late instances so operators can see senders that split studies over time.
+
+An instance that arrives while a due study is being processed (before ``finish``) restarts its stable window, and
+:meth:`StudyTracker.finish` with the ``last_received`` the processing started from then leaves the study open: it is
+due again and the new instance is covered by an amendment, never silently dropped.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import cast
 
 from ..domain import StudyRef, study_key
@@ -33,6 +41,18 @@ from .spool import Spool
 
 # Unfinished, and silent for the window since the last instance or since the restart that resumed it.
 _COMPLETE = "finished_at IS NULL AND max(last_received, coalesce(resumed_at, 0)) <= ?"
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    """What a use case's latest result on a study covered, and the SR it sent (None fields: no SR, e.g. silent)."""
+
+    revision: int
+    analysed: str
+    """Digest of the analysed instances' SOP Instance UIDs."""
+    sr_series_uid: str | None
+    sr_sop_class_uid: str | None
+    sr_sop_uid: str | None
 
 
 class StudyTracker:
@@ -63,7 +83,7 @@ class StudyTracker:
         Returns
         -------
         list of StudyRef
-            Each with the study's non-late instance paths in arrival order. A study stays due until
+            Each with the study's instance paths in arrival order. A study stays due until
             :meth:`finish`, so a caller that is still processing one must skip it itself.
         """
         now = time.time() if now is None else now
@@ -73,8 +93,9 @@ class StudyTracker:
             (now - window,))
         refs = []
         for study_uid, last_received in studies:
+            # Late instances included: a re-opened study is analysed with everything received.
             rows = self.spool.execute(
-                "SELECT path FROM instances WHERE study_uid = ? AND late = 0 ORDER BY id", (study_uid,))
+                "SELECT path FROM instances WHERE study_uid = ? ORDER BY id", (study_uid,))
             paths = tuple(str(self.spool.instance_dir / name) for (name,) in rows)
             refs.append(StudyRef(study_uid=study_uid, key=study_key(study_uid), paths=paths,
                                  last_received=last_received))
@@ -85,18 +106,48 @@ class StudyTracker:
         return bool(self.spool.execute(
             "SELECT 1 FROM results WHERE study_uid = ? AND use_case = ?", (study_uid, use_case)))
 
-    def mark_done(self, study_uid: str, use_case: str, outcome: str) -> bool:
-        """Record the one result of ``use_case`` for the study (idempotent: the first outcome wins).
+    def mark_done(self, study_uid: str, use_case: str, outcome: str, *, replace: bool = False) -> bool:
+        """Record the result of ``use_case`` for the study (idempotent: the first outcome wins).
+
+        Parameters
+        ----------
+        replace
+            Overwrite an earlier outcome (a re-opened study's new result, e.g. an amendment).
 
         Returns
         -------
         bool
-            True if this call recorded it, False if it was already recorded.
+            True if this call recorded it, False if it was already recorded (and ``replace`` is false).
         """
+        conflict = "DO UPDATE SET outcome = excluded.outcome, done_at = excluded.done_at" if replace else "DO NOTHING"
         with self.spool.transaction() as db:
             cur = db.execute(
                 "INSERT INTO results (study_uid, use_case, outcome, done_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (study_uid, use_case) DO NOTHING", (study_uid, use_case, outcome, time.time()))
+                f"ON CONFLICT (study_uid, use_case) {conflict}", (study_uid, use_case, outcome, time.time()))
+            return cur.rowcount == 1
+
+    def latest_report(self, study_uid: str, use_case: str) -> ReportRecord | None:
+        """The latest analysed result of ``use_case`` on the study (None: it was never analysed)."""
+        rows = self.spool.execute(
+            "SELECT revision, analysed, sr_series_uid, sr_sop_class_uid, sr_sop_uid FROM reports "
+            "WHERE study_uid = ? AND use_case = ? ORDER BY revision DESC LIMIT 1", (study_uid, use_case))
+        return ReportRecord(*rows[0]) if rows else None
+
+    def record_report(self, study_uid: str, use_case: str, record: ReportRecord) -> bool:
+        """Remember what a result covered and which SR it sent (idempotent per revision: the first one wins).
+
+        Returns
+        -------
+        bool
+            True if recorded now, False if this revision was already recorded (a repeat after a crash).
+        """
+        with self.spool.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO reports (study_uid, use_case, revision, analysed, sr_series_uid, sr_sop_class_uid, "
+                "sr_sop_uid, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (study_uid, use_case, revision) DO NOTHING",
+                (study_uid, use_case, record.revision, record.analysed, record.sr_series_uid,
+                 record.sr_sop_class_uid, record.sr_sop_uid, time.time()))
             return cur.rowcount == 1
 
     def outcome(self, study_uid: str, use_case: str) -> str | None:
@@ -105,11 +156,27 @@ class StudyTracker:
             "SELECT outcome FROM results WHERE study_uid = ? AND use_case = ?", (study_uid, use_case))
         return rows[0][0] if rows else None
 
-    def finish(self, study_uid: str) -> None:
-        """Mark the study finished: every use case is done; it leaves :meth:`due` for good (idempotent)."""
+    def finish(self, study_uid: str, last_received: float | None = None) -> bool:
+        """Mark the study finished: every use case is done; it leaves :meth:`due` until a late instance arrives.
+
+        Parameters
+        ----------
+        last_received
+            The :attr:`StudyRef.last_received` the processing started from. When an instance arrived since, the
+            study stays open (it is due again after its window, and the result is amended to cover it).
+
+        Returns
+        -------
+        bool
+            True when the study is finished now (False: already finished, or newer instances keep it open).
+        """
+        guard = "" if last_received is None else " AND last_received <= ?"
+        params: tuple[object, ...] = (time.time(), study_uid) if last_received is None else (
+            time.time(), study_uid, last_received)
         with self.spool.transaction() as db:
-            db.execute("UPDATE studies SET finished_at = ? WHERE study_uid = ? AND finished_at IS NULL",
-                       (time.time(), study_uid))
+            cur = db.execute(f"UPDATE studies SET finished_at = ? WHERE study_uid = ? AND finished_at IS NULL{guard}",
+                             params)
+            return cur.rowcount == 1
 
     def is_finished(self, study_uid: str) -> bool:
         """Whether :meth:`finish` was called for the study."""
@@ -127,5 +194,5 @@ class StudyTracker:
                                             (now - self.stable_seconds,))[0][0])
 
     def late_instances(self) -> int:
-        """Instances that arrived after their study was finished (kept, not processed)."""
+        """Instances that arrived after their study was finished (each re-opened it)."""
         return cast(int, self.spool.execute("SELECT count(*) FROM instances WHERE late = 1")[0][0])

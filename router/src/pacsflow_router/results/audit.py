@@ -6,7 +6,10 @@ Two tables, written with SQLAlchemy Core so the same code runs on SQLite and Pos
     One row per study, use case and model (name, version), whatever the mode: what the AI concluded (probability,
     critical flag), what the router did with it (outcome: ``reported``, ``reported-critical``, ``logged-silent``,
     ``error: <reason>``), timings, and where the SR was queued. A unique constraint on (study key, use case, model
-    name, model version) makes a reprocess after a crash a no-op instead of a second record.
+    name, model version, revision) makes a reprocess after a crash a no-op instead of a second record.
+    ``revision`` is 0 for the first result; a late instance that changes the analysed series adds revision 1, 2, ...
+    whose ``amends_sr_key`` is the ``sr_key`` of the SR it amends (keys are :func:`~.domain.study_key` hashes of the
+    SRs' SOP Instance UIDs: the link is auditable without putting UIDs in the audit store).
 ``audit_events``
     Delivery updates (``delivered``, ``retrying``, ``failed`` per destination), appended as new rows. Nothing is
     ever UPDATEd or DELETEd through this module; the current destination status of a result is its latest event.
@@ -62,7 +65,10 @@ RESULTS = Table(
     Column("timings", JSON, nullable=False),
     Column("destination", String(63), nullable=True),
     Column("destination_status", String(32), nullable=True),
-    UniqueConstraint("study_key", "use_case", "model_name", "model_version", name="audit_results_once"),
+    Column("revision", Integer, nullable=False, default=0, server_default="0"),
+    Column("sr_key", String(64), nullable=True),
+    Column("amends_sr_key", String(64), nullable=True),
+    UniqueConstraint("study_key", "use_case", "model_name", "model_version", "revision", name="audit_results_once"),
 )
 
 EVENTS = Table(
@@ -74,6 +80,7 @@ EVENTS = Table(
     Column("destination", String(63), nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("detail", String(1024), nullable=True),
+    Column("sr_key", String(64), nullable=True),
 )
 
 
@@ -119,13 +126,19 @@ class AuditLog:
         timings: dict[str, float],
         destination: str | None = None,
         destination_status: str | None = None,
+        revision: int = 0,
+        sr_key: str | None = None,
+        amends_sr_key: str | None = None,
     ) -> bool:
-        """Append the one result record of a study and use case.
+        """Append the one result record of a study, use case and revision.
+
+        ``revision`` counts amendments (0: the first result); ``sr_key`` identifies the SR sent with this record and
+        ``amends_sr_key`` the one it amends (both hashed SOP Instance UIDs, never the UIDs themselves).
 
         Returns
         -------
         bool
-            True when written; False when this (study, use case, model, version) already has its record (a
+            True when written; False when this (study, use case, model, version, revision) already has its record (a
             reprocess after a crash), in which case nothing changes.
         """
         row = {
@@ -134,24 +147,29 @@ class AuditLog:
             "probability": None if probability is None else float(probability), "critical": bool(critical),
             "outcome": outcome[:255], "timings": {k: round(float(v), 6) for k, v in timings.items()},
             "destination": destination, "destination_status": destination_status,
+            "revision": int(revision), "sr_key": sr_key, "amends_sr_key": amends_sr_key,
         }
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(RESULTS).values(**row))
         except IntegrityError:
-            log.info("audit: study %s use case %s already recorded for %s v%s; keeping the first record",
-                     study_key, use_case, model_name, model_version)
+            log.info("audit: study %s use case %s already recorded for %s v%s (revision %d); keeping the first record",
+                     study_key, use_case, model_name, model_version, revision)
             return False
         return True
 
     def record_delivery(
         self, *, study_key: str, use_case: str | None, destination: str, outcome: str, detail: str | None = None,
+        sr_key: str | None = None,
     ) -> None:
-        """Append a delivery event (``delivered``, ``retrying``, ``failed``) for a study's result."""
+        """Append a delivery event (``delivered``, ``retrying``, ``failed``) for a study's result.
+
+        ``sr_key`` (the delivered SR's hashed SOP Instance UID) ties the event to one revision of the result.
+        """
         with self.engine.begin() as conn:
             conn.execute(insert(EVENTS).values(
                 recorded_at=_now(), study_key=study_key, use_case=use_case, destination=destination,
-                outcome=outcome, detail=None if detail is None else detail[:1024],
+                outcome=outcome, detail=None if detail is None else detail[:1024], sr_key=sr_key,
             ))
 
     def records(self, *, study_key: str | None = None, use_case: str | None = None) -> list[dict[str, Any]]:
@@ -171,7 +189,9 @@ class AuditLog:
         for record in results:
             mine = [e for e in deliveries
                     if e["study_key"] == record["study_key"] and e["use_case"] == record["use_case"]
-                    and e["destination"] == record["destination"]]
+                    and e["destination"] == record["destination"]
+                    # An amended result has its own SR: its events are the ones for that SR.
+                    and (e["sr_key"] is None or record["sr_key"] is None or e["sr_key"] == record["sr_key"])]
             record["deliveries"] = mine
             if mine:
                 record["destination_status"] = mine[-1]["outcome"]

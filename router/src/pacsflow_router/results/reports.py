@@ -1,21 +1,38 @@
 """AI results as DICOM: one TID 1500 Measurement Report (Comprehensive 3D SR) per study and use case.
 
+Nothing here names a model: the finding type, finding site, procedure reported and the plain-language statements
+come from the model's manifest (``model.json``) through :class:`ReportSpec`, which the pipeline builds.
+
 Shape of the content tree (PS3.16 TID 1500, built with highdicom so the objects are valid once constructed)::
 
     CONTAINER "Imaging Measurement Report" (TID 1500)
       HAS CONCEPT MOD  Language of Content (TID 1204)
       HAS OBS CONTEXT  Device observer (TID 1004): device UID, name, manufacturer "pacsflow", model name
-      HAS CONCEPT MOD  Procedure Reported
+      HAS CONCEPT MOD  Procedure Reported                         (manifest finding.procedure)
       CONTAINS         Image Library (TID 1600): the source image the finding points at
       CONTAINS         Imaging Measurements
         CONTAINS       Measurement Group (TID 1501)
-          Tracking Identifier / Tracking Unique Identifier (deterministic per study + use case + model version)
-          Finding = <coded finding type>               e.g. SCT 1386000 "Intracranial hemorrhage"
-          Algorithm Name / Algorithm Version (TID 4019, IHE AIR algorithm identification)
+          Tracking Identifier / Tracking Unique Identifier (stable per study + use case + model: kept by amendments)
+          Finding = <coded finding type>                          (manifest finding.type)
+          Finding Site = <coded anatomic location>                (manifest finding.site, when declared)
+          Algorithm Name / Algorithm Version (TID 4019, IHE AIR): the model's own version string
           NUM "Probability" (DCM 122157), unit UCUM "1" (no units)                     (TID 300)
             INFERRED FROM SCOORD   POINT (column, row) on the source image              [positive only]
-            INFERRED FROM SCOORD3D POINT (x, y, z) mm in the frame of reference         [positive only]
+            INFERRED FROM SCOORD3D POINT (x, y, z) mm in the frame of reference         [positive, volume only]
           CODE "Presence of property" (DCM 121052) = "Present" (121053) | "Absent" (121054)
+          CODE "Priority" (SCT 260870009) = "ACR Category 1 Actionable Finding" (RADLEX RID49480)  [critical only]
+          TEXT "Impression" (DCM 121073) = the manifest's plain-language statement (positive or negative)
+
+Decision and critical flag
+--------------------------
+"Present" means probability >= the use case's decision threshold (``UseCase.decisionThreshold``, else the
+manifest's ``operatingPoint.decisionThreshold``). A critical result is stated in the SR itself, so a reader of the SR
+and the worklist see the same thing: the qualitative evaluation "Priority" = RADLEX RID49480 "ACR Category 1
+Actionable Finding", the first value of PS3.16 CID 7035 "Actionable Finding Classification" (ACR category 1: needs
+attention within minutes, the ACR's "critical result"; IHE Results Distribution uses the same codes). PS3.16 binds
+CID 7035 to no concept name inside TID 1501, whose qualitative evaluations take any coded name, so the name is SCT
+260870009 "Priority". Critical implies Present: a critical result is never reported "Absent" (:func:`build_sr`
+refuses, and the pipeline flags critical only at or above both thresholds).
 
 Negative studies get a report of the same shape (a reader, and an auditor, must be able to tell "the AI looked
 and found nothing" from "the AI never ran"): the finding type is stated, presence is "Absent", the probability is
@@ -23,16 +40,26 @@ the model's study-level probability, and no location is given, because the most 
 study is not a finding and a point on it would be drawn by viewers as if it were one. This is the TID 1501 "no
 region" group rather than TID 1410: the location is a property of the measurement (TID 300 "INFERRED FROM"
 coordinates, the form OHIF itself writes and renders), which lets one group carry both the 2D image point and
-the 3D patient point.
+the 3D patient point. A model whose manifest declares ``output.geometry: image`` (one 2D radiograph) gets SCOORD
+only; so does any source image without a frame of reference.
 
-The SR's Series and SOP Instance UIDs are derived from (study, use case, model name, model version), so
-regenerating the report for the same study (after a crash, a retry) yields the same instance, which the outbox
-and the PACS treat as the same object. The Device UID (observer context and Contributing Equipment) is derived
+UIDs and amendments
+-------------------
+The SR's Series and SOP Instance UIDs are derived from everything that determines its content (:func:`sr_uids`:
+study, use case, model name and version, decision threshold, critical threshold, mode, and the set of analysed
+instances), so regenerating the report for the same input (after a crash, a retry) yields the same instance, which
+the outbox and the PACS treat as the same object, while a changed threshold or a late instance gives a new one. An
+amended SR (the series changed after the first result) names the first in the Predecessor Documents Sequence and
+keeps its Tracking Unique Identifier. The Device UID (observer context and Contributing Equipment) is derived
 from (model name, model version) so it changes exactly when the model does (IHE AIR).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TypeGuard
 
 import highdicom as hd
@@ -43,13 +70,11 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from ..config import UseCase
-from ..domain import Series, Study, StudyResult
+from ..domain import Finding, Series, Study, StudyResult
+from .patient_modules import apply_character_set, prepare_first_evidence
 
 MANUFACTURER = "pacsflow"
 
-# SNOMED CT 1386000 |Intracranial hemorrhage (disorder)| (SNOMED CT International edition). The model is
-# trained to detect hyperdense intracranial blood of any compartment, which is this concept, not a child of it.
-INTRACRANIAL_HEMORRHAGE = Code("1386000", "SCT", "Intracranial hemorrhage")
 # DCM 122157 "Probability" (PS3.16 Annex D); the unit is UCUM "1" ("no units", CID 7181) because a
 # probability is a dimensionless ratio in [0, 1].
 PROBABILITY = codes.DCM.Probability
@@ -58,11 +83,13 @@ NO_UNITS = codes.UCUM.NoUnits
 PRESENCE = codes.DCM.PresenceOfProperty
 PRESENT = codes.DCM.Present
 ABSENT = codes.DCM.Absent
-# Procedure Reported (TID 1500 row 3, CID 100 is extensible): SCT 303653007 "Computed tomography of head",
-# SCT 77477000 "Computed tomography", SCT 363679005 "Imaging".
-CT_HEAD = Code("303653007", "SCT", "Computed tomography of head")
-CT = Code("77477000", "SCT", "Computed tomography")
-IMAGING = Code("363679005", "SCT", "Imaging")
+# The critical-result statement (module docstring): SCT 260870009 "Priority" = RADLEX RID49480 "ACR Category 1
+# Actionable Finding" (PS3.16 CID 7035 "Actionable Finding Classification").
+PRIORITY = Code("260870009", "SCT", "Priority")
+CRITICAL_FINDING = Code("RID49480", "RADLEX", "ACR Category 1 Actionable Finding")
+# DCM 121073 "Impression": the plain-language statement a viewer shows next to the coded result.
+IMPRESSION = codes.DCM.Impression
+CRITICAL_SENTENCE = "Critical result: flagged for immediate attention (triage threshold reached)."
 
 SR_SERIES_NUMBER = 9001
 # Type 2 attributes of the Patient / General Study modules that highdicom reads from the first evidence dataset;
@@ -83,17 +110,100 @@ def _describable(header: Dataset | None) -> TypeGuard[Dataset]:
     Senders do omit Type 2 geometry (an empty or absent SliceThickness is common on reformats); the report must
     still be written, so such an image is referenced only by the finding's coordinates and the evidence sequence.
     """
-    return header is not None and all(header.get(k) not in (None, "") for k in _LIBRARY_GEOMETRY)
+    # A frame of a multi-frame image is not described by the instance-level entry highdicom writes (its
+    # descriptors would give one frame's position for the whole instance): the SCOORD names the frame instead.
+    return (header is not None and all(header.get(k) not in (None, "") for k in _LIBRARY_GEOMETRY)
+            and "NumberOfFrames" not in header)
 
 
-def sr_uids(study_uid: str, use_case: str, model_name: str, model_version: int) -> tuple[str, str]:
-    """Deterministic (SeriesInstanceUID, SOPInstanceUID) of the SR for one study, use case and model version.
+@dataclass(frozen=True)
+class ReportSpec:
+    """What the SR says about one use case's result, taken from the model's manifest by the pipeline.
 
-    The same inputs always give the same UIDs, so a regenerated report is the same DICOM instance.
+    Nothing in this module names a model; every coded concept and sentence a reader sees comes from here.
     """
-    parts = [study_uid, use_case, model_name, str(model_version)]
+
+    finding_type: Code
+    """Finding (TID 1501), e.g. the manifest's ``finding.type``."""
+    procedure: Code
+    """Procedure Reported (TID 1500)."""
+    present_statement: str
+    """Plain-language statement of a positive result (TEXT "Impression")."""
+    absent_statement: str
+    """Plain-language statement of a negative result."""
+    finding_site: Code | None = None
+    """Finding Site (TID 1501), when the manifest declares one."""
+    algorithm_version: str = ""
+    """The model's own version string (TID 4019 Algorithm Version); empty: the pinned version number."""
+    decision_threshold: float = 0.5
+    """Probability at or above which the finding is "Present"."""
+    critical_threshold: float | None = None
+    """Probability at or above which a triage use case flags the result critical; None outside triage mode."""
+    image_only: bool = False
+    """The model reports on one 2D image (manifest ``output.geometry: image``): SCOORD only, never SCOORD3D."""
+
+
+@dataclass(frozen=True)
+class Predecessor:
+    """The SR an amended SR replaces (PS3.3 C.17.2 Predecessor Documents Sequence); our own UIDs, no patient data."""
+
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+    def as_dataset(self) -> Dataset:
+        """The four attributes highdicom's ``previous_versions`` reads."""
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_uid
+        ds.SeriesInstanceUID = self.series_uid
+        ds.SOPClassUID = self.sop_class_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        return ds
+
+
+def analysed_digest(sop_instance_uids: Iterable[str]) -> str:
+    """Order-independent digest of the set of analysed instances (what a late instance changes)."""
+    return hashlib.sha256("\n".join(sorted(set(sop_instance_uids))).encode("ascii", "replace")).hexdigest()
+
+
+def sr_uids(
+    study_uid: str,
+    use_case: str,
+    model_name: str,
+    model_version: int,
+    *,
+    decision_threshold: float,
+    critical_threshold: float | None,
+    mode: str,
+    analysed: str,
+) -> tuple[str, str]:
+    """Deterministic (SeriesInstanceUID, SOPInstanceUID) of one SR.
+
+    Parameters
+    ----------
+    study_uid, use_case, model_name, model_version
+        Which study, use case and pinned model.
+    decision_threshold, critical_threshold, mode
+        Everything else that changes what the SR says (Present/Absent, the critical statement).
+    analysed : str
+        :func:`analysed_digest` of the analysed instances: a late instance that changes the series gives new UIDs.
+
+    Returns
+    -------
+    tuple of str
+        The same inputs always give the same UIDs, so a regenerated report is the same DICOM instance.
+    """
+    critical = "-" if critical_threshold is None else repr(float(critical_threshold))
+    parts = [study_uid, use_case, model_name, str(model_version), repr(float(decision_threshold)), critical, mode,
+             analysed]
     return (generate_uid(entropy_srcs=["pacsflow-sr-series", *parts]),
             generate_uid(entropy_srcs=["pacsflow-sr-instance", *parts]))
+
+
+def tracking_uid(study_uid: str, use_case: str, model_name: str) -> str:
+    """Tracking Unique Identifier of a use case's finding on a study: the same across thresholds and amendments."""
+    return generate_uid(entropy_srcs=["pacsflow-tracking", study_uid, use_case, model_name])
 
 
 def device_uid(model_name: str, model_version: int) -> str:
@@ -108,21 +218,25 @@ def _series_of(study: Study, series_uid: str) -> Series:
     raise ValueError("the finding refers to a series that is not part of the study")
 
 
-def _procedure(series: Series) -> Code:
-    if series.modality == "CT":
-        head = series.body_part.upper() in ("HEAD", "BRAIN", "SKULL")
-        return CT_HEAD if head else CT
-    return IMAGING
+def _source_image(finding: Finding) -> hd.sr.SourceImageForRegion:
+    """The image a SCOORD lies on; for a frame of a multi-frame instance, that frame (Referenced Frame Number)."""
+    frames = [finding.frame_number] if finding.frame_number is not None else None
+    return hd.sr.SourceImageForRegion(finding.sop_class_uid, finding.sop_instance_uid,
+                                      referenced_frame_numbers=frames)
 
 
 def _evidence(study: Study, series: Series) -> list[Dataset]:
     """The source instances, first one carrying complete patient/study modules for highdicom to copy."""
-    headers = [s.header for s in series.slices] or [study.first_header]
+    # One entry per instance: the frames of a multi-frame instance share its SOP Instance UID.
+    unique = {str(h.SOPInstanceUID): h for h in (s.header for s in series.slices)}
+    headers = list(unique.values()) or [study.first_header]
     first = Dataset()
     first.update(headers[0])
     for keyword in _TYPE2_COPIED:
         if keyword not in first:
             setattr(first, keyword, None)
+    # Character set highdicom accepts, de-identification attributes made valid (patient_modules docstring).
+    prepare_first_evidence(first)
     return [first, *headers[1:]]
 
 
@@ -132,8 +246,10 @@ def build_sr(
     use_case: UseCase,
     *,
     software_version: str,
-    finding_type: Code = INTRACRANIAL_HEMORRHAGE,
-    decision_threshold: float = 0.5,
+    spec: ReportSpec,
+    analysed: Iterable[str] | None = None,
+    predecessor: Predecessor | None = None,
+    contribution_datetime: dt.datetime | None = None,
 ) -> Dataset:
     """Build the TID 1500 Comprehensive 3D SR that reports one use case's result on one study.
 
@@ -142,16 +258,20 @@ def build_sr(
     study : domain.Study
         The loaded study; patient and study modules are copied from its instances.
     result : domain.StudyResult
-        The use case's finding (probability, source instance, 2D and 3D location).
+        The use case's finding (probability, source instance, 2D and 3D location) and critical flag.
     use_case : config.UseCase
-        The use case (name, pinned model) the result belongs to.
+        The use case (name, mode, pinned model) the result belongs to.
     software_version : str
         pacsflow's version, written to Software Versions and Contributing Equipment.
-    finding_type : pydicom.sr.coding.Code, optional
-        Coded finding type the model detects (default SCT 1386000 "Intracranial hemorrhage").
-    decision_threshold : float, optional
-        Probability at or above which the finding is reported "Present" with its location; below it the
-        report says "Absent" (see the module docstring for the shape of a negative report).
+    spec : ReportSpec
+        Codes, statements, the model's version string and the thresholds (from the model's manifest).
+    analysed : iterable of str, optional
+        SOP Instance UIDs of the analysed instances (default: every slice of the finding's series); they enter
+        the SR's UIDs, so a late instance that changes the series gives a new SR.
+    predecessor : Predecessor, optional
+        The SR this one amends (Predecessor Documents Sequence); the Tracking UID stays the same.
+    contribution_datetime : datetime.datetime, optional
+        When the algorithm produced the result (Contributing Equipment); default now.
 
     Returns
     -------
@@ -161,27 +281,38 @@ def build_sr(
     Raises
     ------
     ValueError
-        The finding references a series that is not in ``study``.
+        The finding references a series that is not in ``study``, or the result is flagged critical below the
+        decision threshold (the SR would say "Absent" while the worklist says critical).
     """
     finding = result.finding
     series = _series_of(study, finding.series_uid)
     study_uid = study.ref.study_uid
     model = use_case.model
-    series_uid, sop_uid = sr_uids(study_uid, use_case.name, model.name, model.version)
+    present = finding.probability >= spec.decision_threshold
+    if result.critical and not present:
+        raise ValueError(f"a critical result must be Present: probability {finding.probability:.3f} is below the "
+                         f"decision threshold {spec.decision_threshold}; the critical threshold must not be lower")
+    if analysed is None:
+        analysed = [str(s.header.SOPInstanceUID) for s in series.slices]
+    series_uid, sop_uid = sr_uids(study_uid, use_case.name, model.name, model.version,
+                                  decision_threshold=spec.decision_threshold,
+                                  critical_threshold=spec.critical_threshold, mode=use_case.mode,
+                                  analysed=analysed_digest(analysed))
     dev_uid = device_uid(model.name, model.version)
     model_label = f"{model.name} v{model.version}"
-    present = finding.probability >= decision_threshold
+    algorithm_version = spec.algorithm_version or str(model.version)
 
-    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=str(model.version), manufacturer=MANUFACTURER)
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=algorithm_version, manufacturer=MANUFACTURER)
     coordinates: list[hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D] = []
     if present:
         coordinates.append(hd.sr.CoordinatesForMeasurement(
             graphic_type=hd.sr.GraphicTypeValues.POINT,
             graphic_data=np.array([finding.pixel_point], dtype=float),
-            source_image=hd.sr.SourceImageForRegion(finding.sop_class_uid, finding.sop_instance_uid),
+            source_image=_source_image(finding),
         ))
-        # SCOORD3D needs a frame of reference (dsrdump rejects one without); images without one get only 2D.
-        if finding.patient_point is not None and finding.frame_of_reference_uid:
+        # SCOORD3D needs a frame of reference (dsrdump rejects one without); images without one get only 2D, and so
+        # does a model that reports on one 2D image (a radiograph's "patient point" has no meaning).
+        if not spec.image_only and finding.patient_point is not None and finding.frame_of_reference_uid:
             coordinates.append(hd.sr.CoordinatesForMeasurement3D(
                 graphic_type=hd.sr.GraphicTypeValues3D.POINT,
                 graphic_data=np.array([finding.patient_point], dtype=float),
@@ -194,17 +325,28 @@ def build_sr(
         algorithm_id=algorithm,
         referenced_coordinates=coordinates or None,
     )
+    evaluations = [hd.sr.QualitativeEvaluation(PRESENCE, PRESENT if present else ABSENT)]
+    if result.critical:
+        evaluations.append(hd.sr.QualitativeEvaluation(PRIORITY, CRITICAL_FINDING))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(entropy_srcs=["pacsflow-tracking", study_uid, use_case.name, model.name,
-                                           str(model.version)]),
+            uid=tracking_uid(study_uid, use_case.name, model.name),
             identifier=f"{use_case.name} finding",
         ),
-        finding_type=finding_type,
+        finding_type=spec.finding_type,
+        finding_sites=[hd.sr.FindingSite(spec.finding_site)] if spec.finding_site is not None else None,
         algorithm_id=algorithm,
         measurements=[probability],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(PRESENCE, PRESENT if present else ABSENT)],
+        qualitative_evaluations=evaluations,
     )
+    statement = spec.present_statement if present else spec.absent_statement
+    if result.critical:
+        statement = f"{statement} {CRITICAL_SENTENCE}"
+    # TID 1501 allows TEXT qualitative evaluations; highdicom's class takes only CODE ones, so the item is appended
+    # to the group's content. TEXT values are UT (unlimited) but viewers show short sentences best.
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=IMPRESSION, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -214,7 +356,7 @@ def build_sr(
     source = next((s.header for s in series.slices if s.header.SOPInstanceUID == finding.sop_instance_uid), None)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=_procedure(series),
+        procedure_reported=spec.procedure,
         imaging_measurements=[group],
         referenced_images=[source] if _describable(source) else None,
     )
@@ -222,7 +364,8 @@ def build_sr(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=model_label,
-        software_versions=[software_version, f"{model.name} {model.version}"],
+        software_versions=[software_version, f"{model.name} {algorithm_version}"],
+        contribution_datetime=contribution_datetime or dt.datetime.now(dt.UTC),
         contribution_description=f"AI use case {use_case.name}",
     )
     # Device UID (0018,1002) in the Contributing Equipment item is what IHE AIR uses to tell model versions
@@ -240,6 +383,8 @@ def build_sr(
         software_versions=software_version,
         series_description=f"AI result {use_case.name}"[:64],
         is_complete=True,
+        previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
         contributing_equipment=[equipment],
     )
+    apply_character_set(sr, series.slices[0].header if series.slices else study.first_header)
     return sr
