@@ -41,13 +41,16 @@ def check_sr(path: str | Path) -> SRCheck:
     """
     env = {**os.environ, "TCP_NODELAY": "1"}
     result = SRCheck()
-    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    # errors="replace": both tools print attribute values (a patient's name) in the file's own character set.
+    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, errors="replace", env=env,
+                          timeout=60)
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.startswith("Error"):
             result.errors.append(f"dciodvfy: {line}")
         elif line.startswith("Warning"):
             result.warnings.append(f"dciodvfy: {line}")
-    proc = subprocess.run(["dsrdump", "-ll", "warn", "+Pc", str(path)], capture_output=True, text=True, env=env,
+    proc = subprocess.run(["dsrdump", "-ll", "warn", "+Pc", str(path)], capture_output=True, text=True,
+                          errors="replace", env=env,
                           timeout=60)
     result.dump = proc.stdout
     if proc.returncode != 0:
