@@ -11,6 +11,8 @@ import sys
 # subcommand -> module with ``main(argv: list[str]) -> int``
 SUBCOMMANDS = {
     "phantom": ("pacsflow_router.models.phantom", "write synthetic head-CT phantom studies with ground truth"),
+    "radiograph": ("pacsflow_router.models.radiograph_phantom",
+                   "write synthetic chest radiographs (DX/CR) with pneumothorax ground truth"),
     "model-repository": ("pacsflow_router.models.repository", "render/check the deployable Triton model repository"),
 }
 
