@@ -22,6 +22,7 @@ import logging
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -177,7 +178,8 @@ def frame_headers(ds: Dataset) -> list[Dataset]:
         for group in _FRAME_TYPE_GROUPS:
             item = _group_item(frame, group) or _group_item(shared, group)
             if item is not None and item.get("FrameType"):
-                view.ImageType = item.FrameType
+                # A new element: assigning to view.ImageType would change the shared instance-level element.
+                view["ImageType"] = DataElement(0x00080008, "CS", list(item.FrameType))
         views.append(view)
     return views
 

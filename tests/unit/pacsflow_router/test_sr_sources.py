@@ -1,0 +1,118 @@
+"""SRs on sources real scanners send: a multi-frame instance (the SR points at the frame) and de-identified sources.
+
+Every SR is written, read back and checked by dciodvfy and dsrdump (tests/peers/srcheck.py) with zero errors.
+"""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from pacsflow_router.analysis.findings import summarize
+from pacsflow_router.results.patient_modules import UNSPECIFIED_DEIDENTIFICATION_METHOD
+from pacsflow_router.results.reports import build_sr
+from tests.peers.srcheck import check_sr, tools_available
+from tests.unit.pacsflow_router.realinputs import (
+    SPEC,
+    USE_CASE,
+    items,
+    legacy_converted,
+    load,
+    output_at,
+    phantom_datasets,
+    result_for,
+    saved,
+    write,
+)
+
+pytestmark = pytest.mark.skipif(not tools_available(), reason="needs dciodvfy and dsrdump")
+
+
+def test_sr_on_a_legacy_converted_enhanced_ct_references_the_frame_and_the_frame_of_reference(tmp_path):
+    datasets, truth = phantom_datasets(41, slices=8)
+    lesion = truth.lesions[0]
+    lce = legacy_converted(datasets)
+    study = load(write([lce], tmp_path / "source"), truth.study_instance_uid)
+    (series,) = study.series
+    target = datasets[lesion.slice_indices[len(lesion.slice_indices) // 2]]
+    k = next(i for i, s in enumerate(series.slices)
+             if float(s.header.ImagePositionPatient[2]) == pytest.approx(float(target.ImagePositionPatient[2])))
+    row, col = lesion.pixel_centre
+    finding = summarize(series, output_at(series, k, row, col), critical_threshold=None)
+    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC),
+               tmp_path / "sr.dcm")
+
+    check = check_sr(tmp_path / "sr.dcm")
+    assert check.ok, check.errors
+    (point,) = items(sr, "SCOORD")
+    (image,) = point.ContentSequence
+    (reference,) = image.ReferencedSOPSequence
+    assert reference.ReferencedSOPInstanceUID == lce.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == lce.SOPClassUID
+    assert [int(v) for v in _list(reference.ReferencedFrameNumber)] == [series.slices[k].frame_number]
+    assert list(point.GraphicData) == pytest.approx([col, row])
+    (point3d,) = items(sr, "SCOORD3D")
+    assert point3d.ReferencedFrameOfReferenceUID == lce.FrameOfReferenceUID
+    assert list(point3d.GraphicData) == pytest.approx(list(finding.patient_point), abs=1e-3)
+    # the evidence names the multi-frame instance once, not once per frame
+    evidence = [i for s in sr.CurrentRequestedProcedureEvidenceSequence for r in s.ReferencedSeriesSequence
+                for i in r.ReferencedSOPSequence]
+    assert [i.ReferencedSOPInstanceUID for i in evidence] == [lce.SOPInstanceUID]
+
+
+def _list(value) -> list:
+    return list(value) if isinstance(value, list | pydicom.multival.MultiValue) else [value]
+
+
+def _deidentified(tmp_path, **attributes):
+    datasets, truth = phantom_datasets(42, slices=3, size=32)
+    for ds in datasets:
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+    study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
+    (series,) = study.series
+    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
+    path = tmp_path / "sr.dcm"
+    return saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC), path), path
+
+
+def test_source_saying_identity_removed_without_a_method_still_gives_a_valid_sr(tmp_path):
+    sr, path = _deidentified(tmp_path, PatientIdentityRemoved="YES")
+    check = check_sr(path)
+    assert check.ok, check.errors
+    # the flag is kept (the SR is as de-identified as its source) and the method says the source named none
+    assert sr.PatientIdentityRemoved == "YES"
+    assert sr.DeidentificationMethod == UNSPECIFIED_DEIDENTIFICATION_METHOD
+
+
+def test_source_with_a_method_keeps_it(tmp_path):
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Application Confidentiality Profile"
+    sr, path = _deidentified(tmp_path, PatientIdentityRemoved="YES", DeidentificationMethod="PACS anonymiser 2.1",
+                             DeidentificationMethodCodeSequence=[code])
+    check = check_sr(path)
+    assert check.ok, check.errors
+    assert sr.DeidentificationMethod == "PACS anonymiser 2.1"
+    assert sr.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+
+
+def test_invalid_identity_removed_value_is_not_copied(tmp_path):
+    sr, path = _deidentified(tmp_path, PatientIdentityRemoved="Y")
+    check = check_sr(path)
+    assert check.ok, check.errors
+    assert "PatientIdentityRemoved" not in sr
+
+
+def test_the_source_headers_are_not_changed_by_reporting(tmp_path):
+    datasets, truth = phantom_datasets(43, slices=3, size=32)
+    for ds in datasets:
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientIdentityRemoved = "YES"
+    study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
+    (series,) = study.series
+    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
+    build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC)
+    header = series.slices[0].header
+    assert list(header.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
+    assert "DeidentificationMethod" not in header
