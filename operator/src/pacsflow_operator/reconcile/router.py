@@ -109,7 +109,8 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
 def use_case(name: str, spec: AIUseCaseSpec) -> UseCase:
     """The routing-config entry of one AIUseCase (its metadata.name is the use case name)."""
     return UseCase(
-        name=name, model=spec.model, match=spec.match, mode=spec.mode, triage=spec.triage, outputs=spec.outputs
+        name=name, model=spec.model, match=spec.match, mode=spec.mode, decision_threshold=spec.decision_threshold,
+        triage=spec.triage, outputs=spec.outputs,
     )
 
 

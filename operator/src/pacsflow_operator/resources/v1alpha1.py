@@ -217,6 +217,9 @@ class AIUseCaseSpec(_Model):
     )
     """Rollout phase. silent: results audited, never shown; assistive: SR sent to the PACS; triage: SR
     and a critical flag above the threshold. Promote one phase at a time; demote any time."""
+    decision_threshold: float | None = Field(default=None, ge=0, le=1)
+    """Probability at or above which the SR says "Present"; unset: the model's validated operating point
+    (``operatingPoint.decisionThreshold`` in its model.json). triage.criticalThreshold may not be below it."""
     triage: Triage = Field(default_factory=Triage)
     """Triage settings (used in triage mode)."""
     outputs: Outputs = Field(default_factory=Outputs)
