@@ -92,6 +92,17 @@ class Series:
             text += "; not analysed: " + ", ".join(f"{n} {reason}" for reason, n in reasons.items())
         return text
 
+    def inputs(self) -> dict[str, object]:
+        """What the audit records about the series' inputs: counts, and each skipped instance by its
+        :func:`study_key`-style hash (the audit store holds no UIDs) with its reason."""
+        return {
+            "analysed": len(self.slices),
+            "expected": self.expected_images,
+            "missing": self.missing,
+            "skipped": [{"instance": study_key(s.sop_instance_uid), "reason": s.reason, "images": s.images}
+                        for s in self.skipped],
+        }
+
 
 @dataclass
 class Study:

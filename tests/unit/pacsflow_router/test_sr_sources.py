@@ -116,3 +116,35 @@ def test_the_source_headers_are_not_changed_by_reporting(tmp_path):
     header = series.slices[0].header
     assert list(header.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
     assert "DeidentificationMethod" not in header
+
+
+def test_sr_on_a_partial_series_says_how_many_images_were_analysed_and_which_were_skipped(tmp_path):
+    datasets, truth = phantom_datasets(44, slices=8, size=32)
+    bad = datasets[0]
+    bad.PixelData = bad.PixelData[:100]  # undecodable; at the end of the stack, so no gap
+    sent = [d for i, d in enumerate(datasets) if i != 5]  # never sent: a gap in the middle
+    study = load(write(sent, tmp_path / "source"), truth.study_instance_uid)
+    (series,) = study.series
+    finding = summarize(series, output_at(series, 2, 16, 16), critical_threshold=None)
+    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC),
+               tmp_path / "sr.dcm")
+    check = check_sr(tmp_path / "sr.dcm")
+    assert check.ok, check.errors
+    (comment,) = [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert comment.TextValue == (
+        "6 of 8 images analysed; not analysed: 1 pixel data not decodable, 1 missing. "
+        f"Skipped instances: {bad.SOPInstanceUID}."
+    )
+    # the skipped instance was not analysed, so it is not evidence
+    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert bad.SOPInstanceUID not in evidence and len(evidence) == 6
+
+
+def test_sr_on_a_complete_series_has_no_coverage_comment(tmp_path):
+    datasets, truth = phantom_datasets(45, slices=3, size=32)
+    study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
+    (series,) = study.series
+    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
+    sr = build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC)
+    assert not [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]

@@ -218,6 +218,24 @@ def _series_of(study: Study, series_uid: str) -> Series:
     raise ValueError("the finding refers to a series that is not part of the study")
 
 
+# A partial series says so in the SR: TEXT "Comment" (DCM 121106), how many images were analysed of how many and
+# which instances were skipped (their SOP Instance UIDs, which the SR may carry; at most this many are listed).
+_MAX_SKIPPED_LISTED = 20
+
+
+def _coverage_item(series: Series) -> hd.sr.TextContentItem | None:
+    """The partial-series statement, or None when every expected image was analysed."""
+    if series.complete:
+        return None
+    text = series.coverage() + "."
+    listed = [s.sop_instance_uid for s in series.skipped if s.sop_instance_uid][:_MAX_SKIPPED_LISTED]
+    if listed:
+        more = len(series.skipped) - len(listed)
+        text += " Skipped instances: " + ", ".join(listed) + (f" and {more} more." if more > 0 else ".")
+    return hd.sr.TextContentItem(name=codes.DCM.Comment, value=text,
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
 def _source_image(finding: Finding) -> hd.sr.SourceImageForRegion:
     """The image a SCOORD lies on; for a frame of a multi-frame instance, that frame (Referenced Frame Number)."""
     frames = [finding.frame_number] if finding.frame_number is not None else None
@@ -347,6 +365,9 @@ def build_sr(
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=IMPRESSION, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     ))
+    coverage = _coverage_item(series)
+    if coverage is not None:
+        group[0].ContentSequence.append(coverage)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
