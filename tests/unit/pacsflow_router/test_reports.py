@@ -352,3 +352,41 @@ def test_algorithm_version_is_the_models_own_version_string(tmp_path):
                   spec=dataclasses.replace(SPEC, algorithm_version="2.1.0-phantoms+4c1d"))
     assert {t.TextValue for t in _items(sr, "TEXT")
             if t.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Version"} == {"2.1.0-phantoms+4c1d"}
+
+
+@pytest.mark.parametrize("modality", ["DX", "CR"])
+def test_sr_on_a_synthetic_chest_radiograph_is_valid_and_2d(tmp_path, modality):
+    """The second model family's input as the radiograph generator writes it (no frame of reference, no slice
+    geometry): a valid SR with one SCOORD on the image, for a positive and a negative result."""
+    from pydicom.sr.coding import Code
+
+    from pacsflow_router.models.radiograph_phantom import generate_radiograph
+
+    radiograph = generate_radiograph(31, pneumothorax=True, modality=modality, rows=512, cols=512)
+    header = Dataset()
+    header.update(radiograph.dataset)
+    del header.PixelData
+    uid = str(header.StudyInstanceUID)
+    series = domain.Series(str(header.SeriesInstanceUID), modality, str(header.get("BodyPartExamined", "")),
+                           str(header.get("SeriesDescription", "")), [domain.Slice(header, np.zeros((1, 1), np.int16))])
+    study = domain.Study(domain.StudyRef(uid, domain.study_key(uid), (), 0.0), header, [series])
+    finding = domain.Finding(
+        probability=0.9, series_uid=series.series_uid, slice_index=0, sop_class_uid=str(header.SOPClassUID),
+        sop_instance_uid=str(header.SOPInstanceUID), frame_of_reference_uid=header.get("FrameOfReferenceUID"),
+        pixel_point=(200.0, 150.0), patient_point=None,
+    )
+    result = domain.StudyResult(use_case="ptx-cxr", model_name="ptx_detector", model_version=1, finding=finding,
+                                critical=False, timings={})
+    use_case = UseCase.model_validate({"name": "ptx-cxr", "model": {"name": "ptx_detector", "version": 1},
+                                       "mode": "assistive"})
+    spec = dataclasses.replace(
+        SPEC, finding_type=Code("36118008", "SCT", "Pneumothorax"), finding_site=None,
+        procedure=Code("399208008", "SCT", "Plain chest X-ray"), present_statement="Pneumothorax suspected.",
+        absent_statement="No pneumothorax detected.", image_only=True, algorithm_version="")
+    for name, probability in (("pos", 0.9), ("neg", 0.1)):
+        res = dataclasses.replace(result, finding=dataclasses.replace(finding, probability=probability))
+        sr = build_sr(study, res, use_case, software_version="0.1.0", spec=spec)
+        check = check_sr(_saved(sr, tmp_path, f"{modality}-{name}"))
+        assert check.ok, check.errors
+        assert not _items(sr, "SCOORD3D")
+        assert len(_items(sr, "SCOORD")) == (1 if probability >= 0.5 else 0)
