@@ -8,6 +8,8 @@ among them ISO 2022 code extensions with an empty first value (``\\ISO 2022 IR 8
 
 from __future__ import annotations
 
+import dataclasses
+
 import pydicom
 import pytest
 from pydicom.data import get_charset_files
@@ -19,6 +21,7 @@ from tests.peers.srcheck import check_sr, tools_available
 from tests.unit.pacsflow_router.realinputs import (
     SPEC,
     USE_CASE,
+    items,
     load,
     output_at,
     phantom_datasets,
@@ -153,3 +156,21 @@ def test_character_set_of_keeps_an_empty_first_value_and_rejects_invalid_combina
     assert character_set_of(ds) == [UTF8]
     ds.SpecificCharacterSet = ["ISO_IR 100", "ISO 2022 IR 87"]  # first value without code extensions: invalid
     assert character_set_of(ds) == [UTF8]
+
+
+def test_sr_text_outside_the_source_repertoire_makes_the_sr_utf8(tmp_path):
+    datasets, truth = phantom_datasets(34, slices=3, size=32)
+    for ds in datasets:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jürgen"
+    study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
+    (series,) = study.series
+    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
+    spec = dataclasses.replace(SPEC, present_statement="Blutung ≥ 5 mm vermutet (KI).")  # ≥ is not in Latin-1
+    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=spec),
+               tmp_path / "sr.dcm")
+    assert sr.SpecificCharacterSet == UTF8
+    assert str(sr.PatientName) == "Müller^Jürgen"
+    assert any(i.TextValue == "Blutung ≥ 5 mm vermutet (KI)." for i in items(sr, "TEXT"))
+    check = check_sr(tmp_path / "sr.dcm")
+    assert check.ok, check.errors
