@@ -9,6 +9,10 @@ Pure functions, no I/O. Coordinates follow the standard:
 
 The model's location is a (row, column) fraction of the image extent, which the resize to the model's
 matrix preserves (half-pixel aligned), so it maps onto any original matrix size.
+
+A frame of a multi-frame image carries its own geometry in its per-frame header view (see
+:func:`pacsflow_router.analysis.volume.frame_headers`), so the same arithmetic applies, and the finding names
+the frame (``Finding.frame_number``) for the SR's Referenced Frame Number.
 """
 
 from __future__ import annotations
