@@ -38,6 +38,7 @@ from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.ingest.studies import StudyTracker
 from pacsflow_router.models import phantom
 from tests.peers.dcmtk import StoreResult, dcmtk_env, echoscu, storescu, storescu_command
+from tests.peers.gate import StoreGate
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "storescu"], capture_output=True, check=False).returncode != 0,
@@ -425,27 +426,27 @@ def test_kill_9_during_ingest_loses_no_acknowledged_instance(tmp_path):
     spool_dir = tmp_path / "spool"
     paths = write_study(tmp_path / "src", 31, 150)
     rp = ReceiverProcess(spool_dir)
-    proc = subprocess.Popen(storescu_command(rp.port, paths), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dcmtk_env())
-    lines: list[str] = []
-    successes = 0
-    for line in proc.stdout:
-        lines.append(line)
-        successes += "Received Store Response (Success)" in line
-        if successes == 20:
-            rp.kill9()  # mid-stream: storescu is still sending
-            break
-    lines += proc.stdout.read().splitlines(keepends=True)
-    proc.wait(timeout=60)
-    result = StoreResult.parse(proc.returncode, "".join(lines))
+    # The gate lets exactly 20 C-STOREs through and holds the 21st, so the kill lands mid-stream on any machine;
+    # storescu writes to a file read only after it exited (nothing is parsed while it may still be writing).
+    output = tmp_path / "storescu.log"
+    with StoreGate(rp.port, let_through=20) as gate, output.open("w") as out:
+        proc = subprocess.Popen(storescu_command(gate.port, paths), stdout=out, stderr=subprocess.STDOUT,
+                                env=dcmtk_env())
+        try:
+            gate.wait_held(timeout=120)
+            rp.kill9()  # mid-stream: storescu is waiting for the answer to instance 21
+        finally:
+            proc.wait(timeout=60)
+    result = StoreResult.parse(proc.returncode, output.read_text())
     acknowledged = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in result.acknowledged}
-    assert 20 <= len(acknowledged) < len(paths), "the kill did not land mid-stream"
+    assert len(acknowledged) == 20, result.output[-2000:]
+    assert result.returncode != 0, "storescu must see the association die"
 
     # Restart on the same spool: everything acknowledged is indexed, on disk, and its study is due again.
     spool = Spool(spool_dir, 0.999)
     study_uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
     indexed = {i.sop_instance_uid: i for i in spool.instances(study_uid)}
-    assert acknowledged <= set(indexed)
+    assert set(indexed) == acknowledged, "the spool holds exactly what was acknowledged"
     for uid in acknowledged:
         assert pydicom.dcmread(indexed[uid].path, stop_before_pixels=True).SOPInstanceUID == uid
     (due,) = StudyTracker(spool).due(time.time() + 3600, 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,16 @@ from pacsflow_router.config import ModelRef
 from pacsflow_router.errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
 from pacsflow_router.models import repository
 from tests.peers.net import eventually
-from tests.peers.triton import ROOT, TritonPeer, make_source_repository, make_test_onnx, serve, study_batch
+from tests.peers.triton import (
+    ROOT,
+    TritonPeer,
+    hold_executions,
+    make_source_repository,
+    make_test_onnx,
+    pending_requests,
+    serve,
+    study_batch,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -216,60 +224,58 @@ def test_committed_repository_served_by_triton_matches_embedded(tmp_path: Path):
 
 
 def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
-    """A triage study (priority 1) sent behind a queue of silent ones (3) is answered before most of them.
+    """A triage study (priority 1) queued behind silent ones (3) executes before all of them; a silent one after.
 
-    Control: the same request sent as silent waits its turn. Asserted on completion order, never on durations; each
-    round first checks through Triton's statistics that several silent studies were still unanswered.
+    Deterministic on any machine: the rendered ONNX step (its config as rendered: dynamic batching, priority levels,
+    queue policy) runs wrapped so that the test holds its executions. A first request executes and waits; the silent
+    requests and then the probe queue behind it, which the test confirms through Triton's own pending-request count;
+    then the test releases the model and reads the order in which Triton executed them. Control: the same probe sent
+    as silent executes last (first come, first served within a priority level).
     """
-    silent_count = 20  # ~1.2 s of queued compute here: a faster machine must not drain it before the probe
-    with serve(ROOT / "model_repository", tmp_path) as peer:
-        batch = study_batch(64)
-        watcher, probe = TritonBackend(peer.url), TritonBackend(peer.url)
-        watcher.infer(V1, batch)
-        probe.infer(V1, batch)
+    silent_count = 6
+    source = make_source_repository(tmp_path / "src", {1: 1})
+    models = tmp_path / "models"
+    repository.render_repository(source, models, "cpu-python")
+    onnx_step = "ich_detector_v1_onnx"
+    held = hold_executions(models / onnx_step, 1, tmp_path / "gate")
+    with TritonPeer(models, tmp_path, "explicit").start(wait_models=("ich_detector_v1",)) as peer:
+        TritonBackend(peer.url).infer(V1, study_batch(1))  # first-request setup happens outside the rounds
 
-        def answered() -> int:
-            return watcher.statistics(V1)["ich_detector_v1:1"]["inference_stats"]["success"]["count"]
+        def tagged(tag: int) -> np.ndarray:
+            batch = study_batch(64, seed=tag)  # one request per execution: 64 rows is the model's max_batch_size
+            batch[0, 0, 0, 0] = tag
+            return batch
 
-        def silent_after_probe(probe_priority: int) -> tuple[int, int]:
-            order: list[str] = []
-            lock = threading.Lock()
-            clients = [TritonBackend(peer.url) for _ in range(silent_count)]
-            for client in clients:
-                client.infer(V1, batch[:1])  # connect before the round
+        def round_order(probe_priority: int) -> list[int]:
+            """Execution order of: plug (tag 1), silent studies (tags 10..), probe (tag 2)."""
+            held.clear()
+            held.hold()
+            threads: list[threading.Thread] = []
 
-            sent: list[str] = []
+            def send(tag: int, priority: int) -> None:
+                thread = threading.Thread(target=lambda: TritonBackend(peer.url).infer(V1, tagged(tag),
+                                                                                       priority=priority))
+                thread.start()
+                threads.append(thread)
 
-            def silent(client: TritonBackend) -> None:
-                with lock:
-                    sent.append("silent")
-                client.infer(V1, batch, priority=3)
-                with lock:
-                    order.append("silent")
+            try:
+                send(1, 3)
+                eventually(lambda: held.executions() == [[1]], "the plug request executing (held)", timeout=60)
+                for tag in range(10, 10 + silent_count):
+                    send(tag, 3)
+                eventually(lambda: pending_requests(peer, onnx_step, 1) == silent_count,
+                           f"{silent_count} silent requests queued in Triton", timeout=60)
+                send(2, probe_priority)
+                eventually(lambda: pending_requests(peer, onnx_step, 1) == silent_count + 1,
+                           "the probe queued behind them", timeout=60)
+            finally:
+                held.release()
+                for thread in threads:
+                    thread.join(timeout=120)
+            return [tag for execution in held.executions() for tag in execution]
 
-            start = answered()
-            threads = [threading.Thread(target=silent, args=(c,)) for c in clients]
-            for t in threads:
-                t.start()
-            # Every silent request is in its client's hands (counted by the test, not by the in-flight gauge: a fast
-            # machine answers the first before the last is sent, and the gauge would then never reach the count);
-            # give them a moment to reach Triton's queue, then count (from Triton's statistics) how many are still
-            # unanswered when the probe goes out behind them.
-            eventually(lambda: len(sent) == silent_count, "every silent request sent", timeout=30)
-            time.sleep(0.1)
-            unanswered = silent_count - (answered() - start)
-            probe.infer(V1, batch, priority=probe_priority)
-            with lock:
-                order.append("probe")
-            for t in threads:
-                t.join()
-            return len(order) - 1 - order.index("probe"), unanswered
-
-        triage_after, triage_waiting = silent_after_probe(1)
-        silent_after, silent_waiting = silent_after_probe(3)
-        assert triage_waiting >= 5 and silent_waiting >= 5, "the queue drained before the probe; nothing to compare"
-        # Ahead of the triage probe: the silent studies already dispatched when it arrived (executing, or between
-        # the ensemble's steps; a handful on a busy machine). It must overtake most of the queue, while the silent
-        # control probe waits for (nearly) all of it: FIFO would give the triage probe the same 0-2.
-        assert triage_after >= triage_waiting // 2
-        assert silent_after <= 2
+        silent_tags = set(range(10, 10 + silent_count))
+        triage = round_order(probe_priority=1)
+        assert triage[:2] == [1, 2] and set(triage[2:]) == silent_tags, triage
+        control = round_order(probe_priority=3)
+        assert control[0] == 1 and set(control[1:-1]) == silent_tags and control[-1] == 2, control

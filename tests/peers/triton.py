@@ -197,6 +197,92 @@ def _mapped_files() -> set[str]:
     return mapped
 
 
+#: Wraps a rendered python-backend model so that the test decides when it executes (see :func:`hold_executions`).
+_HELD_MODEL_PY = """\
+\"\"\"Test wrapper (tests.peers.triton.hold_executions): records each execution, then waits for the release file.\"\"\"
+
+import importlib.util
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+GATE = {gate!r}
+_spec = importlib.util.spec_from_file_location(
+    "rendered_model", os.path.join(os.path.dirname(os.path.abspath(__file__)), "rendered_model.py"))
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+
+
+class TritonPythonModel(_module.TritonPythonModel):
+    def execute(self, requests):
+        # One line per execution: the tag (first input value) of each request in the batch, in the batch's order.
+        tags = [str(int(pb_utils.get_input_tensor_by_name(r, {input!r}).as_numpy().flat[0])) for r in requests]
+        with open(os.path.join(GATE, "executions"), "a") as ledger:
+            ledger.write(" ".join(tags) + "\\n")
+        while not os.path.exists(os.path.join(GATE, "release")):
+            time.sleep(0.01)
+        return super().execute(requests)
+"""
+
+
+class HeldModel:
+    """A rendered python-backend model whose executions the test holds and releases (:func:`hold_executions`).
+
+    Every execution first appends the tags of its requests (the integer value of each request's first input
+    element) to a ledger, then waits until :meth:`release` (the file ``release`` in ``gate``) exists. With one
+    model instance, the first request executes and waits while the following ones queue in Triton's scheduler, so
+    a test controls exactly what is queued when, independent of how fast the machine is.
+    """
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+
+    def hold(self) -> None:
+        """From now on, executions wait (the one running now, if any, has already been let go)."""
+        (self.gate / "release").unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let every waiting and future execution run."""
+        (self.gate / "release").touch()
+
+    def executions(self) -> list[list[int]]:
+        """The tags of the requests of each execution so far, in execution order."""
+        ledger = self.gate / "executions"
+        if not ledger.exists():
+            return []
+        return [[int(t) for t in line.split()] for line in ledger.read_text().splitlines()]
+
+    def clear(self) -> None:
+        """Forget the executions recorded so far."""
+        (self.gate / "executions").unlink(missing_ok=True)
+
+
+def hold_executions(model_dir: Path, version: int, gate: Path, input_name: str = "image") -> HeldModel:
+    """Wrap the rendered python-backend model in ``model_dir`` (before Triton loads it) so the test holds it.
+
+    The model's rendered ``config.pbtxt`` (dynamic batching, priority levels, queue policy) is left as rendered:
+    that is what a test of Triton's scheduling checks. Only ``<version>/model.py`` is wrapped.
+    """
+    gate.mkdir(parents=True, exist_ok=True)
+    version_dir = model_dir / str(version)
+    (version_dir / "model.py").rename(version_dir / "rendered_model.py")
+    (version_dir / "model.py").write_text(_HELD_MODEL_PY.format(gate=str(gate), input=input_name))
+    held = HeldModel(gate)
+    held.release()  # Triton runs no warm-up here, but a held model must not block loading in case it ever does
+    return held
+
+
+def pending_requests(peer: TritonPeer, model: str, version: int) -> int:
+    """Triton's own count of requests queued for ``model`` and not yet executing (its Prometheus metric)."""
+    text = urllib.request.urlopen(peer.metrics_url, timeout=10).read().decode()
+    wanted = f'nv_inference_pending_request_count{{model="{model}",version="{version}"}}'
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return int(float(line.split()[-1]))
+    raise AssertionError(f"Triton reports no {wanted}; metrics:\n{text[:2000]}")
+
+
 def serve(source: Path, workdir: Path, mode: str = "explicit", versions: dict | None = None) -> TritonPeer:
     """Render ``source`` for the cpu-python target into ``workdir/models`` and start Triton on it (all loaded).
 
