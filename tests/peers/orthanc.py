@@ -10,6 +10,11 @@ Independent of pacsflow_router (stdlib only) so the demo can import it too::
 
 ``stop()`` / ``start()`` keep the storage, so a test can take the PACS down and bring it back. Orthanc runs with
 ``TCP_NODELAY=1`` in its environment (its DICOM layer is dcmtk, which reads that variable) and is stopped by PID.
+
+Counting deliveries: Orthanc answers Success to a C-STORE of a SOP Instance UID it already holds and keeps one copy,
+so the stored instances cannot show a duplicate send. Every Orthanc started here therefore keeps a ledger
+(:data:`LEDGER_LUA`, a ``ReceivedInstanceFilter`` that Orthanc calls for every instance it receives, duplicates
+included, before it answers): :meth:`Orthanc.received` lists one :class:`Received` per request, across restarts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
@@ -38,6 +44,39 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   end
 end
 """
+
+
+#: Lua for Orthanc: append one tab-separated line per received instance (C-STORE, REST upload ...) to a ledger file,
+#: then accept it. Orthanc calls ``ReceivedInstanceFilter`` before it looks for the instance in its index, so a
+#: re-sent SOP Instance UID gets a line of its own although Orthanc keeps one copy. Only one script may define this
+#: callback: a later ``lua_scripts`` entry defining it would replace the ledger.
+LEDGER_LUA = """\
+function ReceivedInstanceFilter(dicom, origin, info)
+  local ledger = io.open({path}, 'a')
+  ledger:write(table.concat({origin['RequestOrigin'] or '', origin['RemoteAet'] or '', dicom['Modality'] or '',
+    dicom['SOPClassUID'] or '', dicom['SOPInstanceUID'] or '', dicom['StudyInstanceUID'] or ''}, '\\t') .. '\\n')
+  ledger:close()
+  return true
+end
+"""
+
+_LEDGER_FIELDS = ("origin", "remote_aet", "modality", "sop_class_uid", "sop_instance_uid", "study_uid")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance Orthanc received (a line of the ledger): who sent it over what, and which instance it was.
+
+    ``origin`` is Orthanc's RequestOrigin (``DicomProtocol`` for a C-STORE, ``RestApi``, ``Lua`` ...);
+    ``remote_aet`` is the calling AE title of a C-STORE.
+    """
+
+    origin: str
+    remote_aet: str
+    modality: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
 
 
 def _free_port() -> int:
@@ -101,6 +140,7 @@ class Orthanc:
         self.extra_config = dict(config or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "orthanc.log"
+        self.ledger_path = self.workdir / "received.tsv"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -130,7 +170,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
             "DicomModalities": {name: list(v) for name, v in self.modalities.items()},
-            "LuaScripts": [str(p) for p in self.lua_scripts],
+            "LuaScripts": [str(self._write_ledger_script()), *(str(p) for p in self.lua_scripts)],
             "Plugins": [str(PLUGINS_DIR / p) for p in self.plugins],
             "StableAge": 1,
             "SaveJobs": False,
@@ -139,6 +179,12 @@ class Orthanc:
             **self.extra_config,
         }
         self.config_path.write_text(json.dumps(config, indent=2))
+
+    def _write_ledger_script(self) -> Path:
+        script = self.workdir / "ledger.lua"
+        # json.dumps gives a double-quoted string with backslash escapes, which Lua reads the same way.
+        script.write_text(LEDGER_LUA.replace("{path}", json.dumps(str(self.ledger_path))))
+        return script
 
     def start(self, timeout: float = 60.0) -> Orthanc:
         """Start Orthanc and wait until ``/system`` answers. Storage from an earlier start is kept."""
@@ -232,6 +278,22 @@ class Orthanc:
     def statistics(self) -> dict:
         """``/statistics``: counts of patients, studies, series, instances."""
         return self.get("/statistics")
+
+    def received(self, *, modality: str | None = None, study_uid: str | None = None,
+                 origin: str | None = "DicomProtocol") -> list[Received]:
+        """Every instance received so far, one entry per request (duplicates included), in arrival order.
+
+        Filters: ``modality`` and ``study_uid`` of the instance, ``origin`` of the request (C-STOREs by default;
+        ``None`` for all). The ledger is written before Orthanc answers, so a request that got its response is in
+        it; it survives :meth:`stop` / :meth:`start`.
+        """
+        if not self.ledger_path.exists():
+            return []
+        entries = [Received(*line.split("\t")) for line in self.ledger_path.read_text().splitlines()
+                   if line.count("\t") == len(_LEDGER_FIELDS) - 1]
+        return [e for e in entries
+                if (modality is None or e.modality == modality) and (study_uid is None or e.study_uid == study_uid)
+                and (origin is None or e.origin == origin)]
 
     def log_text(self) -> str:
         """Orthanc's log so far (for association counting and failure messages)."""
