@@ -12,7 +12,7 @@ import sys
 SUBCOMMANDS = {
     "phantom": ("pacsflow_router.models.phantom", "write synthetic head-CT phantom studies with ground truth"),
     "radiograph": ("pacsflow_router.models.radiograph_phantom",
-                   "write synthetic chest radiographs (DX/CR) with pneumothorax ground truth"),
+                   "write synthetic chest radiographs (DX/CR) with ground truth"),
     "model-repository": ("pacsflow_router.models.repository", "render/check the deployable Triton model repository"),
 }
 

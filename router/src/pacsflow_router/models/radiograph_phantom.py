@@ -3,7 +3,8 @@
 A study is one frontal chest radiograph, displayed as a PA film is read (the patient's right on the image's left):
 body outline and shoulders, two lungs with vascular markings that fade towards the periphery, mediastinum and
 heart, both hemidiaphragms (the right one higher) and costophrenic angles, posterior and anterior ribs, clavicles,
-the spine, scatter blur, vendor-style processing (gamma, unsharp masking) and quantum noise.
+the spine, scatter blur, vendor-style processing (gamma, unsharp masking, dynamic-range compression), collimator
+shutters and quantum noise.
 
 A study ``with pneumothorax`` carries one pneumothorax, apical or lateral, of any size: the visceral pleural line
 (a thin bright line parallel to the chest wall) with pleural air peripheral to it, where the lung markings are
@@ -170,7 +171,8 @@ def _make_anatomy(rng: np.random.Generator, width: float, height: float) -> _Ana
     lung_h = float(rng.uniform(205.0, 255.0))
     lung_w = float(rng.uniform(120.0, 150.0))
     # Shrink the chest when the field is too small for it (landscape detectors, small fields).
-    scale = min(1.0, (height - 70.0) / (lung_h + 70.0), (width - 40.0) / (2 * lung_w + 50.0))
+    # Tight collimation may cut the lateral soft tissue, never the lungs.
+    scale = min(1.0, (height - 70.0) / (lung_h + 70.0), (width - 20.0) / (2 * lung_w + 20.0))
     lung_h *= scale
     lung_w *= scale
     y_apex = float(rng.uniform(0.08, 0.16)) * height
@@ -495,7 +497,7 @@ def generate_radiograph(
         if m not in MIMICS:
             raise ValueError(f"unknown mimic {m!r}; choose from {MIMICS}")
 
-    width_mm = float(rng.uniform(340.0, 430.0))
+    width_mm = float(rng.uniform(300.0, 430.0))
     spacing = width_mm / cols
     height_mm = spacing * rows
     work_scale = max(1.0, max(rows, cols) / _WORK_MAX)
@@ -512,6 +514,16 @@ def generate_radiograph(
     if rng.random() < 0.6:
         low = ndimage.gaussian_filter(density, float(rng.uniform(4.0, 10.0)) / work_mm)
         density = density + float(rng.uniform(0.3, 1.0)) * (density - low)
+    if rng.random() < 0.7:
+        # Dynamic-range compression ("equalisation") as vendors' chest processing does: lungs come up to mid-grey.
+        wide = ndimage.gaussian_filter(density, float(rng.uniform(25.0, 60.0)) / work_mm)
+        density = density - float(rng.uniform(0.2, 0.7)) * (wide - float(wide.mean()))
+    if rng.random() < 0.3:
+        # Collimator shutters: unexposed borders, the brightest values of the image.
+        top, bottom, left, right = (int(float(rng.uniform(0.0, 25.0)) / work_mm) for _ in range(4))
+        shutter = np.zeros(work, dtype=bool)
+        shutter[:top], shutter[work[0] - bottom:], shutter[:, :left], shutter[:, work[1] - right:] = True, True, True, True
+        density = np.where(shutter, np.float32(1.1), density)
     if work != (rows, cols):
         density = ndimage.zoom(density, (rows / work[0], cols / work[1]), order=1, grid_mode=True, mode="nearest")
         density = density[:rows, :cols]
