@@ -148,3 +148,25 @@ def test_sr_on_a_complete_series_has_no_coverage_comment(tmp_path):
     finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
     sr = build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC)
     assert not [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+
+
+def test_sr_on_the_real_enhanced_ct_of_pydicom_data_is_valid_and_names_the_frame(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("eCT_Supplemental.dcm")  # pydicom-data (dev extra)
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    study = load([source], ds.StudyInstanceUID)
+    (series,) = study.series
+    finding = summarize(series, output_at(series, 1, 256, 256), critical_threshold=None)
+    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC),
+               tmp_path / "sr.dcm")
+    check = check_sr(tmp_path / "sr.dcm")
+    assert check.ok, check.errors
+    (point,) = items(sr, "SCOORD")
+    (reference,) = point.ContentSequence[0].ReferencedSOPSequence
+    assert reference.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert int(reference.ReferencedFrameNumber) == series.slices[1].frame_number
+    (point3d,) = items(sr, "SCOORD3D")
+    frame = ds.PerFrameFunctionalGroupsSequence[series.slices[1].frame_number - 1]
+    assert float(point3d.GraphicData[2]) == pytest.approx(float(frame.PlanePositionSequence[0].ImagePositionPatient[2]))
+    assert sr.SpecificCharacterSet == ds.SpecificCharacterSet

@@ -8,10 +8,13 @@ geometry, and the finding must name the frame.
 
 from __future__ import annotations
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_fragmented_frames
+from pydicom.uid import RLELossless, generate_uid
 
 from pacsflow_router.analysis import volume
 from pacsflow_router.analysis.findings import summarize
@@ -145,3 +148,21 @@ def test_missing_images_counts_whole_multiples_only():
     assert volume.missing_images([0, 5, 10, 17.5, 22.5]) == 0  # 1.5 steps: an irregular stack, not a dropped slice
     assert volume.missing_images([0, 10]) == 0
     assert volume.missing_images([0, 0, 5, 5, 10, 10]) == 0  # two acquisitions at the same positions
+
+
+def test_a_damaged_frame_of_a_compressed_multi_frame_is_skipped_the_other_frames_are_loaded(tmp_path):
+    datasets, truth = phantom_datasets(26, slices=6, size=32)
+    lce = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=datasets, series_instance_uid=generate_uid(), series_number=1,
+        sop_instance_uid=generate_uid(), instance_number=1, transfer_syntax_uid=RLELossless,
+    )
+    frames = [b"".join(f) for f in generate_fragmented_frames(lce.PixelData, number_of_frames=6)]
+    frames[2] = frames[2][:20]  # frame 3: a truncated RLE segment
+    lce.PixelData = encapsulate(frames)
+    (series,) = load(write([lce], tmp_path), truth.study_instance_uid).series
+    assert sorted(s.frame_number for s in series.slices) == [1, 2, 4, 5, 6]
+    assert [(s.sop_instance_uid, s.reason, s.images) for s in series.skipped] == [
+        (lce.SOPInstanceUID, "frames not decodable", 1)]
+    # frame 3's plane is known from its functional groups: its gap is not counted again as missing
+    assert series.missing == 0 and series.expected_images == 6
+    assert series.coverage() == "5 of 6 images analysed; not analysed: 1 frames not decodable"

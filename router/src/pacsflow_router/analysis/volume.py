@@ -25,6 +25,7 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import pixel_array
 
 from .. import domain
 from ..errors import UnparseableInstanceError
@@ -117,6 +118,25 @@ def _frames(ds: Dataset) -> list[np.ndarray]:
     if arr.ndim == 3:
         return list(arr)
     raise ValueError(f"unexpected pixel array shape {arr.shape}")
+
+
+# What pydicom's decoders raise on damaged or unsupported pixel data.
+_DECODE_ERRORS = (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError, IndexError, KeyError)
+
+
+def _frame_by_frame(ds: Dataset) -> list[np.ndarray | None]:
+    """Each frame decoded alone (None where that frame fails): compressed frames are independent fragments."""
+    out: list[np.ndarray | None] = []
+    for index in range(_number_of_frames(ds)):
+        try:
+            arr = pixel_array(ds, index=index)
+        except _DECODE_ERRORS:
+            out.append(None)
+            continue
+        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+            arr = arr.mean(axis=-1)
+        out.append(arr if arr.ndim == 2 else None)
+    return out
 
 
 def _number_of_frames(ds: Dataset) -> int:
@@ -252,7 +272,7 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
         No instance of the study could be read and decoded as an image.
     """
     series: dict[str, domain.Series] = {}
-    skipped_headers: dict[str, list[Dataset]] = {}
+    skipped_views: dict[str, list[Dataset]] = {}  # headers of images not analysed, for the gap count
     first_header: Dataset | None = None
     unreadable = 0
     undecodable = 0
@@ -276,34 +296,49 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
                 body_part=str(ds.get("BodyPartExamined", "") or ""),
                 description=str(ds.get("SeriesDescription", "") or ""),
             )
-            skipped_headers[uid] = []
+            skipped_views[uid] = []
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        frames: list[np.ndarray | None]
         try:
-            frames = _frames(ds)
-        except (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError, IndexError,
-                KeyError) as exc:
+            frames = list(_frames(ds))
+        except _DECODE_ERRORS as exc:
             # The type only: decoder messages can quote header values.
-            log.warning("study %s: instance %d pixel data not decodable (%s), skipped", ref.key, index,
-                        type(exc).__name__)
-            undecodable += 1
-            _strip_pixels(ds)
-            series[uid].skipped.append(domain.SkippedInstance(
-                sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""), reason="pixel data not decodable",
-                images=_number_of_frames(ds),
-            ))
-            skipped_headers[uid].append(ds)
-            continue
+            log.warning("study %s: instance %d pixel data not decodable (%s)", ref.key, index, type(exc).__name__)
+            # A multi-frame instance with one damaged frame need not lose the others: each compressed frame is
+            # its own fragment(s), decodable alone.
+            frames = _frame_by_frame(ds) if _is_multiframe(ds) else []
+            if not any(f is not None for f in frames):
+                undecodable += 1
+                _strip_pixels(ds)
+                series[uid].skipped.append(domain.SkippedInstance(
+                    sop_instance_uid=sop_uid, reason="pixel data not decodable", images=_number_of_frames(ds),
+                ))
+                skipped_views[uid].extend(_skipped_views(ds))
+                continue
         _strip_pixels(ds)
-        if _is_multiframe(ds):
-            views = frame_headers(ds)
-            if len(views) != len(frames):
-                log.warning("study %s: instance %d declares %d frames but holds %d; frames beyond either skipped",
-                            ref.key, index, len(views), len(frames))
-            series[uid].slices.extend(
-                domain.Slice(header=view, pixels=np.ascontiguousarray(frame), frame_number=number)
-                for number, (view, frame) in enumerate(zip(views, frames, strict=False), start=1)
-            )
-        else:
+        if not _is_multiframe(ds):
             series[uid].slices.append(domain.Slice(header=ds, pixels=np.ascontiguousarray(frames[0])))
+            continue
+        views = frame_headers(ds)
+        if len(views) != len(frames):
+            log.warning("study %s: instance %d declares %d frames but holds %d; frames beyond either skipped",
+                        ref.key, index, len(views), len(frames))
+        failed = [view for view, frame in zip(views, frames, strict=False) if frame is None]
+        if failed:
+            log.warning("study %s: instance %d: %d of %d frames not decodable, skipped", ref.key, index,
+                        len(failed), len(views))
+            series[uid].skipped.append(domain.SkippedInstance(
+                sop_instance_uid=sop_uid, reason="frames not decodable", images=len(failed)))
+            skipped_views[uid].extend(failed)
+        if len(frames) < len(views):
+            series[uid].skipped.append(domain.SkippedInstance(
+                sop_instance_uid=sop_uid, reason="frames missing from pixel data", images=len(views) - len(frames)))
+            skipped_views[uid].extend(views[len(frames):])
+        series[uid].slices.extend(
+            domain.Slice(header=view, pixels=np.ascontiguousarray(frame), frame_number=number)
+            for number, (view, frame) in enumerate(zip(views, frames, strict=False), start=1)
+            if frame is not None
+        )
     if first_header is None or not any(s.slices for s in series.values()):
         raise UnparseableInstanceError(
             f"study {ref.key}: none of its {len(ref.paths)} instances could be decoded as an image "
@@ -312,7 +347,7 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
         )
     for s in series.values():
         s.slices = sort_slices(s.slices)
-        s.missing = _missing(s, skipped_headers[s.series_uid])
+        s.missing = _missing(s, skipped_views[s.series_uid])
         if not s.complete:
             log.warning("study %s series %d: %s", ref.key, list(series).index(s.series_uid), s.coverage())
     return domain.Study(ref=ref, first_header=first_header, series=list(series.values()), unreadable=unreadable)
@@ -325,12 +360,13 @@ def _strip_pixels(ds: Dataset) -> None:
 
 
 def _missing(series: domain.Series, skipped: list[Dataset]) -> int:
-    """Images missing from the stack: gaps not explained by the skipped (received but undecodable) images."""
+    """Images missing from the stack: gaps not explained by the skipped (received but undecodable) images,
+    given by their headers (per-frame views for frames)."""
     if not series.slices:
         return 0
     normal = slice_normal(series.slices[0].header)
     positions: list[float] = []
-    for header in [s.header for s in series.slices] + [h for ds in skipped for h in _skipped_views(ds)]:
+    for header in [s.header for s in series.slices] + skipped:
         p = _stack_position(header, normal)
         if p is None:
             return 0  # without complete geometry there is no stack to find gaps in
