@@ -132,3 +132,21 @@ def test_a_study_in_iso_2022_japanese_gets_an_sr_with_the_name_intact(pacs, make
     assert check.errors == [], check.errors
     log_text = router.log()
     assert "ValueError" not in log_text and "山田" not in log_text and "Yamada" not in log_text
+
+
+def test_an_undecodable_slice_inside_the_stack_leaves_a_gap_and_the_study_is_not_analysed(pacs, make_router, tmp_path):
+    """Analysed around only while the rest still meets the model's criteria: a hole in the volume does not."""
+    datasets, truth = phantom.generate_study(64, lesion=True, slices=20, rows=256, cols=256)
+    ordered = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
+    ordered[10].PixelData = ordered[10].PixelData[:1000]
+    paths = []
+    for i, ds in enumerate(datasets):
+        paths.append(tmp_path / f"{i:02d}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    router = make_router([use_case("ich-gap", "assistive")], pacs_port=pacs.dicom_port).start()
+    assert len(storescu(router.port, paths).acknowledged) == 20
+
+    (record,) = wait_for(lambda: audit_records(router, truth), TIMEOUT, "the audit record", router)
+    assert record["outcome"].startswith("not analysed"), record
+    assert record["probability"] is None
+    assert pacs.instances(modality="SR", study_uid=truth.study_instance_uid) == []
