@@ -58,7 +58,7 @@ _DEFAULT_REPERTOIRE = ("", "ISO 2022 IR 6")
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 
 # LO, at most 64 characters (PS3.5 6.2).
-UNSPECIFIED_DEIDENTIFICATION_METHOD = "Not specified by the source images (Patient Identity Removed: YES)"[:64]
+UNSPECIFIED_DEIDENTIFICATION_METHOD = "Not specified by the source images"
 
 
 def character_set_of(header: Dataset) -> list[str]:
