@@ -99,25 +99,83 @@ class ModelRef(_Model):
     """Pinned model version (numbered folder in the model repository)."""
 
 
+class NumberRange(_Model):
+    """A closed interval; either bound may be left open."""
+
+    min: float | None = None
+    """Lower bound (inclusive); open when absent."""
+    max: float | None = None
+    """Upper bound (inclusive); open when absent."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NumberRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
 class Match(_Model):
-    """Which studies a use case applies to (DICOM attributes; empty list = any)."""
+    """Which studies a use case applies to, and how it narrows the model's input requirements.
+
+    ``modalities`` and ``seriesDescriptionPattern`` decide whether a series is a candidate at all (a study with no
+    candidate is "not applicable"). Every other field narrows the input requirements the model declares in its
+    ``model.json`` (docs/input-requirements.md): the effective requirement is the intersection, so a use case can
+    make the model stricter, never looser. Empty list / absent = no narrowing.
+    """
 
     modalities: list[str] = Field(default_factory=list)
-    """Modality (0008,0060) values, e.g. ``[CT]``."""
+    """Modality (0008,0060) values, e.g. ``[CT]`` (intersected with the model's)."""
     body_parts_examined: list[str] = Field(default_factory=list)
-    """Body Part Examined (0018,0015) values, e.g. ``[HEAD, BRAIN]``."""
+    """Body Part Examined (0018,0015) values, e.g. ``[HEAD, BRAIN]`` (intersected with the model's)."""
+    body_part_patterns: list[str] = Field(default_factory=list)
+    """Regular expressions for Series/Study Description when Body Part Examined is empty; a description must
+    match one of these and one of the model's."""
     series_description_pattern: str | None = None
     """Python regular expression searched in Series Description (0008,103E)."""
+    contrast: Literal["without", "with", "any"] | None = None
+    """Contrast/Bolus Agent (0018,0010): ``without`` (absent), ``with`` (present); conflicting with the model's
+    requirement means no series passes."""
+    slice_thickness_mm: NumberRange | None = None
+    """Slice Thickness range (intersected with the model's)."""
+    slice_count: NumberRange | None = None
+    """Number of images range (intersected with the model's)."""
+    min_matrix: int | None = Field(default=None, ge=1)
+    """Minimum of Rows and Columns (the larger of this and the model's applies)."""
+    pixel_spacing_mm: NumberRange | None = None
+    """Pixel Spacing range (intersected with the model's)."""
+    kernel_pattern: str | None = None
+    """Regular expression for Convolution Kernel (0018,1210); must match as well as the model's."""
+    image_type_required: list[str] = Field(default_factory=list)
+    """Image Type values required in addition to the model's."""
+    image_type_excluded: list[str] = Field(default_factory=list)
+    """Image Type values refused in addition to the model's."""
+    max_axial_deviation_degrees: float | None = Field(default=None, ge=0, le=90)
+    """Largest angle of the slice normal from the patient's z axis (the smaller of this and the model's)."""
+    max_gantry_tilt_degrees: float | None = Field(default=None, ge=0, le=90)
+    """Largest gantry tilt (the smaller of this and the model's)."""
+    max_spacing_deviation: float | None = Field(default=None, ge=0)
+    """Largest relative deviation of a slice gap from the median gap (the smaller of this and the model's)."""
 
-    @field_validator("series_description_pattern")
+    @field_validator("series_description_pattern", "kernel_pattern")
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            _check_regex(value)
         return value
+
+    @field_validator("body_part_patterns")
+    @classmethod
+    def _valid_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _check_regex(pattern)
+        return value
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
 
 
 class Triage(_Model):

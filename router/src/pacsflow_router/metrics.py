@@ -22,6 +22,12 @@ REJECT_REASONS = ("spool-full", "unparseable", "unsupported-sop-class", "write-e
 ASSOCIATION_OUTCOMES = ("accepted", "rejected", "aborted")
 #: Outcomes of one SR delivery attempt (``pacsflow_sr_exports_total{destination,outcome}``).
 EXPORT_OUTCOMES = ("delivered", "retrying", "failed")
+#: Why a study was not analysed by a use case (``pacsflow_studies_not_analysed_total{use_case,reason}``): the failed
+#: acceptance criterion or the input-domain check (``analysis.acceptance.REASONS``; a unit test keeps them equal).
+NOT_ANALYSED_REASONS = (
+    "modality", "image-type", "body-part", "contrast", "slice-count", "matrix", "pixel-spacing", "slice-thickness",
+    "kernel", "orientation", "spacing-gap", "out-of-domain",
+)
 
 # Study latency spans seconds (completion wait excluded) to minutes (queue behind a busy GPU).
 _STUDY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -49,6 +55,10 @@ STUDIES_IN_PROGRESS = Gauge(
 STUDIES_PROCESSED = Counter(
     "pacsflow_studies_processed", "Study results per use case, by outcome (reported, logged-silent, ...).",
     ["use_case", "outcome"], registry=REGISTRY)
+STUDIES_NOT_ANALYSED = Counter(
+    "pacsflow_studies_not_analysed", "Studies a use case applied to but did not analyse: no series met the model's "
+    "input requirements, or the chosen one was out of the model's domain; by reason.", ["use_case", "reason"],
+    registry=REGISTRY)
 TIME_TO_RESULT = Histogram(
     "pacsflow_study_time_to_result_seconds", "Last instance received -> SR delivered to its destination.",
     ["use_case"], buckets=_STUDY_BUCKETS, registry=REGISTRY)

@@ -1,31 +1,54 @@
-"""Which series of a study a use case runs on (pure; DICOM attributes only)."""
+"""Which series of a study a use case applies to at all (pure; DICOM attributes only).
+
+Applicability is the coarse filter: modality and series description. A study with no applicable series is "not
+applicable" to the use case (no audit record). Whether an applicable series is good enough to analyse is decided by
+the acceptance criteria (:mod:`.acceptance`), which also check Body Part Examined and the rest of the model's input
+requirements and say why a study is "not analysed".
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Set
 
 from ..config import Match
 from ..domain import Series, Study
 
 
+def is_candidate(series: Series, modalities: Set[str] | None, description_pattern: str | None) -> bool:
+    """Whether ``series`` is one the use case applies to.
+
+    Parameters
+    ----------
+    series : Series
+        A loaded series.
+    modalities : set of str or None
+        Accepted Modality values, upper case; None = any (an empty set admits nothing).
+    description_pattern : str or None
+        Regular expression searched in Series Description (0008,103E); None = any.
+    """
+    if modalities is not None and series.modality.strip().upper() not in modalities:
+        return False
+    return description_pattern is None or re.search(description_pattern, series.description) is not None
+
+
 def series_matches(match: Match, series: Series) -> bool:
-    """Whether ``series`` satisfies every non-empty criterion of ``match`` (case-insensitive codes)."""
-    if match.modalities and series.modality.upper() not in {m.upper() for m in match.modalities}:
+    """Whether ``series`` satisfies every non-empty criterion of ``match`` (case-insensitive codes).
+
+    Body Part Examined is compared as stated (no description fallback); the pipeline uses the acceptance criteria
+    instead (:func:`.acceptance.select_series`), which fall back to descriptions and say why a series fails.
+    """
+    modalities = {m.upper() for m in match.modalities} or None
+    if not is_candidate(series, modalities, match.series_description_pattern):
         return False
-    if match.body_parts_examined and series.body_part.upper() not in {
-        b.upper() for b in match.body_parts_examined
-    }:
-        return False
-    if match.series_description_pattern and not re.search(match.series_description_pattern, series.description):
-        return False
-    return True
+    return not match.body_parts_examined or series.body_part.upper() in {b.upper() for b in match.body_parts_examined}
 
 
 def select_series(match: Match, study: Study) -> Series | None:
-    """The series a use case runs on: the matching series with the most images (ties: first received).
+    """The matching series with the most images (ties: first received), without acceptance criteria.
 
-    Head-CT studies often carry a scout/localiser and thin + thick reconstructions; the largest matching series
-    is the volumetric one the model was trained on.
+    For tools and benchmarks that run a model on a known-good study; the router itself chooses with
+    :func:`.acceptance.select_series`.
     """
     candidates = [s for s in study.series if s.slices and series_matches(match, s)]
     if not candidates:
