@@ -8,6 +8,7 @@ what would be delivered (the e2e test counts deliveries at a real Orthanc).
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -148,3 +149,30 @@ def test_late_instance_of_another_series_amends_nothing(router):
     assert len(_queued(outbox)) == 1  # ... but nothing amended
     assert [r["revision"] for r in audit.records(study_key=study_key(truth.study_instance_uid))] == [0, 0]
     assert tracker.is_finished(truth.study_instance_uid)
+
+
+def test_late_series_makes_a_not_applicable_study_eligible(router):
+    """A study that had nothing for the use case gets its first (not amended) result when a matching series comes."""
+    spool, tracker, pipeline, outbox, audit = router
+    datasets, truth = phantom.generate_study(44, lesion=True, slices=16, rows=256, cols=256)
+    other = copy.deepcopy(datasets[0])  # update() would share the elements, and the edits below with them
+    other.Modality = "MR"  # the use cases match CT only
+    other.SeriesInstanceUID = pydicom.uid.generate_uid()
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    spool.store(part10(other))
+    assert _process_due(tracker, pipeline) == 1
+    assert tracker.outcome(truth.study_instance_uid, "ich-assist") == "not-applicable"
+    assert _queued(outbox) == []
+
+    stored = [spool.store(part10(ds)) for ds in datasets]
+    assert [s.late for s in stored] == [True] + [False] * 15, "the first re-opens the study, the rest join it"
+    assert _process_due(tracker, pipeline) == 1
+    (sr,) = _queued(outbox)
+    assert "PredecessorDocumentsSequence" not in sr, "a first result, not an amendment"
+    records = [r for r in audit.records(study_key=study_key(truth.study_instance_uid)) if r["use_case"] == "ich-assist"]
+    (reported,) = [r for r in records if r["sr_key"] is not None]
+    assert reported["outcome"] == "reported" and reported["amends_sr_key"] is None
+    assert reported["sr_key"] == study_key(str(sr.SOPInstanceUID))
+    # Its revision follows the earlier "not applicable" record, if the audit has one, so both are kept.
+    assert reported["revision"] == 1 and len(records) <= 2
+    assert tracker.outcome(truth.study_instance_uid, "ich-assist") == "reported"

@@ -137,7 +137,8 @@ class Pipeline:
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
             try:
-                outcome = self._run_use_case(study, series, use_case, dict(timings_base), previous=previous)
+                outcome = self._run_use_case(study, series, use_case, dict(timings_base), previous=previous,
+                                             recorded=done)
             except InferenceUnavailableError as exc:
                 log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
                 metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
@@ -175,7 +176,7 @@ class Pipeline:
         metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
 
     def _run_use_case(self, study: Study, series: Series, use_case: UseCase, timings: dict[str, float], *,
-                      previous: ReportRecord | None = None) -> str:
+                      previous: ReportRecord | None = None, recorded: bool = False) -> str:
         model = use_case.model
         repository = self.config.inference.model_repository
         finding = analyse(series, use_case, self.backend, repository,
@@ -186,7 +187,9 @@ class Pipeline:
         spec = report_spec(use_case, load_manifest(repository, model), repository)
         critical = is_critical(use_case, finding.probability, spec.decision_threshold)
         analysed = analysed_instances(series)
-        revision = 0 if previous is None else previous.revision + 1
+        # The audit's revision counts the use case's records on the study: after an analysed result, the next; after
+        # an earlier "not applicable"/"not analysed" record (``recorded``, a late series made the study eligible), 1.
+        revision = previous.revision + 1 if previous is not None else int(recorded)
         predecessor = None
         if previous is not None and previous.sr_sop_uid and previous.sr_series_uid and previous.sr_sop_class_uid:
             predecessor = Predecessor(study.ref.study_uid, previous.sr_series_uid, previous.sr_sop_class_uid,
@@ -212,7 +215,7 @@ class Pipeline:
             outcome = "reported-critical"
             metrics.CRITICAL_FINDINGS.labels(use_case.name).inc()
             log.warning("study %s flagged CRITICAL by %s (p=%.3f)", study.ref.key, use_case.name, finding.probability)
-        if revision:
+        if previous is not None:
             outcome = f"{outcome}-amended"
         self.audit.record_result(
             study_key=study.ref.key, use_case=use_case.name, mode=use_case.mode,
