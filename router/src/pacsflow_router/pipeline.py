@@ -22,10 +22,10 @@ from pathlib import Path
 from pydicom.sr.coding import Code
 
 from . import __version__, metrics
+from .analysis.acceptance import Selection, screen
 from .analysis.findings import summarize
 from .analysis.inference import InferenceBackend
 from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, load_manifest
-from .analysis.matching import select_series
 from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
@@ -130,15 +130,26 @@ class Pipeline:
             if done and previous is None and (self.tracker.outcome(ref.study_uid, use_case.name) or "").startswith(
                     "error"):
                 continue
-            series = select_series(use_case.match, study)
-            if series is None:
+            timings = dict(timings_base)
+            # Acceptance criteria and the domain check (analysis/acceptance.py): which series, or why none.
+            selection = screen(load_manifest(self.config.inference.model_repository, use_case.model),
+                               use_case.match, study, timings=timings)
+            if not selection.applicable:
+                # Audited too, so that a reader of the audit can tell "did not apply" from "never ran".
+                self._record_not_applicable(ref, use_case, selection, timings)
                 self.tracker.mark_done(ref.study_uid, use_case.name, "not-applicable")
                 continue
+            if selection.series is None:
+                if previous is None:  # a study already reported keeps its result; no SR ever says "not analysed"
+                    self._record_not_analysed(ref, use_case, selection, timings)
+                    self.tracker.mark_done(ref.study_uid, use_case.name, "not-analysed", replace=done)
+                continue
+            series = selection.series
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
             try:
-                outcome = self._run_use_case(study, series, use_case, dict(timings_base), previous=previous,
-                                             recorded=done)
+                outcome = self._run_use_case(study, series, use_case, timings, previous=previous, recorded=done,
+                                             selection=selection.explanation)
             except InferenceUnavailableError as exc:
                 log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
                 metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
@@ -175,8 +186,34 @@ class Pipeline:
         )
         metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
 
+    def _record_not_applicable(self, ref: StudyRef, use_case: UseCase, selection: Selection,
+                               timings: dict[str, float]) -> None:
+        # One record per study and use case (the audit ignores a repeat after a crash or a re-opened study).
+        self.audit.record_result(
+            study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
+            model_name=use_case.model.name, model_version=use_case.model.version,
+            probability=None, critical=False, outcome=f"not applicable: {selection.explanation}", timings=timings,
+            destination=None, destination_status=None, selection=selection.explanation,
+        )
+
+    def _record_not_analysed(self, ref: StudyRef, use_case: UseCase, selection: Selection,
+                             timings: dict[str, float]) -> None:
+        assert selection.failure is not None
+        reason = selection.failure
+        written = self.audit.record_result(
+            study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
+            model_name=use_case.model.name, model_version=use_case.model.version,
+            probability=None, critical=False, outcome=f"not analysed: {reason.message}", timings=timings,
+            destination=None, destination_status=None, selection=selection.explanation,
+        )
+        if written:  # a reprocess after a crash neither records nor counts twice
+            metrics.STUDIES_NOT_ANALYSED.labels(use_case.name, reason.code).inc()
+        log.info("study %s use case %s: not analysed (%s): %s", ref.key, use_case.name, reason.code,
+                 selection.explanation)
+
     def _run_use_case(self, study: Study, series: Series, use_case: UseCase, timings: dict[str, float], *,
-                      previous: ReportRecord | None = None, recorded: bool = False) -> str:
+                      previous: ReportRecord | None = None, recorded: bool = False,
+                      selection: str | None = None) -> str:
         model = use_case.model
         repository = self.config.inference.model_repository
         finding = analyse(series, use_case, self.backend, repository,
@@ -223,7 +260,9 @@ class Pipeline:
             critical=critical, outcome=outcome, timings=timings,
             destination=destination, destination_status="queued" if destination else None,
             revision=revision, sr_key=study_key(sr_uids[2]) if sr_uids[2] else None,
+            selection=selection,
             amends_sr_key=study_key(predecessor.sop_instance_uid) if predecessor else None,
+            inputs=series.inputs(),  # analysed of expected images, skipped instances (hashed) and why
         )
         # After the SR is queued and audited: a crash before this line repeats both as no-ops (same UIDs, revision).
         self.tracker.record_report(study.ref.study_uid, use_case.name, ReportRecord(

@@ -68,6 +68,11 @@ RESULTS = Table(
     Column("revision", Integer, nullable=False, default=0, server_default="0"),
     Column("sr_key", String(64), nullable=True),
     Column("amends_sr_key", String(64), nullable=True),
+    # Which series the use case analysed and why, or why none ("chose series 2 of 3: 1 failed image-type"); no UIDs.
+    Column("selection", String(1024), nullable=True),
+    # The analysed series' inputs: {"analysed", "expected", "missing", "skipped": [{"instance": <hash>, "reason",
+    # "images"}]} (domain.Series.inputs); no UIDs.
+    Column("inputs", JSON, nullable=True),
     UniqueConstraint("study_key", "use_case", "model_name", "model_version", "revision", name="audit_results_once"),
 )
 
@@ -129,11 +134,16 @@ class AuditLog:
         revision: int = 0,
         sr_key: str | None = None,
         amends_sr_key: str | None = None,
+        selection: str | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> bool:
         """Append the one result record of a study, use case and revision.
 
         ``revision`` counts amendments (0: the first result); ``sr_key`` identifies the SR sent with this record and
         ``amends_sr_key`` the one it amends (both hashed SOP Instance UIDs, never the UIDs themselves).
+        ``selection`` says which series was analysed and why, or why none was (acceptance criteria; no UIDs).
+        ``inputs`` says how many images of the series were analysed of how many, and which instances were skipped
+        and why (:meth:`pacsflow_router.domain.Series.inputs`; hashed instance keys, no UIDs).
 
         Returns
         -------
@@ -148,6 +158,8 @@ class AuditLog:
             "outcome": outcome[:255], "timings": {k: round(float(v), 6) for k, v in timings.items()},
             "destination": destination, "destination_status": destination_status,
             "revision": int(revision), "sr_key": sr_key, "amends_sr_key": amends_sr_key,
+            "selection": None if selection is None else selection[:1024],
+            "inputs": inputs,
         }
         try:
             with self.engine.begin() as conn:
