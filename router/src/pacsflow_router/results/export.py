@@ -7,7 +7,7 @@ one association open across items), and marks each delivered exactly once (a gua
 hook runs only when that UPDATE changed the row).
 
 Exactly once at the destination: an item is unique per (destination, SOP Instance UID), and the SR's UIDs are
-derived from study + use case + model version (:func:`~.reports.sr_uids`), so re-running a study enqueues
+derived from everything that determines its content (:func:`~.reports.sr_uids`), so re-running a study enqueues
 nothing new. The one window left - the destination stored the SR and the router died before recording it - ends
 in a resend of the same SOP Instance, which a PACS stores as the same object.
 
