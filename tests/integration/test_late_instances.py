@@ -176,3 +176,23 @@ def test_late_series_makes_a_not_applicable_study_eligible(router):
     # Its revision follows the earlier "not applicable" record, if the audit has one, so both are kept.
     assert reported["revision"] == 1 and len(records) <= 2
     assert tracker.outcome(truth.study_instance_uid, "ich-assist") == "reported"
+
+
+def test_late_undecodable_slice_amends_the_sr_to_say_it_was_skipped(router):
+    """The analysed images stay the same, but the series changed: the amended SR says what was skipped."""
+    spool, tracker, pipeline, outbox, audit = router
+    datasets, truth = phantom.generate_study(45, lesion=True, slices=17, rows=256, cols=256)
+    for ds in datasets[:16]:
+        spool.store(part10(ds))
+    assert _process_due(tracker, pipeline) == 1
+    broken = copy.deepcopy(datasets[16])
+    broken.PixelData = b"\0" * 64  # far too short for 256 x 256 x 16 bits: not decodable
+    assert spool.store(part10(broken)).late
+    assert _process_due(tracker, pipeline) == 1
+    first, amended = _queued(outbox)
+    comments = [i.TextValue for s in amended.ContentSequence for g in s.get("ContentSequence", [])
+                for i in g.get("ContentSequence", []) if i.ValueType == "TEXT"
+                and i.ConceptNameCodeSequence[0].CodeMeaning == "Comment"]
+    assert any(str(broken.SOPInstanceUID) in c for c in comments), comments
+    assert amended.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == first.SOPInstanceUID

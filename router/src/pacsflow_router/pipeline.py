@@ -98,8 +98,13 @@ def report_spec(use_case: UseCase, manifest: ModelManifest, model_repository: st
 
 
 def analysed_instances(series: Series) -> list[str]:
-    """SOP Instance UIDs of the instances a use case analyses in a series."""
-    return [str(s.header.SOPInstanceUID) for s in series.slices]
+    """What a result on a series covers: the analysed instances' SOP Instance UIDs, and markers for the instances
+    skipped and the images missing (the SR states those too, so a late instance that changes them changes the SR)."""
+    covered = [str(s.header.SOPInstanceUID) for s in series.slices]
+    covered += [f"skipped:{s.sop_instance_uid}" for s in series.skipped]
+    if series.missing:
+        covered.append(f"missing:{series.missing}")
+    return covered
 
 
 @dataclass
