@@ -16,12 +16,12 @@ NAME = "Secretname Johnny"  # no '^': highdicom warns about it, quoting it
 UID = "1.2.826.0.1.3680043.8.498.12345678901234567890"
 
 
-@pytest.fixture
-def router_log() -> Iterator[io.StringIO]:
-    """The router's logging configuration, its handler writing to a buffer instead of stderr."""
+@pytest.fixture(params=["text", "json"])
+def router_log(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """The router's logging configuration (both formats), its handler writing to a buffer instead of stderr."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    configure_logging(RouterSettings())
+    configure_logging(RouterSettings(log_format=request.param))
     (handler,) = root.handlers
     buffer = io.StringIO()
     assert isinstance(handler, logging.StreamHandler)
@@ -56,7 +56,7 @@ def test_exception_text_is_scrubbed_but_own_messages_are_kept(router_log):
     err = router_log.getvalue()
     assert "study 3f2a9c0d1e2b4a5c failed unexpectedly" in err and "ValueError" in err
     assert "Secretname" not in err and UID not in err
-    assert 'File "' in err and "test_log_phi.py" in err, "traceback file names are kept"
+    assert "test_log_phi.py" in err, "traceback file names are kept"
 
 
 def test_scrub_keeps_the_shape_of_the_message():
