@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from tests.e2e.conftest import audit_records, metric_value, wait_for
+from tests.e2e.delivery import assert_delivered_once, evidence_uids, sop_uids, sr_requests, stop_when_idle
 from tests.peers.dcmtk import storescu
 from tests.peers.orthanc import Orthanc, forward_script
 from tests.peers.router import use_case
@@ -75,6 +76,13 @@ def test_modes_gate_what_leaves_and_srs_are_valid(pacs, make_router, studies, tm
         assert value and value not in log_text
     assert metric_value(router, "pacsflow_critical_findings_total", use_case="ich-triage") == 1
     assert metric_value(router, "pacsflow_critical_findings_total", use_case="ich-assist") == 0
+    # Exactly once at the receiver: each of the two SRs per study reached Orthanc in one C-STORE request, and
+    # each lists every slice of the study as its evidence.
+    stop_when_idle(router)
+    for truth, paths in ((positive, positive_paths), (negative, negative_paths)):
+        assert_delivered_once(pacs, truth.study_instance_uid, srs=2)
+        for sr in _srs(pacs, truth):
+            assert evidence_uids(sr) == sop_uids(paths)
 
 
 def test_orthanc_forwards_a_study_and_gets_exactly_one_sr_back(make_router, studies, tmp_path):
@@ -100,7 +108,11 @@ def test_orthanc_forwards_a_study_and_gets_exactly_one_sr_back(make_router, stud
         assert len(records) == 1 and records[0]["probability"] >= 0.5
         wait_for(lambda: records and audit_records(router, truth)[0]["destination_status"] == "delivered",
                  30, "delivery recorded", router)
-        assert len(_srs(pacs, truth)) == 1, "the SR must not loop back through Orthanc's forwarding"
+        stop_when_idle(router)
+        # One C-STORE of the SR back to Orthanc; the SR must not loop back through Orthanc's forwarding either.
+        assert_delivered_once(pacs, truth.study_instance_uid)
+        assert len(pacs.received(study_uid=truth.study_instance_uid)) == len(paths) + 1, \
+            "Orthanc received the study once from storescu and the one SR from the router, nothing else"
     finally:
         pacs.stop()
 
@@ -124,6 +136,7 @@ def test_hot_reload_promotes_silent_to_assistive_without_restart(pacs, make_rout
     wait_for(lambda: _srs(pacs, study_b), TIMEOUT, "SR after promotion", router)
     assert router.proc.pid == pid and router.proc.poll() is None, "hot reload, not a restart"
     assert _srs(pacs, study_a) == [], "the silent study's result stays silent"
+    assert sr_requests(pacs, study_a.study_instance_uid) == [], "not even an attempt to send it"
 
     # A broken edit is refused and the running config keeps working.
     router.config_path.write_text("useCases: [{name: x, mode: autopilot}]\n")
