@@ -249,6 +249,7 @@ def _onnx_algorithm_version(path: str, mtime_ns: int) -> str | None:
     options = onnxruntime.SessionOptions()
     # Only the metadata is wanted: skip graph optimisation, the bulk of session creation.
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1  # no thread pool for a session that never runs
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     value = session.get_modelmeta().custom_metadata_map.get(ALGORITHM_VERSION_KEY, "").strip()
     return value or None
