@@ -25,7 +25,7 @@ EXPORT_OUTCOMES = ("delivered", "retrying", "failed")
 #: Why a study was not analysed by a use case (``pacsflow_studies_not_analysed_total{use_case,reason}``): the failed
 #: acceptance criterion or the input-domain check (``analysis.acceptance.REASONS``; a unit test keeps them equal).
 NOT_ANALYSED_REASONS = (
-    "modality", "image-type", "body-part", "contrast", "slice-count", "matrix", "pixel-spacing", "slice-thickness",
+    "modality", "image-type", "body-part", "view", "contrast", "slice-count", "matrix", "pixel-spacing", "slice-thickness",
     "kernel", "orientation", "spacing-gap", "out-of-domain",
 )
 

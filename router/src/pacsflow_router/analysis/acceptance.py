@@ -19,6 +19,7 @@ pixel spacing
 minimum matrix                the larger of the two
 kernel pattern                both patterns must match
 ImageType required/excluded   union (more required values, more refused values)
+view positions                the model's list (radiographs; a use case narrows with a series description pattern)
 axial deviation, gantry       the smaller of the two
 tilt, spacing deviation
 ============================  =====================================================================================
@@ -62,8 +63,8 @@ log = logging.getLogger(__name__)
 #: Why a study was not analysed: the bounded vocabulary of ``pacsflow_studies_not_analysed_total{reason}``.
 #: Listed in the order a series' failures are reported: the first failure is the study's reason.
 Reason = Literal[
-    "modality", "image-type", "body-part", "contrast", "slice-count", "matrix", "pixel-spacing", "slice-thickness",
-    "kernel", "orientation", "spacing-gap", "out-of-domain",
+    "modality", "image-type", "body-part", "view", "contrast", "slice-count", "matrix", "pixel-spacing",
+    "slice-thickness", "kernel", "orientation", "spacing-gap", "out-of-domain",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 
@@ -102,6 +103,7 @@ class Requirements:
     kernel_patterns: tuple[str, ...]
     image_type_required: frozenset[str]
     image_type_excluded: frozenset[str]
+    view_positions: frozenset[str] | None
     max_axial_deviation_degrees: float | None
     max_gantry_tilt_degrees: float | None
     max_spacing_deviation: float | None
@@ -210,6 +212,7 @@ def effective_requirements(manifest: ModelManifest, match: Match) -> Requirement
         kernel_patterns=tuple(p for p in (req.kernel_pattern, match.kernel_pattern) if p is not None),
         image_type_required=_codes(req.image_type_required) | _codes(match.image_type_required),
         image_type_excluded=_codes(req.image_type_excluded) | _codes(match.image_type_excluded),
+        view_positions=_list_intersection(req.view_positions, ()),
         max_axial_deviation_degrees=_smaller(req.max_axial_deviation_degrees, match.max_axial_deviation_degrees),
         max_gantry_tilt_degrees=_smaller(req.max_gantry_tilt_degrees, match.max_gantry_tilt_degrees),
         max_spacing_deviation=_smaller(req.max_spacing_deviation, match.max_spacing_deviation),
@@ -352,6 +355,15 @@ def _body_part(series: Series, req: Requirements, procedure_codes: Sequence[str]
     if req.procedure_codes and req.procedure_codes & {c.strip() for c in procedure_codes}:
         return None
     return Failure("body-part", f"body part not stated and no description names it; the model needs {allowed}")
+
+
+def _view(series: Series, req: Requirements) -> Failure | None:
+    if req.view_positions is None:
+        return None
+    stated = str(series.slices[0].header.get("ViewPosition", "") or "").strip().upper()
+    if not stated or stated in req.view_positions:
+        return None  # Type 2 in DX and Type 3 in CR: an image without one is not refused for it
+    return Failure("view", f"view position {stated[:16]}, the model takes {'/'.join(sorted(req.view_positions))}")
 
 
 def _contrast(series: Series, req: Requirements) -> Failure | None:
@@ -521,7 +533,7 @@ def evaluate_series(series: Series, req: Requirements, *, procedure_codes: Seque
         # CT dose screens and other images without pixel geometry cannot be placed in a volume.
         failures.append(Failure("image-type", "no pixel geometry (Image Position/Orientation, Pixel Spacing): "
                                 "not a cross-sectional image"))
-    failures += [_body_part(series, req, procedure_codes), _contrast(series, req)]
+    failures += [_body_part(series, req, procedure_codes), _view(series, req), _contrast(series, req)]
     if req.volume:
         failures.append(_slice_count(series, req))
     failures += [_matrix(series, req), _pixel_spacing(geometry, header, req)]

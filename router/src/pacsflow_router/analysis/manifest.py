@@ -119,6 +119,9 @@ class InputRequirements(_Spec):
     """Values that must all appear in Image Type (0008,0008)."""
     image_type_excluded: list[str] = Field(default_factory=lambda: ["LOCALIZER", "DERIVED", "SECONDARY"])
     """Values none of which may appear in Image Type (localizers, reformats, secondary captures, dose screens)."""
+    view_positions: list[str] = Field(default_factory=list)
+    """Accepted View Position (0018,5101) values of a projection radiograph, e.g. ``[PA, AP]`` (case-insensitive);
+    empty = any. An image stating another view (``LL``, a lateral) fails; one stating none passes."""
     max_axial_deviation_degrees: float | None = Field(default=None, ge=0, le=90)
     """Largest angle between the slice normal and the patient's z axis (volumes only)."""
     max_gantry_tilt_degrees: float | None = Field(default=None, ge=0, le=90)
