@@ -1,6 +1,7 @@
 """The phantom generator: realistic, valid, reproducible head-CT studies whose ground truth is right."""
 
 import json
+import math
 import shutil
 import subprocess
 
@@ -64,20 +65,22 @@ def test_tissues_have_plausible_attenuation():
     assert not truth.has_lesion and truth.lesions == ()
 
 
-@pytest.mark.parametrize("seed", [2, 4, 9])
-def test_lesions_are_hyperdense_inside_the_brain_where_the_truth_says(seed):
-    datasets, truth = phantom.generate_study(seed, lesion=True, slices=16, rows=256, cols=256)
+@pytest.mark.parametrize("kind", phantom.HEMORRHAGE_TYPES)
+@pytest.mark.parametrize("seed", [2, 9])
+def test_hemorrhages_are_blood_dense_where_the_truth_says(seed, kind):
+    datasets, truth = phantom.generate_study(seed, lesion=True, slices=16, rows=256, cols=256, hemorrhage=kind)
     assert truth.has_lesion and 1 <= len(truth.lesions) <= 2
+    assert truth.lesions[0].kind == kind and kind in truth.hemorrhage_types
     for lesion in truth.lesions:
-        assert 2.0 * 0.8 <= lesion.radius_mm <= 12.5 * 1.2  # 4-25 mm diameter, axes x 0.8-1.2
-        assert lesion.slice_indices
-        # The slice nearest the centre shows the clot: 60-90 HU around the given pixel centre.
+        assert lesion.slice_indices and lesion.location and lesion.volume_ml > 0
+        assert 50 <= lesion.hu <= 90
+        # The centre lies on a slice that shows the lesion, on a pixel that is mostly blood.
         z = [float(d.ImagePositionPatient[2]) for d in datasets]
         k = int(np.argmin(np.abs(np.asarray(z) - lesion.centre_mm[2])))
         assert k in lesion.slice_indices
         row, col = (round(v) for v in lesion.pixel_centre)
         patch = _hu(datasets[k])[row - 1:row + 2, col - 1:col + 2]
-        assert 45 < float(np.median(patch)) < 105
+        assert 35 < float(patch.max()) < 130, f"{kind}: {patch}"
         # ... and the pixel centre agrees with the patient-space centre through the image plane.
         ds = datasets[k]
         spacing = float(ds.PixelSpacing[0])
@@ -85,6 +88,75 @@ def test_lesions_are_hyperdense_inside_the_brain_where_the_truth_says(seed):
         assert x0 + lesion.pixel_centre[1] * spacing == pytest.approx(lesion.centre_mm[0], abs=0.05)
         assert y0 + lesion.pixel_centre[0] * spacing == pytest.approx(lesion.centre_mm[1], abs=0.05)
     assert set(truth.positive_slices) == {k for les in truth.lesions for k in les.slice_indices}
+
+
+def test_hemorrhage_shapes_follow_their_type():
+    def extent(kind, seed=3):
+        _, truth = phantom.generate_study(seed, lesion=True, slices=24, rows=256, cols=256, hemorrhage=kind)
+        return truth.lesions[0]
+
+    sdh, edh, iph = extent("subdural"), extent("epidural"), extent("intraparenchymal")
+    # A subdural crescent spreads along the skull; an epidural lens is shorter; a clot is at most 30 mm across.
+    assert max(sdh.semi_axes_mm[:2]) > 20
+    assert iph.radius_mm <= 15 * 1.25 + 2
+    assert "convexity" in sdh.location and "convexity" in edh.location
+    assert "ventricle" in extent("intraventricular").location
+
+
+def test_varied_acquisitions_tilt_thickness_and_fov():
+    tilts, thicknesses, fovs = set(), set(), set()
+    for seed in range(30, 42):
+        datasets, truth = phantom.generate_study(seed, lesion=False, slices=2, rows=64, cols=64, varied=True)
+        ds = datasets[0]
+        tilt = float(ds.GantryDetectorTilt)
+        tilts.add(tilt > 0)
+        thicknesses.add(float(ds.SliceThickness))
+        fovs.add(round(float(ds.PixelSpacing[0]) * 64))
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        assert np.degrees(np.arccos(iop[4])) == pytest.approx(tilt, abs=1e-3)
+        # The table moves along z: the stack is sheared by the tilt, spacing along the normal is smaller.
+        ipp = np.array([[float(v) for v in d.ImagePositionPatient] for d in datasets])
+        assert np.allclose(ipp[1] - ipp[0], [0, 0, truth.slice_spacing_mm], atol=1e-3)
+        assert float(ds.SpacingBetweenSlices) == pytest.approx(truth.slice_spacing_mm * math.cos(math.radians(tilt)),
+                                                               abs=1e-4)
+        assert truth.acquisition["gantry_tilt_deg"] == pytest.approx(tilt, abs=1e-3)
+    assert tilts == {True, False} and len(thicknesses) >= 3 and len(fovs) >= 5
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_physiological_calcifications_are_dense_and_not_hemorrhages(seed):
+    datasets, truth = phantom.generate_study(seed, lesion=False, slices=24, rows=256, cols=256,
+                                             mimics=["calcifications"])
+    assert not truth.has_lesion and truth.mimics == ("calcifications",)
+    assert {"pineal", "choroid_plexus", "falx", "basal_ganglia"} <= set(truth.calcifications)
+    # Calcifications: small, 150+ HU, inside the brain (away from the skull: more than 15 mm from any 900+ HU).
+    from scipy import ndimage
+
+    found = 0
+    for ds in datasets:
+        hu = _hu(ds)
+        far_from_bone = ndimage.distance_transform_edt(hu < 900) * float(ds.PixelSpacing[0]) > 15
+        found += int(((hu > 150) & far_from_bone).sum())
+    assert found > 10
+
+
+def test_bone_only_heads_have_a_skull_and_no_brain():
+    datasets, truth = phantom.generate_study(4, lesion=True, slices=6, rows=128, cols=128, mimics=["bone_only"])
+    assert not truth.has_lesion  # no brain, no hemorrhage
+    hu = _hu(datasets[3])
+    assert float(hu.max()) > 1000
+    inside = hu[54:74, 54:74]
+    assert abs(float(np.median(inside))) < 20 and float(inside.std()) < 12
+
+
+def test_dense_falx_is_a_midline_line_in_the_blood_range():
+    plain, _ = phantom.generate_study(12, lesion=False, slices=8, rows=256, cols=256)
+    dense, truth = phantom.generate_study(12, lesion=False, slices=8, rows=256, cols=256, mimics=["dense_falx"])
+    assert not truth.has_lesion and truth.mimics == ("dense_falx",)
+
+    def bright(ds_list):
+        return sum(int(((_hu(d) > 55) & (_hu(d) < 100)).sum()) for d in ds_list)
+    assert bright(dense) > bright(plain) + 50
 
 
 def test_studies_without_lesion_have_no_clot_in_the_brain():
