@@ -300,8 +300,9 @@ def _fmt(value: float) -> str:
 def _range_text(bounds: tuple[float | None, float | None], unit: str = "") -> str:
     low, high = bounds
     if low is not None and high is not None:
-        return f"{_fmt(low)}-{_fmt(high)}{unit}" if low <= high else "nothing (the use case's range and the " \
-            "model's do not overlap)"
+        if low > high:
+            return "nothing (the use case's range and the model's do not overlap)"
+        return f"{_fmt(low)}-{_fmt(high)}{unit}"
     if low is not None:
         return f"at least {_fmt(low)}{unit}"
     return f"at most {_fmt(high if high is not None else math.inf)}{unit}"
