@@ -304,6 +304,21 @@ def test_ct_small_fails_every_criterion_it_should():
     ]
 
 
+def test_a_real_tilted_head_slice_fails_only_for_being_one_slice():
+    # J2K_pixelrep_mismatch.dcm: a head CT slice with a 22 degree tilted image plane (Gantry/Detector Tilt -22).
+    path = get_testdata_file("J2K_pixelrep_mismatch.dcm")
+    study = load_study(StudyRef(study_uid="1.2.3", key="0" * 16, paths=(str(path),), last_received=0.0))
+    assert _failures(study.series[0]) == [("slice-count", "1 slice, the model needs at least 16")]
+
+
+def test_a_thumbnail_series_fails_its_matrix():
+    # A 16x16 thumbnail of a head (a preview series some scanners send): too coarse on both counts.
+    found = _failures(series_of(datasets(7, slices=16, rows=16)))
+    assert [c for c, _ in found] == ["matrix", "pixel-spacing"]
+    assert found[0][1] == "matrix 16x16, the model needs at least 256"
+    assert found[1][1].startswith("pixel spacing 1") and found[1][1].endswith(" mm, the model takes 0.2-1.3 mm")
+
+
 @pytest.mark.parametrize("name", ["MR_small.dcm", "emri_small.dcm", "RG1_UNCR.dcm"])
 def test_other_modalities_are_not_applicable_to_a_ct_model(name):
     assert _real(name) is None
