@@ -105,7 +105,7 @@ def test_orthanc_forwards_a_study_and_gets_exactly_one_sr_back(make_router, stud
         # The router received the study from Orthanc, not from storescu.
         assert metric_value(router, "pacsflow_instances_received_total") >= len(paths)
         records = audit_records(router, truth)
-        assert len(records) == 1 and records[0]["probability"] >= 0.5
+        assert len(records) == 1, "one result per study and use case"  # what it says is the model tests' concern
         wait_for(lambda: records and audit_records(router, truth)[0]["destination_status"] == "delivered",
                  30, "delivery recorded", router)
         stop_when_idle(router)
