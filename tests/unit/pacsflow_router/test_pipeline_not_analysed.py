@@ -122,3 +122,15 @@ def test_no_patient_data_in_the_outcome_or_the_log(router, caplog):
     for value in (first.PatientName, first.PatientID, first.StudyInstanceUID, first.SeriesInstanceUID,
                   first.AccessionNumber):
         assert str(value) not in text
+
+
+def test_a_study_the_use_case_does_not_apply_to_is_not_counted_as_not_analysed(router):
+    spool, tracker, pipeline, outbox, audit = router
+    studies = datasets(26, slices=16, rows=256, Modality="MR")
+    before = {reason: _count(reason) for reason in metrics.NOT_ANALYSED_REASONS}
+    _send_and_process(spool, tracker, pipeline, studies)
+    assert tracker.outcome(str(studies[0].StudyInstanceUID), "ich-triage") == "not-applicable"
+    (record,) = audit.records(study_key=study_key(str(studies[0].StudyInstanceUID)))
+    assert record["outcome"] == "not applicable: no series matches the use case (modality, series description)"
+    assert {reason: _count(reason) for reason in metrics.NOT_ANALYSED_REASONS} == before
+    assert list((outbox.directory / "items").glob("*")) == []
