@@ -251,10 +251,17 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
             held.clear()
             held.hold()
             threads: list[threading.Thread] = []
+            errors: list[BaseException] = []
+
+            def infer(tag: int, priority: int) -> None:
+                try:
+                    # A long timeout: Triton's queue timeout must not expire while the test holds the model.
+                    TritonBackend(peer.url, timeout_seconds=600).infer(V1, tagged(tag), priority=priority)
+                except BaseException as exc:  # noqa: BLE001 - reported by the test below
+                    errors.append(exc)
 
             def send(tag: int, priority: int) -> None:
-                thread = threading.Thread(target=lambda: TritonBackend(peer.url).infer(V1, tagged(tag),
-                                                                                       priority=priority))
+                thread = threading.Thread(target=infer, args=(tag, priority))
                 thread.start()
                 threads.append(thread)
 
@@ -271,7 +278,8 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
             finally:
                 held.release()
                 for thread in threads:
-                    thread.join(timeout=120)
+                    thread.join(timeout=600)
+            assert errors == [] and not any(t.is_alive() for t in threads), errors
             return [tag for execution in held.executions() for tag in execution]
 
         silent_tags = set(range(10, 10 + silent_count))
