@@ -17,6 +17,7 @@ from tests.e2e.delivery import assert_delivered_once, evidence_uids, sop_uids, s
 from tests.peers.dcmtk import StoreResult, dcmtk_env, storescu, storescu_command
 from tests.peers.gate import StoreGate
 from tests.peers.router import use_case
+from tests.peers.srcheck import check_sr
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,6 +80,8 @@ def test_kill9_during_ingest_then_resend_gives_one_complete_result(pacs, make_ro
     assert_delivered_once(pacs, truth.study_instance_uid)
     (sr,) = stored_srs(pacs, truth.study_instance_uid)
     assert evidence_uids(sr) == sop_uids(paths), "the SR must cover every slice of the resent study"
+    sr.save_as(tmp_path / "sr.dcm")
+    assert check_sr(tmp_path / "sr.dcm").errors == []
     records = audit_records(router, truth)
     assert len(records) == 1 and records[0]["destination_status"] == "delivered"
 
