@@ -355,3 +355,37 @@ def test_an_image_model_skips_the_volume_criteria_on_a_real_radiograph():
     failure = select_series(RADIOGRAPH, Match(), study).failure
     assert failure is not None and (failure.code, failure.message) == (
         "body-part", "body part EXTREMITY, the model needs CHEST")
+
+
+def test_an_enhanced_multiframe_head_is_read_from_its_functional_groups(tmp_path):
+    """Legacy Converted Enhanced CT of a phantom head: geometry, spacing and thickness live in the functional groups.
+
+    Through the loader (per-frame header views) and from the raw multi-frame header alone (every slice sharing the
+    instance's header, ``frame_number`` set): both pass, the same way as the classic images.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from pacsflow_router.domain import Slice
+
+    dss = datasets(7, slices=17, rows=256)
+    lce = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=dss, series_instance_uid=generate_uid(), series_number=5,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    path = tmp_path / "lce.dcm"
+    lce.save_as(path, enforce_file_format=True)
+    study = load_study(StudyRef(study_uid="1.2.3", key="0" * 16, paths=(str(path),), last_received=0.0))
+    assert select_series(ICH, Match(), study).failure is None
+    raw = pydicom.dcmread(path)
+    assert "ImagePositionPatient" not in raw and "PixelSpacing" not in raw
+    shared = Series(series_uid="s", modality="CT", body_part=str(raw.get("BodyPartExamined", "")),
+                    description=str(raw.get("SeriesDescription", "")),
+                    slices=[Slice(header=raw, pixels=frame, frame_number=i + 1)
+                            for i, frame in enumerate(raw.pixel_array)])
+    assert _failures(shared) == []
+    # The per-frame positions are really read: drop one frame's worth of them and the gap shows.
+    del shared.slices[8]
+    for i, s in enumerate(shared.slices):
+        s.frame_number = i + 1 if i < 8 else i + 2
+    assert [c for c, _ in _failures(shared)] == ["spacing-gap"]
