@@ -1,6 +1,7 @@
 """``pacsflow-router --config FILE``: the router process.
 
-Loads and validates the routing config (exit 2 with one clear message when it is bad), configures logging once,
+Loads and validates the routing config (exit 2 with one clear message when it is bad, or when the audit database
+it names was written by an older release), configures logging once,
 then runs :class:`pacsflow_router.service.RouterService` until SIGTERM/SIGINT.
 """
 
@@ -112,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    service = RouterService(config, config_path=args.config, config_poll_seconds=settings.config_poll_seconds)
+    try:
+        service = RouterService(config, config_path=args.config, config_poll_seconds=settings.config_poll_seconds)
+    except ConfigError as exc:  # what the config points at cannot be used as it is (an older audit database)
+        print(f"pacsflow-router: {exc}", file=sys.stderr)
+        return 2
     service.start()
     logging.getLogger(__name__).info(
         "pacsflow-router listening as %s on %s:%d", config.ae_title, config.bind_address, service.dicom_port

@@ -9,6 +9,11 @@ class ConfigError(PacsflowError):
     """The routing config is invalid; the message names the key and the fix."""
 
 
+class AuditSchemaError(ConfigError):
+    """The audit database was written by an older pacsflow; the router refuses to start (exit 2) rather than fail on
+    its first insert."""
+
+
 class SpoolFullError(PacsflowError):
     """The spool's disk is above its watermark; the C-STORE is answered 0xA700."""
 

@@ -39,22 +39,34 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+from ..errors import AuditSchemaError
 
 log = logging.getLogger(__name__)
 
 METADATA = MetaData()
 
-RESULTS = Table(
-    "audit_results", METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
-    Column("study_key", String(64), nullable=False),
+
+def _append_only_table(name: str, *columns: Column[Any] | UniqueConstraint) -> Table:
+    """An audit table: a row id, when the row was recorded and which study (hashed key), then ``columns``."""
+    return Table(
+        name, METADATA,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
+        Column("study_key", String(64), nullable=False),
+        *columns,
+    )
+
+
+RESULTS = _append_only_table(
+    "audit_results",
     Column("use_case", String(63), nullable=False),
     Column("mode", String(16), nullable=False),
     Column("model_name", String(128), nullable=False),
@@ -76,11 +88,8 @@ RESULTS = Table(
     UniqueConstraint("study_key", "use_case", "model_name", "model_version", "revision", name="audit_results_once"),
 )
 
-EVENTS = Table(
-    "audit_events", METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
-    Column("study_key", String(64), nullable=False),
+EVENTS = _append_only_table(
+    "audit_events",
     Column("use_case", String(63), nullable=True),
     Column("destination", String(63), nullable=False),
     Column("outcome", String(32), nullable=False),
@@ -115,6 +124,9 @@ class AuditLog:
         self.engine = create_engine(url, **kwargs)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_durable)
+        # Before create_all, which leaves an existing table as it is: an older table would fail on the first insert
+        # with an opaque database error, long after start-up.
+        check_schema(self.engine)
         METADATA.create_all(self.engine)
 
     def record_result(
@@ -220,6 +232,48 @@ class AuditLog:
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse an audit database whose tables an older pacsflow wrote.
+
+    Tables that do not exist yet are fine (they are created); an existing table must have every column of this
+    release, and ``audit_results`` its unique constraint over the revision too (else an amended result could never
+    be recorded).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+        The audit database.
+
+    Raises
+    ------
+    AuditSchemaError
+        When a table lacks columns or the results table has the older unique constraint; the message names the
+        database, what is missing and what to do.
+    """
+    inspector = inspect(engine)
+    problems = []
+    for table in METADATA.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in present]
+        if missing:
+            problems.append(f"{table.name} lacks columns {', '.join(missing)}")
+        elif table is RESULTS:
+            wanted = next(c for c in table.constraints if isinstance(c, UniqueConstraint))
+            uniques: list[set[str | None]] = [set(u["column_names"]) for u in inspector.get_unique_constraints(table.name)]
+            uniques += [set(i["column_names"]) for i in inspector.get_indexes(table.name) if i["unique"]]
+            if set(wanted.columns.keys()) not in uniques:
+                problems.append(f"{table.name} has no unique constraint over "
+                                f"({', '.join(wanted.columns.keys())})")
+    if problems:
+        where = engine.url.render_as_string(hide_password=True)
+        raise AuditSchemaError(
+            f"audit database {where} was written by an older pacsflow ({'; '.join(problems)}); move it aside "
+            "(or point audit.url at a new database) or migrate it: migrations arrive with the results store "
+            "(issue 9)")
 
 
 def _sqlite_durable(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
