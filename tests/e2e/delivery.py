@@ -17,6 +17,9 @@ import pydicom
 from tests.e2e.conftest import metric_value, wait_for
 from tests.peers.orthanc import Orthanc, Received
 from tests.peers.router import RouterProcess
+from tests.peers.srcontent import evidence_uids
+
+__all__ = ["assert_delivered_once", "evidence_uids", "sop_uids", "sr_requests", "stop_when_idle", "stored_srs"]
 
 ROUTER_AET = "PACSFLOW"
 
@@ -30,16 +33,6 @@ def stored_srs(pacs: Orthanc, study_uid: str) -> list[pydicom.Dataset]:
     """The SRs of one study the PACS keeps, read back from its REST API."""
     return [pydicom.dcmread(BytesIO(pacs.instance_file(i)))
             for i in pacs.instances(modality="SR", study_uid=study_uid)]
-
-
-def evidence_uids(sr: pydicom.Dataset) -> set[str]:
-    """Every SOP Instance UID the SR lists as evidence (Current Requested Procedure / Pertinent Other Evidence)."""
-    uids: set[str] = set()
-    for keyword in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
-        for study in sr.get(keyword, []):
-            for series in study.get("ReferencedSeriesSequence", []):
-                uids.update(str(item.ReferencedSOPInstanceUID) for item in series.get("ReferencedSOPSequence", []))
-    return uids
 
 
 def sop_uids(paths: Sequence[str | Path]) -> set[str]:

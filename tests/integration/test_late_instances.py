@@ -10,107 +10,59 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
 
 from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
-from pacsflow_router.config import parse_config
 from pacsflow_router.domain import study_key
-from pacsflow_router.ingest.spool import Spool
-from pacsflow_router.ingest.studies import StudyTracker
 from pacsflow_router.models import phantom
-from pacsflow_router.pipeline import Pipeline
-from pacsflow_router.results.audit import AuditLog
-from pacsflow_router.results.export import Outbox
 from tests.peers.dicomfiles import part10
+from tests.peers.inprocess import MODEL_REPOSITORY, in_process_router
 from tests.peers.srcheck import check_sr, tools_available
-
-REPO = Path(__file__).resolve().parents[2] / "model_repository"
-
-
-def _never_sent(name: str) -> object:
-    raise AssertionError("the outbox is not started in this test")
+from tests.peers.srcontent import evidence_uids, tracking_uid
 
 
 @pytest.fixture
 def router(tmp_path):
-    config = parse_config({
-        "spoolDir": str(tmp_path / "spool"),
-        "destinations": [{"name": "pacs", "aeTitle": "PACS", "host": "127.0.0.1", "port": 104}],
-        "inference": {"backend": "embedded", "modelRepository": str(REPO)},
-        "useCases": [
-            {"name": "ich-assist", "model": {"name": "ich_detector", "version": 1}, "mode": "assistive",
-             "match": {"modalities": ["CT"]}, "outputs": {"structuredReport": {"destination": "pacs"}}},
-            {"name": "ich-silent", "model": {"name": "ich_detector", "version": 1}, "mode": "silent",
-             "match": {"modalities": ["CT"]}},
-        ],
-    })
-    spool = Spool(tmp_path / "spool", 0.999)
-    tracker = StudyTracker(spool, stable_seconds=0)
-    audit = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}")
-    outbox = Outbox(tmp_path / "outbox", _never_sent)
-    pipeline = Pipeline(config, tracker, EmbeddedOnnxBackend(REPO), outbox, audit, preprocess_backend="numpy")
-    yield spool, tracker, pipeline, outbox, audit
-    outbox.close()
-    audit.close()
-    spool.close()
-
-
-def _queued(outbox: Outbox) -> list[pydicom.Dataset]:
-    return sorted((pydicom.dcmread(p) for p in (outbox.directory / "items").glob("*.dcm")),
-                  key=lambda ds: ds.get("PredecessorDocumentsSequence") is not None)
-
-
-def _process_due(tracker: StudyTracker, pipeline: Pipeline) -> int:
-    due = tracker.due(time.time() + 1, 0)
-    for ref in due:
-        assert pipeline.process(ref)
-    return len(due)
-
-
-def _tracking_uid(sr: pydicom.Dataset) -> str:
-    def walk(items):
-        for item in items:
-            yield item
-            yield from walk(item.get("ContentSequence", []))
-
-    return next(str(i.UID) for i in walk(sr.ContentSequence)
-                if i.ValueType == "UIDREF" and i.ConceptNameCodeSequence[0].CodeValue == "112040")
+    use_cases = [
+        {"name": "ich-assist", "model": {"name": "ich_detector", "version": 1}, "mode": "assistive",
+         "match": {"modalities": ["CT"]}, "outputs": {"structuredReport": {"destination": "pacs"}}},
+        {"name": "ich-silent", "model": {"name": "ich_detector", "version": 1}, "mode": "silent",
+         "match": {"modalities": ["CT"]}},
+    ]
+    with in_process_router(tmp_path, use_cases, EmbeddedOnnxBackend(MODEL_REPOSITORY)) as r:
+        yield r
 
 
 def test_late_slice_gives_one_amended_sr_and_a_resent_one_none(router, tmp_path):
-    spool, tracker, pipeline, outbox, audit = router
+    spool, tracker, audit = router.spool, router.tracker, router.audit
     datasets, truth = phantom.generate_study(41, lesion=True, slices=17, rows=256, cols=256)
     for ds in datasets[:16]:
         spool.store(part10(ds))
-    assert _process_due(tracker, pipeline) == 1
-    (first,) = _queued(outbox)
+    assert router.process_due() == 1
+    (first,) = router.queued()
     key = study_key(truth.study_instance_uid)
     assert [r["revision"] for r in audit.records(study_key=key)] == [0, 0]
 
     # A re-sent instance (same SOP Instance UID) is a duplicate: nothing re-opens, nothing is re-sent.
     assert spool.store(part10(datasets[3])).duplicate
-    assert _process_due(tracker, pipeline) == 0
+    assert router.process_due() == 0
 
     late = spool.store(part10(datasets[16]))
     assert late.late
-    assert _process_due(tracker, pipeline) == 1
-    first_again, amended = _queued(outbox)
+    assert router.process_due() == 1
+    first_again, amended = router.queued()
     assert first_again.SOPInstanceUID == first.SOPInstanceUID
     assert amended.SOPInstanceUID != first.SOPInstanceUID
     (pred_study,) = amended.PredecessorDocumentsSequence
     (pred_series,) = pred_study.ReferencedSeriesSequence
     assert pred_series.SeriesInstanceUID == first.SeriesInstanceUID
     assert pred_series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
-    assert _tracking_uid(amended) == _tracking_uid(first)
+    assert tracking_uid(amended) == tracking_uid(first)
     # The amended SR covers the late slice: it is in the evidence the SR lists.
-    evidence = {str(r.ReferencedSOPInstanceUID) for s in amended.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
-    assert str(datasets[16].SOPInstanceUID) in evidence and str(datasets[16].SOPInstanceUID) not in {
-        str(r.ReferencedSOPInstanceUID) for s in first.CurrentRequestedProcedureEvidenceSequence
-        for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    late_uid = str(datasets[16].SOPInstanceUID)
+    assert late_uid in evidence_uids(amended) and late_uid not in evidence_uids(first)
     if tools_available():
         amended.save_as(tmp_path / "amended.dcm", enforce_file_format=True)
         check = check_sr(tmp_path / "amended.dcm")
@@ -129,45 +81,45 @@ def test_late_slice_gives_one_amended_sr_and_a_resent_one_none(router, tmp_path)
     ref = tracker.due(time.time() + 1, 0)
     assert ref == []
     spool.execute("UPDATE studies SET finished_at = NULL")
-    assert _process_due(tracker, pipeline) == 1
-    assert len(_queued(outbox)) == 2 and len(audit.records(study_key=key)) == 4
+    assert router.process_due() == 1
+    assert len(router.queued()) == 2 and len(audit.records(study_key=key)) == 4
 
 
 def test_late_instance_of_another_series_amends_nothing(router):
-    spool, tracker, pipeline, outbox, audit = router
+    spool, tracker, audit = router.spool, router.tracker, router.audit
     datasets, truth = phantom.generate_study(42, lesion=False, slices=16, rows=256, cols=256)
     for ds in datasets:
         spool.store(part10(ds))
-    assert _process_due(tracker, pipeline) == 1
+    assert router.process_due() == 1
     # A localizer (one image, another series) arrives late: the analysed series is unchanged.
     extra, _ = phantom.generate_study(43, lesion=False, slices=1, rows=256, cols=256,
                                       study_instance_uid=truth.study_instance_uid)
     extra[0].SeriesInstanceUID = pydicom.uid.generate_uid()
     extra[0].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     assert spool.store(part10(extra[0])).late
-    assert _process_due(tracker, pipeline) == 1  # re-opened and looked at ...
-    assert len(_queued(outbox)) == 1  # ... but nothing amended
+    assert router.process_due() == 1  # re-opened and looked at ...
+    assert len(router.queued()) == 1  # ... but nothing amended
     assert [r["revision"] for r in audit.records(study_key=study_key(truth.study_instance_uid))] == [0, 0]
     assert tracker.is_finished(truth.study_instance_uid)
 
 
 def test_late_series_makes_a_not_applicable_study_eligible(router):
     """A study that had nothing for the use case gets its first (not amended) result when a matching series comes."""
-    spool, tracker, pipeline, outbox, audit = router
+    spool, tracker, audit = router.spool, router.tracker, router.audit
     datasets, truth = phantom.generate_study(44, lesion=True, slices=16, rows=256, cols=256)
     other = copy.deepcopy(datasets[0])  # update() would share the elements, and the edits below with them
     other.Modality = "MR"  # the use cases match CT only
     other.SeriesInstanceUID = pydicom.uid.generate_uid()
     other.SOPInstanceUID = pydicom.uid.generate_uid()
     spool.store(part10(other))
-    assert _process_due(tracker, pipeline) == 1
+    assert router.process_due() == 1
     assert tracker.outcome(truth.study_instance_uid, "ich-assist") == "not-applicable"
-    assert _queued(outbox) == []
+    assert router.queued() == []
 
     stored = [spool.store(part10(ds)) for ds in datasets]
     assert [s.late for s in stored] == [True] + [False] * 15, "the first re-opens the study, the rest join it"
-    assert _process_due(tracker, pipeline) == 1
-    (sr,) = _queued(outbox)
+    assert router.process_due() == 1
+    (sr,) = router.queued()
     assert "PredecessorDocumentsSequence" not in sr, "a first result, not an amendment"
     records = [r for r in audit.records(study_key=study_key(truth.study_instance_uid)) if r["use_case"] == "ich-assist"]
     (reported,) = [r for r in records if r["sr_key"] is not None]
@@ -180,16 +132,16 @@ def test_late_series_makes_a_not_applicable_study_eligible(router):
 
 def test_late_undecodable_slice_amends_the_sr_to_say_it_was_skipped(router):
     """The analysed images stay the same, but the series changed: the amended SR says what was skipped."""
-    spool, tracker, pipeline, outbox, audit = router
+    spool = router.spool
     datasets, truth = phantom.generate_study(45, lesion=True, slices=17, rows=256, cols=256)
     for ds in datasets[:16]:
         spool.store(part10(ds))
-    assert _process_due(tracker, pipeline) == 1
+    assert router.process_due() == 1
     broken = copy.deepcopy(datasets[16])
     broken.PixelData = b"\0" * 64  # far too short for 256 x 256 x 16 bits: not decodable
     assert spool.store(part10(broken)).late
-    assert _process_due(tracker, pipeline) == 1
-    first, amended = _queued(outbox)
+    assert router.process_due() == 1
+    first, amended = router.queued()
     comments = [i.TextValue for s in amended.ContentSequence for g in s.get("ContentSequence", [])
                 for i in g.get("ContentSequence", []) if i.ValueType == "TEXT"
                 and i.ConceptNameCodeSequence[0].CodeMeaning == "Comment"]

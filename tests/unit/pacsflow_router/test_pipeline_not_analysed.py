@@ -8,23 +8,18 @@ fake of a peer: nothing is inferred in these tests).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pacsflow_router import metrics
-from pacsflow_router.config import parse_config
 from pacsflow_router.domain import study_key
 from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.ingest.studies import StudyTracker
 from pacsflow_router.pipeline import Pipeline
-from pacsflow_router.results.audit import AuditLog
-from pacsflow_router.results.export import Outbox
 from tests.peers.dicomfiles import part10
+from tests.peers.inprocess import in_process_router
 from tests.unit.pacsflow_router.synthetic_ct import chest_hu, datasets
-
-REPO = Path(__file__).resolve().parents[3] / "model_repository"
 
 
 class _NoInference:
@@ -37,28 +32,12 @@ class _NoInference:
         pass
 
 
-def _never_sent(name: str) -> object:
-    raise AssertionError("the outbox is not started in this test")
-
-
 @pytest.fixture
 def router(tmp_path):
-    config = parse_config({
-        "spoolDir": str(tmp_path / "spool"),
-        "destinations": [{"name": "pacs", "aeTitle": "PACS", "host": "127.0.0.1", "port": 104}],
-        "inference": {"backend": "embedded", "modelRepository": str(REPO)},
-        "useCases": [{"name": "ich-triage", "model": {"name": "ich_detector", "version": 1}, "mode": "triage",
-                      "match": {"modalities": ["CT"]}, "outputs": {"structuredReport": {"destination": "pacs"}}}],
-    })
-    spool = Spool(tmp_path / "spool", 0.999)
-    tracker = StudyTracker(spool, stable_seconds=0)
-    audit = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}")
-    outbox = Outbox(tmp_path / "outbox", _never_sent)
-    pipeline = Pipeline(config, tracker, _NoInference(), outbox, audit, preprocess_backend="numpy")  # type: ignore[arg-type]
-    yield spool, tracker, pipeline, outbox, audit
-    outbox.close()
-    audit.close()
-    spool.close()
+    use_case = {"name": "ich-triage", "model": {"name": "ich_detector", "version": 1}, "mode": "triage",
+                "match": {"modalities": ["CT"]}, "outputs": {"structuredReport": {"destination": "pacs"}}}
+    with in_process_router(tmp_path, [use_case], _NoInference()) as r:  # type: ignore[arg-type]
+        yield r.spool, r.tracker, r.pipeline, r.outbox, r.audit
 
 
 def _count(reason: str) -> float:
