@@ -4,9 +4,6 @@ patient name in the router's log when a library warns about one.
 
 from __future__ import annotations
 
-import sqlite3
-import time
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -14,19 +11,16 @@ import pytest
 
 from pacsflow_router.domain import study_key
 from pacsflow_router.models import phantom
-from tests.e2e.conftest import audit_records, metric_value, wait_for
+from tests.e2e.conftest import audit_records, wait_for
+from tests.e2e.delivery import assert_delivered_once, evidence_uids, sop_uids, stop_when_idle, stored_srs
 from tests.peers.dcmtk import storescu
-from tests.peers.orthanc import Orthanc
 from tests.peers.router import RouterProcess, use_case
 from tests.peers.srcheck import check_sr
+from tests.peers.srcontent import tracking_uid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TIMEOUT = 180
-
-
-def _srs(pacs: Orthanc, study_uid: str) -> list[pydicom.Dataset]:
-    return [pydicom.dcmread(BytesIO(pacs.instance_file(i))) for i in pacs.instances(modality="SR", study_uid=study_uid)]
 
 
 def _send(router: RouterProcess, paths: list[Path]) -> None:
@@ -34,52 +28,25 @@ def _send(router: RouterProcess, paths: list[Path]) -> None:
     assert len(result.acknowledged) == len(paths), result.output[-2000:]
 
 
-def _delivered(router: RouterProcess, study_uid: str) -> list[str]:
-    """SOP Instance UIDs of the SRs the router delivered for a study: one row per C-STORE the PACS acknowledged.
-
-    Orthanc answers Success to a re-sent SOP Instance UID and keeps one copy, so only the sender's record of
-    acknowledged requests can show a second send.
-    """
-    db = sqlite3.connect(Path(router.config["spoolDir"]) / "outbox" / "outbox.db")
-    try:
-        return [uid for (uid,) in db.execute(
-            "SELECT sop_uid FROM outbox WHERE state = 'delivered' AND study_key = ? ORDER BY id",
-            (study_key(study_uid),))]
-    finally:
-        db.close()
-
-
-def _tracking_uid(sr: pydicom.Dataset) -> str:
-    def walk(items):
-        for item in items:
-            yield item
-            yield from walk(item.get("ContentSequence", []))
-
-    return next(str(i.UID) for i in walk(sr.ContentSequence)
-                if i.ValueType == "UIDREF" and i.ConceptNameCodeSequence[0].CodeValue == "112040")
-
-
 def test_late_slice_gives_exactly_one_amended_sr_and_a_resent_slice_none(pacs, make_router, studies, tmp_path):
     router = make_router([use_case("ich-assist", "assistive")], pacs_port=pacs.dicom_port).start()
     paths, truth = studies(51, lesion=True, slices=17)
     uid = truth.study_instance_uid
     _send(router, paths[:16])
-    (first,) = wait_for(lambda: _srs(pacs, uid), TIMEOUT, "the first SR", router)
-    wait_for(lambda: len(_delivered(router, uid)) == 1, 30, "the first delivery recorded", router)
+    (first,) = wait_for(lambda: stored_srs(pacs, uid), TIMEOUT, "the first SR", router)
 
     _send(router, paths[16:])  # one more slice of the same series, after the result
-    srs = wait_for(lambda: (lambda s: s if len(s) == 2 else None)(_srs(pacs, uid)), TIMEOUT, "the amended SR",
-                   router)
+    srs = wait_for(lambda: (lambda s: s if len(s) == 2 else None)(stored_srs(pacs, uid)), TIMEOUT,
+                   "the amended SR", router)
     (amended,) = [sr for sr in srs if sr.SOPInstanceUID != first.SOPInstanceUID]
     (pred_study,) = amended.PredecessorDocumentsSequence
     (pred_series,) = pred_study.ReferencedSeriesSequence
     assert [str(r.ReferencedSOPInstanceUID) for r in pred_series.ReferencedSOPSequence] == [str(first.SOPInstanceUID)]
     assert pred_series.SeriesInstanceUID == first.SeriesInstanceUID
-    assert _tracking_uid(amended) == _tracking_uid(first)
+    assert tracking_uid(amended) == tracking_uid(first)
     late_uid = str(pydicom.dcmread(paths[16], stop_before_pixels=True).SOPInstanceUID)
-    evidence = {str(r.ReferencedSOPInstanceUID) for s in amended.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
-    assert late_uid in evidence and len(evidence) == 17, "the amended SR covers every slice, the late one too"
+    assert late_uid in evidence_uids(amended) and evidence_uids(amended) == sop_uids(paths), (
+        "the amended SR covers every slice, the late one too")
     for i, sr in enumerate((first, amended)):
         sr.save_as(tmp_path / f"sr{i}.dcm")
         check = check_sr(tmp_path / f"sr{i}.dcm")
@@ -89,18 +56,20 @@ def test_late_slice_gives_exactly_one_amended_sr_and_a_resent_slice_none(pacs, m
     assert [r["revision"] for r in records] == [0, 1]
     assert records[1]["amends_sr_key"] == records[0]["sr_key"] == study_key(str(first.SOPInstanceUID))
     assert records[1]["sr_key"] == study_key(str(amended.SOPInstanceUID))
-    wait_for(lambda: len(_delivered(router, uid)) == 2, 30, "the amendment's delivery recorded", router)
 
     # A re-sent slice (and a re-sent study) are duplicates: acknowledged, nothing re-opened, nothing re-sent.
-    received = metric_value(router, "pacsflow_instances_received_total")
     _send(router, paths)
-    wait_for(lambda: metric_value(router, "pacsflow_instances_received_total") >= received + len(paths), 30,
-             "the re-sent instances received", router)
-    time.sleep(router.config["completion"]["stableSeconds"] + 5)  # a re-opened study would be due and sent by now
-    assert metric_value(router, "pacsflow_studies_in_progress") == 0
-    assert metric_value(router, "pacsflow_outbox_pending") == 0
-    assert _delivered(router, uid) == [str(first.SOPInstanceUID), str(amended.SOPInstanceUID)]
-    assert len(_srs(pacs, uid)) == 2 and len(audit_records(router, truth)) == 2
+    # A barrier, not a sleep: a study received after the re-sent one is due no earlier, so once its SR is stored
+    # the pipeline has passed the re-sent study too; a wrongly re-opened study would by then be processed or still
+    # counted in the gauges stop_when_idle waits on.
+    control_paths, control = studies(53, lesion=False)
+    _send(router, control_paths)
+    wait_for(lambda: stored_srs(pacs, control.study_instance_uid), TIMEOUT, "the control study's SR", router)
+    stop_when_idle(router)
+    # Counted at the receiver: exactly two SR C-STORE requests for the study (original, amendment), each SR once.
+    requests = assert_delivered_once(pacs, uid, srs=2)
+    assert [r.sop_instance_uid for r in requests] == [str(first.SOPInstanceUID), str(amended.SOPInstanceUID)]
+    assert len(audit_records(router, truth)) == 2
 
 
 def test_patient_name_a_library_warns_about_never_reaches_the_log(pacs, make_router, tmp_path):
@@ -115,7 +84,7 @@ def test_patient_name_a_library_warns_about_never_reaches_the_log(pacs, make_rou
         ds.save_as(paths[-1], enforce_file_format=True)
     router = make_router([use_case("ich-assist", "assistive")], pacs_port=pacs.dicom_port).start()
     _send(router, paths)
-    (sr,) = wait_for(lambda: _srs(pacs, truth.study_instance_uid), TIMEOUT, "the SR", router)
+    (sr,) = wait_for(lambda: stored_srs(pacs, truth.study_instance_uid), TIMEOUT, "the SR", router)
     assert str(sr.PatientName) == name, "the SR itself carries the name, as received"
     log_text = router.log()
     # The warning did fire and went through logging (else this test would prove nothing): scrubbed, not dropped. If
