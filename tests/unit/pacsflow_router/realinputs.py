@@ -18,9 +18,12 @@ from pydicom.uid import generate_uid
 
 from pacsflow_router import domain
 from pacsflow_router.analysis import volume
+from pacsflow_router.analysis.findings import summarize
 from pacsflow_router.config import UseCase
 from pacsflow_router.models import phantom
-from pacsflow_router.results.reports import ReportSpec
+from pacsflow_router.results.reports import ReportSpec, build_sr
+from tests.peers.srcheck import check_sr
+from tests.peers.srcontent import walk
 
 USE_CASE = UseCase.model_validate({
     "name": "ich-head-ct", "model": {"name": "ich_detector", "version": 1}, "mode": "assistive",
@@ -79,17 +82,28 @@ def output_at(series: domain.Series, index: int, row: float, col: float) -> doma
     return domain.ModelOutput(probability=probability, location=location)
 
 
+def finding_at(series: domain.Series, index: int, row: float, col: float) -> domain.Finding:
+    """The finding a correct model pointing at (row, col) on image ``index`` gives (no critical threshold)."""
+    return summarize(series, output_at(series, index, row, col), critical_threshold=None)
+
+
+def report(study: domain.Study, finding: domain.Finding, *, spec: ReportSpec = SPEC) -> Dataset:
+    """The SR the router builds for ``finding`` on ``study`` (:data:`USE_CASE`, software version 0.1.0)."""
+    return build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=spec)
+
+
 def saved(sr: Dataset, path: Path) -> Dataset:
     """Write ``sr`` as a PS3.10 file and read it back."""
     sr.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)
 
 
-def walk(items: Sequence[Dataset]):
-    """Every content item of an SR content tree, depth first."""
-    for item in items:
-        yield item
-        yield from walk(item.get("ContentSequence", []))
+def valid(sr: Dataset, path: Path) -> Dataset:
+    """Write ``sr`` to ``path``, require dciodvfy and dsrdump to report no error on it, and read it back."""
+    reread = saved(sr, path)
+    check = check_sr(path)
+    assert check.ok, check.errors
+    return reread
 
 
 def items(sr: Dataset, value_type: str) -> list[Dataset]:

@@ -14,19 +14,16 @@ import pydicom
 import pytest
 from pydicom.data import get_charset_files
 
-from pacsflow_router.analysis.findings import summarize
 from pacsflow_router.results.patient_modules import DEFINED_CHARACTER_SETS, UTF8, character_set_of
-from pacsflow_router.results.reports import build_sr
-from tests.peers.srcheck import check_sr, tools_available
+from tests.peers.srcheck import tools_available
 from tests.unit.pacsflow_router.realinputs import (
     SPEC,
-    USE_CASE,
+    finding_at,
     items,
     load,
-    output_at,
     phantom_datasets,
-    result_for,
-    saved,
+    report,
+    valid,
     write,
 )
 
@@ -90,10 +87,8 @@ def _sr_for(tmp_path, charset, name, seed):
             path.write_bytes(path.read_bytes().replace(b"X" * len(raw), raw))
     study = load(paths, truth.study_instance_uid)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
-    sr = build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC)
-    path = tmp_path / "sr.dcm"
-    return saved(sr, path), path, study
+    finding = finding_at(series, 1, 16, 16)
+    return valid(report(study, finding), tmp_path / "sr.dcm"), study
 
 
 def _values(value) -> list[str]:
@@ -104,13 +99,11 @@ def _values(value) -> list[str]:
 def test_pydicom_charset_file_names_survive_into_a_valid_sr(tmp_path, path):
     source = pydicom.dcmread(path)
     name = source.get("PatientName")
-    reread, sr_path, study = _sr_for(tmp_path, source.SpecificCharacterSet, name, seed=31)
+    reread, study = _sr_for(tmp_path, source.SpecificCharacterSet, name, seed=31)
 
     expected = str(name) if name is not None else str(study.first_header.PatientName)
     assert str(reread.PatientName) == expected
     assert _values(reread.SpecificCharacterSet) == [v.strip() for v in _values(source.SpecificCharacterSet)]
-    check = check_sr(sr_path)
-    assert check.ok, check.errors
 
 
 def _term_id(term) -> str:
@@ -127,24 +120,20 @@ def test_every_defined_term_has_a_name_in_this_test():
 def test_every_defined_character_set_is_copied_and_decodes_back(tmp_path, term):
     charset = list(term) if isinstance(term, tuple) else term
     name = NAMES[term]
-    reread, sr_path, _ = _sr_for(tmp_path, charset, name, seed=32)
+    reread, _ = _sr_for(tmp_path, charset, name, seed=32)
     assert str(reread.PatientName) == name
     expected = WRITTEN_AS.get(term, charset)
     if expected is None:
         assert "SpecificCharacterSet" not in reread
     else:
         assert _values(reread.SpecificCharacterSet) == _values(expected)
-    check = check_sr(sr_path)
-    assert check.ok, check.errors
 
 
 def test_a_misspelt_character_set_gives_a_utf8_sr_with_the_name_pydicom_decoded(tmp_path):
     with pytest.warns(UserWarning, match="ISO-IR 100"):
-        reread, sr_path, _ = _sr_for(tmp_path, "ISO-IR 100", "Müller^Jürgen", seed=33)
+        reread, _ = _sr_for(tmp_path, "ISO-IR 100", "Müller^Jürgen", seed=33)
     assert reread.SpecificCharacterSet == UTF8
     assert str(reread.PatientName) == "Müller^Jürgen"
-    check = check_sr(sr_path)
-    assert check.ok, check.errors
 
 
 def test_character_set_of_keeps_an_empty_first_value_and_rejects_invalid_combinations():
@@ -165,12 +154,9 @@ def test_sr_text_outside_the_source_repertoire_makes_the_sr_utf8(tmp_path):
         ds.PatientName = "Müller^Jürgen"
     study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
+    finding = finding_at(series, 1, 16, 16)
     spec = dataclasses.replace(SPEC, present_statement="Blutung ≥ 5 mm vermutet (KI).")  # ≥ is not in Latin-1
-    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=spec),
-               tmp_path / "sr.dcm")
+    sr = valid(report(study, finding, spec=spec), tmp_path / "sr.dcm")
     assert sr.SpecificCharacterSet == UTF8
     assert str(sr.PatientName) == "Müller^Jürgen"
     assert any(i.TextValue == "Blutung ≥ 5 mm vermutet (KI)." for i in items(sr, "TEXT"))
-    check = check_sr(tmp_path / "sr.dcm")
-    assert check.ok, check.errors

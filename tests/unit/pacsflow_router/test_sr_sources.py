@@ -9,20 +9,16 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from pacsflow_router.analysis.findings import summarize
 from pacsflow_router.results.patient_modules import UNSPECIFIED_DEIDENTIFICATION_METHOD
-from pacsflow_router.results.reports import build_sr
-from tests.peers.srcheck import check_sr, tools_available
+from tests.peers.srcheck import tools_available
 from tests.unit.pacsflow_router.realinputs import (
-    SPEC,
-    USE_CASE,
+    finding_at,
     items,
     legacy_converted,
     load,
-    output_at,
     phantom_datasets,
-    result_for,
-    saved,
+    report,
+    valid,
     write,
 )
 
@@ -39,12 +35,8 @@ def test_sr_on_a_legacy_converted_enhanced_ct_references_the_frame_and_the_frame
     k = next(i for i, s in enumerate(series.slices)
              if float(s.header.ImagePositionPatient[2]) == pytest.approx(float(target.ImagePositionPatient[2])))
     row, col = lesion.pixel_centre
-    finding = summarize(series, output_at(series, k, row, col), critical_threshold=None)
-    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC),
-               tmp_path / "sr.dcm")
-
-    check = check_sr(tmp_path / "sr.dcm")
-    assert check.ok, check.errors
+    finding = finding_at(series, k, row, col)
+    sr = valid(report(study, finding), tmp_path / "sr.dcm")
     (point,) = items(sr, "SCOORD")
     (image,) = point.ContentSequence
     (reference,) = image.ReferencedSOPSequence
@@ -72,15 +64,12 @@ def _deidentified(tmp_path, **attributes):
             setattr(ds, keyword, value)
     study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
-    path = tmp_path / "sr.dcm"
-    return saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC), path), path
+    finding = finding_at(series, 1, 16, 16)
+    return valid(report(study, finding), tmp_path / "sr.dcm")
 
 
 def test_source_saying_identity_removed_without_a_method_still_gives_a_valid_sr(tmp_path):
-    sr, path = _deidentified(tmp_path, PatientIdentityRemoved="YES")
-    check = check_sr(path)
-    assert check.ok, check.errors
+    sr = _deidentified(tmp_path, PatientIdentityRemoved="YES")
     # the flag is kept (the SR is as de-identified as its source) and the method says the source named none
     assert sr.PatientIdentityRemoved == "YES"
     assert sr.DeidentificationMethod == UNSPECIFIED_DEIDENTIFICATION_METHOD
@@ -89,18 +78,14 @@ def test_source_saying_identity_removed_without_a_method_still_gives_a_valid_sr(
 def test_source_with_a_method_keeps_it(tmp_path):
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Application Confidentiality Profile"
-    sr, path = _deidentified(tmp_path, PatientIdentityRemoved="YES", DeidentificationMethod="PACS anonymiser 2.1",
-                             DeidentificationMethodCodeSequence=[code])
-    check = check_sr(path)
-    assert check.ok, check.errors
+    sr = _deidentified(tmp_path, PatientIdentityRemoved="YES", DeidentificationMethod="PACS anonymiser 2.1",
+                      DeidentificationMethodCodeSequence=[code])
     assert sr.DeidentificationMethod == "PACS anonymiser 2.1"
     assert sr.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
 
 
 def test_invalid_identity_removed_value_is_not_copied(tmp_path):
-    sr, path = _deidentified(tmp_path, PatientIdentityRemoved="Y")
-    check = check_sr(path)
-    assert check.ok, check.errors
+    sr = _deidentified(tmp_path, PatientIdentityRemoved="Y")
     assert "PatientIdentityRemoved" not in sr
 
 
@@ -111,8 +96,8 @@ def test_the_source_headers_are_not_changed_by_reporting(tmp_path):
         ds.PatientIdentityRemoved = "YES"
     study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
-    build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC)
+    finding = finding_at(series, 1, 16, 16)
+    report(study, finding)
     header = series.slices[0].header
     assert list(header.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
     assert "DeidentificationMethod" not in header
@@ -125,11 +110,8 @@ def test_sr_on_a_partial_series_says_how_many_images_were_analysed_and_which_wer
     sent = [d for i, d in enumerate(datasets) if i != 5]  # never sent: a gap in the middle
     study = load(write(sent, tmp_path / "source"), truth.study_instance_uid)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 2, 16, 16), critical_threshold=None)
-    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC),
-               tmp_path / "sr.dcm")
-    check = check_sr(tmp_path / "sr.dcm")
-    assert check.ok, check.errors
+    finding = finding_at(series, 2, 16, 16)
+    sr = valid(report(study, finding), tmp_path / "sr.dcm")
     (comment,) = [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
     assert comment.TextValue == (
         "6 of 8 images analysed; not analysed: 1 pixel data not decodable, 1 missing. "
@@ -145,8 +127,8 @@ def test_sr_on_a_complete_series_has_no_coverage_comment(tmp_path):
     datasets, truth = phantom_datasets(45, slices=3, size=32)
     study = load(write(datasets, tmp_path / "source"), truth.study_instance_uid)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 1, 16, 16), critical_threshold=None)
-    sr = build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC)
+    finding = finding_at(series, 1, 16, 16)
+    sr = report(study, finding)
     assert not [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
 
 
@@ -157,11 +139,8 @@ def test_sr_on_the_real_enhanced_ct_of_pydicom_data_is_valid_and_names_the_frame
     ds = pydicom.dcmread(source, stop_before_pixels=True)
     study = load([source], ds.StudyInstanceUID)
     (series,) = study.series
-    finding = summarize(series, output_at(series, 1, 256, 256), critical_threshold=None)
-    sr = saved(build_sr(study, result_for(finding), USE_CASE, software_version="0.1.0", spec=SPEC),
-               tmp_path / "sr.dcm")
-    check = check_sr(tmp_path / "sr.dcm")
-    assert check.ok, check.errors
+    finding = finding_at(series, 1, 256, 256)
+    sr = valid(report(study, finding), tmp_path / "sr.dcm")
     (point,) = items(sr, "SCOORD")
     (reference,) = point.ContentSequence[0].ReferencedSOPSequence
     assert reference.ReferencedSOPInstanceUID == ds.SOPInstanceUID
