@@ -38,21 +38,19 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from .. import metrics
+from .. import dicomnet, metrics
 from ..config import RoutingConfig
 from ..errors import SpoolFullError, UnparseableInstanceError
 from .spool import Spool
 
 log = logging.getLogger(__name__)
 
-# pynetdicom logs request/response identifiers (patient name, IDs) at INFO; STYLE.md forbids patient data in logs.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
+dicomnet.keep_identifiers_out_of_logs()
 
 #: Transfer syntaxes accepted and stored as received (never transcoded). pynetdicom picks the first of these that a
 #: presentation context proposes, so the order is a policy: lossless compressed first (a sender holding compressed
@@ -157,7 +155,7 @@ class _Server(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dicomnet.set_nodelay(client)
         # accept() returns a blocking socket without timeout; a peer stalling mid-PDU would block recv forever.
         client.settimeout(self.ae.network_timeout)
         return client, address

@@ -28,18 +28,16 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from .. import metrics
+from .. import dicomnet, metrics
 from ..config import Destination
 from ..errors import ExportError
 
 log = logging.getLogger(__name__)
 
-# pynetdicom logs data set identifiers at INFO; STYLE.md forbids patient data in logs.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
+dicomnet.keep_identifiers_out_of_logs()
 
 #: SOP classes proposed on every association (the router sends SRs); others are added on first use.
 DEFAULT_SOP_CLASSES = (Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage, BasicTextSRStorage)
@@ -68,7 +66,7 @@ def _set_nodelay(event: evt.Event) -> None:
     transport = event.assoc.dul.socket
     sock = transport.socket if transport is not None else None
     if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dicomnet.set_nodelay(sock)
 
 
 class StoreClient:

@@ -1,0 +1,25 @@
+"""What both DICOM network edges (``ingest.scp`` receiving, ``results.scu`` sending) set up the same way.
+
+A top-level module because ingest and results must not import each other; like those two edges it may import
+pynetdicom (import-linter's pynetdicom contract lists the three).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pynetdicom import _config
+
+
+def keep_identifiers_out_of_logs() -> None:
+    """Stop pynetdicom logging request and response identifiers (patient name, IDs) at INFO.
+
+    STYLE.md forbids patient data in logs; the settings are process-wide, so calling this again changes nothing.
+    """
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """``TCP_NODELAY`` on a DICOM socket: pynetdicom never sets it, and Nagle costs 40-90 ms per message here."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
