@@ -8,14 +8,12 @@ emptied its outbox and stopped, so nothing can follow it.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from tests.e2e.conftest import audit_records, metric_value, wait_for
 from tests.e2e.delivery import assert_delivered_once, evidence_uids, sop_uids, stop_when_idle, stored_srs
-from tests.peers.dcmtk import StoreResult, dcmtk_env, storescu, storescu_command
-from tests.peers.gate import StoreGate
+from tests.peers.dcmtk import storescu
+from tests.peers.gate import storescu_killed_mid_stream
 from tests.peers.router import use_case
 from tests.peers.srcheck import check_sr
 
@@ -57,16 +55,8 @@ def test_kill9_during_ingest_then_resend_gives_one_complete_result(pacs, make_ro
     """
     router = make_router([use_case("ich", "assistive")], pacs_port=pacs.dicom_port, stable_seconds=3600).start()
     paths, truth = studies(42, lesion=True, slices=40)
-    output = tmp_path / "storescu-killed.log"
-    with StoreGate(router.port, let_through=10) as gate, output.open("w") as out:
-        proc = subprocess.Popen(storescu_command(gate.port, paths), stdout=out, stderr=subprocess.STDOUT,
-                                env=dcmtk_env())
-        try:
-            gate.wait_held(timeout=120)
-            router.kill9()
-        finally:
-            proc.wait(timeout=60)
-    killed = StoreResult.parse(proc.returncode, output.read_text())
+    killed = storescu_killed_mid_stream(router.port, paths, let_through=10, kill=router.kill9,
+                                        log=tmp_path / "storescu-killed.log")
     assert len(killed.acknowledged) == 10, killed.output[-2000:]
 
     router.start()

@@ -37,8 +37,8 @@ from pacsflow_router.ingest.scp import MAX_PDU_LENGTH, DicomReceiver
 from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.ingest.studies import StudyTracker
 from pacsflow_router.models import phantom
-from tests.peers.dcmtk import StoreResult, dcmtk_env, echoscu, storescu, storescu_command
-from tests.peers.gate import StoreGate
+from tests.peers.dcmtk import dcmtk_env, echoscu, storescu
+from tests.peers.gate import storescu_killed_mid_stream
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "storescu"], capture_output=True, check=False).returncode != 0,
@@ -426,18 +426,8 @@ def test_kill_9_during_ingest_loses_no_acknowledged_instance(tmp_path):
     spool_dir = tmp_path / "spool"
     paths = write_study(tmp_path / "src", 31, 150)
     rp = ReceiverProcess(spool_dir)
-    # The gate lets exactly 20 C-STOREs through and holds the 21st, so the kill lands mid-stream on any machine;
-    # storescu writes to a file read only after it exited (nothing is parsed while it may still be writing).
-    output = tmp_path / "storescu.log"
-    with StoreGate(rp.port, let_through=20) as gate, output.open("w") as out:
-        proc = subprocess.Popen(storescu_command(gate.port, paths), stdout=out, stderr=subprocess.STDOUT,
-                                env=dcmtk_env())
-        try:
-            gate.wait_held(timeout=120)
-            rp.kill9()  # mid-stream: storescu is waiting for the answer to instance 21
-        finally:
-            proc.wait(timeout=60)
-    result = StoreResult.parse(proc.returncode, output.read_text())
+    # Killed mid-stream: storescu is waiting for the answer to instance 21.
+    result = storescu_killed_mid_stream(rp.port, paths, let_through=20, kill=rp.kill9, log=tmp_path / "storescu.log")
     acknowledged = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in result.acknowledged}
     assert len(acknowledged) == 20, result.output[-2000:]
     assert result.returncode != 0, "storescu must see the association die"

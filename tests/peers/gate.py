@@ -10,6 +10,8 @@ unchanged and holds it at a known point::
         gate.wait_held(timeout=60)   # the receiver has answered exactly 10 C-STOREs; the 11th is held back
         router.kill9()               # the association dies with instance 11 in flight
 
+(:func:`storescu_killed_mid_stream` is that, ready to call.)
+
 It parses only PS3.8 framing (PDU type and length, P-DATA-TF presentation data values and their message control
 header), never DICOM content. ``held`` is set when the sender starts the C-STORE after the ``let_through``-th one:
 a synchronous sender (storescu) sends the next request only after the previous response, so at that moment the
@@ -21,8 +23,13 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
+
+from tests.peers.dcmtk import StoreResult, dcmtk_env, storescu_command
 
 P_DATA_TF = 0x04
 _COMMAND = 0x01  # message control header bit 0: command (1) or data set (0) fragment, PS3.8 E.2
@@ -175,3 +182,21 @@ class StoreGate:
                 self._hangup(server, client)
                 return
             self.forwarded += sum(1 for h in fragments if not h & _COMMAND and h & _LAST)
+
+
+def storescu_killed_mid_stream(port: int, paths: Sequence[str | Path], *, let_through: int, kill: Callable[[], object],
+                               log: Path) -> StoreResult:
+    """``storescu`` sends ``paths`` to ``port`` through a :class:`StoreGate`; ``kill`` runs once the receiver has
+    answered exactly ``let_through`` C-STOREs and the next is held, so it lands mid-stream on any machine.
+
+    storescu writes to ``log``, read only after it exited (nothing is parsed while it may still be writing).
+    """
+    with StoreGate(port, let_through=let_through) as gate, log.open("w") as out:
+        proc = subprocess.Popen(storescu_command(gate.port, paths), stdout=out, stderr=subprocess.STDOUT,
+                                env=dcmtk_env())
+        try:
+            gate.wait_held(timeout=120)
+            kill()
+        finally:
+            proc.wait(timeout=60)
+    return StoreResult.parse(proc.returncode, log.read_text())
