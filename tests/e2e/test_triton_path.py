@@ -24,6 +24,7 @@ from pacsflow_router.domain import StudyRef, study_key
 from pacsflow_router.pipeline import analyse
 from pacsflow_router.results.reports import device_uid
 from tests.e2e.conftest import audit_records, metric_value, wait_for
+from tests.e2e.delivery import assert_delivered_once, sr_requests, stop_when_idle
 from tests.peers.dcmtk import storescu
 from tests.peers.router import REPO, use_case
 from tests.peers.srcheck import check_sr
@@ -129,7 +130,14 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
         assert _sr_of(pacs, study_d) is None and audit_records(router, study_d) == []
         triton.start(wait_models=("ich_detector_v1",))
         wait_for(lambda: _sr_of(pacs, study_d), TIMEOUT, "SR after Triton came back", router)
-        assert len(pacs.instances(modality="SR", study_uid=study_d.study_instance_uid)) == 1
         assert len(audit_records(router, study_d)) == 1
+
+        # Exactly once, counted at the receiver (Orthanc keeps one copy of a re-sent SR, so its stored SRs cannot
+        # show a duplicate): once the router is idle and stopped, each reported study's SR went in one C-STORE
+        # request, the one that waited for Triton too, and the study pinned to a missing version sent none.
+        stop_when_idle(router)
+        for study in (study_a, study_b, study_d):
+            assert_delivered_once(pacs, study.study_instance_uid)
+        assert sr_requests(pacs, study_c.study_instance_uid) == []
     finally:
         triton.stop()
