@@ -1,33 +1,19 @@
 """An audit database written by the previous release is refused at start-up with a message that says what to do.
 
-The older tables are created from the previous release's own DDL (``audit.py`` at f098f45), not by dropping columns
-from today's, so the test sees exactly what an upgraded router finds on disk.
+The older tables are created from the previous release's own DDL (what ``audit.py`` at f098f45 created in SQLite), not
+by dropping columns from today's, so the test sees exactly what an upgraded router finds on disk.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    UniqueConstraint,
-    create_engine,
-    insert,
-    text,
-)
+from sqlalchemy import create_engine, text
 
 from pacsflow_router.errors import AuditSchemaError, ConfigError
 from pacsflow_router.results.audit import AuditLog
@@ -35,46 +21,50 @@ from pacsflow_router.results.audit import AuditLog
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 
 
+# What pacsflow f098f45 created in SQLite (its audit.py tables, as sqlite_master holds them).
+PREVIOUS_RELEASE_DDL = """
+CREATE TABLE audit_results (
+    id INTEGER NOT NULL,
+    recorded_at DATETIME NOT NULL,
+    study_key VARCHAR(64) NOT NULL,
+    use_case VARCHAR(63) NOT NULL,
+    mode VARCHAR(16) NOT NULL,
+    model_name VARCHAR(128) NOT NULL,
+    model_version INTEGER NOT NULL,
+    probability FLOAT,
+    critical BOOLEAN NOT NULL,
+    outcome VARCHAR(255) NOT NULL,
+    timings JSON NOT NULL,
+    destination VARCHAR(63),
+    destination_status VARCHAR(32),
+    PRIMARY KEY (id),
+    CONSTRAINT audit_results_once UNIQUE (study_key, use_case, model_name, model_version)
+);
+CREATE TABLE audit_events (
+    id INTEGER NOT NULL,
+    recorded_at DATETIME NOT NULL,
+    study_key VARCHAR(64) NOT NULL,
+    use_case VARCHAR(63),
+    destination VARCHAR(63) NOT NULL,
+    outcome VARCHAR(32) NOT NULL,
+    detail VARCHAR(1024),
+    PRIMARY KEY (id)
+);
+INSERT INTO audit_results (recorded_at, study_key, use_case, mode, model_name, model_version, probability, critical,
+                           outcome, timings)
+VALUES ('2026-11-01 10:00:00.000000', '0000000000000000000000000000000000000000000000000000000000000000',
+        'ich-head-ct', 'assistive', 'ich_detector', 1, 0.2, 0, 'reported', '{}');
+"""
+
+
 def _previous_release_db(path: Path) -> str:
-    """An audit database as pacsflow f098f45 wrote it (its DDL verbatim), with one result in it."""
-    metadata = MetaData()
-    results = Table(
-        "audit_results", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("recorded_at", DateTime(timezone=True), nullable=False),
-        Column("study_key", String(64), nullable=False),
-        Column("use_case", String(63), nullable=False),
-        Column("mode", String(16), nullable=False),
-        Column("model_name", String(128), nullable=False),
-        Column("model_version", Integer, nullable=False),
-        Column("probability", Float, nullable=True),
-        Column("critical", Boolean, nullable=False),
-        Column("outcome", String(255), nullable=False),
-        Column("timings", JSON, nullable=False),
-        Column("destination", String(63), nullable=True),
-        Column("destination_status", String(32), nullable=True),
-        UniqueConstraint("study_key", "use_case", "model_name", "model_version", name="audit_results_once"),
-    )
-    Table(
-        "audit_events", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("recorded_at", DateTime(timezone=True), nullable=False),
-        Column("study_key", String(64), nullable=False),
-        Column("use_case", String(63), nullable=True),
-        Column("destination", String(63), nullable=False),
-        Column("outcome", String(32), nullable=False),
-        Column("detail", String(1024), nullable=True),
-    )
-    url = f"sqlite:///{path}"
-    engine = create_engine(url)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(insert(results).values(
-            recorded_at=dt.datetime.now(dt.UTC), study_key="0" * 64, use_case="ich-head-ct", mode="assistive",
-            model_name="ich_detector", model_version=1, probability=0.2, critical=False, outcome="reported",
-            timings={}))
-    engine.dispose()
-    return url
+    """An audit database as pacsflow f098f45 left it, with one result in it."""
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(PREVIOUS_RELEASE_DDL)
+    finally:
+        db.close()
+    return f"sqlite:///{path}"
 
 
 def test_an_older_audit_database_is_refused_naming_what_is_missing_and_what_to_do(tmp_path):
