@@ -1,7 +1,7 @@
 """Where models run: the backend interface, the embedded ONNX Runtime backend and the factory.
 
-Every backend takes a preprocessed batch (float32 ``[N, 1, 256, 256]`` for ``ich_detector``) and a pinned
-:class:`config.ModelRef`, and returns a :class:`domain.ModelOutput` already passed through
+Every backend takes a preprocessed batch (float32 ``[N, C, rows, cols]``, as the model's ``preprocess.json``
+says) and a pinned :class:`config.ModelRef`, and returns a :class:`domain.ModelOutput` already passed through
 :func:`postprocess.postprocess`, so the pipeline never sees raw logits. The embedded backend reads the same
 Triton-layout model repository Triton serves (``<repo>/<name>/<version>/model.onnx``); the Triton backend
 lives in :mod:`pacsflow_router.analysis.tritonbackend` (the one module that imports tritonclient) and is imported

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def postprocess(logit: np.ndarray, location_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid of the raw outputs of the ``ich_detector`` model family.
+    """Sigmoid of the raw outputs every model of the repository produces (the shared ONNX output contract).
 
     Parameters
     ----------
