@@ -58,8 +58,10 @@ from pacsflow_router.models import phantom  # noqa: E402
 GRID = 32  # heatmap cells per side (stride 8 at 256x256)
 # Matrix sizes the training studies come in, so the model sees the resize of every common CT matrix.
 MATRICES = [(512, 512)] * 6 + [(256, 256), (384, 384), (512, 448), (768, 768)]
-# What the negative half of the studies is: normal heads and each hard negative.
-NEGATIVE_KINDS = ["normal", "normal", *phantom.MIMIC_TYPES]
+# What the negative half of the studies is: normal heads and each hard negative, the ones in the blood range
+# (a dense falx, tangential partial volume of the skull, calcifications) twice as often.
+NEGATIVE_KINDS = ["normal", "calcifications", "dense_falx", "partial_volume", "streaks", "dense_falx",
+                  "partial_volume", "calcifications", "bone_only", "normal"]
 _RESCALE = (1.0, -1024.0)
 
 
@@ -160,7 +162,8 @@ def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, .
         cand = study.candidate_slices()
         others = [k for k in range(slices) if k not in cand]
         pick = list(rng.permutation(cand)[:cfg["positives"]]) if cand else []
-        pick += list(rng.permutation(others)[:cfg["negatives"]])
+        # Negative studies give more slices: they carry the hard negatives.
+        pick += list(rng.permutation(others)[:cfg["negatives"] + (0 if lesion else 2)])
         for k in pick:
             hu, blood = study.render(int(k))
             images.append(hu)
@@ -303,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=2, help="model version (its preprocess.json is used)")
     parser.add_argument("--out", type=Path, default=None, help="default: model_repository/ich_detector/<version>/model.onnx")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--studies", type=int, default=700)
+    parser.add_argument("--studies", type=int, default=1000)
     parser.add_argument("--positives-per-study", type=int, default=4)
-    parser.add_argument("--negatives-per-study", type=int, default=3)
+    parser.add_argument("--negatives-per-study", type=int, default=2)
+    parser.add_argument("--cache", type=Path, help="keep the generated data set in this .npz (reused when present)")
     parser.add_argument("--epochs", type=int, default=12, help="epochs on random crops")
-    parser.add_argument("--full-epochs", type=int, default=2, help="final epochs on whole slices")
+    parser.add_argument("--full-epochs", type=int, default=1, help="final epochs on whole slices")
     parser.add_argument("--crop", type=int, default=128, help="crop size (multiple of 8)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -325,14 +329,21 @@ def main(argv: list[str] | None = None) -> int:
         args.studies, args.epochs, args.full_epochs, args.eval_per_kind = 8, 1, 1, 1
     t0 = time.monotonic()
     print(f"generating {args.studies} training studies ({spec.channels} channels)", flush=True)
-    data = make_dataset(args.studies, args.seed, spec, args.positives_per_study, args.negatives_per_study,
-                        args.workers)
+    if args.cache is not None and args.cache.is_file():
+        with np.load(args.cache) as cached:
+            data = tuple(cached[k] for k in ("x", "y", "loc", "cells"))
+    else:
+        data = make_dataset(args.studies, args.seed, spec, args.positives_per_study, args.negatives_per_study,
+                            args.workers)
+        if args.cache is not None:
+            np.savez(args.cache, x=data[0], y=data[1], loc=data[2], cells=data[3])
     print(f"{len(data[0])} slices ({int((data[1] == 1).sum())} positive, {int((data[1] == -1).sum())} ignored), "
           f"{time.monotonic() - t0:.0f} s", flush=True)
     model = IchDetector(spec.channels)
     print(f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
     train(model, data, args.epochs, args.full_epochs, args.crop, args.batch, args.lr, args.seed)
     version = f"ich_detector {args.version}.0.0 (synthetic phantoms, {dt.date.today().isoformat()})"
+    torch.save(model.state_dict(), out.with_suffix(".pt"))
     export(model, spec.channels, out, version)
     print(f"wrote {out} ({out.stat().st_size} bytes), algorithm_version {version!r}", flush=True)
     # Held-out seeds (seed + 500000 ...) are never used in training; the unit quality gate uses 900000+.

@@ -17,7 +17,7 @@ fools hemorrhage detectors, rendered from an analytic model in patient coordinat
   C.7.6.2.1.1) and head yaw.
 
 A study ``with lesion`` carries one or two acute hemorrhages (50-90 HU) of the types in :data:`HEMORRHAGE_TYPES`:
-intraparenchymal (an ellipsoidal clot, 3-30 mm, sometimes with an oedema rim), subdural (a crescent along the
+intraparenchymal (an ellipsoidal clot, 4-30 mm, sometimes with an oedema rim), subdural (a crescent along the
 inner table), epidural (a biconvex lens), subarachnoid (blood in the sulci of one region) and intraventricular
 (a dependent blood-fluid level in a lateral ventricle). ``mimics`` forces the hard negatives of
 :data:`MIMIC_TYPES` (``bone_only``: the skull filled with water, no brain).
@@ -75,12 +75,11 @@ _NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 _RESCALE_INTERCEPT = -1024.0
 _HU_AIR = -1000.0
 _HU_SCALP = 35.0
-_HU_SOFT = 45.0
 _HU_CSF = 6.0
 #: A pixel belongs to a hemorrhage in the ground truth when at least this fraction of it is blood.
 BLOOD_FRACTION = 0.5
 #: ... and a slice shows a hemorrhage when at least this many mm^2 of it do.
-MIN_BLOOD_AREA_MM2 = 4.0
+MIN_BLOOD_AREA_MM2 = 6.0
 _THICKNESSES = (0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0, 5.0)
 
 
@@ -313,9 +312,12 @@ _CLIVUS = _Blob((0.0, 4.0, -52.0), (7.0, 14.0, 16.0), 1100.0)
 _SINUS = _Blob((0.0, -22.0, -44.0), (13.0, 11.0, 10.0), -950.0)
 
 
-def _floor(y: np.ndarray) -> np.ndarray:
-    """Height of the cranial cavity's floor: anterior fossa -28, middle -46, posterior fossa -64 (mm)."""
-    return np.float32(-28.0) - 18.0 * _ramp(y + 22.0, 10.0) - 18.0 * _ramp(y - 16.0, 10.0)
+def _floor(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Height of the cranial cavity's floor: anterior fossa -28, middle -46, posterior fossa -64 (mm); the
+    fossae are bowls, rising towards the sides."""
+    out: np.ndarray = (np.float32(-28.0) - 18.0 * _ramp(y + 22.0, 10.0) - 18.0 * _ramp(y - 16.0, 10.0)
+                       + np.float32(0.004) * x * x)
+    return out
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ def _draw_hemorrhage(rng: np.random.Generator, kind: HemorrhageType, z_plane: fl
     inner_y = (head.ay - head.scalp - head.skull) * 0.9 * math.sin(theta)
     z = z_plane - inner_y * tan_tilt
     if kind == "intraparenchymal":
-        d = float(np.exp(rng.uniform(math.log(3.0), math.log(30.0))))
+        d = float(np.exp(rng.uniform(math.log(4.0), math.log(30.0))))
         axes = tuple(float(d / 2 * f) for f in rng.uniform(0.75, 1.25, size=3))
         s = math.sqrt(max(1.0 - (z_plane / head.az) ** 2, 0.05))
         bx, by = head.ax * s - head.scalp - head.skull, head.ay * s - head.scalp - head.skull
@@ -436,7 +438,7 @@ class PhantomStudy:
             thickness = float(rng.choice(_THICKNESSES))
             fov = float(rng.uniform(200.0, 320.0))
             tilt = float(rng.uniform(5.0, 25.0)) if rng.random() < 0.5 else 0.0
-            noise = float(np.exp(rng.uniform(math.log(2.5), math.log(14.0))))
+            noise = float(np.exp(rng.uniform(math.log(2.5), math.log(12.0))))
             yaw = float(rng.normal(0, 6.0))
         else:
             fov = float(rng.uniform(220.0, 250.0))
@@ -578,16 +580,18 @@ class PhantomStudy:
         skin = _ramp(depth, 1.0)
         skull_w = _ramp(depth - head.scalp, 0.8)
         brain_depth = depth - np.float32(head.scalp + head.skull)
-        floor = _floor(y)
+        floor = _floor(x, y)
         above_floor = _ramp(z - floor, 1.5)
         cavity = _ramp(brain_depth, 0.8) * above_floor
         # Vault: cortical tables around the diploe; skull base: dense bone for 10 mm below the floor, then
-        # soft tissue (face, neck) with an air-filled sphenoid sinus.
+        # pneumatised bone (ethmoid and mastoid air cells: a honeycomb of air and bone) and the sphenoid sinus.
         diploe = _ramp(depth - head.scalp - head.table, 0.6) * (1 - _ramp(brain_depth + head.table, 0.6))
         bone = np.float32(head.cortical_hu) + np.float32(head.diploe_hu - head.cortical_hu) * diploe
         below = 1 - above_floor
         base_bone = below * (1 - _ramp(floor - z - 10.0, 3.0))
-        bone = bone * (1 - below) + below * (base_bone * np.float32(900.0) + (1 - base_bone) * np.float32(_HU_SOFT))
+        cells = np.cos(1.1 * x) * np.cos(1.1 * y + 0.7 * z) * np.cos(0.9 * z)
+        pneumatised = np.float32(-850.0) + np.float32(1500.0) * _ramp(cells - 0.15, 0.25)
+        bone = bone * (1 - below) + below * (base_bone * np.float32(900.0) + (1 - base_bone) * pneumatised)
         hu = np.float32(_HU_AIR) + np.float32(_HU_SCALP - _HU_AIR) * skin
         hu = hu + skull_w * (bone - hu)
         sinus = _ellipsoid(p, _SINUS.centre, _SINUS.axes)
