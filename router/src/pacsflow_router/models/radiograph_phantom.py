@@ -520,9 +520,10 @@ def generate_radiograph(
         density = density - float(rng.uniform(0.2, 0.7)) * (wide - float(wide.mean()))
     if rng.random() < 0.3:
         # Collimator shutters: unexposed borders, the brightest values of the image.
-        top, bottom, left, right = (int(float(rng.uniform(0.0, 25.0)) / work_mm) for _ in range(4))
+        m_top, m_bottom, m_left, m_right = (int(float(rng.uniform(0.0, 25.0)) / work_mm) for _ in range(4))
         shutter = np.zeros(work, dtype=bool)
-        shutter[:top], shutter[work[0] - bottom:], shutter[:, :left], shutter[:, work[1] - right:] = True, True, True, True
+        shutter[:m_top], shutter[work[0] - m_bottom:] = True, True
+        shutter[:, :m_left], shutter[:, work[1] - m_right:] = True, True
         density = np.where(shutter, np.float32(1.1), density)
     if work != (rows, cols):
         density = ndimage.zoom(density, (rows / work[0], cols / work[1]), order=1, grid_mode=True, mode="nearest")
