@@ -70,11 +70,13 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
     source = tmp_path / "model_repository"
     shutil.copytree(REPO / "model_repository", source)
     make_test_onnx(source / "ich_detector" / "2" / "model.onnx", seed=2)  # a different model as version 2
+    # ... taking one channel, as the test model does: the model-level (one-window) preprocessing applies to it.
+    (source / "ich_detector" / "2" / "preprocess.json").unlink()
     triton = serve(source, tmp_path / "triton")
     try:
         inference = {"backend": "triton", "url": triton.url, "modelRepository": str(source),
                      "sharedMemory": True, "timeoutSeconds": 30}
-        router = make_router([use_case("ich", "triage", threshold=0.5)], pacs_port=pacs.dicom_port,
+        router = make_router([use_case("ich", "triage", threshold=0.5, version=1)], pacs_port=pacs.dicom_port,
                              inference=inference).start()
 
         # 1. Pinned to version 1: SR valid, same answer as the embedded path.

@@ -57,7 +57,7 @@ def test_modes_gate_what_leaves_and_srs_are_valid(pacs, make_router, studies, tm
         assert records["ich-silent"]["destination"] is None
         for rec in records.values():
             assert (rec["probability"] >= 0.5) == truth.has_lesion, rec
-            assert rec["model_name"] == "ich_detector" and rec["model_version"] == 1
+            assert rec["model_name"] == "ich_detector" and rec["model_version"] == 2
         assert records["ich-triage"]["critical"] is truth.has_lesion
         assert records["ich-assist"]["critical"] is False, "only triage mode flags critical studies"
         for i, sr in enumerate(srs):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pacsflow_router.analysis import preprocess
 from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
 from pacsflow_router.analysis.tritonbackend import REQUESTS, TritonBackend
 from pacsflow_router.config import ModelRef
@@ -214,8 +215,10 @@ def test_committed_repository_served_by_triton_matches_embedded(tmp_path: Path):
     versions = sorted(int(p.name) for p in (source / "ich_detector").iterdir() if p.name.isdigit())
     with serve(source, tmp_path) as peer:
         backend = TritonBackend(peer.url, shared_memory=True)
-        batch = study_batch(64)
         for version in versions:
+            # Each version takes its own preprocessing's channels (v1: one window, v2: three).
+            channels = preprocess.load_spec(source, ModelRef(name="ich_detector", version=version)).channels
+            batch = np.random.default_rng(version).uniform(0, 1, (64, channels, 256, 256)).astype(np.float32)
             out = backend.infer(ModelRef(name="ich_detector", version=version), batch)
             probability, location = embedded(source / "ich_detector" / str(version) / "model.onnx", batch)
             np.testing.assert_allclose(out.probability, probability, atol=ATOL)

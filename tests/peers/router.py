@@ -101,7 +101,7 @@ def router_config(*, workdir: Path, port: int, metrics_port: int, pacs_port: int
     }
 
 
-def use_case(name: str = "ich-head-ct", mode: str = "assistive", *, version: int = 1,
+def use_case(name: str = "ich-head-ct", mode: str = "assistive", *, version: int = 2,
              threshold: float = 0.85, destination: str | None = "pacs") -> dict:
     """One ``ich_detector`` use case on CT studies."""
     out = {

@@ -25,8 +25,14 @@ def test_committed_repository_renders_and_checks_clean(tmp_path: Path, target: s
     assert repository.check_repository(COMMITTED) == []
     plan = repository.render_repository(COMMITTED, tmp_path / target, target)
     assert plan.problems == []
-    assert "ich_detector_v1" in plan.models
+    assert "ich_detector_v1" in plan.models and "ich_detector_v2" in plan.models
     assert repository.check_repository(tmp_path / target) == []
+    # Versions take different inputs (v1: brain window; v2: brain, subdural, bone): each rendered version, and the
+    # ensemble the router calls, declares its own model's dims.
+    for version, channels in ((1, 1), (2, 3)):
+        for model in (f"ich_detector_v{version}_onnx", f"ich_detector_v{version}"):
+            config = repository.parse_config((tmp_path / target / model / "config.pbtxt").read_text())
+            assert list(config.input[0].dims) == [channels, 256, 256], model
 
 
 @pytest.mark.parametrize("target", repository.TARGETS)

@@ -1,5 +1,8 @@
 """Preprocessing: DALI (CPU here) and the numpy reference compute the same tensor from the spec.
 
+Both the single-window spec of ich_detector 1 ([N, 1, 256, 256]) and the three-window spec of version 2
+(brain, subdural, bone as channels: [N, 3, 256, 256]) are exercised.
+
 Tolerance: 1e-5 absolute on values in [0, 1]. Both resize with bilinear interpolation at half-pixel
 centres without antialiasing, so the only differences are float32 rounding (measured max 0.0-1e-7).
 """
@@ -25,6 +28,11 @@ def spec():
     return preprocess.load_spec(REPO, ModelRef(name="ich_detector", version=1))
 
 
+@pytest.fixture(scope="module")
+def spec_v2():
+    return preprocess.load_spec(REPO, ModelRef(name="ich_detector", version=2))
+
+
 def _series(seed, rows, cols, slices=3, lesion=True) -> domain.Series:
     datasets, _ = phantom.generate_study(seed, lesion=lesion, slices=slices, rows=rows, cols=cols)
     return domain.Series("1.2", "CT", "HEAD", "Head non-con",
@@ -34,6 +42,61 @@ def _series(seed, rows, cols, slices=3, lesion=True) -> domain.Series:
 def test_the_committed_spec_is_the_brain_window_at_256(spec):
     assert (spec.window.center, spec.window.width) == (40.0, 80.0)
     assert spec.size == (256, 256)
+
+
+def test_version_2_takes_brain_subdural_and_bone_windows_as_channels(spec_v2):
+    assert spec_v2.channels == 3
+    assert [(w.name, w.center, w.width) for w in spec_v2.channel_windows] == [
+        ("brain", 40.0, 80.0), ("subdural", 75.0, 215.0), ("bone", 600.0, 2800.0)]
+    assert spec_v2.size == (256, 256)
+
+
+@pytest.mark.parametrize("rows,cols", [(512, 512), (384, 320), (128, 128), (700, 600)])
+@pytest.mark.parametrize("tilted", [False, True])
+def test_multi_window_dali_and_numpy_agree(spec_v2, rows, cols, tilted):
+    datasets, _ = phantom.generate_study(34, lesion=True, slices=3, rows=rows, cols=cols, varied=tilted)
+    series = domain.Series("1.2", "CT", "HEAD", "Head non-con",
+                           [domain.Slice(header=d, pixels=d.pixel_array) for d in datasets])
+    dali = preprocess.preprocess_series(series, spec_v2, "dali", device="cpu")
+    ref = preprocess.preprocess_series(series, spec_v2, "numpy")
+    assert dali.shape == ref.shape == (3, 3, 256, 256)
+    assert float(np.abs(dali - ref).max()) <= TOLERANCE
+
+
+def test_multi_window_channels_separate_blood_from_bone_and_calcification(spec_v2):
+    # Blood (70 HU) is near-white in the brain window, calcification (300 HU) and bone (1500 HU) saturate it;
+    # the subdural window tells blood from calcification and bone, the bone window calcification from bone.
+    hu = np.array([[70, 300, 1500, 0]], dtype=np.float32).repeat(64, 0).repeat(64, 1)
+    stored = (hu + 1024).astype(np.int16)
+    for out in (preprocess.preprocess_dali([stored], [(1.0, -1024.0)], spec_v2, device="cpu"),
+                preprocess.preprocess_numpy([stored], [(1.0, -1024.0)], spec_v2)):
+        blood, calc, bone, water = (out[0, :, 128, c] for c in (32, 96, 160, 224))
+        assert blood[0] == pytest.approx(70 / 80, abs=1e-5) and calc[0] == bone[0] == pytest.approx(1.0)
+        assert blood[1] == pytest.approx((70 + 32.5) / 215, abs=1e-5) and calc[1] == bone[1] == pytest.approx(1.0)
+        assert calc[2] == pytest.approx((300 + 800) / 2800, abs=1e-5) and bone[2] == pytest.approx(2300 / 2800, abs=1e-5)
+        assert water[0] == pytest.approx(0.0) and water[1] == pytest.approx(32.5 / 215, abs=1e-5)
+
+
+def test_multi_window_long_mixed_series_and_empty(spec_v2):
+    rng = np.random.default_rng(2)
+    n = preprocess.MAX_BATCH + 3
+    images = [rng.integers(0, 3000, size=(40 + i % 5, 30)).astype(np.int16 if i % 2 else np.uint16) for i in range(n)]
+    rescale = [(1.0, -1024.0) if i % 3 else (2.0, -2048.0) for i in range(n)]
+    dali = preprocess.preprocess_dali(images, rescale, spec_v2, device="cpu")
+    assert dali.shape == (n, 3, 256, 256)
+    assert float(np.abs(dali - preprocess.preprocess_numpy(images, rescale, spec_v2)).max()) <= TOLERANCE
+    assert preprocess.preprocess_dali([], [], spec_v2, device="cpu").shape == (0, 3, 256, 256)
+
+
+def test_a_spec_with_both_window_and_windows_is_refused(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "preprocess.json").write_text(json.dumps(
+        {"window": {"center": 40, "width": 80}, "windows": [{"center": 40, "width": 80}]}))
+    with pytest.raises(ConfigError, match="either 'window'"):
+        preprocess.load_spec(tmp_path, "m")
+    (tmp_path / "m" / "preprocess.json").write_text(json.dumps({"windows": []}))
+    with pytest.raises(ConfigError, match="windows"):
+        preprocess.load_spec(tmp_path, "m")
 
 
 @pytest.mark.parametrize("rows,cols", [(512, 512), (384, 320), (128, 128), (700, 600)])

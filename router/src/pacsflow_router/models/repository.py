@@ -16,7 +16,9 @@ one target, so there are never two hand-maintained copies:
 
 For a source model ``M`` and each of its versions ``N`` both targets render:
 
-``M_vN_onnx``        version ``N``: the committed ONNX file, dynamic batching, priority levels, bounded queue
+``M_vN_onnx``        version ``N``: the committed ONNX file, dynamic batching, priority levels, bounded queue; input
+                     dims from that version's own graph (versions may differ: ich_detector 1 takes one window
+                     channel, version 2 three; the source config may leave the channel dimension -1)
 ``M_vN``             version ``N``: the ensemble ``M_vN_onnx`` -> ``M_postprocess``, what the router asks for
 ``M_postprocess``    version 1: the router's own :func:`pacsflow_router.analysis.postprocess.postprocess` (a verbatim copy of
                      its module) in the python backend, so both paths turn raw outputs into findings with one function
@@ -298,8 +300,35 @@ def _io(src: mc.ModelConfig) -> tuple[int, list[mc.ModelInput], list[mc.ModelOut
     return DEFAULT_MAX_BATCH_SIZE, inputs, outputs
 
 
+def onnx_input_dims(path: Path) -> dict[str, list[int]]:
+    """Per-item dims (batch dimension dropped) of the inputs of an ONNX file whose non-batch dims are all fixed.
+
+    The source ``config.pbtxt`` is shared by every version of a model, but versions may take different inputs
+    (ich_detector 1: one window channel, ``[1, 256, 256]``; 2: three, ``[3, 256, 256]``): the rendered config of
+    each version takes its dims from that version's own graph, which Triton checks the config against anyway.
+    An unreadable file gives ``{}`` (the source dims are kept; Triton then reports the broken file).
+    """
+    import onnxruntime as ort  # the router's own runtime dependency; loads in well under a second for our models
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 -- any load failure means "no dims from the file", reported by Triton
+        return {}
+    dims: dict[str, list[int]] = {}
+    for node in session.get_inputs():
+        shape = list(node.shape)[1:]
+        if shape and all(isinstance(d, int) and d > 0 for d in shape):
+            dims[node.name] = [int(d) for d in shape]
+    return dims
+
+
 def _onnx_step(src: _Source, version: int, target: str) -> mc.ModelConfig:
     batch, inputs, outputs = _io(src.config)
+    fixed = onnx_input_dims(src.versions[version])
+    for t in inputs:
+        if t.name in fixed and len(fixed[t.name]) == len(t.dims):
+            del t.dims[:]
+            t.dims.extend(fixed[t.name])
     cfg = mc.ModelConfig(name=f"{ensemble_name(src.name, version)}_onnx", max_batch_size=batch, input=inputs,
                          output=outputs)
     if target == "gpu":
