@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """Train the ``ich_detector`` slice model on fresh phantoms and export it to ONNX (not part of CI).
 
-Usage (CPU, two cores; version 2 was trained in two steps, about 17 + 12 minutes)::
+Usage (CPU; version 2: 17 minutes on two shared cores)::
 
     python3 -m venv .venv-train && .venv-train/bin/pip install torch onnx onnxscript pydicom pydantic pyyaml scipy
-    # 1. 1000 studies (seeds 2000000+), 12 epochs on crops + 1 on whole slices; keeps data and weights
+    # 1. 1000 studies (seeds 2000000+), 12 epochs on crops + 1 on whole slices; keeps data and weights (.pt)
     PYTHONPATH=router/src .venv-train/bin/python scripts/train_ich_detector.py --version 2 \
         --out /tmp/ich/base.onnx --cache /tmp/ich/data.npz
-    # 2. fine-tune on the same data plus 500 studies rich in small clots and noisy hard negatives (seeds 3000000+)
+    # 2. export with the operating point chosen on validation phantoms (p 0.7 -> 0.5; docs/model-card-ich_detector.md)
     PYTHONPATH=router/src .venv-train/bin/python scripts/train_ich_detector.py --version 2 \
         --out model_repository/ich_detector/2/model.onnx --cache /tmp/ich/data.npz --init /tmp/ich/base.pt \
-        --extra-studies 500 --extra-seed 3000000 \
-        --extra-hemorrhages intraparenchymal,intraparenchymal,intraparenchymal,intraventricular,subarachnoid \
-        --extra-negatives normal,dense_falx,calcifications,dense_falx,streaks,normal,partial_volume \
-        --epochs 5 --full-epochs 1 --lr 1e-3
+        --epochs 0 --full-epochs 0 --logit-offset -0.8473
+
+``--init`` with ``--extra-studies``/``--extra-hemorrhages``/``--extra-negatives`` fine-tunes on more data of chosen
+kinds (tried for small clots; it cost specificity and was not used for version 2).
 
 Data: phantom studies (:mod:`pacsflow_router.models.phantom`, ``varied=True``: random field of view, slice
 thickness, gantry tilt, dose and matrix; seeds from ``--seed``, far from the seeds the tests use), preprocessed by
@@ -27,7 +27,7 @@ Labels come from the phantom's own blood maps: a slice is positive when at least
 :data:`~pacsflow_router.models.phantom.MIN_BLOOD_AREA_MM2` of it are at least half blood; slices with less
 blood than that are left out of the loss (no reader could call them); slices without any blood are negative.
 
-Model: a ~70 k-parameter fully convolutional net producing a 32x32 hemorrhage heatmap (stride 8). The slice
+Model: a ~75 k-parameter fully convolutional net producing a 32x32 hemorrhage heatmap (stride 8). The slice
 logit is the heatmap's maximum; the location is the soft-argmax of the heatmap. Trained with a per-cell BCE
 (cells holding blood), a per-slice BCE and an L1 loss on the location of positive slices.
 
