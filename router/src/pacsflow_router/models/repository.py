@@ -192,6 +192,8 @@ class RepositoryPlan:
     files: dict[PurePosixPath, bytes | Path] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    missing_pins: list[str] = field(default_factory=list)
+    """Pinned versions (``--versions``) that the source lacks: the render fails, so Triton never serves without one."""
 
     def configs(self) -> dict[str, str]:
         """``config.pbtxt`` text per rendered model name (what the operator puts in a ConfigMap)."""
@@ -229,7 +231,8 @@ def _postprocess_source(path: Path | None = None) -> bytes:
 
 
 def _read_sources(
-    source: Path, versions: Mapping[str, Collection[int]] | None, problems: list[str]
+    source: Path, versions: Mapping[str, Collection[int]] | None, problems: list[str],
+    missing_pins: list[str] | None = None,
 ) -> list[_Source]:
     out = []
     if not source.is_dir():
@@ -267,6 +270,8 @@ def _read_sources(
         if wanted is not None:
             for v in sorted(set(wanted) - set(found)):
                 problems.append(f"{name}: pinned version {v} has no usable {name}/{v}/{ONNX_FILE}")
+                if missing_pins is not None:
+                    missing_pins.append(f"{name}:{v}")
             found = {v: p for v, p in found.items() if v in set(wanted)}
         if not found:
             problems.append(f"{name}: no usable version; model skipped")
@@ -404,7 +409,7 @@ def plan_repository(
     if target not in TARGETS:
         raise ModelRepositoryError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     plan = RepositoryPlan(target)
-    sources = _read_sources(Path(source), versions, plan.problems)
+    sources = _read_sources(Path(source), versions, plan.problems, plan.missing_pins)
     if not sources:
         raise ModelRepositoryError(f"no renderable model in {source}: " + "; ".join(plan.problems))
     postprocess_py = _postprocess_source(None if postprocess_file is None else Path(postprocess_file))
@@ -629,7 +634,8 @@ def _parse_versions(items: list[str] | None) -> dict[str, list[int]] | None:
 def main(argv: list[str] | None = None) -> int:
     """``pacsflow model-repository render|check``; returns the exit status.
 
-    ``render`` exits 1 only when nothing can be rendered (skipped models/versions are printed to stderr);
+    ``render`` exits 1 when nothing can be rendered or a pinned version (``--versions``) is missing (other
+    skipped models/versions are printed to stderr and do not fail it);
     ``check`` exits 1 when it finds any problem.
     """
     parser = argparse.ArgumentParser(prog="pacsflow model-repository", description=__doc__.split("\n\n")[0])
@@ -651,6 +657,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for problem in plan.problems:
             print(f"skipped: {problem}", file=sys.stderr)
+        if plan.missing_pins:
+            # A use case pins these: serving the rest would fail its every study later, so fail the render
+            # (the init container) where the platform team sees it.
+            print(f"error: pinned version(s) {', '.join(plan.missing_pins)} not in {args.source}", file=sys.stderr)
+            return 1
         # Skipped versions do not fail the render: the good ones must still deploy (and keep serving).
         print(f"rendered {len(plan.models)} models for {args.target} into {args.out}: {', '.join(plan.models)}")
         return 0
