@@ -76,7 +76,7 @@ _RESCALE = (1.0, -1024.0)
 class IchDetector(nn.Module):
     """Heatmap net: conv stem (stride 8) + dilated context + 1x1 head; slice logit = max, location = soft-argmax."""
 
-    def __init__(self, channels: int, width: int = 40):
+    def __init__(self, channels: int, width: int = 40, full_resolution_stem: bool = False):
         super().__init__()
 
         def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -85,8 +85,10 @@ class IchDetector(nn.Module):
                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
             )
 
+        # A full-resolution first convolution sees small clots before any downsampling (about 1.7x the compute).
+        stem = [block(channels, 16), block(16, 16, 2)] if full_resolution_stem else [block(channels, 16, 2)]
         self.features = nn.Sequential(
-            block(channels, 16, 2), block(16, 32, 2), block(32, width, 2),
+            *stem, block(16, 32, 2), block(32, width, 2),
             block(width, width, dilation=2), block(width, width, dilation=4), block(width, width, dilation=8),
             block(width, width),
         )
@@ -335,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-hemorrhages", type=lambda v: v.split(","), help="comma-separated types to cycle")
     parser.add_argument("--extra-negatives", type=lambda v: v.split(","), help="comma-separated negative kinds")
     parser.add_argument("--init", type=Path, help="start from these weights (a .pt the script saved beside its .onnx)")
+    parser.add_argument("--full-resolution-stem", action="store_true", help="a stride-1 first convolution")
     parser.add_argument("--logit-offset", type=float, default=0.0,
                         help="added to the head's bias before export: moves the operating point (the slice logit is "
                              "the heatmap max, so it shifts by exactly this; the soft-argmax location is unchanged)")
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         data = tuple(np.concatenate([a, b]) for a, b in zip(data, extra, strict=True))
     print(f"{len(data[0])} slices ({int((data[1] == 1).sum())} positive, {int((data[1] == -1).sum())} ignored), "
           f"{time.monotonic() - t0:.0f} s", flush=True)
-    model = IchDetector(spec.channels)
+    model = IchDetector(spec.channels, full_resolution_stem=args.full_resolution_stem)
     if args.init is not None:
         model.load_state_dict(torch.load(args.init))
     print(f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
