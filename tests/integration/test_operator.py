@@ -202,11 +202,12 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
     triton = cluster.create(example("TritonCluster"))
     router = cluster.create(example("DicomRouter"))
     cluster.create(example("AIUseCase"))
+    pinned = example("AIUseCase")["spec"]["model"]["version"]
 
     text = eventually(lambda: "ich-head-ct" in (cluster.routing_config() or "") and cluster.routing_config(),
                       "routing ConfigMap with the use case")
     config = parse_config(yaml.safe_load(text), "ConfigMap")  # the router's own parser accepts it
-    assert [(u.name, u.mode, u.model.version) for u in config.use_cases] == [("ich-head-ct", "silent", 1)]
+    assert [(u.name, u.mode, u.model.version) for u in config.use_cases] == [("ich-head-ct", "silent", pinned)]
     assert config.inference.url == f"gpu-triton-triton.{cluster.ns}.svc:8000"
 
     for kind, name in ROUTER_CHILDREN.items():
@@ -221,7 +222,7 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
     tdep = eventually(lambda: cluster.child("Deployment", "gpu-triton-triton"), "Triton Deployment")
     assert _owned_by(tdep, triton)
     assert tdep.spec.template.spec.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
-    assert tdep.spec.template.spec.init_containers[0].args[-2:] == ["--versions", "ich_detector:1"]
+    assert tdep.spec.template.spec.init_containers[0].args[-2:] == ["--versions", f"ich_detector:{pinned}"]
     assert _owned_by(cluster.child("Service", "gpu-triton-triton"), triton)
 
     ready = eventually(lambda: (c := cluster.condition("AIUseCase", "ich-head-ct", "Ready")) and
@@ -233,7 +234,7 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
     eventually(lambda: (cluster.get("DicomRouter", "ed-router").get("status") or {}).get("useCases") == 1,
                "DicomRouter status.useCases")
     eventually(lambda: (cluster.get("TritonCluster", "gpu-triton").get("status") or {}).get("models")
-               == [{"name": "ich_detector", "versions": [1]}], "TritonCluster status.models")
+               == [{"name": "ich_detector", "versions": [pinned]}], "TritonCluster status.models")
     # The operator counted what it did (in-process registry: the runner shares this process).
     for kind in ("DicomRouter", "TritonCluster"):
         assert REGISTRY.get_sample_value("pacsflow_operator_reconciliations_total",

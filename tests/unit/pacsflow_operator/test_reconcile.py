@@ -23,6 +23,8 @@ def _example(kind_file: str) -> dict:
 ROUTER = DicomRouterSpec.model_validate(_example("dicomrouter.yaml"))
 TRITON = TritonClusterSpec.model_validate(_example("tritoncluster.yaml"))
 UC = AIUseCaseSpec.model_validate(_example("aiusecase.yaml"))
+#: The version the example pins (the model team moves it when a better version lands).
+PINNED = UC.model.version
 
 
 def _uc(**changes) -> AIUseCaseSpec:
@@ -46,7 +48,7 @@ def test_configmap_is_a_valid_routing_config_for_the_router():
     assert config.inference.backend == "triton"
     assert config.inference.url == "gpu-triton-triton.radiology.svc:8000"
     [uc] = config.use_cases
-    assert (uc.name, uc.mode, uc.model.name, uc.model.version) == ("ich-head-ct", "silent", "ich_detector", 1)
+    assert (uc.name, uc.mode, uc.model.name, uc.model.version) == ("ich-head-ct", "silent", "ich_detector", PINNED)
     assert uc.match.series_description_pattern == "(?i)non.?con"
     assert uc.outputs.structured_report.destination == "pacs"
 
@@ -121,16 +123,17 @@ def test_missing_triton_cluster_is_a_condition():
 
 
 def test_triton_loads_every_pinned_version():
-    ucs = {"a": UC, "b": _uc(model={"name": "ich_detector", "version": 3}),
+    other = PINNED + 1
+    ucs = {"a": UC, "b": _uc(model={"name": "ich_detector", "version": other}),
            "c": _uc(model={"name": "other", "version": 2}, mode="triage")}
     plan = triton_rc.render_triton("gpu", TRITON, ucs, render_image="router:1")
-    assert plan.models == [{"name": "ich_detector", "versions": [1, 3]}, {"name": "other", "versions": [2]}]
+    assert plan.models == [{"name": "ich_detector", "versions": [PINNED, other]}, {"name": "other", "versions": [2]}]
     dep = _by_kind(plan.children)["Deployment"]
     pod = dep["spec"]["template"]["spec"]
     [init] = pod["initContainers"]
     assert init["image"] == "router:1" and init["command"] == ["pacsflow"]
     assert init["args"][:4] == ["model-repository", "render", "--target", "gpu"]
-    assert init["args"][-3:] == ["--versions", "ich_detector:1,3", "other:2"]
+    assert init["args"][-3:] == ["--versions", f"ich_detector:{PINNED},{other}", "other:2"]
     [c] = pod["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "--model-repository=/models" in c["args"]
