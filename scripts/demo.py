@@ -52,7 +52,13 @@ def main() -> int:
         if sys.stdin.isatty() and os.environ.get("PACSFLOW_DEMO_KEEP", "1") != "0":
             input("\nPress Enter to stop Orthanc and the router... ")
         ok = all(r["ok"] for r in rows)
-        print("\ndemo", "PASSED: every study got its result" if ok else "FAILED: see the rows above",
+        # The model is a demonstration trained on phantoms and is wrong sometimes (its card gives the rates):
+        # a disagreement with the ground truth is shown, not hidden, and does not fail the demo; a missing
+        # result, a missing SR or an SR where the mode forbids one does.
+        agreed = [r["agrees"] for r in rows if r["use_case"] == "ich-triage"]
+        print(f"\nAI agreed with the phantom's ground truth on {sum(agreed)} of {len(agreed)} studies "
+              "(a demonstration model: docs/model-card-ich_detector.md)")
+        print("demo", "PASSED: every study got its result" if ok else "FAILED: see the rows above",
               f"(router log: {router.log_path})")
         return 0 if ok else 1
     finally:
@@ -90,10 +96,16 @@ def run(pacs: Orthanc, router: RouterProcess, work: Path) -> list[dict]:
                 "seed": truth.seed, "use_case": name, "mode": rec.get("mode", "?"), "p": p,
                 "truth": truth.has_lesion, "critical": rec.get("critical"), "sr": sr_ok,
                 "latency": _delivered_after(rec, sent_at) if expect_sr else None,
-                "ok": bool(rec) and (sr_ok is not False) and predicted == truth.has_lesion,
+                "agrees": predicted == truth.has_lesion,
+                "ok": bool(rec) and (sr_ok is not False) and (expect_sr or not srs_for_silent(records)),
             })
     audit.close()
     return rows
+
+
+def srs_for_silent(records: dict[str, dict]) -> bool:
+    """Whether the silent use case's audit says it sent anything (the mode gate forbids it)."""
+    return bool(records.get("ich-shadow", {}).get("destination"))
 
 
 def _delivered_after(record: dict, sent_at: float) -> float | None:
@@ -108,13 +120,14 @@ def _delivered_after(record: dict, sent_at: float) -> float | None:
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'study':>6}  {'use case':<11} {'mode':<9} {'P(ICH)':>7} {'truth':<8} {'critical':<8} "
-          f"{'SR in Orthanc':<14} {'last instance -> SR stored':>26}")
+          f"{'AI vs truth':<12} {'SR in Orthanc':<14} {'last instance -> SR stored':>26}")
     for r in rows:
         p = "-" if r["p"] is None else f"{r['p']:.3f}"
         sr = {True: "yes", False: "MISSING", None: "no (silent)"}[r["sr"]]
         lat = "-" if r["latency"] is None else f"{r['latency']:.1f} s"
         print(f"{r['seed']:>6}  {r['use_case']:<11} {r['mode']:<9} {p:>7} "
-              f"{'ICH' if r['truth'] else 'no ICH':<8} {str(bool(r['critical'])):<8} {sr:<14} {lat:>26}")
+              f"{'ICH' if r['truth'] else 'no ICH':<8} {str(bool(r['critical'])):<8} "
+              f"{'agrees' if r['agrees'] else 'DISAGREES':<12} {sr:<14} {lat:>26}")
 
 
 if __name__ == "__main__":
