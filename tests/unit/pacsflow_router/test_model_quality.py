@@ -150,3 +150,40 @@ def test_true_positives_point_into_the_hemorrhage(results, model):
     print(f"\nlocation: distance to the hemorrhage's centre median {float(np.median(distances)):.1f} mm, "
           f"max {max(distances):.1f} mm over {len(distances)} true positives")
     assert distances
+
+
+# Whole studies as a scanner sends them (24 slices, the demo's and e2e tests' default phantom) rather than 8-slice
+# slabs: a study is called positive when its most likely slice is, so every extra slice is another chance of a false
+# positive. Measured with version 2 on these seeds: hemorrhage 16/16, normal heads 11/16 (0.69; three of them at
+# 0.87-0.94, above the critical threshold). Strict: this fails once a model reaches the bar, so the mark must go.
+FULL_SEED0 = 960_000
+FULL_PER_CLASS = 16
+FULL_SLICES = 24
+
+
+@pytest.fixture(scope="module")
+def full_length(model):
+    run, _ = model
+    out: dict[bool, list[float]] = {True: [], False: []}
+    for lesion in (True, False):
+        seed = FULL_SEED0 + (0 if lesion else 10_000)
+        while len(out[lesion]) < FULL_PER_CLASS:
+            datasets, truth = phantom.generate_study(seed, lesion=lesion, slices=FULL_SLICES)
+            seed += 1
+            if lesion and not truth.has_lesion:
+                continue
+            out[lesion].append(run(_series(datasets)).probability)
+    return out
+
+
+@pytest.mark.parametrize("lesion", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(
+        strict=True, reason="normal 24-slice heads: specificity below 0.95 (model card: known failure modes)")),
+], ids=["sensitivity", "specificity"])
+def test_full_length_studies(full_length, model, lesion):
+    _, threshold = model
+    probs = full_length[lesion]
+    rate = sum((p >= threshold) == lesion for p in probs) / len(probs)
+    print(f"\nfull-length {'hemorrhage' if lesion else 'normal'}: {rate:.2f}, probabilities {sorted(round(p, 3) for p in probs)}")
+    assert rate >= (MIN_SENSITIVITY if lesion else MIN_SPECIFICITY)
