@@ -49,7 +49,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import cast
@@ -230,6 +230,24 @@ def _postprocess_source(path: Path | None = None) -> bytes:
     return source
 
 
+def _model_folders(
+    root: Path, problems: list[str], consequence: str = ""
+) -> Iterator[tuple[str, Path, mc.ModelConfig]]:
+    """(name, folder, parsed config.pbtxt) of every model folder; a folder without a valid config is a problem."""
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = model_dir.name
+        cfg_path = model_dir / "config.pbtxt"
+        if not cfg_path.is_file():
+            problems.append(f"{name}: no config.pbtxt{consequence}")
+            continue
+        try:
+            config = parse_config(cfg_path.read_text(), f"{name}/config.pbtxt")
+        except ValueError as exc:
+            problems.append(f"{exc}{consequence}")
+            continue
+        yield name, model_dir, config
+
+
 def _read_sources(
     source: Path, versions: Mapping[str, Collection[int]] | None, problems: list[str],
     missing_pins: list[str] | None = None,
@@ -237,17 +255,7 @@ def _read_sources(
     out = []
     if not source.is_dir():
         raise ModelRepositoryError(f"model repository {source} does not exist")
-    for model_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        name = model_dir.name
-        cfg_path = model_dir / "config.pbtxt"
-        if not cfg_path.is_file():
-            problems.append(f"{name}: no config.pbtxt; model skipped")
-            continue
-        try:
-            config = parse_config(cfg_path.read_text(), f"{name}/config.pbtxt")
-        except ValueError as exc:
-            problems.append(f"{exc}; model skipped")
-            continue
+    for name, model_dir, config in _model_folders(source, problems, "; model skipped"):
         if config.name and config.name != name:
             problems.append(f"{name}/config.pbtxt: name {config.name!r} does not match its folder; model skipped")
             continue
@@ -543,17 +551,7 @@ def check_repository(path: str | os.PathLike[str]) -> list[str]:
     problems: list[str] = []
     configs: dict[str, mc.ModelConfig] = {}
     served: dict[str, set[int]] = {}
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        name = model_dir.name
-        cfg_path = model_dir / "config.pbtxt"
-        if not cfg_path.is_file():
-            problems.append(f"{name}: no config.pbtxt")
-            continue
-        try:
-            cfg = parse_config(cfg_path.read_text(), f"{name}/config.pbtxt")
-        except ValueError as exc:
-            problems.append(str(exc))
-            continue
+    for name, model_dir, cfg in _model_folders(root, problems):
         if cfg.name and cfg.name != name:
             problems.append(f"{name}/config.pbtxt: name {cfg.name!r} does not match folder {name!r}")
         if not cfg.platform and not cfg.backend:
