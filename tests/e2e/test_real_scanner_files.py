@@ -15,7 +15,6 @@ from pathlib import Path
 import pydicom
 import pydicom.config
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.uid import (
     JPEG2000,
     ExplicitVRLittleEndian,
@@ -31,6 +30,7 @@ from pacsflow_router.domain import study_key
 from pacsflow_router.results.audit import AuditLog
 from tests.e2e.conftest import metric_value, wait_for
 from tests.peers.dcmtk import storescu
+from tests.peers.dicomfiles import scanner_file
 from tests.peers.router import use_case
 from tests.unit.pacsflow_router.synthetic_ct import constant_hu, datasets
 
@@ -96,9 +96,7 @@ def test_every_real_ct_file_is_not_analysed_and_says_why(pacs, make_router, tmp_
     sent: dict[str, str] = {}  # name -> study UID
     batches: list[list[Path]] = []  # one association each: storescu offers one transfer syntax per SOP class
     for name in REAL_CT:
-        source = get_testdata_file(name)
-        if source is None:
-            pytest.skip(f"{name} is not available offline: pip install pydicom-data (a dev dependency)")
+        source = scanner_file(name)
         path = tmp_path / f"real-{name}"
         sent[name] = _as_own_study(_read(source), path)
         batches.append([path])

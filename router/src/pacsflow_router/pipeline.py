@@ -137,8 +137,8 @@ class Pipeline:
                 continue
             timings = dict(timings_base)
             # Acceptance criteria and the domain check (analysis/acceptance.py): which series, or why none.
-            selection = screen(load_manifest(self.config.inference.model_repository, use_case.model),
-                               use_case.match, study, timings=timings)
+            manifest = load_manifest(self.config.inference.model_repository, use_case.model)
+            selection = screen(manifest, use_case.match, study, timings=timings)
             if not selection.applicable:
                 # Audited too, so that a reader of the audit can tell "did not apply" from "never ran".
                 self._record_not_applicable(ref, use_case, selection, timings)
@@ -153,8 +153,8 @@ class Pipeline:
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
             try:
-                outcome = self._run_use_case(study, series, use_case, timings, previous=previous, recorded=done,
-                                             selection=selection.explanation)
+                outcome = self._run_use_case(study, series, use_case, manifest, timings, previous=previous,
+                                             recorded=done, selection=selection.explanation)
             except InferenceUnavailableError as exc:
                 log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
                 metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
@@ -216,7 +216,8 @@ class Pipeline:
         log.info("study %s use case %s: not analysed (%s): %s", ref.key, use_case.name, reason.code,
                  selection.explanation)
 
-    def _run_use_case(self, study: Study, series: Series, use_case: UseCase, timings: dict[str, float], *,
+    def _run_use_case(self, study: Study, series: Series, use_case: UseCase, manifest: ModelManifest,
+                      timings: dict[str, float], *,
                       previous: ReportRecord | None = None, recorded: bool = False,
                       selection: str | None = None) -> str:
         model = use_case.model
@@ -226,7 +227,7 @@ class Pipeline:
         analysed_at = dt.datetime.now(dt.UTC)
         metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(timings["preprocess"])
         metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(timings["inference"])
-        spec = report_spec(use_case, load_manifest(repository, model), repository)
+        spec = report_spec(use_case, manifest, repository)
         critical = is_critical(use_case, finding.probability, spec.decision_threshold)
         analysed = analysed_instances(series)
         # The audit's revision counts the use case's records on the study: after an analysed result, the next; after

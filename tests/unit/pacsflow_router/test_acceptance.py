@@ -22,6 +22,7 @@ from pacsflow_router.analysis.manifest import ModelManifest, Range, load_manifes
 from pacsflow_router.analysis.volume import load_study
 from pacsflow_router.config import Match, ModelRef, parse_config
 from pacsflow_router.domain import Series, StudyRef
+from tests.peers.dicomfiles import scanner_file
 from tests.unit.pacsflow_router.synthetic_ct import datasets, series_of, study_of
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
@@ -256,9 +257,7 @@ def test_other_modalities_and_descriptions_are_not_applicable():
 
 
 def _real(name: str) -> Series | None:
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} is not available offline (pip install pydicom-data)")
+    path = scanner_file(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's notes on these files' own encoding quirks
         study = load_study(StudyRef(study_uid="1.2.3", key="0" * 16, paths=(str(path),), last_received=0.0))
@@ -281,9 +280,7 @@ def _real(name: str) -> Series | None:
                                            "ORIGINAL/PRIMARY (missing ORIGINAL)"),
 ])
 def test_real_scanner_ct_files_are_not_analysed_and_say_why(name, code, message):
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} is not available offline (pip install pydicom-data)")
+    path = scanner_file(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study = load_study(StudyRef(study_uid="1.2.3", key="0" * 16, paths=(str(path),), last_received=0.0))
@@ -337,9 +334,7 @@ RADIOGRAPH = ModelManifest.model_validate({
 
 
 def test_an_image_model_skips_the_volume_criteria_on_a_real_radiograph():
-    path = get_testdata_file("RG1_UNCR.dcm")
-    if path is None:
-        pytest.skip("RG1_UNCR.dcm is not available offline (pip install pydicom-data)")
+    path = scanner_file("RG1_UNCR.dcm")
     study = load_study(StudyRef(study_uid="1.2.3", key="0" * 16, paths=(str(path),), last_received=0.0))
     # One image, no Image Orientation, no slice thickness: a radiograph, and none of that matters to this model.
     selection = select_series(RADIOGRAPH, Match(), study)

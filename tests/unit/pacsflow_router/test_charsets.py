@@ -15,7 +15,6 @@ import pytest
 from pydicom.data import get_charset_files
 
 from pacsflow_router.results.patient_modules import DEFINED_CHARACTER_SETS, UTF8, character_set_of
-from tests.peers.srcheck import tools_available
 from tests.unit.pacsflow_router.realinputs import (
     SPEC,
     finding_at,
@@ -56,7 +55,6 @@ WRITTEN_AS: dict[str | tuple[str, ...], str | list[str] | None] = {
     ("", "ISO 2022 IR 58"): UTF8, "GBK": "GB18030",
 }
 
-pytestmark = pytest.mark.skipif(not tools_available(), reason="needs dciodvfy and dsrdump")
 
 
 def _iso2022_ir58(name: str) -> bytes:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 from scipy import ndimage
 
 from pacsflow_router.analysis.acceptance import screen
@@ -18,6 +17,7 @@ from pacsflow_router.analysis.volume import load_study
 from pacsflow_router.config import Match, ModelRef
 from pacsflow_router.domain import Series, StudyRef
 from pacsflow_router.models.phantom import HEMORRHAGE_TYPES, MIMIC_TYPES, generate_study
+from tests.peers.dicomfiles import scanner_file
 from tests.unit.pacsflow_router.synthetic_ct import (
     chest_hu,
     constant_hu,
@@ -105,9 +105,7 @@ def test_a_stack_that_runs_past_the_head_is_judged_on_the_head():
 
 
 def _real_series(name: str) -> Series:
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} is not available offline (pip install pydicom-data)")
+    path = scanner_file(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study = load_study(StudyRef(study_uid="1.2.3", key="0" * 16, paths=(str(path),), last_received=0.0))

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from pacsflow_router import domain
 from pacsflow_router.analysis import findings, preprocess, volume
@@ -25,6 +24,7 @@ from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
 from pacsflow_router.analysis.manifest import load_manifest
 from pacsflow_router.config import ModelRef
 from pacsflow_router.models import radiograph_phantom as rp
+from tests.peers.dicomfiles import scanner_file
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 MODEL = ModelRef(name="ptx_detector", version=1)
@@ -109,9 +109,7 @@ def test_a_radiograph_finding_is_one_image_without_a_patient_point(results):
 def test_real_chest_radiograph_gets_a_probability():
     """pydicom-data's real PA chest CR (RG1) runs through the model; its score is reported, not asserted:
     a model trained on synthetic radiographs has no claim on real ones (docs/model-card-ptx_detector.md)."""
-    path = get_testdata_file("RG1_UNCI.dcm")
-    if path is None:
-        pytest.skip("pydicom-data is not installed")
+    path = scanner_file("RG1_UNCI.dcm")
     study = volume.load_study(domain.StudyRef("1.2.3", "rg1", (str(path),), 0.0))
     (series,) = study.series
     batch = preprocess.preprocess_series(series, preprocess.load_spec(REPO, MODEL), "dali", device="cpu")

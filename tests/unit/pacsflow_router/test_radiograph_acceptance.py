@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from pacsflow_router import domain
 from pacsflow_router.analysis import acceptance, volume
@@ -18,6 +17,7 @@ from pacsflow_router.analysis.manifest import load_manifest
 from pacsflow_router.config import Match, ModelRef
 from pacsflow_router.models import phantom
 from pacsflow_router.models import radiograph_phantom as rp
+from tests.peers.dicomfiles import scanner_file
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 MANIFEST = load_manifest(REPO, ModelRef(name="ptx_detector", version=1))
@@ -82,9 +82,7 @@ def test_a_head_ct_is_not_a_candidate(tmp_path):
                                               ("RG3_UNCI.dcm", False)])
 def test_real_computed_radiographs(name, passes):
     """pydicom-data's real CR files: a PA chest (DERIVED\\PRIMARY, 15 bits) passes; an AP extremity does not."""
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} is not available (pydicom-data not installed)")
+    path = scanner_file(name)
     study = volume.load_study(domain.StudyRef("1.2.3", "k", (str(path),), 0.0))
     selection = acceptance.screen(MANIFEST, MATCH, study)
     assert (selection.series is not None) == passes, selection.explanation

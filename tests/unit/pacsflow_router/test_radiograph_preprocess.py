@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from pacsflow_router import domain
 from pacsflow_router.analysis import preprocess, volume
 from pacsflow_router.config import ModelRef
 from pacsflow_router.models import radiograph_phantom as rp
+from tests.peers.dicomfiles import scanner_file
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 MODEL = ModelRef(name="ptx_detector", version=1)
@@ -115,9 +115,7 @@ def test_a_flat_image_gives_finite_values(spec):
 @pytest.mark.parametrize("name", REAL_CR)
 def test_real_computed_radiographs_load_and_preprocess(spec, name, tmp_path):
     """Every real CR file available offline: loaded by the router's loader, preprocessed by DALI and numpy."""
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} is not available (pydicom-data not installed)")
+    path = scanner_file(name)
     ref = domain.StudyRef("1.2.3", "k", (str(path),), 0.0)
     study = volume.load_study(ref)
     (series,) = study.series

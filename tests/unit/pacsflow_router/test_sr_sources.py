@@ -10,7 +10,6 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pacsflow_router.results.patient_modules import UNSPECIFIED_DEIDENTIFICATION_METHOD
-from tests.peers.srcheck import tools_available
 from tests.unit.pacsflow_router.realinputs import (
     finding_at,
     items,
@@ -21,8 +20,6 @@ from tests.unit.pacsflow_router.realinputs import (
     valid,
     write,
 )
-
-pytestmark = pytest.mark.skipif(not tools_available(), reason="needs dciodvfy and dsrdump")
 
 
 def test_sr_on_a_legacy_converted_enhanced_ct_references_the_frame_and_the_frame_of_reference(tmp_path):
