@@ -45,10 +45,29 @@ class Destination(_Model):
 
 
 class Completion(_Model):
-    """When a study counts as complete."""
+    """When a study counts as complete.
+
+    An MPPS COMPLETED (or DISCONTINUED) from the modality completes a study at once (``mpps``); the stable window
+    is the fallback for modalities that send no MPPS and for MPPS-listed instances that never arrive.
+    """
 
     stable_seconds: float = Field(default=30.0, ge=0)
     """A study is complete after this many seconds without a new instance."""
+    stable_seconds_by_modality: dict[str, float] = Field(default_factory=dict)
+    """Per-modality override of ``stableSeconds``, e.g. ``{MR: 120}`` (the modality of the study's first
+    instance)."""
+
+    @field_validator("stable_seconds_by_modality")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if v < 0]
+        if bad:
+            raise ValueError(f"windows must be >= 0 seconds (negative for {bad})")
+        return value
+
+    def window(self, modality: str | None) -> float:
+        """The completion window for a study of ``modality``."""
+        return self.stable_seconds_by_modality.get(modality or "", self.stable_seconds)
 
 
 class Inference(_Model):
@@ -155,8 +174,23 @@ class Match(_Model):
     """Largest gantry tilt (the smaller of this and the model's)."""
     max_spacing_deviation: float | None = Field(default=None, ge=0)
     """Largest relative deviation of a slice gap from the median gap (the smaller of this and the model's)."""
+    # -- order criteria (the study's order from HL7 or the worklist; workflow/orders.py) -------------------------
+    patient_classes: list[str] = Field(default_factory=list)
+    """Order's patient class (PV1-2), e.g. ``[E]`` for the emergency department. Any order criterion set: a
+    study without a matching order is not applicable."""
+    order_priorities: list[str] = Field(default_factory=list)
+    """Order's priority (HL7 codes: ``S`` stat, ``A`` ASAP, ``R`` routine, ...)."""
+    procedure_codes: list[str] = Field(default_factory=list)
+    """Order's requested procedure code values (OBR-4.1 / Scheduled Procedure Step code)."""
+    ordering_location_pattern: str | None = None
+    """Python regular expression searched in the order's patient location (PV1-3), e.g. ``^ED``."""
 
-    @field_validator("series_description_pattern", "kernel_pattern")
+    def has_order_criteria(self) -> bool:
+        """Whether the use case narrows studies by their order."""
+        return bool(self.patient_classes or self.order_priorities or self.procedure_codes
+                    or self.ordering_location_pattern)
+
+    @field_validator("series_description_pattern", "kernel_pattern", "ordering_location_pattern")
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
         if value is not None:
@@ -192,11 +226,30 @@ class StructuredReportOutput(_Model):
     """Name of a destination in ``destinations``."""
 
 
+Hl7MessageKind = Literal["order-update", "alert"]
+
+
+class Hl7Output(_Model):
+    """HL7 v2 messages sent for a critical result (triage mode only, at or above ``criticalThreshold``)."""
+
+    destination: Name
+    """Name of an entry in the router's ``hl7Destinations``."""
+    messages: list[Hl7MessageKind] = Field(default=["order-update", "alert"], min_length=1)
+    """``order-update``: ORM^O01 / OMI^O23 with ORC-1 XO, priority S (STAT) and the procedure description prefixed
+    ``[AI: Critical Finding Suspected]``; ``alert``: ORU^R01 with the finding, probability, model and SR UID, result
+    status P (preliminary)."""
+
+
 class Outputs(_Model):
-    """Where a use case's results go (only in assistive and triage mode)."""
+    """Where a use case's results go (SR in assistive and triage mode; HL7 and webhooks in triage mode only)."""
 
     structured_report: StructuredReportOutput | None = None
     """TID 1500 Structured Report output."""
+    hl7: Hl7Output | None = None
+    """HL7 v2 order update and/or alert for critical results (triage only)."""
+    webhooks: list[Name] = Field(default_factory=list)
+    """Names of entries in the router's ``webhooks`` that receive a JSON alert for critical results (triage
+    only)."""
 
 
 class UseCase(_Model):
@@ -231,6 +284,149 @@ class UseCase(_Model):
         return self
 
 
+Hl7Version = Literal["2.3", "2.3.1", "2.5.1"]
+
+
+class Hl7FieldMap(_Model):
+    """Where each order field is read from in an incoming ORM^O01 / OMI^O23 (IHE Scheduled Workflow by default).
+
+    Each entry lists locations tried in order, first non-empty wins: ``SEG-field`` or ``SEG-field.component``
+    (1-based, as HL7 numbers them; MSH-1 is the field separator), e.g. ``OBR-18`` or ``ORC-7.6``.
+    """
+
+    accession: list[str] = Field(default_factory=lambda: ["OBR-18", "IPC-1"])
+    """Accession Number."""
+    requested_procedure_id: list[str] = Field(default_factory=lambda: ["OBR-19", "IPC-2"])
+    """Requested Procedure ID."""
+    study_instance_uid: list[str] = Field(default_factory=lambda: ["ZDS-1", "IPC-3"])
+    """Study Instance UID."""
+    modality: list[str] = Field(default_factory=lambda: ["OBR-24", "IPC-5"])
+    """Modality."""
+    procedure_code: list[str] = Field(default_factory=lambda: ["OBR-4"])
+    """Requested procedure code (component 1 code, 2 text, 3 coding scheme)."""
+    priority: list[str] = Field(default_factory=lambda: ["ORC-7.6", "TQ1-9", "OBR-27.6"])
+    """Order priority (S, A, R, P, C, T)."""
+    patient_class: list[str] = Field(default_factory=lambda: ["PV1-2"])
+    """Patient class (E emergency, I inpatient, O outpatient, ...)."""
+    location: list[str] = Field(default_factory=lambda: ["PV1-3"])
+    """Assigned patient location."""
+    reason: list[str] = Field(default_factory=lambda: ["OBR-31"])
+    """Reason for study."""
+    patient_id: list[str] = Field(default_factory=lambda: ["PID-3.1"])
+    """Patient ID (first identifier's ID number)."""
+    placer_order_number: list[str] = Field(default_factory=lambda: ["ORC-2", "OBR-2"])
+    """Placer order number."""
+    filler_order_number: list[str] = Field(default_factory=lambda: ["ORC-3", "OBR-3"])
+    """Filler order number."""
+
+    @field_validator("*")
+    @classmethod
+    def _locations(cls, value: list[str]) -> list[str]:
+        for loc in value:
+            if not re.fullmatch(r"[A-Z][A-Z0-9]{2}-[1-9][0-9]*(\.[1-9][0-9]*)?", loc):
+                raise ValueError(f"{loc!r} is not a field location like OBR-18 or ORC-7.6")
+        return value
+
+
+class Hl7Listener(_Model):
+    """The HL7 v2 order listener: MLLP, and the same parser over HTTP (``POST /hl7/orm``)."""
+
+    port: Port = 2575
+    """MLLP port."""
+    bind_address: str = "127.0.0.1"
+    """Address the MLLP and HTTP listeners bind to (loopback by default; 0.0.0.0 in a pod)."""
+    http_port: Port | None = None
+    """Port of ``POST /hl7/orm`` (off when unset)."""
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    """A message longer than this is refused (AE) without being buffered."""
+    idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    """An MLLP connection silent this long is closed."""
+    message_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A message must arrive completely this long after its first byte (slow senders are dropped)."""
+    application: str = "PACSFLOW"
+    """MSH-3 sending application of the ACKs (the receiving application the RIS addresses)."""
+    facility: str = "PACSFLOW"
+    """MSH-4 of the ACKs."""
+    field_map: Hl7FieldMap = Field(default_factory=Hl7FieldMap)
+    """Where order fields are read from."""
+
+
+class Hl7Destination(_Model):
+    """An HL7 v2 receiver (RIS, alerting system, EHR) reached over MLLP."""
+
+    name: Name
+    """Name that use cases refer to in ``outputs.hl7.destination``."""
+    host: str = Field(min_length=1)
+    """Host name or address."""
+    port: Port
+    """MLLP port."""
+    version: Hl7Version = "2.5.1"
+    """HL7 version of the messages sent: ``2.3``/``2.3.1`` send ORM^O01, ``2.5.1`` OMI^O23 (order update)."""
+    receiving_application: str = ""
+    """MSH-5."""
+    receiving_facility: str = ""
+    """MSH-6."""
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    """Seconds to wait for the ACK."""
+
+
+class Webhook(_Model):
+    """A URL that receives a signed JSON alert (a vendor worklist API, e.g. Sectra Workflow Orchestrator, behind an
+    adapter)."""
+
+    name: Name
+    """Name that use cases list in ``outputs.webhooks``."""
+    url: str = Field(pattern=r"^https?://")
+    """Target URL (POST)."""
+    secret_file: str | None = None
+    """File holding the HMAC-SHA256 key (a mounted Secret); the body's signature goes in ``X-Pacsflow-Signature``.
+    Unsigned when unset."""
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    """Request timeout."""
+
+
+class MwlSource(_Model):
+    """A RIS Modality Worklist SCP polled (C-FIND) as a second source of orders."""
+
+    ae_title: AETitle
+    """Called AE title of the RIS worklist SCP."""
+    host: str = Field(min_length=1)
+    """Host of the worklist SCP."""
+    port: Port
+    """Port of the worklist SCP."""
+    station_ae_title: AETitle | None = None
+    """Scheduled Station AE Title to query (any when unset)."""
+    modality: str | None = None
+    """Modality to query (any when unset)."""
+    days_before: int = Field(default=0, ge=0)
+    """Date window: scheduled from this many days before today..."""
+    days_after: int = Field(default=0, ge=0)
+    """...to this many days after today."""
+    poll_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between polls."""
+
+
+class Orders(_Model):
+    """The durable order store."""
+
+    expire_after_hours: float = Field(default=72.0, gt=0)
+    """An order that never gets a study is expired after this long (counted in a metric)."""
+
+
+class Worklist(_Model):
+    """pacsflow's own Modality Worklist SCP (C-FIND on the router's DICOM port) with the AI priority applied."""
+
+    enabled: bool = True
+    """Serve the Modality Worklist Information Model - FIND on the router's AE title and port."""
+
+
+class Mpps(_Model):
+    """Modality Performed Procedure Step SCP (N-CREATE / N-SET on the router's DICOM port)."""
+
+    enabled: bool = True
+    """Accept MPPS from modalities: COMPLETED completes the study once every listed instance arrived."""
+
+
 class RoutingConfig(_Model):
     """Everything one router process needs."""
 
@@ -258,15 +454,27 @@ class RoutingConfig(_Model):
     """Prometheus metrics endpoint."""
     use_cases: list[UseCase] = Field(default_factory=list)
     """AI use cases run on every complete study they match."""
+    hl7_listener: Hl7Listener | None = None
+    """HL7 v2 order listener (MLLP and ``POST /hl7/orm``); off when unset."""
+    mwl_source: MwlSource | None = None
+    """RIS Modality Worklist polled for orders; off when unset."""
+    orders: Orders = Field(default_factory=Orders)
+    """Order store settings."""
+    mpps: Mpps = Field(default_factory=Mpps)
+    """MPPS SCP."""
+    worklist: Worklist = Field(default_factory=Worklist)
+    """pacsflow's Modality Worklist SCP."""
+    hl7_destinations: list[Hl7Destination] = Field(default_factory=list)
+    """HL7 v2 receivers of order updates and alerts."""
+    webhooks: list[Webhook] = Field(default_factory=list)
+    """JSON webhook receivers of alerts."""
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RoutingConfig:
-        names = [d.name for d in self.destinations]
-        if len(set(names)) != len(names):
-            raise ValueError(f"destinations: names must be unique, got {names}")
-        uc_names = [u.name for u in self.use_cases]
-        if len(set(uc_names)) != len(uc_names):
-            raise ValueError(f"useCases: names must be unique, got {uc_names}")
+        names = _unique("destinations", [d.name for d in self.destinations])
+        _unique("useCases", [u.name for u in self.use_cases])
+        hl7_names = _unique("hl7Destinations", [d.name for d in self.hl7_destinations])
+        hook_names = _unique("webhooks", [w.name for w in self.webhooks])
         for i, uc in enumerate(self.use_cases):
             sr = uc.outputs.structured_report
             if sr is not None and sr.destination not in names:
@@ -274,11 +482,37 @@ class RoutingConfig(_Model):
                     f"useCases[{i}].outputs.structuredReport.destination: unknown destination "
                     f"{sr.destination!r}; define it in 'destinations' (known: {names})"
                 )
+            hl7 = uc.outputs.hl7
+            if hl7 is not None and hl7.destination not in hl7_names:
+                raise ValueError(
+                    f"useCases[{i}].outputs.hl7.destination: unknown HL7 destination {hl7.destination!r}; define it "
+                    f"in 'hl7Destinations' (known: {hl7_names})"
+                )
+            for hook in uc.outputs.webhooks:
+                if hook not in hook_names:
+                    raise ValueError(
+                        f"useCases[{i}].outputs.webhooks: unknown webhook {hook!r}; define it in 'webhooks' "
+                        f"(known: {hook_names})"
+                    )
         return self
 
     def destination(self, name: str) -> Destination:
         """The destination called ``name``."""
         return next(d for d in self.destinations if d.name == name)
+
+    def hl7_destination(self, name: str) -> Hl7Destination:
+        """The HL7 destination called ``name``."""
+        return next(d for d in self.hl7_destinations if d.name == name)
+
+    def webhook(self, name: str) -> Webhook:
+        """The webhook called ``name``."""
+        return next(w for w in self.webhooks if w.name == name)
+
+
+def _unique(key: str, names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key}: names must be unique, got {names}")
+    return names
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -152,3 +152,44 @@ class StudyResult:
     finding: Finding
     critical: bool
     timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Order:
+    """A scheduled imaging order (from HL7 ORM^O01/OMI^O23 or a polled RIS worklist; workflow/orders.py).
+
+    It carries patient data (the worklist needs it), so it is never logged: log :attr:`key` only.
+    Empty string means the sender left the field empty.
+    """
+
+    accession: str
+    patient_id: str
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    study_uid: str = ""
+    requested_procedure_id: str = ""
+    modality: str = ""
+    procedure_code: str = ""
+    procedure_scheme: str = ""
+    procedure_description: str = ""
+    priority: str = ""
+    """HL7 priority code: S stat, A ASAP, R routine, P pre-op, C callback, T timing critical."""
+    patient_class: str = ""
+    location: str = ""
+    reason: str = ""
+    patient_name: str = ""
+    """DICOM PN form (``Family^Given``)."""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    scheduled_start: str = ""
+    """DICOM DT form (YYYYMMDDHHMMSS) or empty."""
+    scheduled_station_ae_title: str = ""
+    status: str = "scheduled"
+    """``scheduled``, ``in-progress``, ``cancelled``, ``discontinued``, ``completed``, ``expired``."""
+    source: str = "hl7"
+    """``hl7`` or ``mwl``."""
+
+    @property
+    def key(self) -> str:
+        """A non-identifying key for logs and metrics (accession numbers identify an exam)."""
+        return study_key(f"order\0{self.accession}\0{self.patient_id}")

@@ -103,6 +103,13 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         inference=inference,
         audit=Audit(url=f"sqlite:///{DATA_DIR}/audit.db"),
         metrics=Metrics(port=spec.metrics_port, host="0.0.0.0"),
+        hl7_listener=spec.hl7_listener.model_copy(update={"bind_address": "0.0.0.0"}) if spec.hl7_listener else None,
+        mwl_source=spec.mwl_source,
+        orders=spec.orders,
+        mpps=spec.mpps,
+        worklist=spec.worklist,
+        hl7_destinations=list(spec.hl7_destinations),
+        webhooks=list(spec.webhooks),
     )
 
 
@@ -260,9 +267,18 @@ def _pvc(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
     }
 
 
+def _ports(spec: DicomRouterSpec) -> list[tuple[str, int]]:
+    """Named ports of the router's container and Service: DICOM, metrics, and the HL7 listener's when set."""
+    ports = [("dicom", spec.port), ("metrics", spec.metrics_port)]
+    if spec.hl7_listener is not None:
+        ports.append(("mllp", spec.hl7_listener.port))
+        if spec.hl7_listener.http_port is not None:
+            ports.append(("hl7-http", spec.hl7_listener.http_port))
+    return ports
+
+
 def _service(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
-    return cluster_ip_service(deployment_name(name), labels(name), _selector(name),
-                              [("dicom", spec.port), ("metrics", spec.metrics_port)])
+    return cluster_ip_service(deployment_name(name), labels(name), _selector(name), _ports(spec))
 
 
 def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
@@ -271,10 +287,7 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
         "image": image,
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "env": [{"name": "PACSFLOW_ROUTER_LOG_FORMAT", "value": "json"}],
-        "ports": [
-            {"name": "dicom", "containerPort": spec.port, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"},
-        ],
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"} for port_name, port in _ports(spec)],
         # Ready = the DICOM listener accepts connections; alive = the metrics server still answers.
         "readinessProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {

@@ -20,13 +20,20 @@ from pacsflow_router.config import (
     AETitle,
     Completion,
     Destination,
+    Hl7Destination,
+    Hl7Listener,
     Match,
     Mode,
     ModelRef,
+    Mpps,
+    MwlSource,
     Name,
+    Orders,
     Outputs,
     Port,
     Triage,
+    Webhook,
+    Worklist,
 )
 
 # Kubernetes resource.Quantity, same pattern the API server uses for quantities in core types.
@@ -140,6 +147,27 @@ class DicomRouterSpec(_Model):
     """Durable spool volume."""
     metrics_port: Port = 9108
     """Port of the router's Prometheus /metrics endpoint."""
+    hl7_listener: Hl7Listener | None = None
+    """HL7 v2 order listener (MLLP, and ``POST /hl7/orm`` when ``httpPort`` is set); off when unset. The router's
+    Service exposes its ports."""
+    mwl_source: MwlSource | None = None
+    """The RIS Modality Worklist polled (C-FIND) as a second source of orders; off when unset."""
+    orders: Orders = Field(default_factory=Orders)
+    """Order store settings (expiry of orders that never get a study)."""
+    mpps: Mpps = Field(default_factory=Mpps)
+    """MPPS SCP on the router's DICOM port (a COMPLETED step completes the study without the stable window)."""
+    worklist: Worklist = Field(default_factory=Worklist)
+    """pacsflow's Modality Worklist SCP on the router's DICOM port, with the AI priority applied."""
+    hl7_destinations: Annotated[
+        list[Hl7Destination],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = Field(default_factory=list)
+    """HL7 v2 receivers (RIS, alerting) of order updates and alerts; use cases name one in ``outputs.hl7``."""
+    webhooks: Annotated[
+        list[Webhook],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = Field(default_factory=list)
+    """JSON webhook receivers of alerts; use cases list them in ``outputs.webhooks``."""
 
 
 class DicomRouterStatus(_Status):

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydicom.uid import (
     HTJ2K,
@@ -197,6 +198,9 @@ class DicomReceiver:
         Seconds before an idle or stalled peer is dropped (association setup, silent connection, DIMSE message).
     maximum_associations
         Concurrent associations; beyond it requests are rejected (transient, local limit exceeded).
+    services
+        More DIMSE services on the same AE title and port (the workflow edges: MPPS N-CREATE/N-SET, the worklist's
+        C-FIND): each ``(abstract syntax UIDs, [(event, handler), ...])``. Handlers run on association threads.
     """
 
     def __init__(
@@ -210,6 +214,7 @@ class DicomReceiver:
         network_timeout: float = 60.0,
         dimse_timeout: float = 60.0,
         maximum_associations: int = 32,
+        services: Sequence[tuple[Sequence[str], Sequence[tuple[evt.InterventionEvent, Callable[..., Any]]]]] = (),
     ) -> None:
         self.config = config
         self.spool = spool
@@ -226,6 +231,11 @@ class DicomReceiver:
             if context.abstract_syntax is not None:  # always set in pynetdicom's lists; typed Optional
                 ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
+        self._extra_handlers: list[tuple[evt.InterventionEvent, Callable[..., Any]]] = []
+        for syntaxes, handlers in services:
+            for syntax in syntaxes:
+                ae.add_supported_context(syntax, TRANSFER_SYNTAXES)
+            self._extra_handlers.extend(handlers)
         self._ae = ae
         self.server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -246,6 +256,7 @@ class DicomReceiver:
                 (evt.EVT_ACCEPTED, _count_association("accepted")),
                 (evt.EVT_REJECTED, _count_association("rejected")),
                 (evt.EVT_ABORTED, _count_association("aborted")),
+                *self._extra_handlers,
             ],
             server_class=_Server,
             request_handler=_RequestHandler,
