@@ -12,7 +12,7 @@ import re
 from collections.abc import Set
 
 from ..config import Match
-from ..domain import Series, Study
+from ..domain import Order, Series, Study
 
 
 def is_candidate(series: Series, modalities: Set[str] | None, description_pattern: str | None) -> bool:
@@ -54,3 +54,29 @@ def select_series(match: Match, study: Study) -> Series | None:
     if not candidates:
         return None
     return max(candidates, key=lambda s: len(s.slices))
+
+
+def order_mismatch(match: Match, order: Order | None) -> str | None:
+    """Why the study's order keeps a use case from applying (None: it applies).
+
+    Only a use case with order criteria (:meth:`~pacsflow_router.config.Match.has_order_criteria`) looks at the
+    order; for it, a study without an order does not apply ("triage for a subset of studies or a reading pool").
+    Codes are compared case-insensitively. The explanation names the criterion, never the order's values beyond
+    the codes the use case itself lists.
+    """
+    if not match.has_order_criteria():
+        return None
+    if order is None:
+        return "the use case selects studies by their order, and this study has no order"
+    checks = (
+        ("patient class", match.patient_classes, order.patient_class),
+        ("order priority", match.order_priorities, order.priority),
+        ("procedure code", match.procedure_codes, order.procedure_code),
+    )
+    for label, wanted, value in checks:
+        if wanted and value.strip().upper() not in {w.strip().upper() for w in wanted}:
+            return f"the order's {label} is not one of {sorted(wanted)}"
+    pattern = match.ordering_location_pattern
+    if pattern is not None and re.search(pattern, order.location) is None:
+        return "the order's patient location does not match orderingLocationPattern"
+    return None
