@@ -24,13 +24,13 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: venv system-deps lint check-crds cluster-bins helm triton-venv
+test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer
 	$(VENV)/bin/pytest
 
 demo: venv system-deps
 	$(PY) scripts/demo.py
 
-bench: venv system-deps
+bench: venv system-deps hl7-peer
 	$(PY) -m bench
 
 .PHONY: crds check-crds
@@ -59,6 +59,12 @@ cluster-up: venv system-deps cluster-bins
 ## Stops the control plane started by cluster-up (by PID)
 cluster-down:
 	scripts/cluster.sh down
+
+.PHONY: hl7-peer
+## The independent HL7 v2 peer: HAPI HL7v2 2.6.0 jars from Maven Central into the cache (sha1-checked);
+## tests/peers/hapi/Peer.java runs on them (Java 17)
+hl7-peer:
+	scripts/fetch-hl7-peer.sh
 
 .PHONY: triton-venv triton
 ## Triton's own venv (.venv-triton): nvidia-pytriton's bundled tritonserver 2.51 + ONNX Runtime (numpy<2)
