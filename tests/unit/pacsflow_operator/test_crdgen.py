@@ -71,6 +71,9 @@ def test_cel_rules_exactly_where_declared():
         ("DicomRouter", "$.properties.spec.properties.replicas"): ["self <= 1"],
         ("AIUseCase", "$.properties.spec.properties.router"): ["self == oldSelf"],
         ("AIUseCase", "$.properties.spec.properties.mode"): [MODE_TRANSITION_RULE],
+        ("DicomRouter", "$.properties.spec.properties.secretMounts.items.properties.mountPath"): [
+            "self != '/var/lib/pacsflow' && !self.startsWith('/var/lib/pacsflow/') && self != '/etc/pacsflow' && "
+            "!self.startsWith('/etc/pacsflow/')"],
     }
 
 

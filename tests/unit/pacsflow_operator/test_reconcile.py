@@ -90,7 +90,12 @@ def test_router_deployment():
     [c] = pod["containers"]
     assert c["image"] == "default:1"
     assert c["args"] == ["--config", "/etc/pacsflow/routing.yaml"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"dicom": 11112, "metrics": 9108}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"dicom": 11112, "metrics": 9108, "mllp": 2575,
+                                                                   "hl7-http": 8081}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/pacsflow-secrets/sectra"]["readOnly"] is True
+    secret_volume = {v["name"]: v for v in pod["volumes"]}[mounts["/etc/pacsflow-secrets/sectra"]["name"]]
+    assert secret_volume["secret"]["secretName"] == "sectra-webhook-hmac"
     assert c["readinessProbe"]["tcpSocket"]["port"] == "dicom"
     assert all("subPath" not in m for m in c["volumeMounts"])  # subPath mounts never see ConfigMap updates
     assert {v["name"]: v for v in pod["volumes"]}["spool"]["persistentVolumeClaim"]["claimName"] == "ed-router-spool"
@@ -105,7 +110,25 @@ def test_router_pvc_and_service():
     assert children["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
     assert router_rc.RETAIN_ANNOTATION in children["PersistentVolumeClaim"]["metadata"]["annotations"]
     ports = {p["name"]: p["port"] for p in children["Service"]["spec"]["ports"]}
-    assert ports == {"dicom": 11112, "metrics": 9108}
+    assert ports == {"dicom": 11112, "metrics": 9108, "mllp": 2575, "hl7-http": 8081}
+
+
+def test_router_workflow_settings_reach_the_routing_config():
+    plan = router_rc.render_router("ed", "ns", ROUTER, {"ich-head-ct": UC}, image="img")
+    config = plan.config
+    assert config.hl7_listener is not None and config.hl7_listener.bind_address == "0.0.0.0"  # reachable in a pod
+    assert config.hl7_destination("ris").version == "2.3.1"
+    assert config.webhook("sectra-wo").secret_file == "/etc/pacsflow-secrets/sectra/hmac-key"
+    assert config.completion.window("MR") == 120
+    [uc] = config.use_cases
+    assert uc.outputs.hl7 is not None and uc.outputs.webhooks == ["sectra-wo"]
+
+
+def test_secret_mounts_may_not_shadow_the_spool_or_config():
+    for path in ("/var/lib/pacsflow", "/etc/pacsflow/x", "relative/path"):
+        with pytest.raises(ValueError):
+            DicomRouterSpec.model_validate({**_example("dicomrouter.yaml"),
+                                            "secretMounts": [{"secretName": "s", "mountPath": path}]})
 
 
 def test_embedded_inference_without_triton_cluster():

@@ -300,6 +300,8 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             {"name": "spool", "mountPath": DATA_DIR},
             # No subPath: kubelet only refreshes whole-directory ConfigMap mounts, and hot reload needs that.
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            *({"name": f"secret-{i}", "mountPath": m.mount_path, "readOnly": True}
+              for i, m in enumerate(spec.secret_mounts)),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -321,6 +323,8 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
         "volumes": [
             {"name": "spool", "persistentVolumeClaim": {"claimName": pvc_name(name)}},
             {"name": "config", "configMap": {"name": config_map_name(name)}},
+            *({"name": f"secret-{i}", "secret": {"secretName": m.secret_name, "defaultMode": 0o440}}
+              for i, m in enumerate(spec.secret_mounts)),
         ],
     }
     # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from pacsflow_router.config import (
@@ -114,6 +114,28 @@ class Spool(_Model):
     """StorageClass of the spool PVC (cluster default when unset)."""
 
 
+_RESERVED = ("/var/lib/pacsflow", "/etc/pacsflow")
+_RESERVED_PATHS_RULE = " && ".join(f"self != '{p}' && !self.startsWith('{p}/')" for p in _RESERVED)
+
+
+class SecretMount(_Model):
+    """A Secret mounted read-only into the router pod (webhook HMAC keys, later TLS certificates)."""
+
+    secret_name: Name
+    """Name of the Secret (same namespace)."""
+    mount_path: str = Field(pattern=r"^/.+$", max_length=253, json_schema_extra={"x-kubernetes-validations": [{
+        "rule": _RESERVED_PATHS_RULE, "message": "mountPath may not be under /var/lib/pacsflow or /etc/pacsflow"}]})
+    """Absolute directory it is mounted at, e.g. ``/etc/pacsflow-secrets/sectra``; a key ``k`` becomes the file
+    ``<mountPath>/k``, which a webhook's ``secretFile`` names. Not under the spool or config directories."""
+
+    @field_validator("mount_path")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if any(value == p or value.startswith(p + "/") for p in _RESERVED):
+            raise ValueError("mountPath may not be under /var/lib/pacsflow or /etc/pacsflow")
+        return value
+
+
 class DicomRouterSpec(_Model):
     """A DICOM router: a C-STORE SCP that runs AI use cases on complete studies and sends results on."""
 
@@ -168,6 +190,8 @@ class DicomRouterSpec(_Model):
         Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
     ] = Field(default_factory=list)
     """JSON webhook receivers of alerts; use cases list them in ``outputs.webhooks``."""
+    secret_mounts: list[SecretMount] = Field(default_factory=list, max_length=16)
+    """Secrets mounted read-only into the router pod (a webhook's ``secretFile`` points into one)."""
 
 
 class DicomRouterStatus(_Status):
