@@ -87,9 +87,36 @@ SR_EXPORTS = Counter(
     ["destination", "outcome"], registry=REGISTRY)
 OUTBOX_PENDING = Gauge(
     "pacsflow_outbox_pending", "SRs waiting in the durable outbox for delivery.", registry=REGISTRY)
+#: Channels of the durable outbox (``pacsflow_outbound_*{channel}``).
+OUTBOUND_CHANNELS = ("dicom", "hl7", "webhook")
+#: Outcomes of one outbound delivery attempt (``pacsflow_outbound_messages_total{channel,destination,outcome}``).
+OUTBOUND_OUTCOMES = ("sent", "failed", "retrying")
+OUTBOUND_MESSAGES = Counter(
+    "pacsflow_outbound_messages", "Outbound deliveries (SR, HL7, webhook), by channel, destination and outcome (sent, "
+    "retrying: an attempt failed and the item stays queued, failed: parked).", ["channel", "destination", "outcome"],
+    registry=REGISTRY)
+OUTBOUND_PENDING = Gauge(
+    "pacsflow_outbound_pending", "Messages waiting in the durable outbox, by channel.", ["channel"], registry=REGISTRY)
+OUTBOUND_OLDEST_PENDING_AGE = Gauge(
+    "pacsflow_outbound_oldest_pending_age_seconds", "Age of the oldest message still waiting in the outbox, by "
+    "channel (0 when none).", ["channel"], registry=REGISTRY)
 EXPORT_ASSOCIATIONS = Counter(
     "pacsflow_export_associations", "Outbound associations opened, by destination (low = reuse works).",
     ["destination"], registry=REGISTRY)
+
+
+# -- orders in (workflow: hl7, mllp, orders) ---------------------------------------------------------------------
+#: Message kinds of ``pacsflow_hl7_messages_total{kind}``: the accepted types, anything else counts as ``other``.
+HL7_MESSAGE_KINDS = ("ORM^O01", "OMI^O23", "other")
+#: ACK codes of ``pacsflow_hl7_messages_total{ack}``.
+HL7_ACK_CODES = ("AA", "AE", "AR")
+HL7_MESSAGES = Counter(
+    "pacsflow_hl7_messages", "HL7 v2 order messages received (MLLP and HTTP), by message kind and ACK code.",
+    ["kind", "ack"], registry=REGISTRY)
+ORDERS_OPEN = Gauge(
+    "pacsflow_orders_open", "Orders scheduled or in progress in the durable order store.", registry=REGISTRY)
+ORDERS_EXPIRED = Counter(
+    "pacsflow_orders_expired", "Orders that never got a study within orders.expireAfterHours.", registry=REGISTRY)
 
 
 def start_metrics_server(host: str, port: int) -> tuple[object, object]:

@@ -1,0 +1,250 @@
+"""Order store: durable across kill -9, one ACK per control ID, HL7 order controls, worklist order, expiry."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pacsflow_router import metrics
+from pacsflow_router.domain import Order
+from pacsflow_router.ingest.spool import Spool
+from pacsflow_router.models import phantom
+from pacsflow_router.workflow.orders import (
+    REASON_UNABLE_TO_CANCEL,
+    REASON_UNKNOWN_ORDER,
+    OrderStore,
+)
+from tests.peers.dicomfiles import part10
+
+
+def _ack(code: str, reason: str | None) -> bytes:
+    return f"MSH|^~\\&|ACK|{code}|{reason or ''}".encode()
+
+
+def _order(accession: str = "ACC1", patient_id: str = "PID1", **fields: str) -> Order:
+    return Order(accession=accession, patient_id=patient_id, **fields)
+
+
+@pytest.fixture
+def store(tmp_path):
+    spool = Spool(tmp_path, 0.999)
+    yield OrderStore(spool)
+    spool.close()
+
+
+def test_new_order_is_created_and_acked_aa(store):
+    out = store.apply_hl7("MSG1", "NW", _order(modality="CT", priority="R"), _ack)
+    assert out.outcome == "created"
+    assert out.ack == _ack("AA", None)
+    assert store.get("ACC1", "PID1") == _order(modality="CT", priority="R", status="scheduled")
+    assert store.count() == 1 and store.count("scheduled") == 1
+
+
+def test_duplicate_control_id_gets_the_same_ack_and_changes_nothing(store):
+    first = store.apply_hl7("MSG1", "NW", _order(priority="R"), _ack)
+    calls: list[str] = []
+
+    def other_ack(code: str, reason: str | None) -> bytes:
+        calls.append(code)
+        return b"a different ack"
+
+    # Same control ID, different content (a sender re-sending after a lost ACK must not apply anything twice).
+    again = store.apply_hl7("MSG1", "XO", _order(priority="S"), other_ack)
+    assert again.outcome == "duplicate"
+    assert again.ack == first.ack
+    assert calls == []
+    assert store.get("ACC1", "PID1").priority == "R"
+    # A duplicate NW for another key creates nothing either.
+    dup_new = store.apply_hl7("MSG1", "NW", _order("ACC2"), _ack)
+    assert dup_new.outcome == "duplicate" and store.count() == 1
+
+
+def test_duplicate_of_a_rejected_message_is_rejected_again(store):
+    first = store.apply_hl7("MSG9", "XO", _order(), _ack)
+    assert first.outcome == "rejected" and first.ack == _ack("AE", REASON_UNKNOWN_ORDER)
+    store.apply_hl7("MSG10", "NW", _order(), _ack)
+    again = store.apply_hl7("MSG9", "XO", _order(priority="S"), _ack)
+    assert again.outcome == "duplicate" and again.ack == first.ack
+    assert store.get("ACC1", "PID1").priority == ""
+
+
+def test_xo_updates_non_empty_fields_and_keeps_the_rest(store):
+    store.apply_hl7("1", "NW", _order(modality="CT", patient_class="E", priority="R"), _ack)
+    out = store.apply_hl7("2", "XO", _order(priority="S"), _ack)
+    assert out.outcome == "updated"
+    stored = store.get("ACC1", "PID1")
+    assert (stored.priority, stored.modality, stored.patient_class) == ("S", "CT", "E")
+
+
+@pytest.mark.parametrize("control", ["XO", "CA", "SC", "DC"])
+def test_change_for_an_unknown_order_is_ae_and_stores_nothing(store, control):
+    store.apply_hl7("1", "NW", _order("OTHER"), _ack)
+    out = store.apply_hl7("2", control, _order(), _ack)
+    assert out.outcome == "rejected"
+    assert out.ack == _ack("AE", REASON_UNKNOWN_ORDER)
+    assert store.get("ACC1", "PID1") is None
+    assert store.count() == 1 and store.get("OTHER", "PID1").status == "scheduled"
+
+
+def test_cancelled_order_is_not_matched_to_a_study(store):
+    store.apply_hl7("1", "NW", _order(study_uid="1.2.3"), _ack)
+    out = store.apply_hl7("2", "CA", _order(), _ack)
+    assert out.outcome == "cancelled" and out.ack == _ack("AA", None)
+    assert store.get("ACC1", "PID1").status == "cancelled"
+    assert store.find_for_study("1.2.3", "ACC1", "PID1") is None
+    assert store.count("scheduled") == 0
+
+
+def test_cancel_after_the_images_arrived_is_refused(tmp_path):
+    spool = Spool(tmp_path, 0.999)
+    store = OrderStore(spool)
+    datasets, _ = phantom.generate_study(3, lesion=False, slices=1, rows=16, cols=16)
+    study_uid = datasets[0].StudyInstanceUID
+    store.apply_hl7("1", "NW", _order(study_uid=study_uid), _ack)
+    spool.store(part10(datasets[0]))
+    out = store.apply_hl7("2", "CA", _order(), _ack)
+    assert out.outcome == "rejected"
+    assert out.ack == _ack("AE", REASON_UNABLE_TO_CANCEL)
+    assert store.get("ACC1", "PID1").status == "scheduled"
+    # Without a study UID the order's own status tells: in progress (MPPS) cannot be cancelled either.
+    store.apply_hl7("3", "NW", _order("ACC2"), _ack)
+    store.set_status("ACC2", "PID1", "in-progress")
+    assert store.apply_hl7("4", "CA", _order("ACC2"), _ack).outcome == "rejected"
+    spool.close()
+
+
+def test_discontinue_and_status_change(store):
+    store.apply_hl7("1", "NW", _order(), _ack)
+    assert store.apply_hl7("2", "SC", _order(status="in-progress"), _ack).outcome == "updated"
+    assert store.get("ACC1", "PID1").status == "in-progress"
+    assert store.apply_hl7("3", "DC", _order(), _ack).outcome == "discontinued"
+    assert store.get("ACC1", "PID1").status == "discontinued"
+
+
+def test_new_order_with_an_existing_key_updates_it(store):
+    store.apply_hl7("1", "NW", _order(priority="R"), _ack)
+    store.apply_hl7("2", "CA", _order(), _ack)
+    out = store.apply_hl7("3", "NW", _order(priority="A"), _ack)
+    assert out.outcome == "updated"
+    stored = store.get("ACC1", "PID1")
+    assert (stored.status, stored.priority) == ("scheduled", "A")
+    assert store.count() == 1
+
+
+def test_order_and_ack_survive_kill_9(tmp_path):
+    """A child process stores an order and is killed right after apply_hl7 returns: the order and its ACK are there."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pacsflow_router.domain import Order
+        from pacsflow_router.ingest.spool import Spool
+        from pacsflow_router.workflow.orders import OrderStore
+        store = OrderStore(Spool({str(tmp_path)!r}, 0.999))
+        out = store.apply_hl7("CTRL-1", "NW", Order(accession="ACC1", patient_id="PID1", priority="S"),
+                              lambda code, reason: b"ACK-" + code.encode())
+        print(out.outcome, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert proc.stdout.strip() == "created"
+    store = OrderStore(Spool(tmp_path, 0.999))
+    assert store.get("ACC1", "PID1") == _order(priority="S")
+    again = store.apply_hl7("CTRL-1", "NW", _order(priority="S"), _ack)
+    assert (again.outcome, again.ack) == ("duplicate", b"ACK-AA")
+
+
+def test_upsert_from_the_worklist(store):
+    item = _order(modality="CT", scheduled_station_ae_title="CT1", scheduled_start="20261130120000", source="mwl")
+    assert store.upsert(item) == "created"
+    assert store.upsert(item) == "unchanged"
+    store.set_status("ACC1", "PID1", "in-progress")
+    # The poller still sees the item as scheduled: that does not undo MPPS's in-progress.
+    assert store.upsert(item) == "unchanged"
+    assert store.upsert(dataclasses.replace(item, priority="S")) == "updated"
+    stored = store.get("ACC1", "PID1")
+    assert (stored.status, stored.priority, stored.source) == ("in-progress", "S", "mwl")
+
+
+def test_find_for_study_by_uid_then_accession_and_patient(store):
+    store.apply_hl7("1", "NW", _order("A1", study_uid="1.2.840.1"), _ack)
+    store.apply_hl7("2", "NW", _order("A2"), _ack)
+    assert store.find_for_study("1.2.840.1", "", "").accession == "A1"
+    assert store.find_for_study("9.9", "A2", "PID1").accession == "A2"
+    assert store.find_for_study("9.9", "A2", "OTHER-PATIENT") is None
+    assert store.find_for_study("", "", "") is None
+
+
+def test_worklist_order_ai_first_then_priority_then_time(store):
+    store.upsert(_order("R1", priority="R", scheduled_start="20261130080000"))
+    store.upsert(_order("R2", priority="R", scheduled_start="20261130070000"))
+    store.upsert(_order("S1", priority="S", scheduled_start="20261130090000"))
+    store.upsert(_order("A1", priority="A", scheduled_start="20261130090000"))
+    store.upsert(_order("CANCELLED", priority="S", scheduled_start="20261130090000", status="cancelled"))
+    assert [e.order.accession for e in store.worklist()] == ["S1", "A1", "R2", "R1"]
+    assert store.mark_ai_critical(_order("R1"), "ich-head-ct", 100.0)
+    assert not store.mark_ai_critical(_order("R1"), "ich-head-ct", 200.0)
+    assert store.mark_ai_critical(_order("R1"), "ptx-chest", 300.0)
+    assert not store.mark_ai_critical(_order("UNKNOWN"), "ich-head-ct", 100.0)
+    entries = store.worklist()
+    assert [e.order.accession for e in entries] == ["R1", "S1", "A1", "R2"]
+    assert entries[0].ai_critical and entries[0].ai_use_cases == ("ich-head-ct", "ptx-chest")
+    assert entries[0].ai_raised_at == 100.0
+    # A completed study stays listed while it carries an AI result; a plain completed one drops off.
+    store.set_status("R1", "PID1", "completed")
+    store.set_status("R2", "PID1", "completed")
+    assert [e.order.accession for e in store.worklist()] == ["R1", "S1", "A1"]
+
+
+def test_worklist_filters(store):
+    store.upsert(_order("CT-TODAY", modality="CT", scheduled_station_ae_title="CT1", scheduled_start="20261130"))
+    store.upsert(_order("CT-OTHER-STATION", modality="CT", scheduled_station_ae_title="CT2",
+                        scheduled_start="20261130"))
+    store.upsert(_order("CT-ANY-STATION", modality="CT", scheduled_start="20261130"))
+    store.upsert(_order("CT-TOMORROW", modality="CT", scheduled_station_ae_title="CT1", scheduled_start="20261201"))
+    store.upsert(_order("DX-TODAY", modality="DX", scheduled_start="20261130"))
+    listed = store.worklist(modality="CT", station_ae_title="CT1", date_from="20261130", date_to="20261130")
+    assert sorted(e.order.accession for e in listed) == ["CT-ANY-STATION", "CT-TODAY"]
+    assert len(store.worklist(date_from="20261201")) == 1
+
+
+def test_expire_counts_and_spares_orders_with_a_study(tmp_path):
+    spool = Spool(tmp_path, 0.999)
+    store = OrderStore(spool)
+    datasets, _ = phantom.generate_study(4, lesion=False, slices=1, rows=16, cols=16)
+    store.upsert(_order("OLD"))
+    store.upsert(_order("OLD-WITH-STUDY", study_uid=datasets[0].StudyInstanceUID))
+    spool.store(part10(datasets[0]))
+    store.upsert(_order("OLD-IN-PROGRESS", status="in-progress"))
+    before = metrics.ORDERS_EXPIRED._value.get()
+    later = time.time() + 3600
+    assert store.expire(later, 7200) == 0
+    assert store.expire(later, 1800) == 1
+    assert store.get("OLD", "PID1").status == "expired"
+    assert store.get("OLD-WITH-STUDY", "PID1").status == "scheduled"
+    assert metrics.ORDERS_EXPIRED._value.get() - before == 1
+    assert metrics.ORDERS_OPEN._value.get() == 2
+    assert store.expire(later, 1800) == 0
+    spool.close()
+
+
+def test_set_status_refuses_unknown_status(store):
+    store.upsert(_order())
+    with pytest.raises(ValueError):
+        store.set_status("ACC1", "PID1", "done")
+    assert not store.set_status("NOPE", "PID1", "completed")
+
+
+def test_no_patient_data_in_logs(store, caplog):
+    caplog.set_level("DEBUG", logger="pacsflow_router.workflow.orders")
+    order = _order("ACC-SECRET", "PID-SECRET", patient_name="DOE^JANE")
+    store.apply_hl7("1", "NW", order, _ack)
+    store.apply_hl7("2", "CA", order, _ack)
+    store.mark_ai_critical(order, "uc", 1.0)
+    assert caplog.records
+    assert "SECRET" not in caplog.text and "DOE" not in caplog.text
