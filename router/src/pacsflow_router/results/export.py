@@ -1,24 +1,36 @@
 """The durable outbox: every result leaves the router through here, never lost and never duplicated.
 
-``enqueue`` writes the SR file (fsync'ed, then renamed into place and the directory fsync'ed) and one SQLite row
-(WAL, ``synchronous=FULL``) before it returns, so an SR that was enqueued survives kill -9 and power loss.
-A background thread sends due items through one sender per destination (:class:`~.scu.StoreClient`, which keeps
-one association open across items), and marks each delivered exactly once (a guarded UPDATE; the ``on_result``
-hook runs only when that UPDATE changed the row).
+Three channels go through the same outbox: ``dicom`` (SRs by C-STORE), ``hl7`` (HL7 v2 order updates and alerts
+over MLLP) and ``webhook`` (signed JSON alerts). Destinations are named per channel (the routing config's
+``destinations``, ``hl7Destinations``, ``webhooks``).
 
-Exactly once at the destination: an item is unique per (destination, SOP Instance UID), and the SR's UIDs are
-derived from everything that determines its content (:func:`~.reports.sr_uids`), so re-running a study enqueues
-nothing new. The one window left - the destination stored the SR and the router died before recording it - ends
-in a resend of the same SOP Instance, which a PACS stores as the same object.
+``enqueue`` (an SR) and ``enqueue_message`` (HL7/webhook bytes) write the payload file (fsync'ed, then renamed into
+place and the directory fsync'ed) and one SQLite row (WAL, ``synchronous=FULL``) before they return, so an item that
+was enqueued survives kill -9 and power loss. A background thread sends due items through one sender per
+(channel, destination) (:class:`~.scu.StoreClient` keeps one association open across items;
+``workflow.senders`` has the MLLP and webhook senders), and marks each delivered exactly once (a guarded UPDATE; the
+``on_result`` hook runs only when that UPDATE changed the row).
+
+Exactly once at the destination: an item is unique per (channel, destination, idempotency key). The key is the SR's
+SOP Instance UID, the HL7 message's MSH-10 or the webhook's ``Idempotency-Key``, each derived from what determines
+the content (:func:`~.reports.sr_uids`, ``workflow.alerts``), so re-running a study enqueues nothing new. The one
+window left - the destination took the item and the router died before recording it - ends in a resend with the
+same key: a PACS stores the same SOP Instance as the same object, an HL7 receiver sees the same MSH-10 again, a
+webhook receiver the same ``Idempotency-Key``.
 
 Retry policy: while a destination cannot be reached (connection refused, association rejected, no response) the
 whole destination backs off exponentially (``base_delay`` doubling up to ``max_delay``) and is retried forever;
 an item the destination refuses with a failure status backs off on its own, and after ``max_attempts`` refusals
 of a status that resending cannot fix it is parked as ``failed`` (kept on disk, reported through ``on_result``).
+HL7 AE/AR and webhook 4xx answers are such refusals: recorded, backed off, parked - never resent in a tight loop.
+
+An ``outbox.db`` written before the channels existed is migrated once at open (one transaction: its rows become
+``dicom`` items, the SOP Instance UID their key), because SQLite cannot change a table's UNIQUE constraint in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -39,46 +51,78 @@ from ..errors import ExportError
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    destination   TEXT NOT NULL,
-    sop_uid       TEXT NOT NULL,
-    file          TEXT NOT NULL,
-    study_key     TEXT,
-    use_case      TEXT,
-    last_received REAL,
-    enqueued_at   REAL NOT NULL,
-    state         TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    next_attempt  REAL NOT NULL,
-    last_error    TEXT,
-    status        INTEGER,
-    delivered_at  REAL,
-    UNIQUE (destination, sop_uid)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
-"""
+#: The outbox's channels (``metrics.OUTBOUND_CHANNELS``).
+CHANNELS = ("dicom", "hl7", "webhook")
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel         TEXT NOT NULL DEFAULT 'dicom',
+    destination     TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    kind            TEXT,
+    file            TEXT NOT NULL,
+    study_key       TEXT,
+    use_case        TEXT,
+    last_received   REAL,
+    enqueued_at     REAL NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt    REAL NOT NULL,
+    last_error      TEXT,
+    status          INTEGER,
+    delivered_at    REAL,
+    UNIQUE (channel, destination, idempotency_key)
+)"""
+_INDEX = "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt)"
+# Columns an outbox.db from before the channels has, copied as they are by the migration.
+_V1_COLUMNS = ("id, destination, file, study_key, use_case, last_received, enqueued_at, state, attempts, next_attempt,"
+               " last_error, status, delivered_at")
 
 
 class Sender(Protocol):
-    """What the outbox needs from a destination client (:class:`~.scu.StoreClient` is one)."""
+    """What the outbox needs from a DICOM destination client (:class:`~.scu.StoreClient` is one)."""
 
     def send(self, ds: Dataset) -> int: ...
 
 
 @dataclass(frozen=True)
+class Message:
+    """An HL7 or webhook payload as the outbox stored it, with its idempotency key (MSH-10 / ``Idempotency-Key``)."""
+
+    key: str
+    body: bytes
+    kind: str | None = None
+
+
+class MessageSender(Protocol):
+    """What the outbox needs from an HL7 or webhook client (``workflow.senders``): ``send`` returns a status (the
+    HTTP status; 0 for an HL7 AA/CA) or raises :class:`~.errors.ExportError` (``permanent`` for a refusal)."""
+
+    def send(self, message: Message) -> int: ...
+
+
+@dataclass(frozen=True)
 class OutboxItem:
-    """One SR on its way to one destination (what ``on_result`` receives; no patient data)."""
+    """One item on its way to one destination (what ``on_result`` receives; no patient data)."""
 
     id: int
     destination: str
-    sop_uid: str
+    key: str
+    """Idempotency key: the SR's SOP Instance UID, the HL7 MSH-10, or the webhook's idempotency key."""
     study_key: str | None
     use_case: str | None
     last_received: float | None
     attempts: int
     last_error: str | None
+    channel: str = "dicom"
+    kind: str | None = None
+    """``sr``, or the HL7/webhook message kind (``order-update``, ``alert``, ``webhook``)."""
+
+    @property
+    def sop_uid(self) -> str:
+        """The SR's SOP Instance UID (the key of a ``dicom`` item)."""
+        return self.key
 
 
 def _fsync_dir(path: Path) -> None:
@@ -90,7 +134,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Outbox:
-    """Durable, retrying, exactly-once delivery of SRs to named destinations.
+    """Durable, retrying, exactly-once delivery of SRs, HL7 messages and webhooks to named destinations.
 
     Parameters
     ----------
@@ -98,8 +142,12 @@ class Outbox:
         Holds ``outbox.db`` and the SR files (``items/``); created if missing. Reopening the same directory
         resumes every pending item.
     senders : callable
-        ``senders(destination_name)`` returns a sender (``send(ds) -> status``, optionally ``close()`` and
+        ``senders(destination_name)`` returns a DICOM sender (``send(ds) -> status``, optionally ``close()`` and
         ``release_if_idle()``); called once per destination and cached.
+    message_senders : callable, optional
+        ``message_senders(channel, destination_name)`` returns the sender of an ``hl7`` or ``webhook`` destination
+        (``send(message) -> status``, the same optional methods); called once per (channel, destination) and cached.
+        Without it such items stay queued (and an error is logged).
     on_result : callable, optional
         ``on_result(item, outcome)`` with outcome ``"delivered"``, ``"retrying"`` (first failed attempt of an
         item only, so a long outage does not flood the audit trail) or ``"failed"`` (parked).
@@ -116,6 +164,7 @@ class Outbox:
         directory: Path,
         senders: Callable[[str], Sender],
         *,
+        message_senders: Callable[[str, str], MessageSender] | None = None,
         on_result: Callable[[OutboxItem, str], None] | None = None,
         base_delay: float = 1.0,
         max_delay: float = 60.0,
@@ -126,29 +175,83 @@ class Outbox:
         self._files = self.directory / "items"
         self._files.mkdir(parents=True, exist_ok=True)
         self._senders_factory = senders
-        self._senders: dict[str, Sender] = {}
+        self._message_senders_factory = message_senders
+        self._senders: dict[tuple[str, str], Sender | MessageSender] = {}
         self.on_result = on_result
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
-        # destination -> (consecutive unreachable rounds, not before) - in memory: after a restart, try at once.
-        self._backoff: dict[str, tuple[int, float]] = {}
+        # (channel, destination) -> (consecutive unreachable rounds, not before) - in memory: after a restart, try
+        # at once.
+        self._backoff: dict[tuple[str, str], tuple[int, float]] = {}
         self._db_lock = threading.Lock()
         self._deliver_lock = threading.Lock()
         self._db = sqlite3.connect(self.directory / "outbox.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._db.execute(_TABLE.format(name="outbox"))
+        self._db.execute(_INDEX)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        metrics.OUTBOX_PENDING.set(self.pending())
+        self.update_gauges()
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if not columns or "channel" in columns:
+            return
+        # One transaction: a crash leaves either the old table or the new one, never both or neither.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(_TABLE.format(name="outbox_channels"))
+            self._db.execute(f"INSERT INTO outbox_channels (channel, idempotency_key, kind, {_V1_COLUMNS})"
+                             f" SELECT 'dicom', sop_uid, 'sr', {_V1_COLUMNS} FROM outbox")
+            self._db.execute("DROP TABLE outbox")
+            self._db.execute("ALTER TABLE outbox_channels RENAME TO outbox")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        log.info("outbox: migrated %s to per-channel items", self.directory)
 
     # -- enqueue -----------------------------------------------------------------------------------------------
-    def _file_name(self, destination: str, sop_uid: str) -> str:
-        # Derived from our own SR UID, but hashed anyway: file names never carry DICOM values (STYLE.md).
-        return hashlib.sha256(f"{destination}\0{sop_uid}".encode()).hexdigest()[:40] + ".dcm"
+    def _file_name(self, channel: str, destination: str, key: str) -> str:
+        # Derived from our own keys, but hashed anyway: file names never carry DICOM or HL7 values (STYLE.md).
+        if channel == "dicom":
+            return hashlib.sha256(f"{destination}\0{key}".encode()).hexdigest()[:40] + ".dcm"
+        return hashlib.sha256(f"{channel}\0{destination}\0{key}".encode()).hexdigest()[:40] + ".msg"
+
+    def _store(self, channel: str, destination: str, key: str, write: Callable[[Path], object], *, kind: str | None,
+               study_key: str | None, use_case: str | None, last_received: float | None) -> bool:
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown outbox channel {channel!r}; one of {CHANNELS}")
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE channel = ? AND destination = ? AND idempotency_key = ?",
+                (channel, destination, key)).fetchone()
+            if row is not None:
+                return False
+            name = self._file_name(channel, destination, key)
+            final = self._files / name
+            tmp = self._files / (name + ".tmp")
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self._files)
+            now = time.time()
+            self._db.execute(
+                "INSERT INTO outbox (channel, destination, idempotency_key, kind, file, study_key, use_case,"
+                " last_received, enqueued_at, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (channel, destination, key, kind, name, study_key, use_case, last_received, now, now),
+            )
+        self.update_gauges()
+        log.info("outbox: %s for study %s (%s) queued for %s %s", kind or channel, study_key or "-", use_case or "-",
+                 channel, destination)
+        self._wake.set()
+        return True
 
     def enqueue(
         self,
@@ -176,62 +279,119 @@ class Outbox:
             True when queued now; False when this SOP Instance UID is already queued or delivered for this
             destination (nothing is written).
         """
-        sop_uid = str(ds.SOPInstanceUID)
-        with self._db_lock:
-            row = self._db.execute("SELECT 1 FROM outbox WHERE destination = ? AND sop_uid = ?",
-                                   (destination, sop_uid)).fetchone()
-            if row is not None:
-                return False
-            name = self._file_name(destination, sop_uid)
-            final = self._files / name
-            tmp = self._files / (name + ".tmp")
-            ds.save_as(tmp, enforce_file_format=True)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(self._files)
-            now = time.time()
-            self._db.execute(
-                "INSERT INTO outbox (destination, sop_uid, file, study_key, use_case, last_received, enqueued_at,"
-                " next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (destination, sop_uid, name, study_key, use_case, last_received, now, now),
-            )
-        metrics.OUTBOX_PENDING.inc()
-        log.info("outbox: SR for study %s (%s) queued for %s", study_key or "-", use_case or "-", destination)
-        self._wake.set()
-        return True
+        return self._store("dicom", destination, str(ds.SOPInstanceUID),
+                           lambda path: ds.save_as(path, enforce_file_format=True), kind="sr", study_key=study_key,
+                           use_case=use_case, last_received=last_received)
+
+    def enqueue_message(
+        self,
+        channel: str,
+        destination: str,
+        key: str,
+        body: bytes,
+        *,
+        kind: str | None = None,
+        study_key: str | None = None,
+        use_case: str | None = None,
+        last_received: float | None = None,
+    ) -> bool:
+        """Store an HL7 message or webhook body durably for delivery to ``destination`` of ``channel``.
+
+        Parameters
+        ----------
+        channel : str
+            ``hl7`` or ``webhook``.
+        destination : str
+            Name of the channel's destination (``hl7Destinations`` / ``webhooks``).
+        key : str
+            Idempotency key (MSH-10 / ``Idempotency-Key``), derived from the content's origin so that a repeat is
+            the same item.
+        body : bytes
+            The payload, sent as stored.
+        kind, study_key, use_case, last_received : optional
+            Carried to the sender (``kind``) and to ``on_result``.
+
+        Returns
+        -------
+        bool
+            True when queued now; False when this key is already queued or delivered there (nothing is written).
+        """
+        if channel == "dicom":
+            raise ValueError("DICOM items are data sets: use enqueue()")
+        return self._store(channel, destination, key, lambda path: path.write_bytes(body), kind=kind,
+                           study_key=study_key, use_case=use_case, last_received=last_received)
 
     # -- queries -----------------------------------------------------------------------------------------------
-    def pending(self) -> int:
-        """Number of items not yet delivered (and not parked as failed)."""
+    def pending(self, channel: str | None = None) -> int:
+        """Number of items (of ``channel``, else of all) not yet delivered (and not parked as failed)."""
+        query = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'" + (" AND channel = ?" if channel else "")
         with self._db_lock:
-            return cast(int, self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
+            return cast(int, self._db.execute(query, (channel,) if channel else ()).fetchone()[0])
 
-    def state(self, sop_uid: str, destination: str | None = None) -> str | None:
-        """``pending``, ``delivered`` or ``failed`` for one SR (None when never enqueued)."""
-        query = "SELECT state FROM outbox WHERE sop_uid = ?" + (" AND destination = ?" if destination else "")
+    def state(self, key: str, destination: str | None = None, *, channel: str = "dicom") -> str | None:
+        """``pending``, ``delivered`` or ``failed`` for one item by its key (an SR's SOP Instance UID by default;
+        None when never enqueued)."""
+        query = "SELECT state FROM outbox WHERE channel = ? AND idempotency_key = ?"
+        params: tuple[str, ...] = (channel, key)
+        if destination:
+            query += " AND destination = ?"
+            params += (destination,)
         with self._db_lock:
-            row = self._db.execute(query, (sop_uid, destination) if destination else (sop_uid,)).fetchone()
+            row = self._db.execute(query, params).fetchone()
         return row[0] if row else None
 
-    def counts(self) -> dict[str, int]:
-        """Items per state, e.g. ``{"pending": 2, "delivered": 10}``."""
+    def counts(self, channel: str | None = None) -> dict[str, int]:
+        """Items per state (of ``channel``, else of all), e.g. ``{"pending": 2, "delivered": 10}``."""
+        query = "SELECT state, COUNT(*) FROM outbox" + (" WHERE channel = ?" if channel else "") + " GROUP BY state"
         with self._db_lock:
-            return dict(self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+            return dict(self._db.execute(query, (channel,) if channel else ()).fetchall())
+
+    def update_gauges(self, now: float | None = None) -> None:
+        """Set the pending and oldest-pending-age gauges per channel from the database (the sender thread calls it
+        every round, so the age grows while a destination is down)."""
+        now = time.time() if now is None else now
+        with self._db_lock:
+            rows = self._db.execute("SELECT channel, COUNT(*), MIN(enqueued_at) FROM outbox WHERE state = 'pending'"
+                                    " GROUP BY channel").fetchall()
+        found = {channel: (count, oldest) for channel, count, oldest in rows}
+        for channel in CHANNELS:
+            count, oldest = found.get(channel, (0, None))
+            metrics.OUTBOUND_PENDING.labels(channel).set(count)
+            metrics.OUTBOUND_OLDEST_PENDING_AGE.labels(channel).set(max(0.0, now - oldest) if oldest else 0.0)
+        metrics.OUTBOX_PENDING.set(found.get("dicom", (0, None))[0])  # SRs only, as the dashboards read it
 
     # -- delivery ----------------------------------------------------------------------------------------------
     def _delay(self, failures: int) -> float:
         # int ** int is typed Any (a negative exponent gives a float); here the exponent is >= 0.
         return min(self.max_delay, self.base_delay * cast(int, 2 ** max(0, failures - 1)))
 
-    def _sender(self, destination: str) -> Sender:
-        sender = self._senders.get(destination)
+    def _sender(self, channel: str, destination: str) -> Sender | MessageSender:
+        sender = self._senders.get((channel, destination))
         if sender is None:
-            sender = self._senders[destination] = self._senders_factory(destination)
+            if channel == "dicom":
+                sender = self._senders_factory(destination)
+            elif self._message_senders_factory is None:
+                raise LookupError(f"the outbox has no sender factory for {channel} items")
+            else:
+                sender = self._message_senders_factory(channel, destination)
+            self._senders[(channel, destination)] = sender
         return sender
 
+    def _load(self, item: OutboxItem) -> Dataset | Message:
+        path = self._files / self._file_for(item.id)
+        if item.channel == "dicom":
+            return pydicom.dcmread(path)
+        return Message(item.key, path.read_bytes(), item.kind)
+
+    @staticmethod
+    def _count(item: OutboxItem, outcome: str) -> None:
+        if item.channel == "dicom":
+            metrics.SR_EXPORTS.labels(item.destination, outcome).inc()
+        metrics.OUTBOUND_MESSAGES.labels(item.channel, item.destination,
+                                         "sent" if outcome == "delivered" else outcome).inc()
+
     def _notify(self, item: OutboxItem, outcome: str) -> None:
-        metrics.SR_EXPORTS.labels(item.destination, outcome).inc()
+        self._count(item, outcome)
         if self.on_result is not None:
             try:
                 self.on_result(item, outcome)
@@ -241,8 +401,9 @@ class Outbox:
     def _due(self, now: float) -> list[OutboxItem]:
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT id, destination, sop_uid, study_key, use_case, last_received, attempts, last_error"
-                " FROM outbox WHERE state = 'pending' AND next_attempt <= ? ORDER BY id", (now,)).fetchall()
+                "SELECT id, destination, idempotency_key, study_key, use_case, last_received, attempts, last_error,"
+                " channel, kind FROM outbox WHERE state = 'pending' AND next_attempt <= ? ORDER BY id",
+                (now,)).fetchall()
         return [OutboxItem(*row) for row in rows]
 
     def _record(self, sql: str, params: tuple[object, ...]) -> int:
@@ -259,24 +420,26 @@ class Outbox:
         with self._deliver_lock:
             now = time.time() if now is None else now
             for item in self._due(now):
-                failures, not_before = self._backoff.get(item.destination, (0, 0.0))
+                where = (item.channel, item.destination)
+                failures, not_before = self._backoff.get(where, (0, 0.0))
                 if now < not_before:
                     continue
                 try:
-                    ds = pydicom.dcmread(self._files / self._file_for(item.id))
+                    payload = self._load(item)
                 except (OSError, InvalidDicomError) as exc:
-                    self._park(item, f"stored SR file unreadable: {exc}")
+                    self._park(item, f"stored {item.kind or item.channel} file unreadable: {exc}")
                     continue
                 try:
-                    sender = self._sender(item.destination)
+                    sender = self._sender(*where)
                 except Exception as exc:  # noqa: BLE001 - the factory is the caller's code (config lookup)
                     # No client for this destination now (e.g. removed by a config reload): keep the item, back off.
-                    self._backoff[item.destination] = (failures + 1, now + self._delay(failures + 1))
-                    log.error("outbox: no sender for destination %s (%s: %s); items stay queued",
-                              item.destination, type(exc).__name__, exc)
+                    self._backoff[where] = (failures + 1, now + self._delay(failures + 1))
+                    log.error("outbox: no sender for %s destination %s (%s: %s); items stay queued",
+                              item.channel, item.destination, type(exc).__name__, exc)
                     continue
                 try:
-                    status = sender.send(ds)
+                    # The factories pair channels and senders: a Dataset goes to a DICOM sender, a Message to the rest.
+                    status = sender.send(payload)  # type: ignore[arg-type]
                 except ExportError as exc:
                     message = str(exc)
                     attempts = item.attempts + 1
@@ -288,24 +451,24 @@ class Outbox:
                                      (attempts, message, now + self._delay(attempts), item.id))
                     else:
                         # The destination itself is down: back off the destination, not just this item.
-                        self._backoff[item.destination] = (failures + 1, now + self._delay(failures + 1))
+                        self._backoff[where] = (failures + 1, now + self._delay(failures + 1))
                         self._record("UPDATE outbox SET attempts = ?, last_error = ? WHERE id = ?",
                                      (attempts, message, item.id))
-                    log.warning("outbox: delivery to %s failed (attempt %d): %s", item.destination, attempts, message)
+                    log.warning("outbox: delivery to %s %s failed (attempt %d): %s", item.channel, item.destination,
+                                attempts, message)
                     if item.attempts == 0:
                         self._notify(_with(item, attempts, message), "retrying")
                     else:
-                        metrics.SR_EXPORTS.labels(item.destination, "retrying").inc()
+                        self._count(item, "retrying")
                     continue
-                self._backoff.pop(item.destination, None)
+                self._backoff.pop(where, None)
                 changed = self._record(
                     "UPDATE outbox SET state = 'delivered', status = ?, delivered_at = ?, attempts = attempts + 1"
                     " WHERE id = ? AND state = 'pending'", (status, time.time(), item.id))
                 if changed == 1:
                     delivered += 1
-                    metrics.OUTBOX_PENDING.dec()
-                    log.info("outbox: SR for study %s (%s) delivered to %s", item.study_key or "-",
-                             item.use_case or "-", item.destination)
+                    log.info("outbox: %s for study %s (%s) delivered to %s %s", item.kind or item.channel,
+                             item.study_key or "-", item.use_case or "-", item.channel, item.destination)
                     self._notify(_with(item, item.attempts + 1, None), "delivered")
         return delivered
 
@@ -319,18 +482,17 @@ class Outbox:
             "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'",
             (attempts, message, item.id))
         if changed == 1:
-            metrics.OUTBOX_PENDING.dec()
-            log.error("outbox: SR for study %s to %s parked as failed: %s", item.study_key or "-",
-                      item.destination, message)
+            log.error("outbox: %s for study %s to %s %s parked as failed: %s", item.kind or item.channel,
+                      item.study_key or "-", item.channel, item.destination, message)
             self._notify(_with(item, attempts, message), "failed")
 
     def next_due(self) -> float | None:
         """Wall-clock time the next pending item becomes due (None when nothing is pending)."""
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT destination, MIN(next_attempt) FROM outbox WHERE state = 'pending' GROUP BY destination"
-            ).fetchall()
-        times = [max(t, self._backoff.get(dest, (0, 0.0))[1]) for dest, t in rows]
+                "SELECT channel, destination, MIN(next_attempt) FROM outbox WHERE state = 'pending'"
+                " GROUP BY channel, destination").fetchall()
+        times = [max(t, self._backoff.get((channel, dest), (0, 0.0))[1]) for channel, dest, t in rows]
         return min(times) if times else None
 
     def reset_senders(self) -> None:
@@ -351,6 +513,7 @@ class Outbox:
         while not self._stop.is_set():
             try:
                 self.deliver_due()
+                self.update_gauges()
                 for sender in list(self._senders.values()):
                     release = getattr(sender, "release_if_idle", None)
                     if release is not None:
@@ -387,5 +550,4 @@ class Outbox:
 
 
 def _with(item: OutboxItem, attempts: int, error: str | None) -> OutboxItem:
-    return OutboxItem(item.id, item.destination, item.sop_uid, item.study_key, item.use_case, item.last_received,
-                      attempts, error)
+    return dataclasses.replace(item, attempts=attempts, last_error=error)
