@@ -118,6 +118,21 @@ ORDERS_OPEN = Gauge(
 ORDERS_EXPIRED = Counter(
     "pacsflow_orders_expired", "Orders that never got a study within orders.expireAfterHours.", registry=REGISTRY)
 
+# -- Modality Worklist (workflow: mwl polls the RIS, worklist serves pacsflow's own) -----------------------------
+#: Outcomes of ``pacsflow_mwl_polls_total{outcome}``.
+MWL_POLL_OUTCOMES = ("success", "unreachable", "failed")
+MWL_POLLS = Counter(
+    "pacsflow_mwl_polls", "Polls of the RIS Modality Worklist, by outcome (success, unreachable, failed).",
+    ["outcome"], registry=REGISTRY)
+MWL_ITEMS = Counter(
+    "pacsflow_mwl_items", "Worklist items read from the RIS, by outcome (created, updated, unchanged, skipped).",
+    ["outcome"], registry=REGISTRY)
+#: Outcomes of ``pacsflow_worklist_queries_total{outcome}``.
+WORKLIST_QUERY_OUTCOMES = ("success", "refused", "failed", "cancelled")
+WORKLIST_QUERIES = Counter(
+    "pacsflow_worklist_queries", "C-FIND queries of pacsflow's Modality Worklist SCP, by outcome.", ["outcome"],
+    registry=REGISTRY)
+
 
 def start_metrics_server(host: str, port: int) -> tuple[object, object]:
     """Serve :data:`REGISTRY` at ``http://host:port/metrics`` from a daemon thread.
