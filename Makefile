@@ -24,10 +24,10 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer
+test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer node-peers
 	$(VENV)/bin/pytest
 
-demo: venv system-deps
+demo: venv system-deps node-peers
 	$(PY) scripts/demo.py
 
 bench: venv system-deps hl7-peer
@@ -59,6 +59,11 @@ cluster-up: venv system-deps cluster-bins
 ## Stops the control plane started by cluster-up (by PID)
 cluster-down:
 	scripts/cluster.sh down
+
+.PHONY: node-peers
+## The independent DIMSE peer playing the modality's MPPS SCU: npm dcmjs-dimse into the cache (tests/peers/modality.js)
+node-peers:
+	scripts/install-node-peers.sh
 
 .PHONY: hl7-peer
 ## The independent HL7 v2 peer: HAPI HL7v2 2.6.0 jars from Maven Central into the cache (sha1-checked);

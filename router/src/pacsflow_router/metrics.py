@@ -133,6 +133,15 @@ WORKLIST_QUERIES = Counter(
     "pacsflow_worklist_queries", "C-FIND queries of pacsflow's Modality Worklist SCP, by outcome.", ["outcome"],
     registry=REGISTRY)
 
+# -- MPPS (workflow.mpps: the modality says when a study is complete) ------------------------------------------
+#: Labels of ``pacsflow_mpps_total{event,status}``: the DIMSE message and the step's status after it (refused: the
+#: message was answered with a failure status and changed nothing).
+MPPS_EVENTS = ("n-create", "n-set")
+MPPS_STATUSES = ("in-progress", "completed", "discontinued", "refused")
+MPPS = Counter(
+    "pacsflow_mpps", "MPPS messages received, by DIMSE message and the step's resulting status (or refused).",
+    ["event", "status"], registry=REGISTRY)
+
 
 def start_metrics_server(host: str, port: int) -> tuple[object, object]:
     """Serve :data:`REGISTRY` at ``http://host:port/metrics`` from a daemon thread.

@@ -53,7 +53,8 @@ class RouterService:
         spool_dir = Path(config.spool_dir)
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(spool_dir, config.spool_max_disk_usage)
-        self.tracker = StudyTracker(self.spool, config.completion.stable_seconds)
+        self.tracker = StudyTracker(self.spool, config.completion.stable_seconds,
+                                    by_modality=config.completion.stable_seconds_by_modality)
         self.audit = AuditLog(config.audit.url)
         self.outbox = Outbox(spool_dir / "outbox", self._sender_for, on_result=self._on_delivery)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit)
@@ -106,7 +107,7 @@ class RouterService:
             metrics.QUEUE_DEPTH.set(self.tracker.queue_depth())
             metrics.LATE_INSTANCES.set(self.tracker.late_instances())
             metrics.STUDIES_IN_PROGRESS.set(self.tracker.in_progress())
-            due = self.tracker.due(time.time(), self.config.completion.stable_seconds)
+            due = self.tracker.due(time.time())  # each study's own window (per modality), or its MPPS
             waiting = False
             for ref in due:
                 if self._stop.is_set():
@@ -153,6 +154,7 @@ class RouterService:
         self.config = merged
         self.pipeline.config = merged
         self.tracker.stable_seconds = merged.completion.stable_seconds
+        self.tracker.by_modality = dict(merged.completion.stable_seconds_by_modality)
         self.receiver.update_config(merged)
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("routing config reloaded: %d use case(s): %s", len(merged.use_cases),

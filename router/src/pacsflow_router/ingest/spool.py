@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS studies (
     last_received REAL NOT NULL,
     instance_count INTEGER NOT NULL DEFAULT 0,
     resumed_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    modality TEXT
 );
 CREATE INDEX IF NOT EXISTS studies_open ON studies (finished_at, last_received);
 CREATE TABLE IF NOT EXISTS results (
@@ -162,6 +163,7 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._recover()
 
     # -- internals shared with studies.StudyTracker -------------------------------------------------------------
@@ -174,6 +176,18 @@ class Spool:
     def transaction(self) -> _Transaction:
         """A locked ``BEGIN IMMEDIATE ... COMMIT`` block yielding the connection."""
         return _Transaction(self._lock, self._db)
+
+    def _migrate(self) -> None:
+        """Bring a spool written by an older pacsflow up to the current schema (each step guarded, idempotent)."""
+        columns = {row[1] for row in self.execute("PRAGMA table_info(studies)")}
+        if "modality" not in columns:
+            # The study's modality picks its completion window (completion.stableSecondsByModality): the modality
+            # of its first instance, as new studies record it at ingest.
+            with self.transaction() as db:
+                db.execute("ALTER TABLE studies ADD COLUMN modality TEXT")
+                db.execute("UPDATE studies SET modality = (SELECT nullif(i.modality, '') FROM instances i "
+                           "WHERE i.study_uid = studies.study_uid ORDER BY i.id LIMIT 1)")
+            log.info("spool migration: studies gained their modality (per-modality completion windows)")
 
     def _recover(self) -> None:
         """Tidy up after a crash: drop half-written files, index complete but unindexed ones.
@@ -245,12 +259,13 @@ class Spool:
                     db.execute("UPDATE studies SET instance_count = instance_count + 1, finished_at = NULL, "
                                "last_received = max(last_received, ?) WHERE study_uid = ?", (received_at, study))
                 else:
+                    # The first instance's modality is the study's (it picks the completion window).
                     db.execute(
-                        "INSERT INTO studies (study_uid, first_received, last_received, instance_count) "
-                        "VALUES (?, ?, ?, 1) ON CONFLICT (study_uid) DO UPDATE SET "
+                        "INSERT INTO studies (study_uid, first_received, last_received, instance_count, modality) "
+                        "VALUES (?, ?, ?, 1, nullif(?, '')) ON CONFLICT (study_uid) DO UPDATE SET "
                         "last_received = max(last_received, excluded.last_received), "
-                        "instance_count = instance_count + 1",
-                        (study, received_at, received_at))
+                        "instance_count = instance_count + 1, modality = coalesce(modality, excluded.modality)",
+                        (study, received_at, received_at, modality))
         if duplicate:
             existing = self._existing(sop)
             assert existing is not None  # rows are never deleted while the spool is open

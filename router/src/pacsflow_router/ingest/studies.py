@@ -6,8 +6,15 @@ already marked done are skipped (:meth:`StudyTracker.is_done`).
 
 Lifecycle of a study
 --------------------
-receiving -> (no new instance for ``stable_seconds``) due -> per use case ``mark_done`` -> ``finish``
+receiving -> (no new instance for its window, or its MPPS completed) due -> per use case ``mark_done`` -> ``finish``
 (-> a late instance re-opens it -> due again -> amended results -> ``finish``).
+
+Completion
+----------
+A study is due when its modality's MPPS says it is complete (COMPLETED or DISCONTINUED and every listed instance
+spooled: :mod:`pacsflow_router.ingest.completion`), else after its stable window: ``completion.stableSeconds``, or
+``stableSecondsByModality`` for the modality of its first instance. :meth:`StudyTracker.completion_reason` says which
+rule applied, for the audit.
 
 Restart
 -------
@@ -33,14 +40,18 @@ due again and the new instance is covered by an amendment, never silently droppe
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
 from ..domain import StudyRef, study_key
+from . import completion
 from .spool import Spool
 
-# Unfinished, and silent for the window since the last instance or since the restart that resumed it.
-_COMPLETE = "finished_at IS NULL AND max(last_received, coalesce(resumed_at, 0)) <= ?"
+# Unfinished, and silent for its window (the ``{window}`` SQL expression) since the last instance or since the
+# restart that resumed it, or completed by its MPPS. ``s`` is the studies table; one parameter: now.
+_COMPLETE = ("s.finished_at IS NULL AND (max(s.last_received, coalesce(s.resumed_at, 0)) + {window} <= ? OR "
+             + completion.MPPS_COMPLETE + ")")
 
 
 @dataclass(frozen=True)
@@ -64,21 +75,40 @@ class StudyTracker:
         The spool whose ``state.db`` holds the study tables.
     stable_seconds
         Default completion window (``completion.stableSeconds``) used by :meth:`due` and :meth:`queue_depth`.
+    by_modality
+        Per-modality windows (``completion.stableSecondsByModality``), by the modality of a study's first instance.
     """
 
-    def __init__(self, spool: Spool, stable_seconds: float = 30.0) -> None:
+    def __init__(self, spool: Spool, stable_seconds: float = 30.0, *,
+                 by_modality: Mapping[str, float] | None = None) -> None:
         self.spool = spool
         self.stable_seconds = stable_seconds
+        self.by_modality: dict[str, float] = dict(by_modality or {})
+        completion.ensure_schema(spool)
+
+    def window(self, modality: str | None) -> float:
+        """The stable window of a study of ``modality`` (the default when it has no window of its own)."""
+        return self.by_modality.get(modality or "", self.stable_seconds)
+
+    def _complete(self, stable_seconds: float | None) -> tuple[str, tuple[object, ...]]:
+        # The WHERE clause of complete studies and its parameters before "now".
+        if stable_seconds is not None or not self.by_modality:
+            return _COMPLETE.format(window="?"), (self.stable_seconds if stable_seconds is None else stable_seconds,)
+        cases = " ".join("WHEN ? THEN ?" for _ in self.by_modality)
+        params = tuple(v for item in self.by_modality.items() for v in item)
+        return _COMPLETE.format(window=f"(CASE s.modality {cases} ELSE ? END)"), (*params, self.stable_seconds)
 
     def due(self, now: float | None = None, stable_seconds: float | None = None) -> list[StudyRef]:
-        """Studies that are complete (silent for ``stable_seconds``) and not finished, oldest first.
+        """Studies that are complete (completed by their MPPS, or silent for their window) and not finished, oldest
+        first.
 
         Parameters
         ----------
         now
             Wall-clock time (``time.time()``; the study clock must survive restarts, so not monotonic).
         stable_seconds
-            Completion window; defaults to the tracker's.
+            One window for every study, overriding the per-modality ones (``0``: every study received so far);
+            default: each study's own window (:meth:`window`).
 
         Returns
         -------
@@ -87,10 +117,10 @@ class StudyTracker:
             :meth:`finish`, so a caller that is still processing one must skip it itself.
         """
         now = time.time() if now is None else now
-        window = self.stable_seconds if stable_seconds is None else stable_seconds
+        where, params = self._complete(stable_seconds)
         studies = self.spool.execute(
-            f"SELECT study_uid, last_received FROM studies WHERE {_COMPLETE} ORDER BY last_received",
-            (now - window,))
+            f"SELECT s.study_uid, s.last_received FROM studies s WHERE {where} ORDER BY s.last_received",
+            (*params, now))
         refs = []
         for study_uid, last_received in studies:
             # Late instances included: a re-opened study is analysed with everything received.
@@ -188,10 +218,16 @@ class StudyTracker:
         return cast(int, self.spool.execute("SELECT count(*) FROM studies WHERE finished_at IS NULL")[0][0])
 
     def queue_depth(self, now: float | None = None) -> int:
-        """Complete studies waiting for (or in) processing, with the tracker's ``stable_seconds``: a gauge."""
+        """Complete studies waiting for (or in) processing, each with its own window: a gauge."""
         now = time.time() if now is None else now
-        return cast(int, self.spool.execute(f"SELECT count(*) FROM studies WHERE {_COMPLETE}",
-                                            (now - self.stable_seconds,))[0][0])
+        where, params = self._complete(None)
+        return cast(int, self.spool.execute(f"SELECT count(*) FROM studies s WHERE {where}", (*params, now))[0][0])
+
+    def completion_reason(self, study_uid: str) -> str:
+        """Why the study is complete, for its audit record: ``"mpps-completed"``, ``"mpps-discontinued"``,
+        ``"mpps-incomplete: N listed instance(s) never arrived"``, ``"stable-window"`` (no MPPS) or
+        ``"stable-window: <why the MPPS did not complete it>"`` (see :func:`.completion.completion_reason`)."""
+        return completion.completion_reason(self.spool, study_uid)
 
     def late_instances(self) -> int:
         """Instances that arrived after their study was finished (each re-opened it)."""
