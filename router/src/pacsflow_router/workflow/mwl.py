@@ -66,7 +66,8 @@ class PollResult:
 
     outcome: str
     items: dict[str, int] = field(default_factory=dict)
-    """``created`` / ``updated`` / ``unchanged`` / ``skipped`` (no Accession Number or Patient ID) -> count."""
+    """``created`` / ``updated`` / ``unchanged`` / ``skipped`` (no Accession Number or Patient ID, or unreadable)
+    -> count."""
 
 
 def build_query(source: MwlSource, today: datetime.date) -> Dataset:
@@ -177,6 +178,15 @@ def order_from_item(item: Dataset) -> Order | None:
     )
 
 
+def _read_item(identifier: Dataset) -> Order | None:
+    """:func:`order_from_item`, with an item that cannot be read skipped instead of ending the poll."""
+    try:
+        return order_from_item(identifier)
+    except Exception as exc:  # noqa: BLE001  # pydicom raises many types for values it cannot decode
+        log.warning("worklist item cannot be read (%s); skipped", type(exc).__name__)
+        return None
+
+
 def _set_nodelay(event: evt.Event) -> None:
     transport = event.assoc.dul.socket
     sock = transport.socket if transport is not None else None
@@ -260,7 +270,8 @@ class MwlPoller:
     def _upsert(self, order: Order | None, result: PollResult) -> None:
         if order is None:
             outcome = "skipped"
-            log.warning("%s listed an item without Accession Number or Patient ID; skipped", self._where)
+            log.warning("%s listed an item without Accession Number or Patient ID, or unreadable; skipped",
+                        self._where)
         else:
             try:
                 outcome = self.store.upsert(order)
@@ -293,7 +304,7 @@ class MwlPoller:
                     break  # no response: DIMSE timeout or aborted association
                 if code in PENDING:
                     if identifier is not None:
-                        items.append(order_from_item(identifier))
+                        items.append(_read_item(identifier))
                     continue
                 failure = None if code == 0x0000 else f"C-FIND answered status 0x{code:04X}"
                 break
