@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,7 +272,8 @@ def test_findscu_gets_a_warning_for_unsupported_matching_and_a_failure_for_a_que
 # -- both ways: RIS -> poller -> store -> pacsflow's worklist -> findscu -------------------------------------------
 
 def test_a_ris_order_with_a_utf8_name_reaches_pacsflows_worklist_unchanged(
-        ris: RisWorklist, store: OrderStore, receiver: DicomReceiver):
+        ris: RisWorklist, store: OrderStore, receiver: DicomReceiver, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.DEBUG)
     ris.write("ja", RisItem("ACC-4001", "PID-41", patient_name=NAME_JA, description="頭部CT 単純",
                             study_uid="1.2.826.0.1.3680043.8.498.41"))
     assert poller(ris.port, store).poll_once().items == {"created": 1}
@@ -288,4 +290,8 @@ def test_a_ris_order_with_a_utf8_name_reaches_pacsflows_worklist_unchanged(
     (item,) = ct_today(receiver.port).items
     assert item.RequestedProcedurePriority == "STAT"
     assert item.RequestedProcedureDescription == AI_PREFIX + "頭部CT 単純"
+    # Neither edge logs patient data, at any level (pynetdicom's identifier dumps included).
+    assert caplog.records
+    for secret in ("山田", "ACC-4001", "PID-41"):
+        assert secret not in caplog.text
 
