@@ -160,12 +160,13 @@ def test_refusals_as_the_modality_sees_them(router, tmp_path):
         modality.n_create(uid, [generate_uid()]),  # the same SOP Instance UID again
         modality.n_set(uid, "FINISHED"),  # not a defined status
         modality.n_create(generate_uid(), [study], status="COMPLETED"),  # a step is created IN PROGRESS
+        modality.n_create(generate_uid(), []),  # no Study Instance UID: nothing to complete
         modality.n_set(uid, "COMPLETED", []),
         modality.n_set(uid, "DISCONTINUED"),  # a final step may no longer be updated
     ])
-    assert [r.status for r in responses] == [0x0112, 0x0000, 0x0111, 0x0106, 0x0106, 0x0000, 0x0110]
+    assert [r.status for r in responses] == [0x0112, 0x0000, 0x0111, 0x0106, 0x0106, 0x0120, 0x0000, 0x0110]
     assert responses[0].error_comment == "No such MPPS SOP Instance"
-    assert responses[6].error_id == 0xA710
+    assert responses[7].error_id == 0xA710
     assert mpps_count("n-set", "refused") == refused_before + 3
     store = MppsStore(router.spool)
     assert store.status(uid) == "COMPLETED"
