@@ -1,0 +1,505 @@
+"""HL7 v2 orders in: ER7 bytes -> :class:`ParsedOrder`, and the ACK that answers them (pure, no I/O).
+
+Accepted: ORM^O01 (v2.3, v2.3.1; also v2.5.1, where ORM still exists) and OMI^O23 (v2.5.1), order control NW, XO,
+CA, SC, DC. Fields are read where :class:`~pacsflow_router.config.Hl7FieldMap` says (IHE Scheduled Workflow by
+default). A few fields the map does not cover have fixed places: scheduled start (TQ1-7, ORC-7.4, OBR-27.4, OBR-36),
+station AE title (IPC-9), procedure description (OBR-4.2), patient name/birth date/sex (PID-5/7/8), order status
+for SC (ORC-5).
+
+Steps, each with its own refusal:
+
+1. The MSH is read from the raw bytes: no MSH, or encoding characters that are not four distinct non-alphanumeric
+   characters -> AE (100 / 102).
+2. The bytes are decoded by MSH-18 (``ASCII``, ``8859/1``..``8859/9``, ``8859/15``, ``UNICODE UTF-8``; empty:
+   ASCII, tolerating UTF-8); bytes the character set cannot hold -> AE 102 at MSH-18, an unknown one -> AE 103.
+3. ``\\r``, ``\\n`` and ``\\r\\n`` all end segments; python-hl7 parses the tree.
+4. MSH-12 not 2.3/2.3.1/2.5.1 -> AR 203; MSH-9 not an accepted type -> AR 200; a required field missing -> AE 101;
+   a date of the wrong form -> AE 102; each ERR names the field (``OBR^1^18``).
+5. Values are unescaped here (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\X..\\, \\.br\\): python-hl7's own unescape logs
+   the field value on a bad sequence (patient data in logs) and reads \\X..\\ bytes as Latin-1 code points whatever
+   MSH-18 says, so a UTF-8 ``\\XC3A9\\`` would become two characters.
+
+Error texts name fields, never their values.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import hl7
+
+from ..config import Hl7FieldMap
+from ..domain import Order
+from ..errors import Hl7Error, Hl7MessageError, Hl7UnsupportedError
+
+#: Accepted (message type, version) pairs.
+SUPPORTED = {("ORM^O01", "2.3"), ("ORM^O01", "2.3.1"), ("ORM^O01", "2.5.1"), ("OMI^O23", "2.5.1")}
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.5.1")
+#: MSH-18 (HL7 table 0211) -> Python codec.
+CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "8859/15": "iso8859-15",
+            **{f"8859/{n}": f"iso8859-{n}" for n in range(1, 10)}}
+#: ORC-5 order status (HL7 table 0038) -> order store status, for order control SC.
+ORDER_STATUS = {"SC": "scheduled", "HD": "scheduled", "IP": "in-progress", "A": "in-progress",
+                "CM": "completed", "CA": "cancelled", "DC": "discontinued"}
+#: HL7 table 0357 texts for ERR-3.
+CONDITION_TEXT = {0: "Message accepted", 100: "Segment sequence error", 101: "Required field missing",
+                  102: "Data type error", 103: "Table value not found", 200: "Unsupported message type",
+                  203: "Unsupported version id", 204: "Unknown key identifier", 207: "Application internal error"}
+_HL7_TS = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,4})?)?)?)?)?)?([+-]\d{4})?")
+_SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}
+_DEFAULT_ENCODING = "^~\\&"
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    """The MSH fields an ACK needs, as far as they could be read (empty strings otherwise)."""
+
+    field_separator: str = "|"
+    encoding_characters: str = _DEFAULT_ENCODING
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    message_type: str = ""
+    """``ORM^O01``: MSH-9 components 1 and 2."""
+    control_id: str = ""
+    processing_id: str = ""
+    version: str = ""
+    charset: str = ""
+    """MSH-18 as sent."""
+
+
+@dataclass(frozen=True)
+class ParsedOrder:
+    """An accepted order message."""
+
+    header: MessageHeader
+    order_control: str
+    """ORC-1: NW, XO, CA, SC or DC."""
+    order: Order
+    """The order; for SC, ``status`` holds ORC-5 mapped to a store status."""
+
+    @property
+    def message_type(self) -> str:
+        """``ORM^O01`` or ``OMI^O23``."""
+        return self.header.message_type
+
+    @property
+    def version(self) -> str:
+        """MSH-12."""
+        return self.header.version
+
+    @property
+    def control_id(self) -> str:
+        """MSH-10."""
+        return self.header.control_id
+
+    @property
+    def store_key(self) -> str:
+        """Key of the message in the order store: MSH-10 is unique per sending application and facility."""
+        return "\x1f".join((self.header.sending_application, self.header.sending_facility, self.header.control_id))
+
+
+class Hl7Refusal(Exception):
+    """Carries a refusal and whatever header was read, so that the ACK can quote the control ID."""
+
+    def __init__(self, error: Hl7Error, header: MessageHeader) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.header = header
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+
+def read_header(raw: bytes) -> MessageHeader:
+    """Read the MSH of raw ER7 bytes (before decoding: MSH-18 decides how to decode the rest).
+
+    Raises
+    ------
+    Hl7MessageError
+        No MSH segment first (100), or invalid encoding characters MSH-2 (102).
+    """
+    data = raw.lstrip(b"\r\n\t ")
+    if not data.startswith(b"MSH") or len(data) < 8:
+        raise Hl7MessageError("the message does not start with an MSH segment", error_code=100, location="MSH")
+    first = re.split(rb"[\r\n]", data, maxsplit=1)[0]
+    text = first.decode("latin-1")  # header fields are ASCII by the standard; latin-1 never fails
+    if len(text) < 8:
+        raise Hl7MessageError("MSH-1/MSH-2 field separator and encoding characters are missing", error_code=102,
+                              location="MSH^1^2")
+    sep = text[3]
+    parts = text.split(sep)
+    encoding = parts[1] if len(parts) > 1 else ""
+    if (len(encoding) != 4 or len(set(encoding + sep)) != 5 or any(c.isalnum() or c.isspace() for c in encoding + sep)):
+        raise Hl7MessageError(
+            "MSH-2 encoding characters must be four distinct non-alphanumeric characters (normally ^~\\&) that differ "
+            "from the field separator MSH-1", error_code=102, location="MSH^1^2")
+    component = encoding[0]
+
+    def field(n: int) -> str:  # MSH-n, first repetition, whole
+        return parts[n - 1].split(encoding[1])[0] if n - 1 < len(parts) else ""
+
+    def comp(n: int, c: int) -> str:
+        comps = field(n).split(component)
+        return comps[c - 1] if c <= len(comps) else ""
+
+    msg_type = comp(9, 1) + (component + comp(9, 2) if comp(9, 2) else "")
+    return MessageHeader(sep, encoding, comp(3, 1), comp(4, 1), comp(5, 1), comp(6, 1), msg_type.replace(component, "^"),
+                         field(10), comp(11, 1), comp(12, 1), field(18))
+
+
+def decode_message(raw: bytes, header: MessageHeader) -> str:
+    """Decode ER7 bytes by MSH-18 and normalise segment ends (``\\r``, ``\\n``, ``\\r\\n``) to ``\\r``.
+
+    Raises
+    ------
+    Hl7MessageError
+        An unknown character set (103) or bytes it cannot hold (102), both at MSH-18.
+    """
+    charset = header.charset.strip().upper()
+    if charset and charset not in CHARSETS:
+        raise Hl7MessageError(f"MSH-18 character set is not one of {sorted(CHARSETS)}", error_code=103,
+                              location="MSH^1^18")
+    try:
+        if charset:
+            text = raw.decode(CHARSETS[charset])
+        else:
+            try:
+                text = raw.decode("ascii")
+            except UnicodeDecodeError:
+                # HL7 says ASCII when MSH-18 is empty; many senders mean UTF-8 without saying so.
+                text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Hl7MessageError(f"the message has bytes that are not valid {charset or 'ASCII or UTF-8'} (MSH-18); "
+                              "declare the character set the sender uses in MSH-18", error_code=102,
+                              location="MSH^1^18") from None
+    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
+    return "\r".join(segments)
+
+
+class _Reader:
+    """Field access on a python-hl7 message, unescaping with the message's charset."""
+
+    def __init__(self, message: hl7.Message, header: MessageHeader) -> None:
+        self.message = message
+        self.header = header
+        self.codec = CHARSETS.get(header.charset.strip().upper(), "utf-8")
+
+    def has(self, segment: str) -> bool:
+        return any(seg[0][0] == segment for seg in self.message)
+
+    def raw(self, segment: str, field_num: int, component: int = 1, sub: int = 1, repetition: int = 1) -> str:
+        for seg in self.message:
+            if seg[0][0] != segment:
+                continue
+            if field_num >= len(seg):
+                return ""
+            tree = _normalise(seg[field_num])
+            if repetition > len(tree) or component > len(tree[repetition - 1]):
+                return ""
+            subs = tree[repetition - 1][component - 1]
+            return subs[sub - 1] if sub <= len(subs) else ""
+        return ""
+
+    def value(self, segment: str, field_num: int, component: int = 1, sub: int = 1) -> str:
+        return unescape(self.raw(segment, field_num, component, sub), self.header.field_separator,
+                        self.header.encoding_characters, self.codec).strip()
+
+    def first(self, locations: list[str]) -> tuple[str, str]:
+        """(value, location) of the first non-empty location; ('', first location) when all are empty."""
+        for loc in locations:
+            seg, field_num, comp = _location(loc)
+            if comp is not None:
+                value = self.value(seg, field_num, comp)
+            else:
+                # No component named: the first non-empty one (a coded value's code, else its text: OBR-31 is often
+                # sent as ^text; a location's point of care).
+                value = next((v for c in range(1, 10) if (v := self.value(seg, field_num, c))), "")
+            if value:
+                return value, loc
+        return "", locations[0] if locations else ""
+
+
+def _normalise(field: object) -> list[list[list[str]]]:
+    """python-hl7's field tree as repetitions -> components -> subcomponents of raw strings."""
+    if isinstance(field, str):
+        return [[[field]]]
+    items = list(field)  # type: ignore[call-overload]
+    if all(isinstance(x, str) for x in items):
+        return [[[x]] for x in items] or [[[""]]]
+    reps: list[list[list[str]]] = []
+    for rep in items:
+        if isinstance(rep, str):
+            reps.append([[rep]])
+            continue
+        comps: list[list[str]] = []
+        for comp in rep:
+            comps.append([comp] if isinstance(comp, str) else [str(s) for s in comp])
+        reps.append(comps)
+    return reps
+
+
+def _location(loc: str) -> tuple[str, int, int | None]:
+    seg, _, rest = loc.partition("-")
+    num, _, comp = rest.partition(".")
+    return seg, int(num), int(comp) if comp else None
+
+
+def err_location(loc: str) -> str:
+    """``OBR-18`` -> ``OBR^1^18``; ``ORC-7.6`` -> ``ORC^1^7^1^6`` (HL7 ERL, first segment and repetition)."""
+    seg, field_num, comp = _location(loc)
+    return f"{seg}^1^{field_num}" + (f"^1^{comp}" if comp else "")
+
+
+def unescape(value: str, field_separator: str, encoding_characters: str, codec: str) -> str:
+    """Decode HL7 escape sequences (v2.5.1 section 2.7): \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, \\Xhh..\\ (bytes in the
+    message's character set), \\.br\\ (line break); highlighting and unknown sequences are dropped.
+
+    Raises
+    ------
+    ValueError
+        A \\X..\\ sequence that is not hex (the caller turns it into a 102 for the field).
+    """
+    component, repetition, escape, subcomponent = (encoding_characters[i] for i in range(4))
+    if escape not in value:
+        return value
+    named = {"F": field_separator, "S": component, "T": subcomponent, "R": repetition, "E": escape,
+             ".br": "\n", "H": "", "N": ""}
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = value.find(escape, pos)
+        if start < 0:
+            out.append(value[pos:])
+            break
+        end = value.find(escape, start + 1)
+        if end < 0:  # an unterminated sequence: keep the text as it is
+            out.append(value[pos:])
+            break
+        out.append(value[pos:start])
+        seq = value[start + 1:end]
+        if seq in named:
+            out.append(named[seq])
+        elif seq.startswith("X"):
+            hexdigits = seq[1:]
+            if len(hexdigits) % 2 or not re.fullmatch(r"[0-9A-Fa-f]*", hexdigits):
+                raise ValueError("\\X..\\ escape is not an even number of hex digits")
+            out.append(bytes.fromhex(hexdigits).decode(codec, errors="replace"))
+        pos = end + 1
+    return "".join(out)
+
+
+def escape_text(text: str, header: MessageHeader) -> str:
+    """Escape ``text`` for an ER7 field with the header's separators (the escape character first)."""
+    component, repetition, esc, subcomponent = (header.encoding_characters[i] for i in range(4))
+    return (text.replace(esc, f"{esc}E{esc}").replace(header.field_separator, f"{esc}F{esc}")
+            .replace(component, f"{esc}S{esc}").replace(subcomponent, f"{esc}T{esc}")
+            .replace(repetition, f"{esc}R{esc}").replace("\r", " ").replace("\n", " "))
+
+
+def _date(value: str, loc: str, length: int) -> str:
+    """An HL7 TS/DTM as DICOM DA (length 8) or DT without fraction and zone (14); '' stays ''."""
+    if not value:
+        return ""
+    if not _HL7_TS.fullmatch(value):
+        raise Hl7MessageError(f"{loc} is not an HL7 date/time (YYYY[MM[DD[HH[MM[SS]]]]])", error_code=102,
+                              location=err_location(loc))
+    digits = value.split(".")[0].split("+")[0].split("-")[0]
+    return digits[:length] if len(digits) >= 8 else ""
+
+
+def _person_name(reader: _Reader) -> str:
+    """PID-5 (XPN: family^given^middle^suffix^prefix) as DICOM PN (family^given^middle^prefix^suffix)."""
+    # PN's own delimiters may not occur inside a component (an escaped \\S\\ decodes to ^, which would shift the parts).
+    family, given, middle, suffix, prefix = [re.sub(r"[\^=\\]", " ", reader.value("PID", 5, c)).strip()
+                                             for c in range(1, 6)]
+    return "^".join((family, given, middle, prefix, suffix)).rstrip("^")
+
+
+def parse_order(raw: bytes, field_map: Hl7FieldMap) -> ParsedOrder:
+    """Parse one ORM^O01 / OMI^O23 message from raw ER7 bytes.
+
+    Parameters
+    ----------
+    raw
+        The message as received (MLLP frame content or HTTP body), in the character set MSH-18 names.
+    field_map
+        Where the order fields are.
+
+    Returns
+    -------
+    ParsedOrder
+
+    Raises
+    ------
+    Hl7Refusal
+        The message is refused; ``.error`` says how (AE or AR, code, location), ``.header`` what was read of MSH.
+    """
+    header = MessageHeader()
+    try:
+        header = read_header(raw)
+        text = decode_message(raw, header)
+        return _parse(text, header, field_map)
+    except Hl7Error as exc:
+        raise Hl7Refusal(exc, header) from None
+
+
+def _parse(text: str, header: MessageHeader, field_map: Hl7FieldMap) -> ParsedOrder:
+    for name, loc in (("message type", "MSH-9"), ("version", "MSH-12")):
+        if not getattr(header, "message_type" if name == "message type" else "version"):
+            raise Hl7MessageError(f"{loc} ({name}) is empty", error_code=101, location=err_location(loc))
+    if header.version not in SUPPORTED_VERSIONS:
+        raise Hl7UnsupportedError(f"HL7 version (MSH-12) is not one of {', '.join(SUPPORTED_VERSIONS)}",
+                                  error_code=203, location="MSH^1^12")
+    if (header.message_type, header.version) not in SUPPORTED:
+        accepted = sorted(f"{t} v{v}" for t, v in SUPPORTED)
+        raise Hl7UnsupportedError(f"message type (MSH-9) is not accepted with this version; accepted: "
+                                  f"{', '.join(accepted)}", error_code=200, location="MSH^1^9")
+    if not header.control_id:
+        raise Hl7MessageError("MSH-10 (message control ID) is empty", error_code=101, location="MSH^1^10")
+    try:
+        message = hl7.parse(text)
+    except (hl7.ParseException, ValueError, IndexError, KeyError) as exc:  # what python-hl7 raises on bad structure
+        raise Hl7MessageError(f"the message structure cannot be parsed ({type(exc).__name__})", error_code=100,
+                              location="MSH") from None
+    reader = _Reader(message, header)
+    try:
+        return _order_fields(reader, header, field_map)
+    except ValueError:
+        raise Hl7MessageError("a \\X..\\ escape sequence is not hex", error_code=102) from None
+
+
+def _order_fields(reader: _Reader, header: MessageHeader, field_map: Hl7FieldMap) -> ParsedOrder:
+    if not reader.has("ORC"):
+        raise Hl7MessageError("the message has no ORC segment (order control)", error_code=101,
+                              location="ORC^1^1")
+    order_control = reader.value("ORC", 1)
+    if not order_control:
+        raise Hl7MessageError("ORC-1 (order control) is empty", error_code=101, location="ORC^1^1")
+    if order_control not in ("NW", "XO", "CA", "SC", "DC"):
+        raise Hl7MessageError("ORC-1 order control is not one of NW, XO, CA, SC, DC", error_code=103,
+                              location="ORC^1^1")
+
+    def required(locations: list[str], what: str) -> str:
+        value, loc = reader.first(locations)
+        if not value:
+            raise Hl7MessageError(f"{what} is missing (looked in {', '.join(locations)})", error_code=101,
+                                  location=err_location(loc))
+        return value
+
+    accession = required(field_map.accession, "accession number")
+    patient_id = required(field_map.patient_id, "patient ID")
+    procedure_code = procedure_description = procedure_scheme = ""
+    for loc in field_map.procedure_code:
+        seg, num, comp = _location(loc)
+        if comp is not None:
+            procedure_code = reader.value(seg, num, comp)
+        else:  # a coded element: code ^ text ^ coding scheme
+            procedure_code, procedure_description, procedure_scheme = (reader.value(seg, num, c) for c in (1, 2, 3))
+        if procedure_code or procedure_description:
+            break
+    start = ""
+    for loc in ("TQ1-7", "ORC-7.4", "OBR-27.4", "OBR-36"):
+        seg, num, comp = _location(loc)
+        start = _date(reader.value(seg, num, comp or 1), loc, 14)
+        if start:
+            break
+    status = "scheduled"
+    if order_control == "SC":
+        status = ORDER_STATUS.get(reader.value("ORC", 5), "")
+        if not status:
+            raise Hl7MessageError("ORC-5 order status of an SC is missing or not one of "
+                                  f"{', '.join(ORDER_STATUS)}", error_code=103, location="ORC^1^5")
+    order = Order(
+        accession=accession,
+        patient_id=patient_id,
+        placer_order_number=reader.first(field_map.placer_order_number)[0],
+        filler_order_number=reader.first(field_map.filler_order_number)[0],
+        study_uid=reader.first(field_map.study_instance_uid)[0],
+        requested_procedure_id=reader.first(field_map.requested_procedure_id)[0],
+        modality=reader.first(field_map.modality)[0],
+        procedure_code=procedure_code,
+        procedure_scheme=procedure_scheme,
+        procedure_description=procedure_description,
+        priority=reader.first(field_map.priority)[0],
+        patient_class=reader.first(field_map.patient_class)[0],
+        location=reader.first(field_map.location)[0],
+        reason=reader.first(field_map.reason)[0],
+        patient_name=_person_name(reader),
+        patient_birth_date=_date(reader.value("PID", 7), "PID-7", 8),
+        patient_sex=_SEX.get(reader.value("PID", 8).upper(), ""),
+        scheduled_start=start,
+        scheduled_station_ae_title=reader.value("IPC", 9),
+        status=status,
+        source="hl7",
+    )
+    return ParsedOrder(header, order_control, order)
+
+
+# -- answering ----------------------------------------------------------------------------------------------------
+
+def build_ack(header: MessageHeader, code: str, *, application: str, facility: str, error: Hl7Error | None = None,
+              text: str = "") -> bytes:
+    """An HL7 ACK (original mode) for a message with ``header``, encoded in the message's character set.
+
+    Parameters
+    ----------
+    header
+        What was read of the message's MSH (MSA-2 quotes its MSH-10; the ACK's MSH-5/6 are its MSH-3/4).
+    code
+        ``AA``, ``AE`` or ``AR``.
+    application, facility
+        MSH-3 and MSH-4 of the ACK (``hl7Listener.application`` / ``facility``).
+    error
+        For AE/AR: the ERR segment's location and condition code. v2.3/v2.3.1 have ERR-1 only (``ELD``:
+        segment^sequence^field^code); v2.5.1 has ERR-2 location, ERR-3 code, ERR-4 severity ``E``.
+    text
+        MSA-3 text (defaults to the error's message; fixed texts only, never a field value).
+    """
+    standard = MessageHeader()  # the ACK uses the standard separators whatever the message used
+    version = header.version if header.version in SUPPORTED_VERSIONS else "2.5.1"
+    event = header.message_type.split("^")[1] if "^" in header.message_type else ""
+    charset = header.charset if header.charset.strip().upper() in CHARSETS else ""
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    ack_type = "ACK^" + event + ("^ACK" if version != "2.3" else "") if event else "ACK"
+    message_text = text or (str(error) if error is not None else "")
+
+    def esc(value: str) -> str:
+        return escape_text(value, standard)
+
+    msh = ["MSH", "^~\\&", esc(application), esc(facility), esc(header.sending_application),
+           esc(header.sending_facility), stamp, "", ack_type, uuid.uuid4().hex[:20], esc(header.processing_id or "P"),
+           version]
+    if charset:
+        msh += [""] * 5 + [charset]
+    segments = ["|".join(msh)]
+    msa = ["MSA", code, esc(header.control_id)]
+    if code != "AA" and message_text:
+        msa.append(esc(message_text[:80]))
+    segments.append("|".join(msa))
+    if error is not None and code != "AA":
+        condition = f"{error.error_code}&{CONDITION_TEXT.get(error.error_code, '')}&HL70357"
+        location = error.location
+        if version in ("2.3", "2.3.1"):
+            # ERR-1 (ELD): segment ID ^ sequence ^ field position ^ code (CE with subcomponents).
+            seg, _, rest = location.partition("^")
+            seq, _, rest = rest.partition("^")
+            field_pos = rest.split("^")[0]
+            segments.append(f"ERR|{seg}^{seq}^{field_pos}^{condition}")
+        else:
+            code_cwe = condition.replace("&", "^")
+            segments.append("|".join(["ERR", "", location, code_cwe, "E", "", "", "", esc(message_text)]))
+    body = "\r".join(segments) + "\r"
+    codec = CHARSETS.get(charset.strip().upper(), "ascii")
+    return body.encode(codec, errors="replace")
+
+
+def ack_code_of(ack: bytes) -> str:
+    """MSA-1 of an ACK built here (``AA``/``AE``/``AR``), for metrics and HTTP status."""
+    for segment in ack.split(b"\r"):
+        if segment.startswith(b"MSA|"):
+            return segment.split(b"|")[1].decode("ascii", "replace")
+    return ""
