@@ -16,6 +16,8 @@ const connect = net.connect;
 net.connect = (...args) => connect(...args).setNoDelay(true);
 
 const { Client, Dataset } = dcmjsDimse;
+// stdout carries only the JSON answer; warnings and errors still reach stderr.
+dcmjsDimse.log.setLevel('warn');
 const { NCreateRequest, NSetRequest } = dcmjsDimse.requests;
 const { SopClass } = dcmjsDimse.constants;
 
