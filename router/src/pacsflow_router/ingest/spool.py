@@ -8,7 +8,8 @@ When ``store`` returns, the instance survives ``kill -9`` and power loss, so the
 File names are uuid4 hex, never derived from UIDs or tags (STYLE.md: no path built from received values).
 
 The index schema is shared with :mod:`pacsflow_router.ingest.studies` (study state lives in the same database so that one
-transaction covers "instance indexed" and "study clock moved").
+transaction covers "instance indexed" and "study clock moved"), and the MPPS tables of
+:mod:`pacsflow_router.ingest.completion` live there too (completion is one query over instances, studies and MPPS).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ rule applied, for the audit.
 Restart
 -------
 Opening the spool restarts the completion window of every unfinished study (``resumed_at``): a crash may have cut a
-sender off mid-study, and what it resends then joins the study instead of arriving after a partial result.
+sender off mid-study, and what it resends then joins the study instead of arriving after a partial result. A study
+its MPPS completed is due at once after a restart too: the modality said it was done, and every listed instance is in.
 :attr:`StudyRef.last_received` stays the true time of the last instance (time-to-result is measured from it).
 
 Late instances
