@@ -208,7 +208,9 @@ def send(port: int, messages: Sequence[bytes | str | Path], *, host: str = HOST,
 
 def sendmany(port: int, message: bytes | str | Path, count: int, *, host: str = HOST,
              timeout: float = 600.0) -> dict[str, Any]:
-    """Send ``message`` ``count`` times over one connection (MSH-10 made distinct); ``msgsPerSecond`` and ``acks``.
+    """Send ``message`` ``count`` times over one connection as distinct orders; ``msgsPerSecond`` and ``acks``.
+
+    MSH-10 and the accession (OBR-18, IPC-1) are made unique per message, so every message is a new order.
 
     One extra message goes first, untimed (connection, class loading); it is not in ``count`` nor in ``acks``.
     """

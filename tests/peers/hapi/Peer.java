@@ -13,7 +13,8 @@
 //   --fail-first N answers AE ("forced failure") to the first N messages that would otherwise get AA.
 // send: one MLLP connection (HAPI Connection/Initiator); each ER7 file is parsed (no validation: it is sent as
 //   written) and sent; one JSON line per ACK: {"file", "ack", "controlId", "error"}.
-// sendmany: one connection, FILE sent COUNT times with distinct MSH-10; prints one JSON line with msgs/s.
+// sendmany: one connection, FILE sent COUNT times as distinct orders (MSH-10, OBR-18 and IPC-1 made unique);
+//   prints one JSON line with msgs/s.
 //
 // MLLP reads and writes honour MSH-18 (UTF-8, 8859/1, ASCII). TCP_NODELAY is on for every socket.
 
@@ -440,14 +441,20 @@ public class Peer {
         Message msg = read(parser, files.get(0));
         Terser t = new Terser(msg);
         String base = t.get("/MSH-10");
+        // Each message is a new order: accession (OBR-18, IPC-1) made distinct along with MSH-10.
+        List<Segment> segments = new ArrayList<>();
+        collect(msg, segments);
+        Segment obr = first(segments, "OBR");
+        Segment ipc = first(segments, "IPC");
+        String accession = obr == null ? "ACC" : Terser.get(obr, 18, 0, 1, 1);
         Initiator init = connect(ctx, host, port, 30);
         Map<String, Integer> codes = new LinkedHashMap<>();
         // One message first (connection setup, class loading), not timed.
-        t.set("/MSH-10", base + "W");
+        setIds(t, obr, ipc, base + "-W", accession + "-W");
         init.sendAndReceive(msg);
         long start = System.nanoTime();
         for (int i = 0; i < count; i++) {
-            t.set("/MSH-10", base + "-" + i);
+            setIds(t, obr, ipc, base + "-" + i, accession + "-" + i);
             Message ack = init.sendAndReceive(msg);
             codes.merge(new Terser(ack).get("/MSA-1"), 1, Integer::sum);
         }
@@ -460,6 +467,12 @@ public class Peer {
         System.out.println(Json.of(rec));
         ctx.close();
         System.exit(0);
+    }
+
+    static void setIds(Terser t, Segment obr, Segment ipc, String controlId, String accession) throws HL7Exception {
+        t.set("/MSH-10", controlId);
+        if (obr != null) Terser.set(obr, 18, 0, 1, 1, accession);
+        if (ipc != null) Terser.set(ipc, 1, 0, 1, 1, accession);
     }
 
     // ---------------------------------------------------------------------------------------------- JSON
