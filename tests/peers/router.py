@@ -82,8 +82,12 @@ class RouterProcess:
 
 def router_config(*, workdir: Path, port: int, metrics_port: int, pacs_port: int | None,
                   use_cases: list[dict], stable_seconds: float = 1.0, inference: dict | None = None,
-                  calling: tuple[str, ...] = ("STORESCU", "ORTHANC", "BENCH")) -> dict:
-    """A routing config for tests: loopback, tmp spool and audit DB, destination 'pacs' = Orthanc."""
+                  calling: tuple[str, ...] = ("STORESCU", "ORTHANC", "BENCH", "FINDSCU", "CT_ED_1"),
+                  **extra: object) -> dict:
+    """A routing config for tests: loopback, tmp spool and audit DB, destination 'pacs' = Orthanc.
+
+    ``extra`` adds top-level keys as written on the wire (``hl7Listener``, ``hl7Destinations``, ``webhooks``, ...).
+    """
     destinations = [] if pacs_port is None else [
         {"name": "pacs", "aeTitle": "ORTHANC", "host": "127.0.0.1", "port": pacs_port}
     ]
@@ -98,6 +102,7 @@ def router_config(*, workdir: Path, port: int, metrics_port: int, pacs_port: int
         "audit": {"url": f"sqlite:///{workdir / 'audit.db'}"},
         "metrics": {"port": metrics_port},
         "useCases": use_cases,
+        **extra,
     }
 
 
