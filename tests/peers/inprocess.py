@@ -54,9 +54,11 @@ def _never_sent(name: str) -> Any:
 
 
 @contextmanager
-def in_process_router(tmp_path: Path, use_cases: Sequence[dict[str, Any]], backend: InferenceBackend
-                      ) -> Iterator[InProcessRouter]:
+def in_process_router(tmp_path: Path, use_cases: Sequence[dict[str, Any]], backend: InferenceBackend,
+                      extra_config: dict[str, Any] | None = None) -> Iterator[InProcessRouter]:
     """A router on ``tmp_path`` with ``use_cases`` (config dicts; destination ``pacs``) and ``backend``.
+
+    ``extra_config`` adds routing config keys (e.g. ``hl7Destinations``, ``webhooks``).
 
     The outbox queues SRs but never sends them, so what a test reads from it is exactly what would be delivered.
     """
@@ -65,6 +67,7 @@ def in_process_router(tmp_path: Path, use_cases: Sequence[dict[str, Any]], backe
         "destinations": [{"name": "pacs", "aeTitle": "PACS", "host": "127.0.0.1", "port": 104}],
         "inference": {"backend": "embedded", "modelRepository": str(MODEL_REPOSITORY)},
         "useCases": list(use_cases),
+        **(extra_config or {}),
     })
     spool = Spool(tmp_path / "spool", 0.999)
     tracker = StudyTracker(spool, stable_seconds=0)

@@ -29,12 +29,15 @@ from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, l
 from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
-from .domain import Finding, Series, Study, StudyRef, StudyResult, study_key
+from .domain import Finding, Order, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import ReportRecord, StudyTracker
 from .results.audit import AuditLog
 from .results.export import Outbox
 from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr
+from .workflow.alerts import Coded
+from .workflow.critical import CriticalFinding, send_critical
+from .workflow.orders import OrderStore
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ class Pipeline:
     outbox: Outbox
     audit: AuditLog
     preprocess_backend: Backend = "dali"
+    orders: OrderStore | None = None
+    """The order store: a critical triage result flags its study's order and is stated with it."""
 
     def process(self, ref: StudyRef) -> bool:
         """Run every use case on one complete study.
@@ -219,7 +224,7 @@ class Pipeline:
     def _run_use_case(self, study: Study, series: Series, use_case: UseCase, manifest: ModelManifest,
                       timings: dict[str, float], *,
                       previous: ReportRecord | None = None, recorded: bool = False,
-                      selection: str | None = None) -> str:
+                      selection: str | None = None, order: Order | None = None) -> str:
         model = use_case.model
         repository = self.config.inference.model_repository
         finding = analyse(series, use_case, self.backend, repository,
@@ -258,6 +263,12 @@ class Pipeline:
             outcome = "reported-critical"
             metrics.CRITICAL_FINDINGS.labels(use_case.name).inc()
             log.warning("study %s flagged CRITICAL by %s (p=%.3f)", study.ref.key, use_case.name, finding.probability)
+            # Triage only, past the gate above: HL7 order update / alert, webhooks, worklist flag (durable, once).
+            send_critical(self.outbox, self.config, use_case, study_key=study.ref.key, header=study.first_header,
+                          result=CriticalFinding(finding.probability, Coded.of(manifest.finding.type),
+                                                 Coded.of(manifest.finding.procedure), spec.algorithm_version,
+                                                 sr_uids[2]),
+                          order=order, orders=self.orders, last_received=study.ref.last_received)
         if previous is not None:
             outcome = f"{outcome}-amended"
         self.audit.record_result(

@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from ..config import Hl7Destination, Hl7MessageKind
 from ..domain import Order
@@ -46,6 +46,15 @@ MessageKind = Literal["order-update", "alert", "webhook"]
 _SEPARATORS = "|^~\\&"
 
 
+class _Concept(Protocol):
+    @property
+    def value(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def meaning(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Coded:
     """A coded concept: code value, coding scheme designator (DICOM's, e.g. ``SCT``), meaning."""
@@ -53,6 +62,11 @@ class Coded:
     value: str
     scheme: str
     meaning: str
+
+    @classmethod
+    def of(cls, concept: _Concept) -> Coded:
+        """From any coded concept (e.g. the model manifest's ``CodedConcept``)."""
+        return cls(concept.value, concept.scheme, concept.meaning)
 
 
 @dataclass(frozen=True)
