@@ -401,3 +401,37 @@ def test_the_payload_is_on_disk_when_enqueue_returns(tmp_path):
     assert msh10 not in files[0].name, "file names carry no message values"
     assert not list((tmp_path / "outbox" / "items").glob("*.tmp"))
     outbox.close()
+
+
+# -- the service's wiring ------------------------------------------------------------------------------------------------
+def test_the_router_service_sends_each_channel_with_its_own_sender_and_audits_it(tmp_path, http_receiver, mllp_port):
+    from pacsflow_router.config import parse_config
+    from pacsflow_router.service import RouterService
+
+    port, receivers = mllp_port
+    receivers.append(MllpReceiver(port).start())
+    web = http_receiver()
+    config = parse_config({
+        "spoolDir": str(tmp_path / "spool"), "audit": {"url": f"sqlite:///{tmp_path / 'audit.db'}"},
+        "port": free_port(), "metrics": {"port": free_port()},
+        "hl7Destinations": [{"name": "ris", "host": "127.0.0.1", "port": port, "version": "2.5.1"}],
+        "webhooks": [{"name": "hook", "url": web.url}],
+    })
+    service = RouterService(config)
+    try:
+        msh10, body = _hl7(7)
+        service.outbox.enqueue_message("hl7", "ris", msh10, body, kind="alert", study_key="k7", use_case="ich")
+        service.outbox.enqueue_message("webhook", "hook", "key-7", b"{}", kind="webhook", study_key="k7",
+                                       use_case="ich")
+        assert service.outbox.deliver_due() == 2
+        assert receivers[0].messages == [body] and len(web.delivered()) == 1
+        events = {(e["destination"], e["outcome"], e["detail"]) for e in service.audit.events(study_key="k7")}
+        assert events == {("hl7:ris", "delivered", "alert"), ("webhook:hook", "delivered", "webhook")}
+        # A webhook the config no longer has: the item stays queued (and the sender factory says why in the log).
+        service.apply_config(config.model_copy(update={"webhooks": []}))
+        service.outbox.enqueue_message("webhook", "hook", "key-8", b"{}", kind="webhook", study_key="k8")
+        assert service.outbox.deliver_due() == 0 and service.outbox.pending("webhook") == 1
+    finally:
+        service.outbox.close()
+        service.audit.close()
+        service.spool.close()

@@ -23,8 +23,9 @@ from .ingest.spool import Spool
 from .ingest.studies import StudyTracker
 from .pipeline import Pipeline
 from .results.audit import AuditLog
-from .results.export import Outbox, OutboxItem
+from .results.export import MessageSender, Outbox, OutboxItem
 from .results.scu import StoreClient
+from .workflow.senders import MllpSender, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class RouterService:
         self.tracker = StudyTracker(self.spool, config.completion.stable_seconds,
                                     by_modality=config.completion.stable_seconds_by_modality)
         self.audit = AuditLog(config.audit.url)
-        self.outbox = Outbox(spool_dir / "outbox", self._sender_for, on_result=self._on_delivery)
+        self.outbox = Outbox(spool_dir / "outbox", self._sender_for, message_senders=self._message_sender_for,
+                             on_result=self._on_delivery)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit)
         self.receiver = DicomReceiver(config, self.spool)
         self._threads: list[threading.Thread] = []
@@ -67,9 +69,23 @@ class RouterService:
     def _sender_for(self, destination: str) -> StoreClient:
         return StoreClient(self.config.destination(destination), self.config.ae_title)
 
+    def _message_sender_for(self, channel: str, destination: str) -> MessageSender:
+        # Looked up on the running config: a destination removed by a reload raises, and the outbox keeps its items.
+        if channel == "hl7":
+            return MllpSender(self.config.hl7_destination(destination))
+        if channel == "webhook":
+            return WebhookSender(self.config.webhook(destination))
+        raise LookupError(f"no sender for outbox channel {channel!r}")
+
     def _on_delivery(self, item: OutboxItem, outcome: str) -> None:
-        # The pipeline enqueues every SR with its study key (the audit column is NOT NULL).
+        # The pipeline enqueues every item with its study key (the audit column is NOT NULL).
         assert item.study_key is not None
+        if item.channel != "dicom":
+            # Its own destination name ("hl7:ris", "webhook:sectra"): the SR's delivery status stays the SR's.
+            self.audit.record_delivery(study_key=item.study_key, use_case=item.use_case,
+                                       destination=f"{item.channel}:{item.destination}", outcome=outcome,
+                                       detail=item.kind)
+            return
         self.audit.record_delivery(study_key=item.study_key, use_case=item.use_case,
                                    destination=item.destination, outcome=outcome, sr_key=study_key(item.sop_uid))
         if outcome == "delivered" and item.last_received:
@@ -147,7 +163,8 @@ class RouterService:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("routing config: %s changed; it takes effect after a restart", key)
         merged = new.model_copy(update={k: getattr(self.config, k) for k in RESTART_ONLY})
-        if merged.destinations != self.config.destinations:
+        if (merged.destinations, merged.hl7_destinations, merged.webhooks) != (
+                self.config.destinations, self.config.hl7_destinations, self.config.webhooks):
             self.outbox.reset_senders()
         if merged.inference != self.config.inference:
             self.pipeline.backend = make_backend(merged.inference)
