@@ -8,6 +8,7 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v npm >/dev/null || need+=(nodejs npm)  # dcmjs-dimse, the MPPS modality peer (make node-peers)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless curl)  # HAPI HL7v2, the HL7 peer (make hl7-peer)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing Debian packages: ${need[*]}; install them with: sudo apt-get install ${need[*]}" >&2
