@@ -17,7 +17,7 @@ def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 def test_rules_are_valid():
     result = _promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_undelivered_results_alert_fires_only_while_nothing_is_delivered(tmp_path):
@@ -46,6 +46,66 @@ def test_undelivered_results_alert_fires_only_while_nothing_is_delivered(tmp_pat
                     exp_annotations:
                       summary: "3 AI result(s) waiting for the PACS on r1"
                       runbook: docs/operations.md#results-not-delivered
+        """))
+    result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_outbound_refusal_alert_fires_per_channel_and_destination(tmp_path):
+    (tmp_path / "test.yaml").write_text(textwrap.dedent(f"""\
+        rule_files: [{RULES}]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'pacsflow_outbound_messages_total{{instance="r1",channel="hl7",destination="ris",outcome="failed"}}'
+                values: '0x10 1x30'
+              - series: 'pacsflow_outbound_messages_total{{instance="r1",channel="webhook",destination="hook",outcome="retrying"}}'
+                values: '0+1x40'
+              - series: 'pacsflow_outbound_messages_total{{instance="r1",channel="webhook",destination="hook",outcome="sent"}}'
+                values: '0+1x40'
+            alert_rule_test:
+              - eval_time: 9m
+                alertname: PacsflowOutboundMessagesFailing
+                exp_alerts: []
+              - eval_time: 15m
+                alertname: PacsflowOutboundMessagesFailing
+                exp_alerts:
+                  - exp_labels: {{severity: critical, instance: r1, channel: hl7, destination: ris}}
+                    exp_annotations:
+                      summary: "hl7 destination ris refused a message on r1"
+                      runbook: docs/operations.md#outbound-messages-failing
+              - eval_time: 40m
+                alertname: PacsflowOutboundMessagesFailing
+                exp_alerts: []
+        """))
+    result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_outbound_stuck_alert_fires_for_the_channel_whose_oldest_item_waits(tmp_path):
+    # hl7: the receiver is down, its oldest item ages a minute per minute; webhook: drained every few seconds.
+    (tmp_path / "test.yaml").write_text(textwrap.dedent(f"""\
+        rule_files: [{RULES}]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'pacsflow_outbound_oldest_pending_age_seconds{{instance="r1",channel="hl7"}}'
+                values: '0+60x20'
+              - series: 'pacsflow_outbound_oldest_pending_age_seconds{{instance="r1",channel="webhook"}}'
+                values: '3x20'
+            alert_rule_test:
+              - eval_time: 6m
+                alertname: PacsflowOutboundMessagesStuck
+                exp_alerts: []
+              - eval_time: 10m
+                alertname: PacsflowOutboundMessagesStuck
+                exp_alerts:
+                  - exp_labels: {{severity: critical, instance: r1, channel: hl7}}
+                    exp_annotations:
+                      summary: "hl7 messages waiting 10m 0s on r1"
+                      runbook: docs/operations.md#outbound-messages-stuck
         """))
     result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
