@@ -316,3 +316,34 @@ def test_no_patient_data_in_the_listener_log(listener):
     eventually(lambda: listener.log(), "the listener to log")
     for secret in ("Núñez", "ACC0001", "PID0001", "1.2.826.0.1.3680043.8.498"):
         assert secret not in listener.log()
+
+
+# -- the service's wiring -----------------------------------------------------------------------------------------
+
+def test_the_router_service_serves_hl7_orders_into_its_order_store(tmp_path):
+    from pacsflow_router.config import parse_config
+    from pacsflow_router.service import RouterService
+    from tests.peers.net import free_port
+
+    mllp_port, http_port = free_port(), free_port()
+    config = parse_config({
+        "spoolDir": str(tmp_path / "spool"), "audit": {"url": f"sqlite:///{tmp_path / 'audit.db'}"},
+        "port": free_port(), "metrics": {"port": free_port()},
+        "hl7Listener": {"port": mllp_port, "httpPort": http_port},
+    })
+    service = RouterService(config)
+    service.start()
+    try:
+        msg = _order()
+        ack, = _exchange(mllp_port, msg.encoded("orm23"))
+        assert _msa(ack)[1] == "AA"
+        order = service.orders.get(msg.accession, msg.patient_id)
+        assert order is not None and order.modality == "CT"
+        assert service.pipeline.orders is service.orders
+        status, body = _post(http_port, _order().encoded("omi251"))
+        assert (status, body["ack"]) == (200, "AA")
+        assert service.orders.count() == 2
+    finally:
+        service.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", mllp_port), timeout=2).close()

@@ -25,6 +25,8 @@ from .pipeline import Pipeline
 from .results.audit import AuditLog
 from .results.export import MessageSender, Outbox, OutboxItem
 from .results.scu import StoreClient
+from .workflow.listener import Hl7Listener
+from .workflow.orders import OrderStore
 from .workflow.senders import MllpSender, WebhookSender
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ log = logging.getLogger(__name__)
 # A study whose processing raises unexpectedly this many times in a row is finished with an audited error.
 MAX_STUDY_ATTEMPTS = 3
 
-RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics")
+RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics", "hl7_listener")
+# Orders that never got a study are expired at most this often (the query scans open orders only).
+ORDER_EXPIRY_INTERVAL_SECONDS = 60.0
 
 
 def _digest(path: Path) -> str | None:
@@ -59,7 +63,11 @@ class RouterService:
         self.audit = AuditLog(config.audit.url)
         self.outbox = Outbox(spool_dir / "outbox", self._sender_for, message_senders=self._message_sender_for,
                              on_result=self._on_delivery)
-        self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit)
+        self.orders = OrderStore(self.spool)
+        self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
+                                 orders=self.orders)
+        self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders) if config.hl7_listener else None
+        self._orders_expired_at = 0.0
         self.receiver = DicomReceiver(config, self.spool)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -100,6 +108,8 @@ class RouterService:
         metrics.start_metrics_server(self.config.metrics.host, self.config.metrics.port)
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
         self.receiver.start()
+        if self.hl7_listener is not None:
+            self.hl7_listener.start()
         self.outbox.start()
         for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch")):
             thread = threading.Thread(target=target, name=f"pacsflow-{name}", daemon=True)
@@ -113,13 +123,22 @@ class RouterService:
     def stop(self) -> None:
         self._stop.set()
         self.receiver.stop()
+        if self.hl7_listener is not None:
+            self.hl7_listener.stop()
         for thread in self._threads:
             thread.join(timeout=30)
         self.outbox.stop()
 
     # -- threads ------------------------------------------------------------------------------------------------
+    def _expire_orders(self) -> None:
+        now = time.time()
+        if now - self._orders_expired_at >= ORDER_EXPIRY_INTERVAL_SECONDS:
+            self._orders_expired_at = now
+            self.orders.expire(now, self.config.orders.expire_after_hours * 3600)
+
     def _pipeline_loop(self) -> None:
         while not self._stop.is_set():
+            self._expire_orders()
             metrics.QUEUE_DEPTH.set(self.tracker.queue_depth())
             metrics.LATE_INSTANCES.set(self.tracker.late_instances())
             metrics.STUDIES_IN_PROGRESS.set(self.tracker.in_progress())
