@@ -470,6 +470,8 @@ class Outbox:
                     log.info("outbox: %s for study %s (%s) delivered to %s %s", item.kind or item.channel,
                              item.study_key or "-", item.use_case or "-", item.channel, item.destination)
                     self._notify(_with(item, item.attempts + 1, None), "delivered")
+        # Every round, delivered or not: the oldest-pending age grows while a destination is down.
+        self.update_gauges(now)
         return delivered
 
     def _file_for(self, item_id: int) -> str:
@@ -513,7 +515,6 @@ class Outbox:
         while not self._stop.is_set():
             try:
                 self.deliver_due()
-                self.update_gauges()
                 for sender in list(self._senders.values()):
                     release = getattr(sender, "release_if_idle", None)
                     if release is not None:
