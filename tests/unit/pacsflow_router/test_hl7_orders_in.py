@@ -187,6 +187,9 @@ def test_handler_answers_ae_for_an_unknown_order(handler):
     assert (result.ack_code, result.outcome, result.error_location) == ("AE", "rejected", "OBR^1^18")
     assert _segment(result.ack, "ERR")[1].startswith("OBR^1^18^204&")
     assert store.count() == 0
+    again = h.process(OrderMessage(control_id="XO-1", order_control="XO").encoded("orm23"))
+    assert (again.ack, again.outcome, again.error_location) == (result.ack, "duplicate", "OBR^1^18")
+    assert "no order" in again.error_text
 
 
 def test_handler_refuses_a_too_large_message_with_ae(handler):

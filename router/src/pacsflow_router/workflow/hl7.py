@@ -497,9 +497,30 @@ def build_ack(header: MessageHeader, code: str, *, application: str, facility: s
     return body.encode(codec, errors="replace")
 
 
-def ack_code_of(ack: bytes) -> str:
-    """MSA-1 of an ACK built here (``AA``/``AE``/``AR``), for metrics and HTTP status."""
+def _msa(ack: bytes, index: int) -> str:
     for segment in ack.split(b"\r"):
         if segment.startswith(b"MSA|"):
-            return segment.split(b"|")[1].decode("ascii", "replace")
+            fields = segment.split(b"|")
+            return fields[index].decode("latin-1") if index < len(fields) else ""
+    return ""
+
+
+def ack_code_of(ack: bytes) -> str:
+    """MSA-1 of an ACK built here (``AA``/``AE``/``AR``), for metrics and HTTP status."""
+    return _msa(ack, 1)
+
+
+def ack_text_of(ack: bytes) -> str:
+    """MSA-3 of an ACK built here (the refusal's fixed text; '' for an AA)."""
+    return _msa(ack, 3)
+
+
+def ack_error_location(ack: bytes) -> str:
+    """ERR location of an ACK built here (``OBR^1^18``; v2.3 ERR-1 or v2.5.1 ERR-2), '' when it has none."""
+    for segment in ack.split(b"\r"):
+        if segment.startswith(b"ERR|"):
+            fields = segment.decode("ascii", "replace").split("|")
+            if len(fields) > 1 and fields[1]:
+                return "^".join(fields[1].split("^")[:3]).rstrip("^")
+            return fields[2] if len(fields) > 2 else ""
     return ""

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from .. import metrics
 from ..config import Hl7Listener as Hl7ListenerConfig
 from ..errors import Hl7Error, Hl7MessageError, PacsflowError
-from .hl7 import Hl7Refusal, MessageHeader, ack_code_of, build_ack, err_location, parse_order, read_header
+from .hl7 import (
+    Hl7Refusal,
+    MessageHeader,
+    ack_code_of,
+    ack_error_location,
+    ack_text_of,
+    build_ack,
+    err_location,
+    parse_order,
+    read_header,
+)
 from .hl7http import Hl7HttpServer
 from .mllp import MllpServer
 from .orders import REASON_UNKNOWN_ORDER, OrderStore
@@ -103,9 +113,12 @@ class Hl7Handler:
         code = ack_code_of(outcome.ack)
         metrics.HL7_MESSAGES.labels(_kind(parsed.message_type), code if code in metrics.HL7_ACK_CODES else "AE").inc()
         store_refusal = errors.get("error")
+        if store_refusal is not None:
+            location, text = store_refusal.location, str(store_refusal)
+        else:  # an AA, or a duplicate whose stored ACK may be an AE: read what it said
+            location, text = ack_error_location(outcome.ack), ack_text_of(outcome.ack)
         return Hl7Result(outcome.ack, code, outcome.outcome, accession=parsed.order.accession,
-                         error_location=store_refusal.location if store_refusal is not None else "",
-                         error_text=str(store_refusal) if store_refusal is not None else "")
+                         error_location=location, error_text=text)
 
     def handle(self, message: bytes) -> bytes:
         """The ACK for one message (the MLLP server's callback)."""
