@@ -9,13 +9,16 @@ and accession made unique), over one connection, waiting for each ACK before the
   sent only after the order and its ACK are committed to the spool's SQLite database (WAL, ``synchronous=FULL``).
 - HAPI: HAPI's own MLLP server (``Peer receive``): parses, validates, writes a JSON line (no fsync), answers.
 
-Printed per message kind (ORM^O01 v2.3, OMI^O23 v2.5.1): messages/s of each receiver and pacsflow's ratio to HAPI,
-plus the orders pacsflow stored (each must be there once). Both receivers run on this machine in the same run.
+Printed per message kind (ORM^O01 v2.3, OMI^O23 v2.5.1): the median messages/s of each receiver over ``--rounds``
+rounds (each round's figure beside it; the receivers take turns going first, as the machine is shared) and
+pacsflow's ratio to HAPI. A round in which pacsflow did not store every order exactly once, or answered anything but
+AA, fails the bench. Both receivers run on this machine in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -67,22 +70,27 @@ def _serve(spool_dir: str) -> None:
     print(store.count(), flush=True)
 
 
-def run(kind: str, count: int, work: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """(pacsflow's sendmany result, HAPI's, orders pacsflow stored) for ``count`` messages of ``kind``."""
-    message = OrderMessage(control_id=f"BENCH-{kind}", accession=f"BENCH-{kind}").encoded(kind)
-    pacsflow = PacsflowListener(work / f"spool-{kind}")
+def run_pacsflow(message: bytes, count: int, spool_dir: Path) -> tuple[dict[str, Any], int]:
+    """pacsflow's ``sendmany`` result and the number of orders it stored."""
+    pacsflow = PacsflowListener(spool_dir)
     try:
-        ours = sendmany(pacsflow.port, message, count)
+        result = sendmany(pacsflow.port, message, count)
     finally:
         stored = pacsflow.stop()
-    with HapiReceiver(work / f"hapi-{kind}.jsonl") as rx:
-        theirs = sendmany(rx.port, message, count)
-    return ours, theirs, stored
+    return result, stored
+
+
+def run_hapi(message: bytes, count: int, out: Path) -> dict[str, Any]:
+    """HAPI's receiver's ``sendmany`` result."""
+    with HapiReceiver(out) as rx:
+        return sendmany(rx.port, message, count)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hl7", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--count", type=int, default=1000, help="messages per receiver and message kind")
+    parser.add_argument("--count", type=int, default=500, help="messages per receiver, message kind and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per message kind, receivers alternating first (the median is reported)")
     parser.add_argument("--serve", metavar="SPOOL_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.serve:
@@ -90,25 +98,38 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     failed = 0
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="pacsflow-bench-hl7-") as tmp:
-        for kind in KINDS:
-            ours, theirs, stored = run(kind, args.count, Path(tmp))
-            rows.append((kind, ours, theirs, stored))
     print(f"\nHL7 order intake: {args.count} orders per receiver over one MLLP connection, sender HAPI 2.6.0's "
-          "client (one message in flight)")
-    print(f"{'message':16} {'receiver':30} {'msgs/s':>8} {'ACKs':>12} {'pacsflow/HAPI':>14}")
-    for kind, ours, theirs, stored in rows:
-        ratio = float(ours["msgsPerSecond"]) / float(theirs["msgsPerSecond"])
-        print(f"{KINDS[kind]:16} {'pacsflow (durable, fsync)':30} {float(ours['msgsPerSecond']):8.1f} "
-              f"{_acks(ours):>12} {ratio:14.2f}")
-        print(f"{'':16} {'HAPI receiver (not durable)':30} {float(theirs['msgsPerSecond']):8.1f} "
-              f"{_acks(theirs):>12}")
-        # The untimed first message is an order too: count + 1 stored.
-        print(f"{'':16} pacsflow stored {stored} orders (expected {args.count + 1})")
-        if stored != args.count + 1 or ours["acks"] != {"AA": args.count}:
-            failed = 1
+          f"client (one message in flight); median of {args.rounds} rounds, receivers alternating")
+    print(f"{'message':16} {'receiver':30} {'msgs/s':>8} {'rounds':>24} {'pacsflow/HAPI':>14}")
+    with tempfile.TemporaryDirectory(prefix="pacsflow-bench-hl7-") as tmp:
+        work = Path(tmp)
+        for kind, title in KINDS.items():
+            message = OrderMessage(control_id=f"BENCH-{kind}", accession=f"BENCH-{kind}").encoded(kind)
+            ours: list[float] = []
+            theirs: list[float] = []
+            for r in range(args.rounds):
+                steps = ["pacsflow", "hapi"] if r % 2 == 0 else ["hapi", "pacsflow"]
+                for step in steps:
+                    if step == "hapi":
+                        theirs.append(float(run_hapi(message, args.count, work / f"hapi-{kind}-{r}.jsonl")
+                                            ["msgsPerSecond"]))
+                        continue
+                    result, stored = run_pacsflow(message, args.count, work / f"spool-{kind}-{r}")
+                    ours.append(float(result["msgsPerSecond"]))
+                    # The untimed first message is an order too: count + 1 stored, every ACK an AA.
+                    if stored != args.count + 1 or result["acks"] != {"AA": args.count}:
+                        print(f"pacsflow round {r}: stored {stored} orders (expected {args.count + 1}), "
+                              f"ACKs {_acks(result)}")
+                        failed = 1
+            mine, peer = statistics.median(ours), statistics.median(theirs)
+            print(f"{title:16} {'pacsflow (durable, fsync)':30} {mine:8.1f} {_rounds(ours):>24} "
+                  f"{mine / peer:14.2f}")
+            print(f"{'':16} {'HAPI receiver (not durable)':30} {peer:8.1f} {_rounds(theirs):>24}")
     return failed
+
+
+def _rounds(rates: list[float]) -> str:
+    return " ".join(f"{r:.0f}" for r in rates)
 
 
 def _acks(result: dict[str, Any]) -> str:

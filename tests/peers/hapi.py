@@ -37,7 +37,8 @@ from tests.peers.net import free_port
 SOURCE = Path(__file__).with_name("hapi") / "Peer.java"
 HOST = "127.0.0.1"
 #: The jars ``scripts/fetch-hl7-peer.sh`` puts in the lib directory, by file name prefix.
-REQUIRED_JARS = ("hapi-base-", "hapi-structures-v23-", "hapi-structures-v251-", "slf4j-api-", "slf4j-simple-")
+REQUIRED_JARS = ("hapi-base-", "hapi-structures-v23-", "hapi-structures-v231-", "hapi-structures-v251-", "commons-lang3-",
+                 "joda-time-", "slf4j-api-", "slf4j-simple-")
 
 
 class HapiMissing(RuntimeError):
