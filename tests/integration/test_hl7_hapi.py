@@ -1,27 +1,19 @@
-"""pacsflow's HL7 v2 edges against HAPI HL7v2 2.6.0 (Java), the independent peer (``make hl7-peer``).
+"""pacsflow's HL7 order listener against HAPI HL7v2 2.6.0 (Java), the independent sender (``make hl7-peer``).
 
-Orders in: HAPI's client sends ORM^O01 (v2.3, v2.3.1) and OMI^O23 (v2.5.1) to pacsflow's MLLP listener and parses
-the ACKs it gets back; the order store is read to see what was kept. Messages out: the order update and the ORU
-alert that pacsflow builds go through pacsflow's own MLLP sender to HAPI's receiver, which parses and validates them
-against HAPI's model of each structure and answers AE for a wrong one; deliveries are counted at that receiver.
+HAPI's client sends ORM^O01 (v2.3, v2.3.1) and OMI^O23 (v2.5.1) to pacsflow's MLLP listener and parses the ACKs it
+gets back; the order store is read to see what was kept. The other direction (pacsflow's order updates and alerts
+validated by HAPI's receiver) is tests/integration/test_outbound_hapi.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 
-from pacsflow_router.config import Hl7Destination
 from pacsflow_router.config import Hl7Listener as Hl7ListenerConfig
-from pacsflow_router.domain import Order
 from pacsflow_router.ingest.spool import Spool
-from pacsflow_router.results.export import Message
-from pacsflow_router.workflow import alerts
 from pacsflow_router.workflow.listener import Hl7Listener
 from pacsflow_router.workflow.orders import OrderStore
-from pacsflow_router.workflow.senders import MllpSender
-from tests.peers.hapi import HapiReceiver, send
+from tests.peers.hapi import send
 from tests.peers.hl7msgs import OrderMessage
 from tests.peers.net import free_port
 
@@ -132,66 +124,3 @@ def test_orders_from_one_hapi_connection_are_each_stored_once(pacsflow):
     assert [a["controlId"] for a in acks] == [f"C-{i}" for i in range(12)]
     assert {a["ack"] for a in acks} == {"AA"}
     assert store.count() == 12
-
-
-# -- messages out: pacsflow sends, HAPI parses and validates ---------------------------------------------------------
-
-
-def _critical_result() -> alerts.CriticalResult:
-    order = Order(accession="ACC0001", patient_id="PID0001", placer_order_number="PLC0001",
-                  filler_order_number="FIL0001", study_uid="1.2.826.0.1.3680043.8.498.1",
-                  requested_procedure_id="RP0001", modality="CT", procedure_code="CTHEADWO", procedure_scheme="L",
-                  procedure_description="CT head without contrast", priority="R", patient_class="E",
-                  location="ED", reason="Fall & headache", patient_name="Núñez-Šimić^José",
-                  patient_birth_date="19560412", patient_sex="M")
-    return alerts.CriticalResult(
-        study_uid=order.study_uid, use_case="ich-triage", mode="triage", probability=0.97,
-        finding=alerts.Coded("50960005", "SCT", "Hemorrhage"),
-        procedure=alerts.Coded("24727-0", "LN", "CT Head WO contrast"),
-        model_name="ich_detector", model_version="2", sr_sop_uid="1.2.826.0.1.3680043.8.498.2", order=order)
-
-
-@pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.5.1"])
-def test_hapi_accepts_pacsflows_order_update_and_alert(tmp_path, version):
-    result = _critical_result()
-    at = dt.datetime(2026, 11, 30, 12, 30, tzinfo=dt.UTC)
-    with HapiReceiver(tmp_path / "ris.jsonl") as rx:
-        destination = Hl7Destination(name="ris", host="127.0.0.1", port=rx.port, version=version)
-        sender = MllpSender(destination)
-        try:
-            for kind in ("order-update", "alert"):
-                key, body = alerts.hl7_message(kind, result, destination, at=at)
-                assert sender.send(Message(key, body, kind)) == 0, rx.log_tail()
-        finally:
-            sender.close()
-        update, alert = rx.wait_records(2)
-
-    # Exactly one delivery each, both accepted by HAPI's parser, default validation and structure check.
-    assert [r["ack"] for r in (update, alert)] == ["AA", "AA"], (update["error"], alert["error"])
-    assert update["type"].startswith("OMI^O23" if version == "2.5.1" else "ORM^O01")
-    assert update["version"] == version
-    assert (update["orc1"], update["priority"]) == ("XO", "S")
-    assert update["obr4Text"] == "[AI: Critical Finding Suspected] CT head without contrast"
-    assert update["patientFamily"] == "Núñez-Šimić"
-    assert alert["type"].startswith("ORU^R01")
-    assert len(alert["obx"]) == 5
-    assert {row["obx11"] for row in alert["obx"]} == {"P"}
-    assert alert["obx"][1]["obx5"] == "0.9700"
-
-
-def test_hapi_refusal_of_a_pacsflow_message_is_permanent(tmp_path):
-    from pacsflow_router.workflow.senders import SendError
-
-    result = _critical_result()
-    with HapiReceiver(tmp_path / "ris.jsonl", fail_first=1) as rx:
-        destination = Hl7Destination(name="ris", host="127.0.0.1", port=rx.port, version="2.5.1")
-        sender = MllpSender(destination)
-        try:
-            key, body = alerts.hl7_message("alert", result, destination, at=dt.datetime.now(dt.UTC))
-            with pytest.raises(SendError) as refused:
-                sender.send(Message(key, body, "alert"))
-            assert refused.value.permanent
-            assert sender.send(Message(key, body, "alert")) == 0
-        finally:
-            sender.close()
-        assert [r["ack"] for r in rx.wait_records(2)] == ["AE", "AA"]
