@@ -221,6 +221,8 @@ def test_expire_counts_and_spares_orders_with_a_study(tmp_path):
     store.upsert(_order("OLD-WITH-STUDY", study_uid=datasets[0].StudyInstanceUID))
     spool.store(part10(datasets[0]))
     store.upsert(_order("OLD-IN-PROGRESS", status="in-progress"))
+    store.upsert(_order("OLD-FLAGGED"))  # its study came, matched by accession: the AI flagged it
+    store.mark_ai_critical(_order("OLD-FLAGGED"), "ich-head-ct", time.time())
     before = metrics.ORDERS_EXPIRED._value.get()
     later = time.time() + 3600
     assert store.expire(later, 7200) == 0
@@ -228,7 +230,8 @@ def test_expire_counts_and_spares_orders_with_a_study(tmp_path):
     assert store.get("OLD", "PID1").status == "expired"
     assert store.get("OLD-WITH-STUDY", "PID1").status == "scheduled"
     assert metrics.ORDERS_EXPIRED._value.get() - before == 1
-    assert metrics.ORDERS_OPEN._value.get() == 2
+    assert store.get("OLD-FLAGGED", "PID1").status == "scheduled"
+    assert metrics.ORDERS_OPEN._value.get() == 3
     assert store.expire(later, 1800) == 0
     spool.close()
 

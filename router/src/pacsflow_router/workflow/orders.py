@@ -421,7 +421,8 @@ class OrderStore:
     def expire(self, now: float, max_age_seconds: float) -> int:
         """Expire scheduled orders received more than ``max_age_seconds`` before ``now`` that never got a study.
 
-        An order whose Study Instance UID has instances in the spool is not expired. Each expired order counts in
+        An order whose Study Instance UID has instances in the spool is not expired, nor one an AI result flagged
+        critical (its study arrived, matched by accession and patient ID). Each expired order counts in
         ``pacsflow_orders_expired_total``.
 
         Returns
@@ -431,7 +432,8 @@ class OrderStore:
         """
         with self._spool.transaction() as db:
             rows = db.execute(
-                "SELECT body FROM orders o WHERE o.status = 'scheduled' AND o.created_at < ? AND NOT "
+                "SELECT body FROM orders o WHERE o.status = 'scheduled' AND o.created_at < ? AND o.ai_critical = 0 "
+                "AND NOT "
                 "(o.study_uid != '' AND EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = o.study_uid))",
                 (now - max_age_seconds,)).fetchall()
             expired = [dataclasses.replace(_decode(body), status="expired") for (body,) in rows]
