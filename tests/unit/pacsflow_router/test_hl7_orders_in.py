@@ -198,3 +198,33 @@ def test_handler_refuses_a_too_large_message_with_ae(handler):
     ack = h.refuse_too_large(head, 20 * 1024 * 1024)
     assert _segment(ack, "MSA")[1:3] == ["AE", "BIG-1"]
     assert "too large" in _segment(ack, "MSA")[3]
+
+
+def test_mangled_messages_always_get_an_ack(handler):
+    """Separators, line ends, NULs and stray bytes inserted or deleted at random (seeded): every message gets an ACK
+    (never an exception), and exactly the orders answered "created" are in the store."""
+    import random
+
+    h, store = handler
+    rnd = random.Random(8)
+    bases = [OrderMessage(control_id=f"F{i}", accession=f"FA{i}").encoded(k)
+             for i, k in enumerate(("orm23", "orm231", "omi251"))]
+    codes, created = set(), 0
+    for i in range(600):
+        data = bytearray(rnd.choice(bases))
+        data[data.index(b"|F") + 1:data.index(b"|F") + 1] = f"{i}-".encode()  # its own control ID
+        for _ in range(rnd.randint(1, 6)):
+            pos = rnd.randrange(len(data))
+            roll = rnd.random()
+            if roll < 0.4:
+                data[pos] = rnd.choice(b"|^~\\&\r\nX0\x00\xff\xc3")
+            elif roll < 0.7:
+                del data[pos:pos + rnd.randint(1, 30)]
+            else:
+                data[pos:pos] = bytes(rnd.choice(b"|^~\\&\rX") for _ in range(rnd.randint(1, 5)))
+        result = h.process(bytes(data))
+        assert result.ack_code in ("AA", "AE", "AR") and b"MSA|" in result.ack
+        codes.add(result.ack_code)
+        created += result.outcome == "created"
+    assert codes == {"AA", "AE", "AR"}
+    assert store.count() == created > 0

@@ -288,6 +288,10 @@ class MllpServer:
         except OSError as exc:
             if not self._stopping.is_set():
                 log.info("MLLP connection ended: %s", exc.strerror or type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug on one connection must not stop the listener
+            # Class name only: an exception's text may quote the message (patient data). No ACK was sent, so the
+            # sender resends; nothing was stored unless the store committed (then the resend is a duplicate).
+            log.error("MLLP connection closed after an unexpected %s", type(exc).__name__)
         finally:
             _shutdown(conn)
             conn.close()
