@@ -26,6 +26,7 @@ from .analysis.acceptance import Selection, screen
 from .analysis.findings import summarize
 from .analysis.inference import InferenceBackend
 from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, load_manifest
+from .analysis.matching import order_mismatch
 from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
@@ -132,6 +133,11 @@ class Pipeline:
         started = time.monotonic()
         study = load_study(ref)
         timings_base = {"load": time.monotonic() - started}
+        order = self._order_for(study)
+        # How the study came to be complete (MPPS or the stable window) and which order it belongs to, per record.
+        context: dict[str, object] = {"completion": self.tracker.completion_reason(ref.study_uid),
+                                      "order": order.key if order else None}
+        procedure_codes = (order.procedure_code,) if order is not None and order.procedure_code else ()
         for use_case in self.config.use_cases:
             previous = self.tracker.latest_report(ref.study_uid, use_case.name)
             done = self.tracker.is_done(ref.study_uid, use_case.name)
@@ -141,17 +147,21 @@ class Pipeline:
                     "error"):
                 continue
             timings = dict(timings_base)
-            # Acceptance criteria and the domain check (analysis/acceptance.py): which series, or why none.
+            # The order criteria (patient class, priority, procedure, location), then the acceptance criteria and
+            # the domain check (analysis/acceptance.py): which series, or why none.
+            mismatch = order_mismatch(use_case.match, order)
             manifest = load_manifest(self.config.inference.model_repository, use_case.model)
-            selection = screen(manifest, use_case.match, study, timings=timings)
-            if not selection.applicable:
+            selection = None if mismatch else screen(manifest, use_case.match, study, procedure_codes=procedure_codes,
+                                                     timings=timings)
+            if mismatch or selection is None or not selection.applicable:
                 # Audited too, so that a reader of the audit can tell "did not apply" from "never ran".
-                self._record_not_applicable(ref, use_case, selection, timings)
+                explanation = mismatch or (selection.explanation if selection is not None else "")
+                self._record_not_applicable(ref, use_case, explanation, timings, context)
                 self.tracker.mark_done(ref.study_uid, use_case.name, "not-applicable")
                 continue
             if selection.series is None:
                 if previous is None:  # a study already reported keeps its result; no SR ever says "not analysed"
-                    self._record_not_analysed(ref, use_case, selection, timings)
+                    self._record_not_analysed(ref, use_case, selection, timings, context)
                     self.tracker.mark_done(ref.study_uid, use_case.name, "not-analysed", replace=done)
                 continue
             series = selection.series
@@ -159,7 +169,8 @@ class Pipeline:
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
             try:
                 outcome = self._run_use_case(study, series, use_case, manifest, timings, previous=previous,
-                                             recorded=done, selection=selection.explanation)
+                                             recorded=done, selection=selection.explanation, order=order,
+                                             context=context)
             except InferenceUnavailableError as exc:
                 log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
                 metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
@@ -196,25 +207,34 @@ class Pipeline:
         )
         metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
 
-    def _record_not_applicable(self, ref: StudyRef, use_case: UseCase, selection: Selection,
-                               timings: dict[str, float]) -> None:
+    def _order_for(self, study: Study) -> Order | None:
+        """The study's order: by Study Instance UID, else by accession number plus patient ID (None: no order store,
+        or an unordered study, which is processed all the same)."""
+        if self.orders is None:
+            return None
+        header = study.first_header
+        return self.orders.find_for_study(study.ref.study_uid, str(header.get("AccessionNumber", "") or ""),
+                                          str(header.get("PatientID", "") or ""))
+
+    def _record_not_applicable(self, ref: StudyRef, use_case: UseCase, explanation: str,
+                               timings: dict[str, float], context: dict[str, object]) -> None:
         # One record per study and use case (the audit ignores a repeat after a crash or a re-opened study).
         self.audit.record_result(
             study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
             model_name=use_case.model.name, model_version=use_case.model.version,
-            probability=None, critical=False, outcome=f"not applicable: {selection.explanation}", timings=timings,
-            destination=None, destination_status=None, selection=selection.explanation,
+            probability=None, critical=False, outcome=f"not applicable: {explanation}", timings=timings,
+            destination=None, destination_status=None, selection=explanation, inputs=context,
         )
 
     def _record_not_analysed(self, ref: StudyRef, use_case: UseCase, selection: Selection,
-                             timings: dict[str, float]) -> None:
+                             timings: dict[str, float], context: dict[str, object]) -> None:
         assert selection.failure is not None
         reason = selection.failure
         written = self.audit.record_result(
             study_key=ref.key, use_case=use_case.name, mode=use_case.mode,
             model_name=use_case.model.name, model_version=use_case.model.version,
             probability=None, critical=False, outcome=f"not analysed: {reason.message}", timings=timings,
-            destination=None, destination_status=None, selection=selection.explanation,
+            destination=None, destination_status=None, selection=selection.explanation, inputs=context,
         )
         if written:  # a reprocess after a crash neither records nor counts twice
             metrics.STUDIES_NOT_ANALYSED.labels(use_case.name, reason.code).inc()
@@ -224,7 +244,8 @@ class Pipeline:
     def _run_use_case(self, study: Study, series: Series, use_case: UseCase, manifest: ModelManifest,
                       timings: dict[str, float], *,
                       previous: ReportRecord | None = None, recorded: bool = False,
-                      selection: str | None = None, order: Order | None = None) -> str:
+                      selection: str | None = None, order: Order | None = None,
+                      context: dict[str, object] | None = None) -> str:
         model = use_case.model
         repository = self.config.inference.model_repository
         finding = analyse(series, use_case, self.backend, repository,
@@ -279,7 +300,8 @@ class Pipeline:
             revision=revision, sr_key=study_key(sr_uids[2]) if sr_uids[2] else None,
             selection=selection,
             amends_sr_key=study_key(predecessor.sop_instance_uid) if predecessor else None,
-            inputs=series.inputs(),  # analysed of expected images, skipped instances (hashed) and why
+            # analysed of expected images, skipped instances (hashed) and why; how the study completed; its order key
+            inputs={**series.inputs(), **(context or {})},
         )
         # After the SR is queued and audited: a crash before this line repeats both as no-ops (same UIDs, revision).
         self.tracker.record_report(study.ref.study_uid, use_case.name, ReportRecord(
