@@ -7,6 +7,8 @@ study and on a study without an order, while a use case without order criteria r
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pacsflow_router.analysis.inference import EmbeddedOnnxBackend
@@ -65,4 +67,7 @@ def test_order_criteria_select_studies_and_the_audit_names_order_and_completion(
     assert records[(ed, "ich-all")]["inputs"]["order"] == ed_order.key
     assert records[(unordered, "ich-all")]["inputs"]["order"] is None
     assert all(r["inputs"]["completion"] == "stable-window" for r in records.values())
+    # The order matched by accession + patient ID is linked to its study: found by the UID, never expired.
+    assert ed_order.study_uid and store.find_for_study(ed_order.study_uid, "", "") == ed_order
+    assert store.expire(now=time.time() + 10 * 86400, max_age_seconds=3600) == 0
 

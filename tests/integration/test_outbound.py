@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import http.server
 import json
 import signal
 import socket
@@ -30,6 +29,7 @@ from pacsflow_router.workflow import alerts
 from pacsflow_router.workflow.mllp import FrameReader, frame
 from pacsflow_router.workflow.senders import MllpSender, WebhookSender
 from tests.peers.net import eventually, free_port
+from tests.peers.webhook import HttpReceiver
 from tests.unit.pacsflow_router.test_alerts import RESULT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,39 +106,6 @@ class MllpReceiver:
         for thread in self._threads:
             thread.join(5)
         self._threads.clear()
-
-
-class HttpReceiver:
-    """An HTTP server that records every POST and answers the scripted statuses in turn (then 200)."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.statuses = list(statuses or [])
-        self.requests: list[tuple[dict[str, str], bytes, int]] = []
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                receiver.requests.append((dict(self.headers.items()), body, status))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/alert?token=abc"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def delivered(self) -> list[tuple[dict[str, str], bytes, int]]:
-        return [r for r in self.requests if 200 <= r[2] < 300]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

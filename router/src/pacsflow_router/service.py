@@ -1,7 +1,8 @@
 """Wires the router's parts together and runs its threads.
 
-Threads: pynetdicom's association threads (spool only), one pipeline thread (complete studies through the use
-cases), the outbox's sender thread, and a config watcher that hot-reloads the routing config the operator renders
+Threads: pynetdicom's association threads (spool, MPPS, worklist queries), the HL7 listener's connection threads
+(orders), the MWL poller, one pipeline thread (complete studies through the use cases), the outbox's sender thread,
+and a config watcher that hot-reloads the routing config the operator renders
 into a ConfigMap (use cases, modes, destinations) without dropping associations or queued studies.
 """
 
@@ -26,8 +27,11 @@ from .results.audit import AuditLog
 from .results.export import MessageSender, Outbox, OutboxItem
 from .results.scu import StoreClient
 from .workflow.listener import Hl7Listener
+from .workflow.mpps import mpps_service
+from .workflow.mwl import MwlPoller
 from .workflow.orders import OrderStore
 from .workflow.senders import MllpSender, WebhookSender
+from .workflow.worklist import worklist_service
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,8 @@ log = logging.getLogger(__name__)
 # A study whose processing raises unexpectedly this many times in a row is finished with an audited error.
 MAX_STUDY_ATTEMPTS = 3
 
-RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics", "hl7_listener")
+RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics", "hl7_listener", "mwl_source",
+                "mpps", "worklist")
 # Orders that never got a study are expired at most this often (the query scans open orders only).
 ORDER_EXPIRY_INTERVAL_SECONDS = 60.0
 
@@ -67,8 +72,16 @@ class RouterService:
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
                                  orders=self.orders)
         self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders) if config.hl7_listener else None
+        self.mwl_poller = MwlPoller(config.mwl_source, self.orders, config.ae_title) if config.mwl_source else None
         self._orders_expired_at = 0.0
-        self.receiver = DicomReceiver(config, self.spool)
+        # Set when a study may have become due before its window (an MPPS step ended): the pipeline looks at once.
+        self._wake = threading.Event()
+        services = []
+        if config.mpps.enabled:
+            services.append(mpps_service(self.tracker, on_change=self._wake.set))
+        if config.worklist.enabled:
+            services.append(worklist_service(self.orders))
+        self.receiver = DicomReceiver(config, self.spool, services=services)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
@@ -110,6 +123,8 @@ class RouterService:
         self.receiver.start()
         if self.hl7_listener is not None:
             self.hl7_listener.start()
+        if self.mwl_poller is not None:
+            self.mwl_poller.start()
         self.outbox.start()
         for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch")):
             thread = threading.Thread(target=target, name=f"pacsflow-{name}", daemon=True)
@@ -125,6 +140,9 @@ class RouterService:
         self.receiver.stop()
         if self.hl7_listener is not None:
             self.hl7_listener.stop()
+        if self.mwl_poller is not None:
+            self.mwl_poller.stop()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout=30)
         self.outbox.stop()
@@ -158,7 +176,9 @@ class RouterService:
                         self.pipeline.give_up(ref, f"{type(exc).__name__} after {attempts} attempts")
                         self._failures.pop(ref.key, None)
                     waiting = True
-            self._stop.wait(5.0 if waiting else 0.5)
+            # Idle: look again after half a second, or at once when an MPPS step ends (the wake event).
+            self._wake.wait(5.0 if waiting else 0.5)
+            self._wake.clear()
 
     def _watch_config(self) -> None:
         while not self._stop.wait(self._poll):

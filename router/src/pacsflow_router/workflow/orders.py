@@ -24,7 +24,7 @@ from sqlite3 import Connection
 from typing import Any
 
 from .. import metrics
-from ..domain import Order
+from ..domain import Order, study_key
 from ..ingest.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -417,6 +417,23 @@ class OrderStore:
         log.info("order %s: %s", stored.key, status)
         self._refresh_open_gauge()
         return True
+
+    def link_study(self, order: Order, study_uid: str) -> Order:
+        """Record the study an order got, when it was matched by accession number and patient ID only.
+
+        From then on the order is found by its Study Instance UID, a cancel is refused ("images arrived") and it is
+        never expired. Idempotent; an order that already names a study keeps it. Returns the stored order.
+        """
+        if order.study_uid or not study_uid:
+            return order
+        with self._spool.transaction() as db:
+            stored = self._row(db, order.accession, order.patient_id)
+            if stored is None or stored.study_uid:
+                return stored or order
+            linked = dataclasses.replace(stored, study_uid=study_uid)
+            self._write(db, linked, time.time(), insert=False)
+        log.info("order %s linked to study %s", linked.key, study_key(study_uid))
+        return linked
 
     def expire(self, now: float, max_age_seconds: float) -> int:
         """Expire scheduled orders received more than ``max_age_seconds`` before ``now`` that never got a study.
