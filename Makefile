@@ -27,7 +27,7 @@ lint: venv
 test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer node-peers
 	$(VENV)/bin/pytest
 
-demo: venv system-deps node-peers
+demo: venv system-deps hl7-peer node-peers
 	$(PY) scripts/demo.py
 
 bench: venv system-deps hl7-peer

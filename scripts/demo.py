@@ -1,133 +1,175 @@
-"""``make demo``: the main job end to end on embedded defaults.
+"""``make demo``: the main job end to end on embedded defaults, starting from the RIS's order.
 
-Orthanc (the PACS) and ``pacsflow-router`` on loopback; phantom head CTs with and without a hemorrhage are sent with
-dcmtk ``storescu``; the router runs ``ich_detector`` (DALI on CPU + embedded ONNX Runtime) in two use cases — one in
-triage mode (SR to Orthanc, critical flag) and one in silent mode (audit only) — and the demo prints one row per
-study and use case, checked through Orthanc's REST API and the router's audit trail. Everything it starts, it stops.
+On loopback: Orthanc (the PACS), ``pacsflow-router`` with its HL7 listener, MPPS SCP and worklist SCP, HAPI HL7v2
+(Java) as the RIS that sends orders and receives pacsflow's order updates and alerts, and a webhook receiver. For each
+phantom head CT (with and without a hemorrhage) the demo does what a hospital's systems do:
+
+1. the RIS sends an ORM^O01 over MLLP (HAPI's client);
+2. the CT sends the images (dcmtk ``storescu``) and an MPPS COMPLETED (npm ``dcmjs-dimse``);
+3. the router runs ``ich_detector`` (DALI on CPU + embedded ONNX Runtime) in a triage use case (SR to Orthanc, and for
+   a critical result an HL7 order update and ORU alert to the RIS, a signed webhook, STAT on pacsflow's worklist) and
+   a silent one (audit only).
+
+Per study it prints the order's priority before and after as ``findscu -W`` sees pacsflow's worklist, the ORU the RIS
+got, the time from MPPS COMPLETED to the priority being raised, and whether the AI agreed with the phantom's ground
+truth. Everything it starts, it stops.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/peers: the same launchers the e2e tests use for Orthanc, dcmtk, the router
+sys.path.insert(0, str(REPO))  # tests/peers: the same launchers the e2e tests use
 
 from pacsflow_router.domain import study_key  # noqa: E402
-from pacsflow_router.models import phantom  # noqa: E402
 from pacsflow_router.results.audit import AuditLog  # noqa: E402
-from tests.peers.dcmtk import storescu  # noqa: E402
-from tests.peers.orthanc import Orthanc  # noqa: E402
-from tests.peers.router import RouterProcess, free_port, router_config, use_case  # noqa: E402
+from tests.peers.workflow import (  # noqa: E402
+    Workflow,
+    order_for,
+    phantom_study,
+    running_workflow,
+    workflow_use_case,
+)
 
-STUDIES = [(101, True), (102, False), (103, True), (104, False)]  # (seed, lesion)
+# (seed, hemorrhage type or None): two clinically significant bleeds (the model card's small-clot gap aside) and two
+# normal heads.
+STUDIES = [(101, "epidural"), (102, None), (103, "intraparenchymal"), (104, None)]
 SLICES = 24
 TIMEOUT = 300.0
+USE_CASES = [workflow_use_case("triage", critical_threshold=0.85),
+             {**workflow_use_case("silent"), "name": "ich-shadow", "outputs": {}}]
 
 
 def main() -> int:
     work = REPO / ".demo"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    print("pacsflow demo: Orthanc (PACS) + pacsflow-router on 127.0.0.1; work dir", work)
-    pacs = Orthanc(work / "orthanc").start()
-    router = RouterProcess(work / "router", router_config(
-        workdir=work / "router", port=free_port(), metrics_port=free_port(), pacs_port=pacs.dicom_port,
-        stable_seconds=2.0,
-        use_cases=[use_case("ich-triage", "triage", threshold=0.85),
-                   use_case("ich-shadow", "silent", destination=None)],
-    ))
-    try:
-        router.start()
-        rows = run(pacs, router, work)
+    print("pacsflow demo: Orthanc (PACS), HAPI HL7 (RIS), pacsflow-router on 127.0.0.1; work dir", work)
+    with running_workflow(work / "rig", USE_CASES) as wf:
+        rows = [run_study(wf, work, seed, hemorrhage) for seed, hemorrhage in STUDIES]
         print_table(rows)
-        print(f"\nLook at: Orthanc web UI  {pacs.http_url}/app/explorer.html  (the SRs are series 'AI results')")
-        print(f"         router metrics  {router.metrics_url}")
-        print(f"         audit trail     {work / 'router' / 'audit.db'} (table audit_results)")
+        print(f"\nLook at: Orthanc web UI  {wf.pacs.http_url}/app/explorer.html  (the SRs are series 'AI results')")
+        print(f"         router metrics  {wf.router.metrics_url}")
+        print(f"         audit trail     {wf.router.workdir / 'audit.db'} (table audit_results)")
+        print(f"         RIS messages    {wf.ris.out} (what HAPI received, one JSON line each)")
         if sys.stdin.isatty() and os.environ.get("PACSFLOW_DEMO_KEEP", "1") != "0":
-            input("\nPress Enter to stop Orthanc and the router... ")
-        ok = all(r["ok"] for r in rows)
-        # The model is a demonstration trained on phantoms and is wrong sometimes (its card gives the rates):
-        # a disagreement with the ground truth is shown, not hidden, and does not fail the demo; a missing
-        # result, a missing SR or an SR where the mode forbids one does.
-        agreed = [r["agrees"] for r in rows if r["use_case"] == "ich-triage"]
-        print(f"\nAI agreed with the phantom's ground truth on {sum(agreed)} of {len(agreed)} studies "
-              "(a demonstration model: docs/model-card-ich_detector.md)")
-        print("demo", "PASSED: every study got its result" if ok else "FAILED: see the rows above",
-              f"(router log: {router.log_path})")
-        return 0 if ok else 1
+            input("\nPress Enter to stop everything... ")
+    ok = all(r["ok"] for r in rows)
+    agreed = [r["agrees"] for r in rows]
+    # The model is a demonstration trained on phantoms and is wrong sometimes (its card gives the rates): a
+    # disagreement with the ground truth is shown, not hidden, and does not fail the demo; a missing result, a
+    # critical result that did not reach the RIS, the webhook or the worklist, or an alert for a non-critical one does.
+    print(f"\nAI agreed with the phantom's ground truth on {sum(agreed)} of {len(agreed)} studies "
+          "(a demonstration model: docs/model-card-ich_detector.md)")
+    print("demo", "PASSED: every study got its result, and every critical one reached the worklist" if ok
+          else "FAILED: see the rows above", f"(router log: {work / 'rig' / 'router' / 'router.log'})")
+    return 0 if ok else 1
+
+
+def run_study(wf: Workflow, work: Path, seed: int, hemorrhage: str | None) -> dict[str, Any]:
+    lesion = hemorrhage is not None
+    study = phantom_study(work / "studies" / str(seed), seed, lesion=lesion, slices=SLICES, hemorrhage=hemorrhage)
+    order = order_for(study, seed, priority="R")
+    ack = wf.send_order(order)
+    before = wf.worklist_item(study.accession)
+    print(f"\nstudy seed={seed} ({hemorrhage or 'normal'} head CT): ORM^O01 sent over MLLP -> {ack['ack']}; worklist says "
+          f"{_priority(before)}")
+    uid = f"1.2.826.0.1.3680043.8.498.{seed}"
+    wf.mpps_in_progress(study, uid)
+    wf.send_images(study)
+    completed_at = wf.mpps_completed(study, uid)
+    print(f"  {len(study.paths)} images sent, MPPS COMPLETED; waiting for the result ...")
+    triage = _wait_result(wf, study.study_uid)
+    critical = bool(triage.get("critical"))
+    raised_at = _raised_at(wf, study.accession) if critical else None
+    if critical:  # the outbox delivers the ORU and the webhook right after the SR
+        _wait(lambda: _ris_for(wf, study.accession, "ORU"), TIMEOUT)
+        _wait(lambda: [a for a in wf.hooks.alerts() if a["accession"] == study.accession], TIMEOUT)
+    after = wf.worklist_item(study.accession)
+    oru = _ris_for(wf, study.accession, "ORU")
+    print(f"  worklist now says {_priority(after)}")
+    if oru:
+        for obx in oru[0]["obx"]:
+            print(f"  ORU^R01 at the RIS: OBX {obx['obx3'].split('^')[1] if '^' in obx['obx3'] else obx['obx3']}"
+                  f" = {obx['obx5']} (status {obx['obx11']})")
+    else:
+        print("  no ORU at the RIS (not critical: triage alerts only above criticalThreshold)")
+    p = triage.get("probability")
+    hooks = [a for a in wf.hooks.alerts() if a["accession"] == study.accession]
+    return {
+        "seed": seed, "truth": lesion, "p": p, "critical": critical,
+        "before": _priority(before), "after": _priority(after),
+        "raised_s": None if raised_at is None else raised_at - completed_at,
+        "oru": len(oru), "webhook": len(hooks),
+        "agrees": p is not None and (p >= 0.5) == lesion,
+        # Exactly one ORU and one webhook for a critical study, none otherwise; STAT on the worklist iff critical.
+        "ok": p is not None and len(oru) == len(hooks) == int(critical)
+        and (_priority(after).startswith("STAT") == critical),
+    }
+
+
+def _priority(item: Any) -> str:
+    if item is None:
+        return "(not listed)"
+    return f"{item.RequestedProcedurePriority} '{item.RequestedProcedureDescription}'"
+
+
+def _wait(check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise SystemExit("demo: timed out waiting for the router (see its log)")
+        time.sleep(0.1)
+    return value
+
+
+def _wait_result(wf: Workflow, study_uid: str) -> dict[str, Any]:
+    """The triage use case's audit record once both use cases have one (and the SR, if any, was delivered)."""
+    audit = AuditLog(wf.router.config["audit"]["url"])
+    try:
+        def ready() -> dict[str, Any] | None:
+            records = {r["use_case"]: r for r in audit.records(study_key=study_key(study_uid))}
+            triage = records.get("ich-triage")
+            if len(records) == 2 and triage is not None and triage["destination_status"] == "delivered":
+                return triage
+            return None
+        return _wait(ready, TIMEOUT)
     finally:
-        router.stop()
-        pacs.stop()
+        audit.close()
 
 
-def run(pacs: Orthanc, router: RouterProcess, work: Path) -> list[dict]:
-    sent = []
-    for seed, lesion in STUDIES:
-        paths, truth = phantom.write_study(work / "studies" / str(seed), seed, lesion=lesion, slices=SLICES)
-        result = storescu(router.port, paths)
-        if len(result.acknowledged) != len(paths):
-            raise SystemExit(f"storescu: only {len(result.acknowledged)}/{len(paths)} acknowledged")
-        sent.append((truth, time.time()))
-        print(f"  sent study seed={seed} ({len(paths)} slices, lesion={lesion})")
-    print("  waiting for the router (completion window 2 s, then DALI -> ONNX -> SR -> Orthanc) ...")
-    audit = AuditLog(router.config["audit"]["url"])
-    rows, deadline = [], time.monotonic() + TIMEOUT
-    for truth, sent_at in sent:
-        key = study_key(truth.study_instance_uid)
-        while time.monotonic() < deadline:
-            records = {r["use_case"]: r for r in audit.records(study_key=key)}
-            srs = pacs.instances(modality="SR", study_uid=truth.study_instance_uid)
-            if len(records) == 2 and srs and records["ich-triage"]["destination_status"] == "delivered":
-                break
-            time.sleep(0.2)
-        for name in ("ich-triage", "ich-shadow"):
-            rec = records.get(name, {})
-            p = rec.get("probability")
-            expect_sr = rec.get("mode") == "triage"
-            sr_ok = bool(srs) if expect_sr else None
-            predicted = p is not None and p >= 0.5
-            rows.append({
-                "seed": truth.seed, "use_case": name, "mode": rec.get("mode", "?"), "p": p,
-                "truth": truth.has_lesion, "critical": rec.get("critical"), "sr": sr_ok,
-                "latency": _delivered_after(rec, sent_at) if expect_sr else None,
-                "agrees": predicted == truth.has_lesion,
-                "ok": bool(rec) and (sr_ok is not False) and (expect_sr or not srs_for_silent(records)),
-            })
-    audit.close()
-    return rows
+def _raised_at(wf: Workflow, accession: str) -> float:
+    """When pacsflow raised the order's priority (the order store's record, in the router's spool)."""
+    db = sqlite3.connect(f"file:{wf.router.config['spoolDir']}/state.db?mode=ro", uri=True)
+    try:
+        def raised() -> float | None:
+            row = db.execute("SELECT ai_raised_at FROM orders WHERE accession = ?", (accession,)).fetchone()
+            return row[0] if row and row[0] else None
+        return float(_wait(raised, TIMEOUT))
+    finally:
+        db.close()
 
 
-def srs_for_silent(records: dict[str, dict]) -> bool:
-    """Whether the silent use case's audit says it sent anything (the mode gate forbids it)."""
-    return bool(records.get("ich-shadow", {}).get("destination"))
+def _ris_for(wf: Workflow, accession: str, kind: str) -> list[dict[str, Any]]:
+    return [r for r in wf.ris.records() if r["type"].startswith(kind) and accession in str(r)]
 
 
-def _delivered_after(record: dict, sent_at: float) -> float | None:
-    """Seconds from storescu's last acknowledged instance to the router's 'delivered' audit event."""
-    for event in record.get("deliveries", []):
-        if event["outcome"] == "delivered":
-            at = event["recorded_at"]
-            at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-            return at.timestamp() - sent_at
-    return None
-
-
-def print_table(rows: list[dict]) -> None:
-    print(f"\n{'study':>6}  {'use case':<11} {'mode':<9} {'P(ICH)':>7} {'truth':<8} {'critical':<8} "
-          f"{'AI vs truth':<12} {'SR in Orthanc':<14} {'last instance -> SR stored':>26}")
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'study':>6}  {'P(ICH)':>7} {'truth':<7} {'AI vs truth':<12} {'worklist before':<18} "
+          f"{'worklist after':<18} {'ORU':>4} {'webhook':>8} {'MPPS COMPLETED -> STAT':>24}")
     for r in rows:
         p = "-" if r["p"] is None else f"{r['p']:.3f}"
-        sr = {True: "yes", False: "MISSING", None: "no (silent)"}[r["sr"]]
-        lat = "-" if r["latency"] is None else f"{r['latency']:.1f} s"
-        print(f"{r['seed']:>6}  {r['use_case']:<11} {r['mode']:<9} {p:>7} "
-              f"{'ICH' if r['truth'] else 'no ICH':<8} {str(bool(r['critical'])):<8} "
-              f"{'agrees' if r['agrees'] else 'DISAGREES':<12} {sr:<14} {lat:>26}")
+        raised = "-" if r["raised_s"] is None else f"{r['raised_s']:.2f} s"
+        print(f"{r['seed']:>6}  {p:>7} {'ICH' if r['truth'] else 'no ICH':<7} "
+              f"{'agrees' if r['agrees'] else 'DISAGREES':<12} {r['before'].split()[0]:<18} "
+              f"{r['after'].split()[0]:<18} {r['oru']:>4} {r['webhook']:>8} {raised:>24}")
 
 
 if __name__ == "__main__":

@@ -50,9 +50,11 @@ class PhantomStudy:
     lesion: bool
 
 
-def phantom_study(directory: Path, seed: int, *, lesion: bool, slices: int = 16) -> PhantomStudy:
-    """Write a phantom head CT and read back the identifiers its order and MPPS carry."""
-    paths, truth = phantom.write_study(directory, seed, lesion=lesion, slices=slices)
+def phantom_study(directory: Path, seed: int, *, lesion: bool, slices: int = 16,
+                  hemorrhage: str | None = None) -> PhantomStudy:
+    """Write a phantom head CT (``hemorrhage``: its type, else drawn from the seed) and read back the identifiers
+    its order and MPPS carry."""
+    paths, truth = phantom.write_study(directory, seed, lesion=lesion, slices=slices, hemorrhage=hemorrhage)
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     head = headers[0]
     return PhantomStudy([str(p) for p in paths], str(head.AccessionNumber), str(head.PatientID),
@@ -128,8 +130,9 @@ class Workflow:
 
 def workflow_config(workdir: Path, *, pacs_port: int, ris_port: int, webhook_url: str, secret_file: Path,
                     use_cases: list[dict[str, Any]], hl7_port: int, http_port: int,
-                    stable_seconds: float = 600.0) -> dict[str, Any]:
-    """A routing config with every clinical edge on loopback; ``stableSeconds`` is long so that MPPS completes."""
+                    stable_seconds: float = 600.0, mpps: bool = True) -> dict[str, Any]:
+    """A routing config with every clinical edge on loopback; ``stableSeconds`` is long so that MPPS completes
+    (``mpps=False``: no MPPS SCP, only the stable window completes a study)."""
     return router_config(
         workdir=workdir, port=free_port(), metrics_port=free_port(), pacs_port=pacs_port, use_cases=use_cases,
         stable_seconds=stable_seconds,
@@ -137,12 +140,14 @@ def workflow_config(workdir: Path, *, pacs_port: int, ris_port: int, webhook_url
         hl7Destinations=[{"name": "ris", "host": "127.0.0.1", "port": ris_port, "version": "2.3.1",
                           "receivingApplication": "RIS", "timeoutSeconds": 5}],
         webhooks=[{"name": "worklist-api", "url": webhook_url, "secretFile": str(secret_file), "timeoutSeconds": 5}],
+        mpps={"enabled": mpps},
     )
 
 
 @contextmanager
 def running_workflow(workdir: Path, use_cases: list[dict[str, Any]], *, start_ris: bool = True,
-                     webhook_statuses: list[int] | None = None, stable_seconds: float = 600.0) -> Iterator[Workflow]:
+                     webhook_statuses: list[int] | None = None, stable_seconds: float = 600.0,
+                     mpps: bool = True) -> Iterator[Workflow]:
     """Orthanc, the HAPI RIS receiver (unless ``start_ris`` is False: the test starts it later), the webhook
     receiver and the router; all stopped on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +166,7 @@ def running_workflow(workdir: Path, use_cases: list[dict[str, Any]], *, start_ri
         router = RouterProcess(workdir / "router", workflow_config(
             workdir / "router", pacs_port=pacs.dicom_port, ris_port=ris.port, webhook_url=hooks.url,
             secret_file=secret, use_cases=use_cases, hl7_port=hl7_port, http_port=http_port,
-            stable_seconds=stable_seconds))
+            stable_seconds=stable_seconds, mpps=mpps))
         stack.callback(router.stop)
         router.start()
         yield Workflow(router, pacs, ris, hooks, hl7_port, http_port)
