@@ -30,7 +30,7 @@ test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer no
 demo: venv system-deps hl7-peer node-peers
 	$(PY) scripts/demo.py
 
-bench: venv system-deps hl7-peer
+bench: venv system-deps hl7-peer node-peers
 	$(PY) -m bench
 
 .PHONY: crds check-crds

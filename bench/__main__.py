@@ -15,6 +15,7 @@ MODULES = [
     "bench.triton",
     "bench.operator_bench",
     "bench.hl7",
+    "bench.worklist",
 ]
 
 
