@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.peers.net import free_port
+from tests.peers.net import free_port, stop_process
 
 SOURCE = Path(__file__).with_name("hapi") / "Peer.java"
 HOST = "127.0.0.1"
@@ -136,15 +135,7 @@ class HapiReceiver:
 
     def stop(self) -> None:
         """Stop the receiver by PID (SIGTERM: HAPI closes its server socket; SIGKILL after 10 s)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
     def records(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.peers.net import free_port, wait_port
+from tests.peers.net import free_port, stop_process, wait_port
 
 
 @dataclass
@@ -73,14 +73,7 @@ class ListenerProcess:
 
     def stop(self) -> None:
         """SIGTERM and wait (SIGKILL after 10 s)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
     def orders(self) -> list[tuple[str, str, str]]:
         """(accession, patient ID, status) of every stored order, read from the spool's database."""

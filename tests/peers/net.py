@@ -43,3 +43,15 @@ def eventually(check, what: str, timeout: float = 60.0, *, context=None):
         time.sleep(0.2)
     extra = f"\n{context()}" if context else ""
     raise AssertionError(f"{what} did not happen within {timeout:.0f}s{extra}")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM a peer we started (by its PID), wait, SIGKILL after ``timeout`` seconds; nothing if it has exited."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)

@@ -24,7 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from tests.peers.dcmtk import HOST, dcmtk_env
-from tests.peers.net import free_port, wait_port
+from tests.peers.net import free_port, stop_process, wait_port
 
 
 @dataclass
@@ -136,13 +136,7 @@ class RisWorklist:
 
     def stop(self) -> None:
         """Stop ``wlmscpfs`` (by PID) and wait for it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
     def log_tail(self, lines: int = 40) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from pynetdicom import _config
+from pynetdicom import _config, evt
 
 
 def keep_identifiers_out_of_logs() -> None:
@@ -23,3 +23,11 @@ def keep_identifiers_out_of_logs() -> None:
 def set_nodelay(sock: socket.socket) -> None:
     """``TCP_NODELAY`` on a DICOM socket: pynetdicom never sets it, and Nagle costs 40-90 ms per message here."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def set_nodelay_on_connect(event: evt.Event) -> None:
+    """An ``EVT_CONN_OPEN`` handler for a requestor: ``TCP_NODELAY`` on the association's socket (:func:`set_nodelay`)."""
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is not None:
+        set_nodelay(sock)

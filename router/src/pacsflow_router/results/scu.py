@@ -62,13 +62,6 @@ def _accepts(assoc: Association, sop_class: str) -> bool:
     return any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts)
 
 
-def _set_nodelay(event: evt.Event) -> None:
-    transport = event.assoc.dul.socket
-    sock = transport.socket if transport is not None else None
-    if sock is not None:
-        dicomnet.set_nodelay(sock)
-
-
 class StoreClient:
     """C-STORE SCU for one destination with association reuse.
 
@@ -135,7 +128,7 @@ class StoreClient:
             ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
         assoc = ae.associate(
             self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.set_nodelay_on_connect)],
         )
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "cannot connect or association aborted"

@@ -187,13 +187,6 @@ def _read_item(identifier: Dataset) -> Order | None:
         return None
 
 
-def _set_nodelay(event: evt.Event) -> None:
-    transport = event.assoc.dul.socket
-    sock = transport.socket if transport is not None else None
-    if sock is not None:
-        dicomnet.set_nodelay(sock)
-
-
 class MwlPoller:
     """Polls a RIS Modality Worklist SCP and upserts what it lists into the order store.
 
@@ -290,7 +283,7 @@ class MwlPoller:
         ae.network_timeout = dimse_timeout
         ae.add_requested_context(ModalityWorklistInformationFind)
         assoc = ae.associate(self.source.host, self.source.port, ae_title=self.source.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.set_nodelay_on_connect)])
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "cannot connect or association aborted"
             raise _Unreachable(f"{reason}; check that it runs and accepts calling AE title {self.calling_ae!r}")
