@@ -77,6 +77,7 @@ class Row:
     hl7_after_t0: float
     worklist_after_t0: float
     parts: dict[str, float]
+    notes: dict[str, float]
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -104,6 +105,7 @@ def _measure(wf: Workflow, study: PhantomStudy, seed: int, *, mpps: bool) -> Row
         wf.mpps_in_progress(study, mpps_uid)
     wf.send_images(study)
     t0 = wf.mpps_completed(study, mpps_uid) if mpps else time.time()
+    returned = time.time()  # MPPS: after the association's release and node's exit, which t0 leaves out
     state, outbox = _read_only(spool / "state.db"), _read_only(spool / "outbox" / "outbox.db")
     try:
         t_wl, ai_raised_at = _wait(lambda: state.execute(
@@ -116,6 +118,8 @@ def _measure(wf: Workflow, study: PhantomStudy, seed: int, *, mpps: bool) -> Row
         _wait(lambda: outbox.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0] == 0
               and outbox.execute("SELECT COUNT(*) FROM outbox WHERE study_key = ?", (key,)).fetchone()[0] >= 4,
               f"study {key}: outbox drained")
+        (sr_delivered,) = outbox.execute("SELECT delivered_at FROM outbox WHERE channel = 'dicom' AND study_key = ?",
+                                         (key,)).fetchone()
     finally:
         state.close()
         outbox.close()
@@ -133,11 +137,16 @@ def _measure(wf: Workflow, study: PhantomStudy, seed: int, *, mpps: bool) -> Row
     timings = {s: float(record["timings"].get(s, 0.0)) for s in STAGES}
     parts = {"wait": ai_raised_at - t0 - sum(timings.values()), **timings,
              "flag": t_wl - ai_raised_at, "hl7": t_hl7 - hl7_enqueued}
+    notes = {"mpps_exit": returned - t0,
+             # The outbox sends in order, one thread: the order update waits while the SR's C-STORE is under way.
+             "hl7_behind_sr": min(max(0.0, sr_delivered - hl7_enqueued), t_hl7 - hl7_enqueued)}
     return Row(raised=max(t_hl7, t_wl) - t0, model=timings["preprocess"] + timings["inference"],
-               hl7_after_t0=t_hl7 - t0, worklist_after_t0=t_wl - t0, parts=parts)
+               hl7_after_t0=t_hl7 - t0, worklist_after_t0=t_wl - t0, parts=parts, notes=notes)
 
 
 def _path(work: Path, studies: list[PhantomStudy], *, mpps: bool) -> list[Row]:
+    """Every study through a fresh rig; the first one is the warm-up (the router's first inference builds its
+    pipelines and sessions), reported on its own."""
     stable = 600.0 if mpps else STABLE_SECONDS
     with running_workflow(work, [CRITICAL], stable_seconds=stable, mpps=mpps) as wf:
         try:
@@ -153,16 +162,19 @@ def _p95(values: list[float]) -> float:
 
 def _report(paths: dict[str, list[Row]]) -> None:
     print(f"MPPS COMPLETED / last image acknowledged -> priority raised (HL7 order update ACKed by HAPI and the "
-          f"worklist flagged), {STUDIES} head CTs x {'/'.join(map(str, SLICES))} slices, seconds")
-    print(f"  {'path':<22}{'median':>9}{'p95':>9}{'hl7 med':>9}{'wl med':>9}{'model med':>11}{'ratio med':>11}")
-    for name, rows in paths.items():
+          f"worklist flagged), {STUDIES} head CTs x {'/'.join(map(str, SLICES))} slices after one warm-up study, "
+          f"seconds")
+    print(f"  {'path':<22}{'median':>9}{'p95':>9}{'hl7 med':>9}{'wl med':>9}{'model med':>11}{'ratio med':>11}"
+          f"{'warm-up':>9}")
+    for name, (first, *rows) in paths.items():
         raised = [r.raised for r in rows]
         ratio = statistics.median(r.raised / r.model for r in rows)
         print(f"  {name:<22}{statistics.median(raised):>9.3f}{_p95(raised):>9.3f}"
               f"{statistics.median(r.hl7_after_t0 for r in rows):>9.3f}"
               f"{statistics.median(r.worklist_after_t0 for r in rows):>9.3f}"
-              f"{statistics.median(r.model for r in rows):>11.3f}{ratio:>10.2f}x")
-    mpps_ratio = statistics.median(r.raised / r.model for r in paths["MPPS COMPLETED"])
+              f"{statistics.median(r.model for r in rows):>11.3f}{ratio:>10.2f}x{first.raised:>9.3f}")
+    mpps_rows = paths["MPPS COMPLETED"][1:]
+    mpps_ratio = statistics.median(r.raised / r.model for r in mpps_rows)
     verdict = "PASS" if mpps_ratio <= GOAL else "MISS"
     print(f"  goal: MPPS path <= {GOAL}x the model's preprocess + inference (median): {verdict} ({mpps_ratio:.2f}x)")
     print("where the time goes (median seconds; wait = t0 to the pipeline's result minus the stages, flag = HL7 and "
@@ -170,16 +182,22 @@ def _report(paths: dict[str, list[Row]]) -> None:
     cols = ["wait", *STAGES, "flag", "hl7"]
     print(f"  {'path':<22}" + "".join(f"{c:>11}" for c in cols))
     for name, rows in paths.items():
-        print(f"  {name:<22}" + "".join(f"{statistics.median(r.parts[c] for r in rows):>11.3f}" for c in cols))
+        print(f"  {name:<22}" + "".join(f"{statistics.median(r.parts[c] for r in rows[1:]):>11.3f}" for c in cols))
+    outside = statistics.median(r.raised - r.model for r in mpps_rows)
+    behind = statistics.median(r.notes["hl7_behind_sr"] for r in mpps_rows)
+    exit_s = statistics.median(r.notes["mpps_exit"] for r in mpps_rows)
+    print(f"  MPPS path outside the model: {outside:.3f} s (median); of the hl7 column, the order update waiting "
+          f"behind the SR's C-STORE: {behind:.3f} s; the modality's release + exit after its answer (not in t0): "
+          f"{exit_s:.3f} s")
     for name, rows in paths.items():
-        print(f"  {name}: raised per study " + " ".join(f"{r.raised:.3f}" for r in rows))
+        print(f"  {name}: raised per study (warm-up first) " + " ".join(f"{r.raised:.3f}" for r in rows))
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pacsflow-bench-worklist-") as tmp:
         work = Path(tmp)
         studies = [phantom_study(work / f"study{i}", SEED + i, lesion=bool(i % 2), slices=SLICES[i % len(SLICES)])
-                   for i in range(STUDIES)]
+                   for i in range(STUDIES + 1)]
         try:
             paths = {"MPPS COMPLETED": _path(work / "mpps", studies, mpps=True),
                      f"stable window {STABLE_SECONDS:g} s": _path(work / "stable", studies, mpps=False)}

@@ -3,7 +3,7 @@
 // Reads a JSON spec on stdin:
 //   {"host": "127.0.0.1", "port": 11112, "calling": "CT_ED_1", "called": "PACSFLOW",
 //    "requests": [{"op": "create" | "set", "uid": "<MPPS SOP Instance UID>", "dataset": {<dcmjs naturalized>}}]}
-// and writes one JSON object on stdout: {"responses": [{"op", "uid", "status", "errorComment", "errorId"}]}, in
+// and writes one JSON object on stdout: {"responses": [{"op", "uid", "status", "errorComment", "errorId", "receivedAt"}]}, in
 // request order, or {"error": "..."} with exit code 2 when the association failed.
 // Run with NODE_PATH pointing at the cache's node_modules (scripts/install-node-peers.sh; tests/peers/modality.py).
 'use strict';
@@ -59,6 +59,8 @@ async function main() {
         status,
         errorComment: failed ? response.getErrorComment() || null : null,
         errorId: errorId === undefined ? null : errorId,
+        // Wall clock (seconds) when the answer arrived, before the association is released (bench/worklist.py).
+        receivedAt: (performance.timeOrigin + performance.now()) / 1000,
       };
     });
     client.addRequest(request);

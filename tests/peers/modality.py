@@ -36,6 +36,8 @@ class Response:
     status: int
     error_comment: str | None
     error_id: int | None
+    received_at: float | None = None
+    """Wall clock (``time.time()`` seconds) when the modality got this answer, before the association's release."""
 
 
 @dataclass(frozen=True)
@@ -115,5 +117,5 @@ def send(port: int, requests: Sequence[Request], *, called: str = "PACSFLOW", ca
         if r is None:
             raise RuntimeError(f"modality.js got no response for a request: {proc.stderr[-2000:]}")
         responses.append(Response(r["op"], r["uid"], int(r["status"]), r["errorComment"],
-                                  None if r["errorId"] is None else int(r["errorId"])))
+                                  None if r["errorId"] is None else int(r["errorId"]), r.get("receivedAt")))
     return responses

@@ -112,13 +112,15 @@ class Workflow:
 
     def mpps_completed(self, study: PhantomStudy, uid: str, *, created: bool = True) -> float:
         """N-SET COMPLETED listing every image (after an N-CREATE on the same association unless ``created``);
-        returns the wall-clock time the modality got the last answer."""
+        returns the wall-clock time the modality got the last answer (stamped by the modality as it arrived, before
+        the association's release and the process's exit)."""
         requests = [modality.n_set(uid, "COMPLETED", study.instances)]
         if not created:
             requests.insert(0, modality.n_create(uid, [study.study_uid]))
         answers = modality.send(self.router.port, requests)
         assert [a.status for a in answers] == [0] * len(requests), f"MPPS answered {answers}"
-        return time.time()
+        received_at = answers[-1].received_at
+        return time.time() if received_at is None else received_at
 
     def worklist_item(self, accession: str) -> Dataset | None:
         """The item ``findscu -W`` gets from pacsflow's worklist for ``accession`` (None: not listed)."""
