@@ -169,12 +169,12 @@ def _report(paths: dict[str, list[Row]], large: list[Row]) -> None:
     print(f"MPPS COMPLETED / last image acknowledged -> priority raised (HL7 order update ACKed by HAPI and the "
           f"worklist flagged), {STUDIES} head CTs x {'/'.join(map(str, SLICES))} slices after one warm-up study, "
           f"seconds")
-    print(f"  {'path':<22}{'median':>9}{'p95':>9}{'hl7 med':>9}{'wl med':>9}{'model med':>11}{'ratio med':>11}"
+    print(f"  {'path':<26}{'median':>9}{'p95':>9}{'hl7 med':>9}{'wl med':>9}{'model med':>11}{'ratio med':>11}"
           f"{'warm-up':>9}")
     for name, (first, *rows) in paths.items():
         raised = [r.raised for r in rows]
         ratio = statistics.median(r.raised / r.model for r in rows)
-        print(f"  {name:<22}{statistics.median(raised):>9.3f}{_p95(raised):>9.3f}"
+        print(f"  {name:<26}{statistics.median(raised):>9.3f}{_p95(raised):>9.3f}"
               f"{statistics.median(r.hl7_after_t0 for r in rows):>9.3f}"
               f"{statistics.median(r.worklist_after_t0 for r in rows):>9.3f}"
               f"{statistics.median(r.model for r in rows):>11.3f}{ratio:>10.2f}x{first.raised:>9.3f}")
@@ -185,11 +185,11 @@ def _report(paths: dict[str, list[Row]], large: list[Row]) -> None:
     print("where the time goes (median seconds; wait = t0 to the pipeline's result minus the stages, flag = HL7 and "
           "webhook queued + worklist flagged, hl7 = order update queued -> AA)")
     cols = ["wait", *STAGES, "flag", "hl7"]
-    print(f"  {'path':<22}" + "".join(f"{c:>11}" for c in cols))
+    print(f"  {'path':<26}" + "".join(f"{c:>11}" for c in cols))
     for name, rows in paths.items():
-        print(f"  {name:<22}" + "".join(f"{statistics.median(r.parts[c] for r in rows[1:]):>11.3f}" for c in cols))
+        print(f"  {name:<26}" + "".join(f"{statistics.median(r.parts[c] for r in rows[1:]):>11.3f}" for c in cols))
     for name, (first, *_) in paths.items():
-        print(f"  {name + ' warm-up':<22}" + "".join(f"{first.parts[c]:>11.3f}" for c in cols))
+        print(f"  {name + ' warm-up':<26}" + "".join(f"{first.parts[c]:>11.3f}" for c in cols))
     outside = statistics.median(r.raised - r.model for r in mpps_rows)
     behind = statistics.median(r.notes["hl7_behind_sr"] for r in mpps_rows)
     exit_s = statistics.median(r.notes["mpps_exit"] for r in mpps_rows)
