@@ -35,7 +35,7 @@ from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import ReportRecord, StudyTracker
 from .results.audit import AuditLog
 from .results.export import Outbox
-from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr
+from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr, report_uids
 from .workflow.alerts import Coded
 from .workflow.critical import CriticalFinding, send_critical
 from .workflow.orders import OrderStore
@@ -271,8 +271,24 @@ class Pipeline:
             finding=finding, critical=critical, timings=timings,
         )
         destination = None
+        sends_sr = use_case.mode in ("assistive", "triage") and use_case.outputs.structured_report is not None
+        outcome = {"silent": "logged-silent", "assistive": "reported", "triage": "reported"}[use_case.mode]
+        if critical:
+            outcome = "reported-critical"
+            metrics.CRITICAL_FINDINGS.labels(use_case.name).inc()
+            log.warning("study %s flagged CRITICAL by %s (p=%.3f)", study.ref.key, use_case.name, finding.probability)
+            # Triage only (is_critical): HL7 order update / alert, webhooks, worklist flag (durable, once). They go
+            # first, naming the SR queued right after them: the worklist must not wait for the SR to be built. A
+            # crash in between repeats both as no-ops (same idempotency keys, same SR UIDs).
+            planned = report_uids(study.ref.study_uid, use_case, spec, analysed)[1] if sends_sr else None
+            send_critical(self.outbox, self.config, use_case, study_key=study.ref.key, header=study.first_header,
+                          result=CriticalFinding(finding.probability, Coded.of(manifest.finding.type),
+                                                 Coded.of(manifest.finding.procedure), spec.algorithm_version,
+                                                 planned),
+                          order=order, orders=self.orders, last_received=study.ref.last_received)
         # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
-        if use_case.mode in ("assistive", "triage") and use_case.outputs.structured_report is not None:
+        if sends_sr:
+            assert use_case.outputs.structured_report is not None
             t3 = time.monotonic()
             sr = build_sr(study, result, use_case, software_version=__version__, spec=spec, analysed=analysed,
                           predecessor=predecessor, contribution_datetime=analysed_at)
@@ -281,17 +297,6 @@ class Pipeline:
             destination = use_case.outputs.structured_report.destination
             self.outbox.enqueue(destination, sr, study_key=study.ref.key, use_case=use_case.name,
                                 last_received=study.ref.last_received)
-        outcome = {"silent": "logged-silent", "assistive": "reported", "triage": "reported"}[use_case.mode]
-        if critical:
-            outcome = "reported-critical"
-            metrics.CRITICAL_FINDINGS.labels(use_case.name).inc()
-            log.warning("study %s flagged CRITICAL by %s (p=%.3f)", study.ref.key, use_case.name, finding.probability)
-            # Triage only, past the gate above: HL7 order update / alert, webhooks, worklist flag (durable, once).
-            send_critical(self.outbox, self.config, use_case, study_key=study.ref.key, header=study.first_header,
-                          result=CriticalFinding(finding.probability, Coded.of(manifest.finding.type),
-                                                 Coded.of(manifest.finding.procedure), spec.algorithm_version,
-                                                 sr_uids[2]),
-                          order=order, orders=self.orders, last_received=study.ref.last_received)
         if previous is not None:
             outcome = f"{outcome}-amended"
         self.audit.record_result(

@@ -167,6 +167,15 @@ def analysed_digest(sop_instance_uids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(set(sop_instance_uids))).encode("ascii", "replace")).hexdigest()
 
 
+def report_uids(study_uid: str, use_case: UseCase, spec: ReportSpec, analysed: Iterable[str]) -> tuple[str, str]:
+    """The (SeriesInstanceUID, SOPInstanceUID) :func:`build_sr` gives the use case's SR on ``analysed`` instances, known
+    before the SR is built (the triage alerts name it and go out first)."""
+    model = use_case.model
+    return sr_uids(study_uid, use_case.name, model.name, model.version, decision_threshold=spec.decision_threshold,
+                   critical_threshold=spec.critical_threshold, mode=use_case.mode,
+                   analysed=analysed_digest(list(analysed)))
+
+
 def sr_uids(
     study_uid: str,
     use_case: str,
@@ -312,10 +321,7 @@ def build_sr(
                          f"decision threshold {spec.decision_threshold}; the critical threshold must not be lower")
     if analysed is None:
         analysed = [str(s.header.SOPInstanceUID) for s in series.slices]
-    series_uid, sop_uid = sr_uids(study_uid, use_case.name, model.name, model.version,
-                                  decision_threshold=spec.decision_threshold,
-                                  critical_threshold=spec.critical_threshold, mode=use_case.mode,
-                                  analysed=analysed_digest(analysed))
+    series_uid, sop_uid = report_uids(study_uid, use_case, spec, analysed)
     dev_uid = device_uid(model.name, model.version)
     model_label = f"{model.name} v{model.version}"
     algorithm_version = spec.algorithm_version or str(model.version)
