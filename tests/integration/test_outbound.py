@@ -276,6 +276,25 @@ def test_hl7_refusal_ae_is_recorded_and_parked_not_retried_blindly(tmp_path, mll
     outbox.close()
 
 
+def test_hl7_rejection_ar_is_parked_at_once(tmp_path, mllp_port):
+    port, receivers = mllp_port
+    receiver = MllpReceiver(port, code="AR").start()
+    receivers.append(receiver)
+    results: list[tuple[OutboxItem, str]] = []
+    outbox = _outbox(tmp_path / "outbox", _factory(hl7_port=port), results, max_attempts=3, base_delay=10,
+                     max_delay=60)
+    msh10, body = _hl7(4)
+    outbox.enqueue_message("hl7", "ris", msh10, body, kind="alert", study_key="k4")
+    start = time.time()
+    assert outbox.deliver_due(now=start) == 0
+    for minute in range(6):
+        outbox.deliver_due(now=start + 60 * (minute + 1))
+    assert len(receiver.messages) == 1, "a rejected message is never resent"
+    assert outbox.state(msh10, "ris", channel="hl7") == "failed"
+    assert [outcome for _item, outcome in results] == ["failed"]
+    outbox.close()
+
+
 def test_ack_to_another_message_is_not_taken_as_delivery(tmp_path, mllp_port):
     port, receivers = mllp_port
 

@@ -444,7 +444,7 @@ class Outbox:
                     message = str(exc)
                     attempts = item.attempts + 1
                     if getattr(exc, "permanent", False):
-                        if attempts >= self.max_attempts:
+                        if attempts >= self.max_attempts or getattr(exc, "final", False):
                             self._park(item, message, attempts=attempts)
                             continue
                         self._record("UPDATE outbox SET attempts = ?, last_error = ?, next_attempt = ? WHERE id = ?",

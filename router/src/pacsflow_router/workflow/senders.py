@@ -7,8 +7,9 @@ Each sender delivers one stored :class:`~..results.export.Message` and either re
 Answer                                         Outbox
 =============================================  ================================================================
 HL7 ACK ``AA`` / ``CA``                        delivered
-HL7 ACK ``AE`` / ``AR`` / ``CE`` / ``CR``      refusal (``permanent``): backed off per item, parked after
+HL7 ACK ``AE`` / ``CE``                        refusal (``permanent``): backed off per item, parked after
                                                ``max_attempts`` - the receiver read the message and said no
+HL7 ACK ``AR`` / ``CR``                        rejection (``final``): parked at once, never resent
 no connection, timeout, no/garbled ACK         retried with the destination's backoff, forever
 HTTP 2xx                                       delivered
 HTTP 408, 429, 5xx, connection error, timeout  retried with backoff
@@ -60,10 +61,13 @@ RETRYABLE_4XX = (408, 429)
 class SendError(ExportError):
     """An HL7 or webhook delivery that did not succeed; ``permanent`` when the receiver refused the message."""
 
-    def __init__(self, message: str, *, status: int | str | None = None, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | str | None = None, permanent: bool = False,
+                 final: bool = False) -> None:
         super().__init__(message)
         self.status = status
-        self.permanent = permanent
+        self.permanent = permanent or final
+        self.final = final
+        """The receiver rejected the message itself (HL7 AR/CR): resending it cannot help, it is parked at once."""
 
 
 def _ack_code(ack: bytes, control_id: str) -> tuple[str, str]:
@@ -171,8 +175,10 @@ class MllpSender:
             return 0
         detail = f" (HL7 error code {error})" if error else ""
         if code in REFUSED:
+            # AE/CE: an application error the receiver may recover from (retried with backoff, then parked);
+            # AR/CR: the message was rejected as such (type, version, structure): parked at once.
             raise SendError(f"{self._where} refused the {message.kind or 'message'} with {code}{detail}; check the "
-                            "receiver's log for the reason", status=code, permanent=True)
+                            "receiver's log for the reason", status=code, permanent=True, final=code in ("AR", "CR"))
         raise SendError(f"{self._where}: unknown acknowledgment code {code[:8]!r}", status=code[:8])
 
     def _drop(self) -> None:
