@@ -77,7 +77,8 @@ def test_legacy_converted_enhanced_ct_gets_an_sr_that_points_at_the_frame(pacs, 
     # dcmtk's reading of the same tree: the IMAGE under the SCOORD names the frame ("(<class>,,<frame>)")
     assert f"image,,{frame})" in check.dump and "SCOORD3D" in check.dump
     (record,) = audit_records(router, truth)
-    assert record["inputs"] == {"analysed": 16, "expected": 16, "missing": 0, "skipped": []}
+    assert record["inputs"] == {"analysed": 16, "expected": 16, "missing": 0, "skipped": [],
+                                "completion": "stable-window", "order": None}
 
 
 def test_a_study_with_one_undecodable_slice_is_analysed_around_it_and_says_so(pacs, make_router, tmp_path):
@@ -107,6 +108,7 @@ def test_a_study_with_one_undecodable_slice_is_analysed_around_it_and_says_so(pa
     assert record["inputs"] == {
         "analysed": 19, "expected": 20, "missing": 0,
         "skipped": [{"instance": study_key(first.SOPInstanceUID), "reason": "pixel data not decodable", "images": 1}],
+        "completion": "stable-window", "order": None,  # no MPPS, no order
     }
 
 
