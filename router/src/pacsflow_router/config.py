@@ -427,6 +427,15 @@ class Mpps(_Model):
     """Accept MPPS from modalities: COMPLETED completes the study once every listed instance arrived."""
 
 
+class ConfigMapRef(_Model):
+    """The ConfigMap this config is rendered into, which the router also watches through the Kubernetes API."""
+
+    namespace: Name
+    """Namespace of the ConfigMap (the router's own)."""
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the ConfigMap."""
+
+
 class RoutingConfig(_Model):
     """Everything one router process needs."""
 
@@ -468,6 +477,9 @@ class RoutingConfig(_Model):
     """HL7 v2 receivers of order updates and alerts."""
     webhooks: list[Webhook] = Field(default_factory=list)
     """JSON webhook receivers of alerts."""
+    config_map: ConfigMapRef | None = None
+    """Watch this ConfigMap through the Kubernetes API so a mode change applies in seconds (the mounted file,
+    which the kubelet updates up to a minute later, stays the fallback); off when unset or outside a cluster."""
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RoutingConfig:

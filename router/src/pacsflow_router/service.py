@@ -8,7 +8,6 @@ into a ConfigMap (use cases, modes, destinations) without dropping associations 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from . import metrics
 from .analysis.inference import make_backend
 from .config import RoutingConfig, load_config
+from .configwatch import ConfigMapWatcher, text_digest
 from .domain import study_key
 from .errors import ConfigError
 from .ingest.scp import DicomReceiver
@@ -40,14 +40,14 @@ log = logging.getLogger(__name__)
 MAX_STUDY_ATTEMPTS = 3
 
 RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics", "hl7_listener", "mwl_source",
-                "mpps", "worklist")
+                "mpps", "worklist", "config_map")
 # Orders that never got a study are expired at most this often (the query scans open orders only).
 ORDER_EXPIRY_INTERVAL_SECONDS = 60.0
 
 
 def _digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return text_digest(path.read_bytes())
     except OSError:
         return None
 
@@ -67,7 +67,7 @@ class RouterService:
                                     by_modality=config.completion.stable_seconds_by_modality)
         self.audit = AuditLog(config.audit.url)
         self.outbox = Outbox(spool_dir / "outbox", self._sender_for, message_senders=self._message_sender_for,
-                             on_result=self._on_delivery)
+                             on_result=self._on_delivery, hold=self._hold_reason)
         self.orders = OrderStore(self.spool)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
                                  orders=self.orders)
@@ -85,6 +85,10 @@ class RouterService:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
+        # Config versions the API watch delivered (digests): the lagging mounted file showing one of them is stale.
+        self._api_digests: set[str] = set()
+        self._config_lock = threading.Lock()
+        self.config_watcher = ConfigMapWatcher(config.config_map, self._on_api_config) if config.config_map else None
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def _sender_for(self, destination: str) -> StoreClient:
@@ -97,6 +101,17 @@ class RouterService:
         if channel == "webhook":
             return WebhookSender(self.config.webhook(destination))
         raise LookupError(f"no sender for outbox channel {channel!r}")
+
+    def _hold_reason(self, item: OutboxItem) -> str | None:
+        # The kill switch: outputs queued for a use case now silent (or removed) are held, never sent.
+        if item.use_case is None:
+            return None
+        uc = next((u for u in self.config.use_cases if u.name == item.use_case), None)
+        if uc is None:
+            return f"use case {item.use_case} is no longer in the routing config"
+        if uc.mode == "silent":
+            return f"use case {item.use_case} was demoted to silent"
+        return None
 
     def _on_delivery(self, item: OutboxItem, outcome: str) -> None:
         # The pipeline enqueues every item with its study key (the audit column is NOT NULL).
@@ -126,6 +141,8 @@ class RouterService:
         if self.mwl_poller is not None:
             self.mwl_poller.start()
         self.outbox.start()
+        if self.config_watcher is not None:
+            self.config_watcher.start()
         for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch")):
             thread = threading.Thread(target=target, name=f"pacsflow-{name}", daemon=True)
             thread.start()
@@ -143,6 +160,8 @@ class RouterService:
         if self.mwl_poller is not None:
             self.mwl_poller.stop()
         self._wake.set()
+        if self.config_watcher is not None:
+            self.config_watcher.stop()
         for thread in self._threads:
             thread.join(timeout=30)
         self.outbox.stop()
@@ -188,6 +207,8 @@ class RouterService:
             if digest is None or digest == self._config_digest:
                 continue
             self._config_digest = digest
+            if digest in self._api_digests:
+                continue  # the API watch delivered this version already (the file lags it): never go back
             try:
                 new = load_config(self._config_path)
             except ConfigError as exc:
@@ -196,8 +217,19 @@ class RouterService:
                 continue
             self.apply_config(new)
 
+    def _on_api_config(self, new: RoutingConfig, digest: str) -> None:
+        with self._config_lock:
+            known = digest in self._api_digests or digest == self._config_digest
+            self._api_digests.add(digest)
+        if not known:
+            self.apply_config(new)
+
     def apply_config(self, new: RoutingConfig) -> None:
         """Swap in a new routing config: use cases, modes, destinations, allowed AE titles, inference backend."""
+        with self._config_lock:
+            self._apply_config(new)
+
+    def _apply_config(self, new: RoutingConfig) -> None:
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("routing config: %s changed; it takes effect after a restart", key)

@@ -195,3 +195,28 @@ def test_missing_router_message_says_what_to_do():
     status = use_case_status("radiology", UC, 1, None, Binding(None))
     msg = {c["type"]: c for c in status["conditions"]}["RouterFound"]["message"]
     assert "ed-router" in msg and "radiology" in msg and "create it" in msg
+
+
+def test_router_may_read_only_its_own_configmap():
+    children = router_rc.render_router("ed", "ns", ROUTER, {}, image="img").children
+    by_kind = _by_kind(children)
+    cm = by_kind["ConfigMap"]["metadata"]["name"]
+    sa = by_kind["ServiceAccount"]["metadata"]["name"]
+    (rule,) = by_kind["Role"]["rules"]
+    assert rule == {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm],
+                    "verbs": ["get", "list", "watch"]}
+    binding = by_kind["RoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": by_kind["Role"]["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa}]
+    assert by_kind["Deployment"]["spec"]["template"]["spec"]["serviceAccountName"] == sa
+    # The ServiceAccount and its grant exist before the pod that uses them.
+    kinds = [c["kind"] for c in children]
+    assert kinds.index("RoleBinding") < kinds.index("Deployment")
+
+
+def test_routing_config_names_the_configmap_to_watch():
+    plan = router_rc.render_router("ed", "radiology", ROUTER, {}, image="img")
+    ref = plan.config.config_map
+    assert ref is not None
+    assert (ref.namespace, ref.name) == ("radiology", _by_kind(plan.children)["ConfigMap"]["metadata"]["name"])

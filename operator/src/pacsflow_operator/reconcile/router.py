@@ -16,6 +16,7 @@ from typing import Any
 from pacsflow_router.config import (
     Audit,
     ConfigError,
+    ConfigMapRef,
     Inference,
     Metrics,
     RoutingConfig,
@@ -45,6 +46,11 @@ def deployment_name(router: str) -> str:
 def config_map_name(router: str) -> str:
     """Name of the ConfigMap holding the router's rendered routing config."""
     return f"{router}-router-config"
+
+
+def service_account_name(router: str) -> str:
+    """Name of the router's ServiceAccount, Role and RoleBinding (it may read its own ConfigMap, nothing else)."""
+    return f"{router}-router"
 
 
 def pvc_name(router: str) -> str:
@@ -110,6 +116,7 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         worklist=spec.worklist,
         hl7_destinations=list(spec.hl7_destinations),
         webhooks=list(spec.webhooks),
+        config_map=ConfigMapRef(namespace=namespace, name=config_map_name(name)),
     )
 
 
@@ -207,6 +214,7 @@ def render_router(
     text = render_config(config)
     children = [
         _config_map(name, text),
+        *_config_reader_rbac(name),
         _pvc(name, spec),
         _service(name, spec),
         _deployment(name, spec, spec.image or image),
@@ -241,6 +249,31 @@ def _config_map(name: str, text: str) -> dict[str, Any]:
         "metadata": {"name": config_map_name(name), "labels": labels(name, "routing-config")},
         "data": {CONFIG_KEY: text},
     }
+
+
+def _config_reader_rbac(name: str) -> list[dict[str, Any]]:
+    """ServiceAccount + Role + RoleBinding: the router may get, list and watch its own ConfigMap and nothing else.
+
+    The router watches it through the API (the kill switch applies in seconds; the kubelet refreshes the mounted
+    file up to a minute later). ``resourceNames`` limits list/watch to requests with
+    ``fieldSelector=metadata.name=<name>``, which is how the router asks.
+    """
+    sa = service_account_name(name)
+    rbac = "rbac.authorization.k8s.io/v1"
+
+    def meta() -> dict[str, Any]:  # one dict per child: adopting a child adds to its own metadata
+        return {"name": sa, "labels": labels(name, "config-reader")}
+
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        {"apiVersion": rbac, "kind": "Role", "metadata": meta(), "rules": [{
+            "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [config_map_name(name)],
+            "verbs": ["get", "list", "watch"],
+        }]},
+        {"apiVersion": rbac, "kind": "RoleBinding", "metadata": meta(),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+         "subjects": [{"kind": "ServiceAccount", "name": sa}]},
+    ]
 
 
 #: Children carrying this annotation are applied but never given an ownerReference, so deleting their owner does not
@@ -317,6 +350,8 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        # Reads its own ConfigMap through the API (see _config_reader_rbac).
+        "serviceAccountName": service_account_name(name),
         # Long enough to finish an association and fsync what was acknowledged.
         "terminationGracePeriodSeconds": 60,
         "containers": [container],

@@ -150,7 +150,12 @@ class Outbox:
         Without it such items stay queued (and an error is logged).
     on_result : callable, optional
         ``on_result(item, outcome)`` with outcome ``"delivered"``, ``"retrying"`` (first failed attempt of an
-        item only, so a long outage does not flood the audit trail) or ``"failed"`` (parked).
+        item only, so a long outage does not flood the audit trail), ``"failed"`` (parked) or ``"held"``.
+    hold : callable, optional
+        ``hold(item)`` returns why a due item must not be sent now (say, its use case was demoted to silent), else
+        None. A held item is never sent: it is parked (state ``failed``, ``last_error`` starting ``held:``) and
+        reported once as ``"held"``. Promoting the use case again does not release it: those outputs came from the
+        model that was just judged unsafe; the study can be re-run instead.
     base_delay, max_delay : float
         Exponential backoff: first retry after ``base_delay`` seconds, doubling, capped at ``max_delay``.
     max_attempts : int
@@ -166,6 +171,7 @@ class Outbox:
         *,
         message_senders: Callable[[str, str], MessageSender] | None = None,
         on_result: Callable[[OutboxItem, str], None] | None = None,
+        hold: Callable[[OutboxItem], str | None] | None = None,
         base_delay: float = 1.0,
         max_delay: float = 60.0,
         max_attempts: int = 5,
@@ -178,6 +184,7 @@ class Outbox:
         self._message_senders_factory = message_senders
         self._senders: dict[tuple[str, str], Sender | MessageSender] = {}
         self.on_result = on_result
+        self.hold = hold
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_attempts = max_attempts
@@ -424,6 +431,10 @@ class Outbox:
                 failures, not_before = self._backoff.get(where, (0, 0.0))
                 if now < not_before:
                     continue
+                held = self.hold(item) if self.hold is not None else None
+                if held is not None:
+                    self._park(item, f"held: {held}", attempts=item.attempts, outcome="held")
+                    continue
                 try:
                     payload = self._load(item)
                 except (OSError, InvalidDicomError) as exc:
@@ -478,15 +489,15 @@ class Outbox:
         with self._db_lock:
             return cast(str, self._db.execute("SELECT file FROM outbox WHERE id = ?", (item_id,)).fetchone()[0])
 
-    def _park(self, item: OutboxItem, message: str, *, attempts: int | None = None) -> None:
+    def _park(self, item: OutboxItem, message: str, *, attempts: int | None = None, outcome: str = "failed") -> None:
         attempts = item.attempts + 1 if attempts is None else attempts
         changed = self._record(
             "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'",
             (attempts, message, item.id))
         if changed == 1:
-            log.error("outbox: %s for study %s to %s %s parked as failed: %s", item.kind or item.channel,
-                      item.study_key or "-", item.channel, item.destination, message)
-            self._notify(_with(item, attempts, message), "failed")
+            log.error("outbox: %s for study %s to %s %s parked as %s: %s", item.kind or item.channel,
+                      item.study_key or "-", item.channel, item.destination, outcome, message)
+            self._notify(_with(item, attempts, message), outcome)
 
     def next_due(self) -> float | None:
         """Wall-clock time the next pending item becomes due (None when nothing is pending)."""
