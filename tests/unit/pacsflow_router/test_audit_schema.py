@@ -1,4 +1,5 @@
-"""An audit database written by the previous release is refused at start-up with a message that says what to do.
+"""An audit database written by a previous release is migrated in place on open (Alembic, keeping its rows); one
+written by a newer release is refused at start-up with a message that says what to do.
 
 The older tables are created from the previous release's own DDL (what ``audit.py`` at f098f45 created in SQLite), not
 by dropping columns from today's, so the test sees exactly what an upgraded router finds on disk.
@@ -13,9 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from pacsflow_router.errors import AuditSchemaError, ConfigError
+from pacsflow_router.results import store
 from pacsflow_router.results.audit import AuditLog
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
@@ -67,32 +69,31 @@ def _previous_release_db(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def test_an_older_audit_database_is_refused_naming_what_is_missing_and_what_to_do(tmp_path):
+def _amend(audit: AuditLog) -> bool:
+    """Record revision 1 of the old database's one result (an amended SR)."""
+    return audit.record_result(
+        study_key="0" * 64, use_case="ich-head-ct", mode="assistive", model_name="ich_detector", model_version=1,
+        probability=0.7, critical=False, outcome="reported", timings={}, revision=1, sr_key="s1", amends_sr_key="s0")
+
+
+def test_an_older_audit_database_is_migrated_in_place_keeping_its_rows(tmp_path):
     url = _previous_release_db(tmp_path / "audit.db")
-    with pytest.raises(AuditSchemaError) as info:
-        AuditLog(url)
-    message = str(info.value)
-    assert isinstance(info.value, ConfigError), "start-up maps it to exit 2 like a bad config"
-    assert str(tmp_path / "audit.db") in message and "older pacsflow" in message
-    assert "audit_results lacks columns revision, sr_key, amends_sr_key, selection, inputs" in message
-    assert "audit_events lacks columns sr_key" in message
-    assert "move it aside" in message and "migrate" in message and "issue 9" in message
+    audit = AuditLog(url)
+    try:
+        assert store.current(audit.engine) == store.head()
+        [old] = audit.records()
+        assert (old["study_key"], old["probability"], old["outcome"]) == ("0" * 64, 0.2, "reported")
+        assert (old["revision"], old["sr_key"], old["selection"], old["inputs"]) == (0, None, None, None)
+        assert _amend(audit) is True, "the unique constraint now covers the revision"
+        assert _amend(audit) is False, "and still makes a reprocess a no-op"
+        columns = {c["name"] for c in inspect(audit.engine).get_columns("audit_events")}
+        assert "sr_key" in columns
+    finally:
+        audit.close()
 
 
-def test_the_older_database_is_left_as_it_was(tmp_path):
-    url = _previous_release_db(tmp_path / "audit.db")
-    with pytest.raises(AuditSchemaError):
-        AuditLog(url)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        columns = [row[1] for row in conn.execute(text("PRAGMA table_info(audit_results)"))]
-        rows = conn.execute(text("SELECT count(*) FROM audit_results")).scalar_one()
-    engine.dispose()
-    assert "revision" not in columns and rows == 1
-
-
-def test_columns_added_by_hand_without_the_new_unique_constraint_are_refused_too(tmp_path):
-    """Someone added the columns with ALTER TABLE: an amendment (revision 1) would still collide with revision 0."""
+def test_columns_added_by_hand_without_the_new_unique_constraint_are_fixed_too(tmp_path):
+    """Someone added the columns with ALTER TABLE: the migration still widens the unique constraint."""
     url = _previous_release_db(tmp_path / "audit.db")
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -101,19 +102,43 @@ def test_columns_added_by_hand_without_the_new_unique_constraint_are_refused_too
             conn.execute(text(f"ALTER TABLE audit_results ADD COLUMN {ddl}"))
         conn.execute(text("ALTER TABLE audit_events ADD COLUMN sr_key VARCHAR(64)"))
     engine.dispose()
-    with pytest.raises(AuditSchemaError) as info:
-        AuditLog(url)
-    assert "no unique constraint over (study_key, use_case, model_name, model_version, revision)" in str(info.value)
+    audit = AuditLog(url)
+    try:
+        assert _amend(audit) is True and len(audit.records()) == 2
+    finally:
+        audit.close()
 
 
 def test_todays_database_opens_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     AuditLog(url).close()
-    AuditLog(url).close()  # a restart finds its own schema and accepts it
+    AuditLog(url).close()  # a restart finds its own schema at head and migrates nothing
+
+
+def _newer_release_db(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    AuditLog(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    return url
+
+
+def test_a_database_from_a_newer_release_is_refused_and_left_as_it_was(tmp_path):
+    url = _newer_release_db(tmp_path / "audit.db")
+    with pytest.raises(AuditSchemaError) as info:
+        AuditLog(url)
+    assert isinstance(info.value, ConfigError), "start-up maps it to exit 2 like a bad config"
+    assert str(tmp_path / "audit.db") in str(info.value) and "newer pacsflow" in str(info.value)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "9999_from_the_future"
+    engine.dispose()
 
 
 def test_the_router_exits_2_with_the_message_and_no_traceback(tmp_path, port_factory):
-    url = _previous_release_db(tmp_path / "audit.db")
+    url = _newer_release_db(tmp_path / "audit.db")
     config = tmp_path / "router.yaml"
     config.write_text(textwrap.dedent(f"""\
         aeTitle: PACSFLOW
@@ -126,5 +151,5 @@ def test_the_router_exits_2_with_the_message_and_no_traceback(tmp_path, port_fac
     proc = subprocess.run([sys.executable, "-m", "pacsflow_router", "--config", str(config)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "was written by an older pacsflow" in proc.stderr and "move it aside" in proc.stderr
+    assert "newer pacsflow" in proc.stderr and "point the store URL at another database" in proc.stderr
     assert "Traceback" not in proc.stderr

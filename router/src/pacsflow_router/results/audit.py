@@ -1,6 +1,7 @@
 """The audit trail of every AI interaction, append-only, in any SQLAlchemy database (SQLite by default).
 
-Two tables, written with SQLAlchemy Core so the same code runs on SQLite and PostgreSQL:
+Two tables of the results store (:mod:`.schema`; Alembic-migrated to head on open by :func:`.store.upgrade`), written
+with SQLAlchemy Core so the same code runs on SQLite and PostgreSQL:
 
 ``audit_results``
     One row per study, use case and model (name, version), whatever the mode: what the AI concluded (probability,
@@ -22,80 +23,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    UniqueConstraint,
-    create_engine,
-    event,
-    insert,
-    inspect,
-    select,
-)
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-from ..errors import AuditSchemaError
+from .schema import EVENTS, METADATA, RESULTS
+from .store import open_engine, upgrade
+
+__all__ = ["EVENTS", "METADATA", "RESULTS", "AuditLog"]
 
 log = logging.getLogger(__name__)
-
-METADATA = MetaData()
-
-
-def _append_only_table(name: str, *columns: Column[Any] | UniqueConstraint) -> Table:
-    """An audit table: a row id, when the row was recorded and which study (hashed key), then ``columns``."""
-    return Table(
-        name, METADATA,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("recorded_at", DateTime(timezone=True), nullable=False),
-        Column("study_key", String(64), nullable=False),
-        *columns,
-    )
-
-
-RESULTS = _append_only_table(
-    "audit_results",
-    Column("use_case", String(63), nullable=False),
-    Column("mode", String(16), nullable=False),
-    Column("model_name", String(128), nullable=False),
-    Column("model_version", Integer, nullable=False),
-    Column("probability", Float, nullable=True),
-    Column("critical", Boolean, nullable=False),
-    Column("outcome", String(255), nullable=False),
-    Column("timings", JSON, nullable=False),
-    Column("destination", String(63), nullable=True),
-    Column("destination_status", String(32), nullable=True),
-    Column("revision", Integer, nullable=False, default=0, server_default="0"),
-    Column("sr_key", String(64), nullable=True),
-    Column("amends_sr_key", String(64), nullable=True),
-    # Which series the use case analysed and why, or why none ("chose series 2 of 3: 1 failed image-type"); no UIDs.
-    Column("selection", String(1024), nullable=True),
-    # The analysed series' inputs: {"analysed", "expected", "missing", "skipped": [{"instance": <hash>, "reason",
-    # "images"}]} (domain.Series.inputs); no UIDs.
-    Column("inputs", JSON, nullable=True),
-    UniqueConstraint("study_key", "use_case", "model_name", "model_version", "revision", name="audit_results_once"),
-)
-
-EVENTS = _append_only_table(
-    "audit_events",
-    Column("use_case", String(63), nullable=True),
-    Column("destination", String(63), nullable=False),
-    Column("outcome", String(32), nullable=False),
-    Column("detail", String(1024), nullable=True),
-    Column("sr_key", String(64), nullable=True),
-)
 
 
 def _now() -> dt.datetime:
@@ -113,21 +51,9 @@ class AuditLog:
     """
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        kwargs: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database in (None, "", ":memory:"):
-                # One shared in-memory database across threads.
-                kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
-            else:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, **kwargs)
-        if parsed.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_durable)
-        # Before create_all, which leaves an existing table as it is: an older table would fail on the first insert
-        # with an opaque database error, long after start-up.
-        check_schema(self.engine)
-        METADATA.create_all(self.engine)
+        self.engine = open_engine(url)
+        # A database an older pacsflow wrote is migrated in place, keeping its rows (store.upgrade).
+        upgrade(self.engine)
 
     def record_result(
         self,
@@ -232,53 +158,3 @@ class AuditLog:
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
-
-
-def check_schema(engine: Engine) -> None:
-    """Refuse an audit database whose tables an older pacsflow wrote.
-
-    Tables that do not exist yet are fine (they are created); an existing table must have every column of this
-    release, and ``audit_results`` its unique constraint over the revision too (else an amended result could never
-    be recorded).
-
-    Parameters
-    ----------
-    engine : sqlalchemy.engine.Engine
-        The audit database.
-
-    Raises
-    ------
-    AuditSchemaError
-        When a table lacks columns or the results table has the older unique constraint; the message names the
-        database, what is missing and what to do.
-    """
-    inspector = inspect(engine)
-    problems = []
-    for table in METADATA.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        missing = [column.name for column in table.columns if column.name not in present]
-        if missing:
-            problems.append(f"{table.name} lacks columns {', '.join(missing)}")
-        elif table is RESULTS:
-            wanted = next(c for c in table.constraints if isinstance(c, UniqueConstraint))
-            uniques: list[set[str | None]] = [set(u["column_names"]) for u in inspector.get_unique_constraints(table.name)]
-            uniques += [set(i["column_names"]) for i in inspector.get_indexes(table.name) if i["unique"]]
-            if set(wanted.columns.keys()) not in uniques:
-                problems.append(f"{table.name} has no unique constraint over "
-                                f"({', '.join(wanted.columns.keys())})")
-    if problems:
-        where = engine.url.render_as_string(hide_password=True)
-        raise AuditSchemaError(
-            f"audit database {where} was written by an older pacsflow ({'; '.join(problems)}); move it aside "
-            "(or point audit.url at a new database) or migrate it: migrations arrive with the results store "
-            "(issue 9)")
-
-
-def _sqlite_durable(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-    # WAL lets the demo and tests read while the router writes; FULL makes a returned insert survive power loss.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.close()

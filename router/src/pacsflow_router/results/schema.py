@@ -1,0 +1,120 @@
+"""The results store's tables as this release reads and writes them (SQLAlchemy Core, SQLite and PostgreSQL alike).
+
+The database schema itself is owned by the Alembic revisions in ``migrations/versions`` (:mod:`.store` upgrades every
+database to head when it opens); these ``Table`` objects describe that head for queries, and a test checks the two
+agree. Every key that points at a study or a result is a hash (:func:`~pacsflow_router.domain.study_key` of the Study
+Instance UID or of the result's Tracking UID), never a UID: the store may be read by people who must not see patient
+data.
+
+``audit_results``, ``audit_events``
+    The audit trail (see :mod:`.audit`).
+``feedback``
+    One reader's verdict on one result (accept, modify, reject), with an optional corrected finding and location and a
+    comment. Unique over (result, reader, verdict): posting the same verdict again is a no-op.
+``reveals``
+    Who asked to see which AI result, when (the automation-bias audit: results are shown only on request).
+``api_keys``
+    API keys: a public id, the scrypt hash of the secret (never the secret), a role, and when it was created, rotated
+    and revoked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+METADATA = MetaData()
+
+VERDICTS = ("accept", "modify", "reject")
+ROLES = ("reader", "clinical-lead", "integration", "admin")
+
+
+def _append_only_table(name: str, *columns: Column[Any] | UniqueConstraint) -> Table:
+    """An audit table: a row id, when the row was recorded and which study (hashed key), then ``columns``."""
+    return Table(
+        name, METADATA,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
+        Column("study_key", String(64), nullable=False),
+        *columns,
+    )
+
+
+RESULTS = _append_only_table(
+    "audit_results",
+    Column("use_case", String(63), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("probability", Float, nullable=True),
+    Column("critical", Boolean, nullable=False),
+    Column("outcome", String(255), nullable=False),
+    Column("timings", JSON, nullable=False),
+    Column("destination", String(63), nullable=True),
+    Column("destination_status", String(32), nullable=True),
+    Column("revision", Integer, nullable=False, default=0, server_default="0"),
+    Column("sr_key", String(64), nullable=True),
+    Column("amends_sr_key", String(64), nullable=True),
+    # Which series the use case analysed and why, or why none ("chose series 2 of 3: 1 failed image-type"); no UIDs.
+    Column("selection", String(1024), nullable=True),
+    # The analysed series' inputs: {"analysed", "expected", "missing", "skipped": [{"instance": <hash>, "reason",
+    # "images"}]} (domain.Series.inputs); no UIDs.
+    Column("inputs", JSON, nullable=True),
+    UniqueConstraint("study_key", "use_case", "model_name", "model_version", "revision", name="audit_results_once"),
+)
+
+EVENTS = _append_only_table(
+    "audit_events",
+    Column("use_case", String(63), nullable=True),
+    Column("destination", String(63), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", String(1024), nullable=True),
+    Column("sr_key", String(64), nullable=True),
+)
+
+FEEDBACK = Table(
+    "feedback", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_key", String(64), nullable=False),
+    Column("reader", String(255), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("corrected_finding", String(255), nullable=True),
+    Column("corrected_location", JSON, nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("result_key", "reader", "verdict", name="feedback_once"),
+    CheckConstraint("verdict IN ('accept', 'modify', 'reject')", name="feedback_verdict"),
+)
+
+REVEALS = Table(
+    "reveals", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_key", String(64), nullable=False),
+    Column("reader", String(255), nullable=False),
+    Column("revealed_at", DateTime(timezone=True), nullable=False),
+)
+
+API_KEYS = Table(
+    "api_keys", METADATA,
+    Column("id", String(32), primary_key=True),
+    Column("secret_hash", String(255), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("role IN ('reader', 'clinical-lead', 'integration', 'admin')", name="api_keys_role"),
+)
