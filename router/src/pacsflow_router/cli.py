@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "radiograph": ("pacsflow_router.models.radiograph_phantom",
                    "write synthetic chest radiographs (DX/CR) with ground truth"),
     "model-repository": ("pacsflow_router.models.repository", "render/check the deployable Triton model repository"),
+    "api-key": ("pacsflow_router.results.apikey_command", "create/rotate/revoke results API keys (hashed at rest)"),
 }
 
 
