@@ -5,6 +5,8 @@ hashed at rest."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -166,3 +168,41 @@ def test_api_keys_are_hashed_at_rest_rotatable_and_revocable(store_url):
             results.create_api_key("root")
     finally:
         results.close()
+
+
+def test_processes_opening_an_empty_store_at_once_all_start(store_url):
+    """A router and the API starting together on an empty database: one migrates, the others wait and find head
+    (an advisory lock on PostgreSQL, a file lock next to a SQLite file)."""
+    opener = "import sys; from pacsflow_router.results.audit import AuditLog; AuditLog(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", opener, store_url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    failures = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode:
+            failures.append(err[-1500:])
+    assert failures == []
+    engine = store.open_engine(store_url)
+    try:
+        assert store.current(engine) == store.head()
+    finally:
+        engine.dispose()
+
+
+def test_threads_opening_one_store_at_once_all_start(store_url):
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            AuditLog(store_url).close()
+        except BaseException as exc:  # noqa: BLE001  (collected and asserted on below)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=open_store) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert errors == []

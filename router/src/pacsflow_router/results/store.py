@@ -12,7 +12,11 @@ message is acknowledged (HL7 AA) only after its row is fsynced next to the spool
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from .schema import API_KEYS, FEEDBACK, REVEALS, ROLES, VERDICTS
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_IN_PROCESS = threading.Lock()
 
 
 def _now() -> dt.datetime:
@@ -94,7 +99,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """
     config = _alembic_config()
     try:
-        with engine.begin() as conn:
+        # alembic.context is one module-level proxy per process: migrations in one process take turns.
+        with _IN_PROCESS, _sqlite_migration_lock(engine), engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
     except CommandError as exc:
@@ -102,6 +108,26 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         raise AuditSchemaError(
             f"results store {where} is at a schema revision this pacsflow does not know ({exc}); a newer pacsflow "
             "wrote it: run that release, or point the store URL at another database") from exc
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations of one SQLite file across processes (router and API starting at once).
+
+    pysqlite commits each DDL statement on its own, so two migrations could interleave; an exclusive ``flock`` on a
+    file next to the database orders them (the second then finds head). PostgreSQL takes an advisory lock instead
+    (migrations/env.py); an in-memory database has one owner.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class ResultsStore:
