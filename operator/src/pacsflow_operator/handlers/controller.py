@@ -25,6 +25,8 @@ from pydantic import BaseModel, ValidationError
 
 from .. import API_VERSION
 from ..errors import InvalidSpecError, KubeApiError
+from ..evidence import EvidenceSource
+from ..evidence import evidence as evidence_of
 from ..kube import Kube
 from ..metrics import RECONCILE_DURATION, RECONCILIATIONS
 from ..reconcile import router as router_rc
@@ -91,11 +93,15 @@ class Controller:
         API access.
     settings
         Operator settings (default images).
+    evidence_source
+        Counts of reviewed cases per use case and model version, written into ``status.evidence``; ``None``
+        leaves ``status.evidence`` to whoever writes it (tests, a separate job).
     """
 
-    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, evidence_source: EvidenceSource | None = None) -> None:
         self.kube = kube
         self.settings = settings
+        self.evidence_source = evidence_source
         self._serial: dict[tuple[str, str, str], _Serial] = defaultdict(_Serial)
         # Last manifest this process applied per child: unchanged children are not re-sent on use-case
         # edits. The object's own create/update/resume handler passes force=True and re-applies all.
@@ -224,7 +230,8 @@ class Controller:
     # ------------------------------------------------------------------------------- use cases
     def use_case_status(self, namespace: str, name: str, spec: AIUseCaseSpec, generation: int | None,
                         stored: Mapping[str, Any] | None, idx: Indexes,
-                        plan: router_rc.RouterPlan | None) -> dict[str, Any]:
+                        plan: router_rc.RouterPlan | None,
+                        annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The status one AIUseCase should have now (pure apart from reading the indexes)."""
         router_entry = idx.router(namespace, spec.router)
         router_spec = None
@@ -245,8 +252,13 @@ class Controller:
                 rejected = rejected_map.get(name)
             elif plan is not None:
                 rejected = plan.rejected.get(name)
+        fresh = None
+        if self.evidence_source is not None:
+            counts = self.evidence_source(namespace, name, spec.model.version)
+            fresh = evidence_of(counts, spec.model.version) if counts is not None else None
         return use_case_status(namespace, spec, generation, stored,
-                               Binding(router_spec, triton_exists, rejected))
+                               Binding(router_spec, triton_exists, rejected),
+                               annotations=annotations, evidence=fresh)
 
     async def write_use_case_status(self, namespace: str, router: str, name: str, idx: Indexes,
                                     plan: router_rc.RouterPlan | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -271,7 +283,8 @@ class Controller:
             except ValidationError:
                 return None
             base = self.base_status("AIUseCase", namespace, entry)
-            status = self.use_case_status(namespace, name, spec, entry["generation"], base, idx, plan)
+            status = self.use_case_status(namespace, name, spec, entry["generation"], base, idx, plan,
+                                          entry.get("annotations"))
             await self._patch_status("AIUseCase", namespace, name, status, base)
             return base, status
 

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from .. import GROUP, VERSION
+from ..promotion import CHANGED_BY_ANNOTATION, OVERRIDE_ANNOTATION
 
 # Return {} (not None) to drop an object: kopf keeps the previous value when an indexer returns None.
 _GONE: dict[tuple[str, str], Any] = {}
@@ -25,6 +26,9 @@ def _entry(name: str, body: Any) -> dict[str, Any]:
         "generation": body["metadata"].get("generation"),
         "spec": dict(body.get("spec", {})),
         "status": dict(body.get("status", {}) or {}),
+        # Only the annotations status.modeHistory records (not kopf's bookkeeping, which changes on every handling).
+        "annotations": {k: v for k, v in (body["metadata"].get("annotations") or {}).items()
+                        if k in (CHANGED_BY_ANNOTATION, OVERRIDE_ANNOTATION)},
     }
 
 

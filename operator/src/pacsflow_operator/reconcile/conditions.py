@@ -75,10 +75,17 @@ def ready(conds: list[Cond], ok_message: str) -> Cond:
 
 
 def mode_history(
-    history: list[dict[str, Any]] | None, mode: str, generation: int | None, now: datetime | None = None
+    history: list[dict[str, Any]] | None, mode: str, generation: int | None, now: datetime | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """``status.modeHistory`` with ``mode`` appended when it differs from the last recorded mode."""
+    """``status.modeHistory`` with ``mode`` appended when it differs from the last recorded mode.
+
+    ``facts`` (who, override, evidence at the time: camelCase keys of ``ModeChange``) go into the new entry;
+    ``None`` values are left out.
+    """
     history = [dict(h) for h in history or ()]
     if not history or history[-1].get("mode") != mode:
-        history.append({"mode": mode, "since": timestamp(now), "generation": generation})
+        entry = {"mode": mode, "since": timestamp(now), "generation": generation}
+        entry.update({k: v for k, v in (facts or {}).items() if v is not None})
+        history.append(entry)
     return history[-MODE_HISTORY_LIMIT:]

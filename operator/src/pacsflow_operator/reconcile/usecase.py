@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pacsflow_router.config import MODES
+
+from ..promotion import CHANGED_BY_ANNOTATION, OVERRIDE_ANNOTATION, parse_override
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
 from .conditions import Cond, merge_conditions, mode_history, ready
 
@@ -69,6 +72,44 @@ def use_case_conditions(namespace: str, spec: AIUseCaseSpec, binding: Binding) -
     return [ready(conds, f"running in {spec.mode} mode on DicomRouter {spec.router}"), *conds]
 
 
+def change_facts(
+    mode: str, annotations: Mapping[str, str] | None, current: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What ``status.modeHistory`` records about a change into ``mode``: who (the changed-by annotation, which
+    the promotion policy checks against the requesting user), the override if this promotion used a new one,
+    and ``status.evidence`` as it stood.
+
+    An override annotation stays on the object after its edit; the policy lets it count only for the edit
+    that sets or changes it, so the operator records it only when it differs from the last one recorded.
+    """
+    annotations = annotations or {}
+    history = list(current.get("modeHistory") or ())
+    previous = history[-1]["mode"] if history else "silent"
+    override = parse_override(annotations.get(OVERRIDE_ANNOTATION))
+    last_override = next((h.get("override") for h in reversed(history) if h.get("override")), None)
+    record = None
+    if override is not None and MODES.index(mode) > MODES.index(previous):
+        candidate = {"approver": override[0], "reason": override[1]}
+        if candidate != last_override:
+            record = candidate
+    return {
+        "changedBy": annotations.get(CHANGED_BY_ANNOTATION) or None,
+        "override": record,
+        "evidence": current.get("evidence"),
+    }
+
+
+def with_evidence(current: Mapping[str, Any], fresh: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``status.evidence`` to write: ``fresh`` unless only its ``computedAt`` differs from the stored one
+    (so an unchanged store causes no status write); ``None`` (leave it) without a fresh value."""
+    if fresh is None:
+        return None
+    stored = current.get("evidence") or {}
+    same = {k: v for k, v in stored.items() if k != "computedAt"} == {
+        k: v for k, v in fresh.items() if k != "computedAt"}
+    return dict(stored) if same else fresh
+
+
 def use_case_status(
     namespace: str,
     spec: AIUseCaseSpec,
@@ -76,6 +117,8 @@ def use_case_status(
     current: Mapping[str, Any] | None,
     binding: Binding,
     now: datetime | None = None,
+    annotations: Mapping[str, str] | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` of an AIUseCase after a reconcile.
 
@@ -89,17 +132,28 @@ def use_case_status(
         See :func:`use_case_conditions`.
     now
         Time of this reconcile.
+    annotations
+        The use case's ``pacsflow.io/changed-by`` and ``pacsflow.io/promotion-override`` annotations.
+    evidence
+        Freshly computed ``status.evidence`` (:func:`pacsflow_operator.evidence.evidence`); ``None``: no
+        evidence source, the stored value stays.
 
     Returns
     -------
     dict
-        ``observedGeneration``, ``conditions`` and ``modeHistory`` (camelCase, ready to patch).
+        ``observedGeneration``, ``conditions``, ``modeHistory`` and, with fresh evidence, ``evidence``
+        (camelCase, ready to patch).
     """
     current = current or {}
-    return {
+    status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(
             current.get("conditions"), use_case_conditions(namespace, spec, binding), generation, now
         ),
-        "modeHistory": mode_history(current.get("modeHistory"), spec.mode, generation, now),
+        "modeHistory": mode_history(current.get("modeHistory"), spec.mode, generation, now,
+                                    change_facts(spec.mode, annotations, current)),
     }
+    written = with_evidence(current, evidence)
+    if written is not None:
+        status["evidence"] = written
+    return status

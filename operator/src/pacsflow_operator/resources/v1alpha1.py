@@ -241,6 +241,38 @@ class TritonClusterStatus(_Status):
 
 
 # ---------------------------------------------------------------------------------------- AIUseCase
+class PhaseCriteria(_Model):
+    """The evidence a promotion into one phase needs (``status.evidence`` of the pinned model version)."""
+
+    min_reviewed: int = Field(ge=0)
+    """Reviewed cases (with a reader verdict or imported label) at least."""
+    min_sensitivity: float = Field(ge=0, le=1)
+    """Sensitivity (point estimate) at least."""
+    min_specificity: float | None = Field(default=None, ge=0, le=1)
+    """Specificity (point estimate) at least; no bar when unset."""
+    min_ppv: float | None = Field(default=None, ge=0, le=1, alias="minPPV")
+    """Positive predictive value (point estimate) at least; no bar when unset."""
+
+
+ASSISTIVE_DEFAULT = PhaseCriteria(min_reviewed=50, min_sensitivity=0.90)
+TRIAGE_DEFAULT = PhaseCriteria(min_reviewed=200, min_sensitivity=0.95, min_specificity=0.80)
+
+
+def _criteria_default(criteria: PhaseCriteria) -> dict[str, Any]:
+    return {"json_schema_extra": {"default": criteria.model_dump(by_alias=True, exclude_none=True)}}
+
+
+class Promotion(_Model):
+    """Evidence each phase needs. The API server refuses a promotion that ``status.evidence`` does not
+    support (the ``pacsflow-promotion`` ValidatingAdmissionPolicy), unless the same edit sets the
+    override annotation ``pacsflow.io/promotion-override: "approver=<name>; reason=<text>"``."""
+
+    assistive: PhaseCriteria = Field(default=ASSISTIVE_DEFAULT, **_criteria_default(ASSISTIVE_DEFAULT))
+    """Needed to enter assistive mode (default: 50 reviewed, sensitivity 0.90)."""
+    triage: PhaseCriteria = Field(default=TRIAGE_DEFAULT, **_criteria_default(TRIAGE_DEFAULT))
+    """Needed to enter triage mode (default: 200 reviewed, sensitivity 0.95, specificity 0.80)."""
+
+
 class AIUseCaseSpec(_Model):
     """One clinical AI use case on one router, served by one pinned model version."""
 
@@ -276,6 +308,52 @@ class AIUseCaseSpec(_Model):
     """Triage settings (used in triage mode)."""
     outputs: Outputs = Field(default_factory=Outputs)
     """Where results go in assistive and triage mode."""
+    promotion: Promotion = Field(default_factory=Promotion, json_schema_extra={"default": {}})
+    """Evidence each phase needs before the API server lets spec.mode be promoted into it. Only the
+    clinical-lead group may change it (or spec.mode)."""
+
+
+class Proportion(_Model):
+    """One rate with its Wilson 95 % interval."""
+
+    value: float = Field(ge=0, le=1)
+    """Point estimate (numerator / denominator)."""
+    lower: float = Field(ge=0, le=1)
+    """Lower bound of the Wilson 95 % interval."""
+    upper: float = Field(ge=0, le=1)
+    """Upper bound of the Wilson 95 % interval."""
+    numerator: int = Field(ge=0)
+    """Cases counted as a success (e.g. true positives for sensitivity)."""
+    denominator: int = Field(ge=1)
+    """Cases the rate is of (e.g. all reviewed positives for sensitivity)."""
+
+
+class Evidence(_Model):
+    """What reviewed cases say about the pinned model version; written by the operator."""
+
+    model_version: int = Field(ge=1)
+    """Model version the counts are of; a promotion counts only the pinned spec.model.version."""
+    computed_at: datetime
+    """When the operator computed it."""
+    reviewed: int = Field(ge=0)
+    """Reviewed cases (reader verdicts and imported labels)."""
+    sensitivity: Proportion | None = None
+    """True positives / reviewed positives; absent until a positive case is reviewed."""
+    specificity: Proportion | None = None
+    """True negatives / reviewed negatives."""
+    ppv: Proportion | None = None
+    """Positive predictive value: true positives / AI positives."""
+    npv: Proportion | None = None
+    """Negative predictive value: true negatives / AI negatives."""
+
+
+class Override(_Model):
+    """A promotion the evidence did not support, let through by a named approver."""
+
+    approver: str = Field(min_length=1)
+    """Who approved it (from the override annotation)."""
+    reason: str = Field(min_length=1)
+    """Why (from the override annotation)."""
 
 
 class ModeChange(_Model):
@@ -287,6 +365,13 @@ class ModeChange(_Model):
     """When the operator observed the change."""
     generation: int | None = Field(default=None, ge=0)
     """``metadata.generation`` that carried the change."""
+    changed_by: str | None = None
+    """Who made the change: the pacsflow.io/changed-by annotation, which the promotion policy requires to
+    equal the requesting user's name on every change of spec.mode."""
+    override: Override | None = None
+    """Set when the change was a promotion let through by the override annotation."""
+    evidence: Evidence | None = None
+    """status.evidence when the operator observed the change."""
 
 
 class AIUseCaseStatus(_Status):
@@ -294,6 +379,8 @@ class AIUseCaseStatus(_Status):
 
     mode_history: list[ModeChange] = Field(default_factory=list)
     """Every mode the use case has been in, oldest first."""
+    evidence: Evidence | None = None
+    """Evidence of the pinned model version from reviewed cases (the promotion policy reads it)."""
 
 
 # --------------------------------------------------------------------------------------------- kinds
