@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -27,6 +28,7 @@ from pacsflow_operator.promotion import (
 )
 from tests.integration.test_operator import (  # noqa: F401 - pytest fixtures shared with the operator tests
     GROUP,
+    REPO,
     VERSION,
     Cluster,
     admin,
@@ -216,3 +218,20 @@ def _try(call: Callable[[], Any]) -> str | None:
 
 def _message(exc: ApiException) -> str:
     return str(json.loads(exc.body)["message"])
+
+
+def test_chart_ships_the_same_policy_with_its_group():
+    """The chart's copy is the generated one, with the group from values (and off when enforce is false)."""
+    import subprocess
+
+    from tests.peers.cluster import helm_path
+
+    def template(*args: str) -> list[dict]:
+        out = subprocess.run([str(helm_path()), "template", "pf", str(REPO / "charts" / "pacsflow"), "--kube-version",
+                              "1.34.0", *args], capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr
+        return [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+    docs = template("--set", "promotion.clinicalLeadGroup=Hospital AI Leads")
+    assert docs == [policy("Hospital AI Leads"), binding()]
+    assert template("--set", "promotion.enforce=false") == []

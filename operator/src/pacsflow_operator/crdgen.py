@@ -23,7 +23,7 @@ from typing import Any, cast
 import yaml
 from pydantic import BaseModel
 
-from . import GROUP, VERSION
+from . import GROUP, VERSION, promotion
 from .resources.v1alpha1 import KINDS, Kind
 
 HEADER = (
@@ -199,6 +199,19 @@ def chart_template() -> str:
     return HEADER + "{{- if .Values.crds.install }}\n" + body + "{{- end }}\n"
 
 
+_GROUP_SENTINEL = "PACSFLOW-CLINICAL-LEAD-GROUP"
+
+
+def promotion_policy_template() -> str:
+    """``charts/pacsflow/templates/promotion-policy.yaml``: the ``pacsflow-promotion`` ValidatingAdmissionPolicy
+    and its binding (:mod:`.promotion`), with the clinical-lead group from ``.Values.promotion.clinicalLeadGroup``
+    and the whole file behind ``.Values.promotion.enforce``."""
+    body = _dump(promotion.policy(_GROUP_SENTINEL)) + "---\n" + _dump(promotion.binding())
+    # The group sits inside quoted YAML scalars (CEL string literals); the values schema keeps quotes out of it.
+    body = body.replace(_GROUP_SENTINEL, "{{ .Values.promotion.clinicalLeadGroup }}")
+    return HEADER.replace("v1alpha1.py", "v1alpha1.py and promotion.py") + "{{- if .Values.promotion.enforce }}\n" + body + "{{- end }}\n"
+
+
 def _flatten(schema: dict[str, Any], path: str, rows: list[tuple[str, str, str, str]]) -> None:
     required = set(schema.get("required", ()))
     for name, sub in schema.get("properties", {}).items():
@@ -264,6 +277,7 @@ def outputs(root: Path) -> dict[Path, str]:
     """
     files = {root / "crds" / f"{GROUP}_{k.plural}.yaml": HEADER + crd_yaml(k) for k in KINDS}
     files[root / "charts" / "pacsflow" / "templates" / "crds.yaml"] = chart_template()
+    files[root / "charts" / "pacsflow" / "templates" / "promotion-policy.yaml"] = promotion_policy_template()
     files[root / "docs" / "crds.md"] = reference_markdown()
     return files
 
