@@ -188,6 +188,14 @@ def test_promotion_needs_the_clinical_lead_group_and_the_evidence(
                          "demotion in status.modeHistory")
     assert history[3]["mode"] == "assistive" and "override" not in history[3]
 
+    # A new model version above silent would be an unevaluated model shown to readers.
+    swap = {"spec": {"model": {"name": "ich_detector", "version": PINNED + 1}}}
+    assert "only members of the group" in _refused(lambda: _patch(mallory, ns, swap))
+    assert "spec.model cannot change while the use case is in assistive mode" in _refused(
+        lambda: _patch(alice, ns, swap))
+    _patch(alice, ns, _mode("silent", "alice"))
+    assert _patch(mallory, ns, swap)["spec"]["model"]["version"] == PINNED + 1  # in silent mode: anyone may
+
 
 def test_override_does_not_skip_a_phase_and_creation_above_silent_is_a_promotion(
         cluster: Cluster, promotion_policy: None, as_user, kube_namespace: str):  # noqa: F811

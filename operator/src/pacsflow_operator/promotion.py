@@ -1,7 +1,7 @@
 """Evidence-gated promotion, enforced by the API server: the ``pacsflow-promotion`` ValidatingAdmissionPolicy.
 
 The policy (admissionregistration.k8s.io/v1, GA since Kubernetes 1.30) guards every CREATE and UPDATE of an
-AIUseCase that touches ``spec.mode``, ``spec.promotion`` or the two annotations below:
+AIUseCase that touches ``spec.mode``, ``spec.promotion``, the two annotations below, or ``spec.model`` above silent:
 
 1. only members of the clinical-lead group (:data:`CLINICAL_LEAD_GROUP` unless the chart value
    ``promotion.clinicalLeadGroup`` says otherwise) may make such a change at all;
@@ -9,8 +9,10 @@ AIUseCase that touches ``spec.mode``, ``spec.promotion`` or the two annotations 
    name the operator copies into ``status.modeHistory`` is one the API server vouched for;
 3. a promotion (a higher phase, or a new use case created above silent) needs ``status.evidence`` of the
    pinned model version that meets ``spec.promotion.<phase>``; the refusal lists what is missing;
-4. unless the same edit sets (or changes) ``pacsflow.io/promotion-override: "approver=<name>; reason=<text>"``:
-   an override counts once, for the edit that sets it, and the operator records it with the change.
+4. ``spec.model`` does not change while the use case is above silent (the evidence is of the old model);
+5. 3 and 4 give way when the same edit sets (or changes) ``pacsflow.io/promotion-override:
+   "approver=<name>; reason=<text>"``: an override counts once, for the edit that sets it, and the operator
+   records it with the change.
 
 It is CEL, not a CRD ``x-kubernetes-validations`` rule, because a CRD rule sees neither annotations nor the
 requesting user. The one-phase-at-a-time rule stays on the CRD (``MODE_TRANSITION_RULE``).
@@ -116,9 +118,11 @@ def policy(group: str = CLINICAL_LEAD_GROUP) -> dict[str, Any]:
         ("promotionChanged",
          "oldObject != null && (has(object.spec.promotion) != has(oldObject.spec.promotion) || "
          "(has(object.spec.promotion) && object.spec.promotion != oldObject.spec.promotion))"),
+        # A new model in assistive or triage mode would be an unevaluated model shown to readers.
+        ("modelSwapped", "oldObject != null && object.spec.mode != 'silent' && object.spec.model != oldObject.spec.model"),
         ("guarded",
-         "variables.modeChanged || variables.promotionChanged || variables.changedBy != variables.oldChangedBy"
-         " || variables.override != variables.oldOverride"),
+         "variables.modeChanged || variables.promotionChanged || variables.modelSwapped"
+         " || variables.changedBy != variables.oldChangedBy || variables.override != variables.oldOverride"),
         ("hasEvidence", "oldObject != null && has(oldObject.status) && has(oldObject.status.evidence)"),
         ("ev", "oldObject.status.evidence"),
         ("missing", _MISSING),
@@ -143,6 +147,15 @@ def policy(group: str = CLINICAL_LEAD_GROUP) -> dict[str, Any]:
             "expression": f"!variables.freshOverride || variables.override.matches(r'{_OVERRIDE_RE}')",
             "message": f"{OVERRIDE_ANNOTATION} must read \"{OVERRIDE_FORMAT}\" (both non-empty)",
             "reason": "Invalid",
+        },
+        {
+            "expression": "!variables.modelSwapped || variables.freshOverride",
+            "messageExpression": (
+                "'spec.model cannot change while the use case is in ' + object.spec.mode + ' mode: the evidence is of "
+                "the model version it was promoted with. Demote it to silent, change the model, collect evidence "
+                f"and promote again, or override in the same edit with the annotation {OVERRIDE_ANNOTATION}: "
+                f"\"{OVERRIDE_FORMAT}\".'"),
+            "reason": "Forbidden",
         },
         {
             "expression": "!variables.promoting || variables.freshOverride || size(variables.missing) == 0",
