@@ -14,6 +14,7 @@ MODULES = [
     "bench.study",
     "bench.triton",
     "bench.operator_bench",
+    "bench.killswitch",
     "bench.hl7",
     "bench.worklist",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 class HttpReceiver:
     """An HTTP server on 127.0.0.1 that records every POST and answers the scripted statuses in turn (then 200)."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(self, statuses: list[int] | None = None, port: int = 0) -> None:
         self.statuses = list(statuses or [])
         self.requests: list[tuple[dict[str, str], bytes, int]] = []
         receiver = self
@@ -35,7 +35,7 @@ class HttpReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/alert?token=abc"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -2,7 +2,7 @@
 
 The kubelet refreshes a mounted ConfigMap up to about a minute after it changes; the kill switch (a use case
 demoted to silent) must act within seconds. So the router also watches that one ConfigMap object
-(``fieldSelector=metadata.name=<name>``, RBAC limited to it) and hands every new version of the routing config
+(a get, then a watch with ``fieldSelector=metadata.name=<name>``; RBAC: get and watch on that name only) and hands every new version of the routing config
 to the service. The mounted file stays the fallback: outside a cluster, without credentials, or while the API
 server cannot be reached, the file watcher keeps working as before.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,8 @@ def default_api_client() -> Any | None:
     except kubernetes.config.ConfigException:
         pass
     try:
-        return kubernetes.config.new_client_from_config()
+        # $KUBECONFIG read now: the client's own default was frozen when the package was imported.
+        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
     except (kubernetes.config.ConfigException, OSError, TypeError):
         return None
 
@@ -77,6 +79,7 @@ class ConfigMapWatcher:
         self._thread: threading.Thread | None = None
         self._watch: Any | None = None
         self._seen_version: str | None = None
+        self._resource_version: str | None = None
         self.connected = threading.Event()
         """Set while a watch is open (the last list/watch succeeded)."""
 
@@ -103,59 +106,65 @@ class ConfigMapWatcher:
     def _run(self) -> None:
         core = kubernetes.client.CoreV1Api(self._api_client)
         failures = 0
-        resource_version: str | None = None
         while not self._stop.is_set():
             try:
-                if resource_version is None:
-                    resource_version = self._list(core)
-                resource_version = self._watch_from(core, resource_version)
+                if self._resource_version is None:
+                    self._list(core)
+                self._watch_from(core)
                 failures = 0
             except ApiException as exc:
                 self.connected.clear()
-                if exc.status == 410:  # our resourceVersion is too old: list again, then watch from there
-                    resource_version = None
+                if exc.status == 410:  # our resourceVersion is too old: read again, then watch from there
+                    self._resource_version = None
                     continue
+                if exc.status == 404:  # not created yet (or deleted): keep the running config, look again later
+                    self._resource_version = None
                 failures += 1
                 log.warning("routing config: watching ConfigMap %s/%s failed (HTTP %s %s); retrying",
                             self.ref.namespace, self.ref.name, exc.status, exc.reason)
             except Exception as exc:  # noqa: BLE001 - network errors of every kind: back off, never crash the router
                 self.connected.clear()
+                if self._stop.is_set():
+                    break  # stop() closed the stream under us
                 failures += 1
                 log.warning("routing config: watching ConfigMap %s/%s failed (%s); retrying",
                             self.ref.namespace, self.ref.name, type(exc).__name__)
+                log.debug("routing config: the watch error", exc_info=True)
             if failures:
                 self._stop.wait(min(self.max_backoff, self.min_backoff * 2 ** (failures - 1)))
         self.connected.clear()
 
-    def _list(self, core: Any) -> str:
-        listing = core.list_namespaced_config_map(
-            self.ref.namespace, field_selector=f"metadata.name={self.ref.name}")
-        for item in listing.items:
-            self._apply(item)
+    def _list(self, core: Any) -> None:
+        # A get, not a list: the Role grants get and watch on this one name, nothing more.
+        obj = core.read_namespaced_config_map(self.ref.name, self.ref.namespace)
+        self._apply(obj)
         self.connected.set()
-        return str(listing.metadata.resource_version)
+        self._resource_version = str(obj.metadata.resource_version)
 
-    def _watch_from(self, core: Any, resource_version: str) -> str:
+    def _watch_from(self, core: Any) -> None:
+        # Resumes from the last event seen (kept on self, so a broken stream does not replay older versions).
         self._watch = kubernetes.watch.Watch()
         stream = self._watch.stream(
             core.list_namespaced_config_map, self.ref.namespace, field_selector=f"metadata.name={self.ref.name}",
-            resource_version=resource_version, timeout_seconds=WATCH_TIMEOUT_SECONDS, allow_watch_bookmarks=True)
+            resource_version=self._resource_version, timeout_seconds=WATCH_TIMEOUT_SECONDS,
+            allow_watch_bookmarks=True)
         self.connected.set()
         for event in stream:
             if self._stop.is_set():
                 break
             kind = event["type"]
+            raw = event.get("raw_object") or {}
             if kind == "ERROR":
-                raw = event.get("raw_object") or {}
                 raise ApiException(status=raw.get("code", 500), reason=raw.get("reason", "watch error"))
+            self._resource_version = (raw.get("metadata") or {}).get("resourceVersion") or self._resource_version
+            if kind == "BOOKMARK":  # progress only (the object is not deserialised)
+                continue
             obj = event["object"]
-            resource_version = obj.metadata.resource_version or resource_version
             if kind in ("ADDED", "MODIFIED"):
                 self._apply(obj)
             elif kind == "DELETED":
                 log.warning("routing config: ConfigMap %s/%s was deleted; keeping the running config",
                             self.ref.namespace, self.ref.name)
-        return resource_version
 
     def _apply(self, obj: Any) -> None:
         version = obj.metadata.resource_version

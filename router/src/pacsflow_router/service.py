@@ -85,8 +85,10 @@ class RouterService:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
-        # Config versions the API watch delivered (digests): the lagging mounted file showing one of them is stale.
+        # Config versions the API watch delivered (digests): while the watch is open, the lagging mounted file
+        # showing one of them is stale. The running config's digest (None after apply_config from code).
         self._api_digests: set[str] = set()
+        self._running_digest = self._config_digest
         self._config_lock = threading.Lock()
         self.config_watcher = ConfigMapWatcher(config.config_map, self._on_api_config) if config.config_map else None
 
@@ -207,7 +209,8 @@ class RouterService:
             if digest is None or digest == self._config_digest:
                 continue
             self._config_digest = digest
-            if digest in self._api_digests:
+            watching = self.config_watcher is not None and self.config_watcher.connected.is_set()
+            if watching and digest in self._api_digests:
                 continue  # the API watch delivered this version already (the file lags it): never go back
             try:
                 new = load_config(self._config_path)
@@ -215,19 +218,22 @@ class RouterService:
                 log.error("routing config changed but is invalid, keeping the running one: %s", exc)
                 metrics.CONFIG_RELOADS.labels("invalid").inc()
                 continue
-            self.apply_config(new)
+            self.apply_config(new, digest=digest)
 
     def _on_api_config(self, new: RoutingConfig, digest: str) -> None:
-        with self._config_lock:
-            known = digest in self._api_digests or digest == self._config_digest
-            self._api_digests.add(digest)
-        if not known:
-            self.apply_config(new)
+        self._api_digests.add(digest)
+        self.apply_config(new, digest=digest)
 
-    def apply_config(self, new: RoutingConfig) -> None:
-        """Swap in a new routing config: use cases, modes, destinations, allowed AE titles, inference backend."""
+    def apply_config(self, new: RoutingConfig, *, digest: str | None = None) -> None:
+        """Swap in a new routing config: use cases, modes, destinations, allowed AE titles, inference backend.
+
+        ``digest`` (of the config's text) makes a repeat of the running version a no-op.
+        """
         with self._config_lock:
+            if digest is not None and digest == self._running_digest:
+                return
             self._apply_config(new)
+            self._running_digest = digest
 
     def _apply_config(self, new: RoutingConfig) -> None:
         for key in RESTART_ONLY:

@@ -204,7 +204,7 @@ def test_router_may_read_only_its_own_configmap():
     sa = by_kind["ServiceAccount"]["metadata"]["name"]
     (rule,) = by_kind["Role"]["rules"]
     assert rule == {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm],
-                    "verbs": ["get", "list", "watch"]}
+                    "verbs": ["get", "watch"]}
     binding = by_kind["RoleBinding"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": by_kind["Role"]["metadata"]["name"]}

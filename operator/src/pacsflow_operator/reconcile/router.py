@@ -252,11 +252,11 @@ def _config_map(name: str, text: str) -> dict[str, Any]:
 
 
 def _config_reader_rbac(name: str) -> list[dict[str, Any]]:
-    """ServiceAccount + Role + RoleBinding: the router may get, list and watch its own ConfigMap and nothing else.
+    """ServiceAccount + Role + RoleBinding: the router may get and watch its own ConfigMap and nothing else.
 
     The router watches it through the API (the kill switch applies in seconds; the kubelet refreshes the mounted
-    file up to a minute later). ``resourceNames`` limits list/watch to requests with
-    ``fieldSelector=metadata.name=<name>``, which is how the router asks.
+    file up to a minute later). ``resourceNames`` limits a watch to requests with
+    ``fieldSelector=metadata.name=<name>``, which is how the router asks (a get first, then a watch: no list).
     """
     sa = service_account_name(name)
     rbac = "rbac.authorization.k8s.io/v1"
@@ -268,7 +268,7 @@ def _config_reader_rbac(name: str) -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {"apiVersion": rbac, "kind": "Role", "metadata": meta(), "rules": [{
             "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [config_map_name(name)],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["get", "watch"],
         }]},
         {"apiVersion": rbac, "kind": "RoleBinding", "metadata": meta(),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
