@@ -143,6 +143,12 @@ MPPS = Counter(
     ["event", "status"], registry=REGISTRY)
 
 
+# -- Reviewer panel (results/review.py: the row pacsflow-api shows) ---------------------------------------------
+REVIEW_RESULTS_FAILED = Counter(
+    "pacsflow_review_results_failed", "Analysed results whose reviewer-panel row could not be written to the results "
+    "store (the study is still reported and audited; the panel lacks it).", ["use_case"], registry=REGISTRY)
+
+
 def start_metrics_server(host: str, port: int) -> tuple[object, object]:
     """Serve :data:`REGISTRY` at ``http://host:port/metrics`` from a daemon thread.
 

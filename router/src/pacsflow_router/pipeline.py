@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.sr.coding import Code
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, metrics
 from .analysis.acceptance import Selection, screen
@@ -36,6 +37,8 @@ from .ingest.studies import ReportRecord, StudyTracker
 from .results.audit import AuditLog
 from .results.export import Outbox
 from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr, report_uids
+from .results.review import review_row
+from .results.store import ResultsStore
 from .workflow.alerts import Coded
 from .workflow.critical import CriticalFinding, send_critical
 from .workflow.orders import OrderStore
@@ -123,6 +126,12 @@ class Pipeline:
     preprocess_backend: Backend = "dali"
     orders: OrderStore | None = None
     """The order store: a critical triage result flags its study's order and is stated with it."""
+    results: ResultsStore | None = None
+    """Where the reviewer panel's rows go (default: the audit's engine, ``config.audit.url``: one results store)."""
+
+    def __post_init__(self) -> None:
+        if self.results is None:
+            self.results = ResultsStore.on_engine(self.audit.engine)
 
     def process(self, ref: StudyRef) -> bool:
         """Run every use case on one complete study.
@@ -206,6 +215,24 @@ class Pipeline:
             destination=None, destination_status=None,
         )
         metrics.STUDIES_PROCESSED.labels(use_case.name, "error").inc()
+
+    def _record_review(self, study: Study, series: Series, use_case: UseCase, finding: Finding, spec: ReportSpec,
+                       critical: bool, revision: int, sr_sop_uid: str | None, order: Order | None) -> None:
+        """The reviewer panel's copy of the result (results/review.py). A failure is logged and counted, never
+        raised: the SR, alerts and audit are out already, and failing the study would re-run inference to rebuild
+        a display copy. A crash before this line repeats it as a no-op (same tracking UID and revision)."""
+        assert self.results is not None  # __post_init__
+        try:
+            self.results.record_result(review_row(
+                study, series, finding, use_case=use_case.name, mode=use_case.mode, model_name=use_case.model.name,
+                model_version=use_case.model.version, decision_threshold=spec.decision_threshold,
+                finding_type=(spec.finding_type.value, spec.finding_type.scheme_designator,
+                              spec.finding_type.meaning),
+                critical=critical, revision=revision, sr_sop_uid=sr_sop_uid, order=order))
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            log.error("study %s use case %s: review row not written (%s)", study.ref.key, use_case.name,
+                      type(exc).__name__)
+            metrics.REVIEW_RESULTS_FAILED.labels(use_case.name).inc()
 
     def _order_for(self, study: Study) -> Order | None:
         """The study's order: by Study Instance UID, else by accession number plus patient ID (None: no order store,
@@ -310,6 +337,7 @@ class Pipeline:
             # analysed of expected images, skipped instances (hashed) and why; how the study completed; its order key
             inputs={**series.inputs(), **(context or {})},
         )
+        self._record_review(study, series, use_case, finding, spec, critical, revision, sr_uids[2], order)
         # After the SR is queued and audited: a crash before this line repeats both as no-ops (same UIDs, revision).
         self.tracker.record_report(study.ref.study_uid, use_case.name, ReportRecord(
             revision=revision, analysed=analysed_digest(analysed), sr_series_uid=sr_uids[0],

@@ -13,6 +13,14 @@ data.
     comment. Unique over (result, reader, verdict): posting the same verdict again is a no-op.
 ``reveals``
     Who asked to see which AI result, when (the automation-bias audit: results are shown only on request).
+``review_results``
+    What the reviewer panel (pacsflow-api) shows: one row per analysed result (every mode), keyed by the result's
+    Tracking UID and revision, with the study's patient, accession, procedure and order priority, the finding, its
+    location and the key slice as a small windowed grayscale PNG. It holds patient data by design (the panel shows
+    it to readers); only the API serves it, and logs name :func:`~pacsflow_router.domain.study_key` hashes only.
+``api_access``
+    Every pacsflow-api request's identity: who (key id or SSO subject), role, method, the route template (never the
+    raw path, which holds UIDs) and the HTTP status.
 ``api_keys``
     API keys: a public id, the scrypt hash of the secret (never the secret), a role, and when it was created, rotated
     and revoked.
@@ -29,7 +37,9 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -117,4 +127,50 @@ API_KEYS = Table(
     Column("rotated_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("role IN ('reader', 'clinical-lead', 'integration', 'admin')", name="api_keys_role"),
+)
+
+REVIEW_RESULTS = Table(
+    "review_results", METADATA,
+    Column("tracking_uid", String(64), primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    # study_key(tracking_uid): what feedback.result_key and reveals.result_key name.
+    Column("result_key", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("accession", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_name", String(324), nullable=False),
+    Column("procedure", String(255), nullable=False),
+    # HL7 priority code of the study's order (S, A, T, C, P, R) or "" without an order.
+    Column("order_priority", String(1), nullable=False),
+    Column("use_case", String(63), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("finding_code", String(64), nullable=False),
+    Column("finding_scheme", String(16), nullable=False),
+    Column("finding_meaning", String(255), nullable=False),
+    Column("present", Boolean, nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("critical", Boolean, nullable=False),
+    Column("slice_index", Integer, nullable=False),
+    Column("row_fraction", Float, nullable=False),
+    Column("col_fraction", Float, nullable=False),
+    Column("sr_sop_uid", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("key_image_png", LargeBinary, nullable=False),
+    Index("review_results_study", "study_uid"),
+    Index("review_results_accession", "accession"),
+    Index("review_results_result_key", "result_key"),
+    Index("review_results_worklist", "critical", "order_priority", "created_at"),
+)
+
+API_ACCESS = Table(
+    "api_access", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("identity", String(255), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("route", String(255), nullable=False),
+    Column("status", Integer, nullable=False),
 )

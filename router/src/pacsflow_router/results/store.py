@@ -25,7 +25,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy import case, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -33,11 +33,13 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from ..errors import AuditSchemaError
 from . import apikeys
-from .schema import API_KEYS, FEEDBACK, REVEALS, ROLES, VERDICTS
+from .schema import API_ACCESS, API_KEYS, FEEDBACK, REVEALS, REVIEW_RESULTS, ROLES, VERDICTS
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: Worklist order of HL7 order priorities: stat, ASAP, timing critical, callback, pre-op, routine, none.
+PRIORITY_RANK = {"S": 0, "A": 1, "T": 2, "C": 3, "P": 4, "R": 5}
 _IN_PROCESS = threading.Lock()
 
 
@@ -131,7 +133,8 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
 
 
 class ResultsStore:
-    """Reader feedback, result reveals and API keys in the results store (migrated to head on open).
+    """Results for review, reader feedback, result reveals, API access and API keys in the results store (migrated
+    to head on open).
 
     Parameters
     ----------
@@ -142,6 +145,118 @@ class ResultsStore:
     def __init__(self, url: str) -> None:
         self.engine = open_engine(url)
         upgrade(self.engine)
+
+    @classmethod
+    def on_engine(cls, engine: Engine) -> ResultsStore:
+        """A store on an engine that is already migrated (the router's :class:`~.audit.AuditLog` engine: one URL,
+        ``config.audit.url``, one pool, and an in-memory database is the same database)."""
+        store = cls.__new__(cls)
+        store.engine = engine
+        return store
+
+    # -- results the reviewer panel shows -------------------------------------------------------------------------
+    def record_result(self, row: dict[str, Any]) -> bool:
+        """Store one analysed result for the reviewer panel (a :func:`.review.review_row`); a repeat of the same
+        (tracking UID, revision), e.g. a reprocess after a crash, is a no-op.
+
+        Returns
+        -------
+        bool
+            True when written, False when the row was there already.
+        """
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(REVIEW_RESULTS).values(**row).on_conflict_do_nothing(
+            index_elements=["tracking_uid", "revision"]).returning(REVIEW_RESULTS.c.revision)
+        with self.engine.begin() as conn:
+            return conn.execute(statement).first() is not None
+
+    @staticmethod
+    def _visible(include_silent: bool) -> Any:
+        return REVIEW_RESULTS.c.mode != "silent" if not include_silent else REVIEW_RESULTS.c.mode.is_not(None)
+
+    def worklist(self, *, include_silent: bool = False, limit: int = 50, offset: int = 0,
+                 ) -> tuple[list[dict[str, Any]], int]:
+        """Studies with results, one row each: critical first, then order priority (stat first), then age (oldest
+        first). Silent use cases count only when ``include_silent`` (clinical leads).
+
+        Returns
+        -------
+        tuple
+            (rows with study_uid, accession, patient_name, patient_id, procedure, order_priority, critical,
+            created_at; the total number of studies).
+        """
+        r = REVIEW_RESULTS.c
+        rank = func.min(case(PRIORITY_RANK, value=r.order_priority, else_=len(PRIORITY_RANK)))
+        critical = func.max(case((r.critical, 1), else_=0))
+        oldest = func.min(r.created_at)
+        grouped = (select(r.study_uid, func.max(r.accession).label("accession"),
+                          func.max(r.patient_name).label("patient_name"), func.max(r.patient_id).label("patient_id"),
+                          func.max(r.procedure).label("procedure"), rank.label("priority_rank"),
+                          critical.label("critical"), oldest.label("created_at"))
+                   .where(self._visible(include_silent)).group_by(r.study_uid))
+        query = grouped.order_by(critical.desc(), rank, oldest, r.study_uid).limit(limit).offset(offset)
+        count = select(func.count(func.distinct(r.study_uid))).where(self._visible(include_silent))
+        order_priority = {v: k for k, v in PRIORITY_RANK.items()}
+        with self.engine.connect() as conn:
+            total = int(conn.execute(count).scalar_one())
+            rows = [{**dict(row._mapping), "critical": bool(row.critical),
+                     "order_priority": order_priority.get(row.priority_rank, "")} for row in conn.execute(query)]
+        for row in rows:
+            del row["priority_rank"]
+        return rows, total
+
+    def study_results(self, *, study_uid: str | None = None, accession: str | None = None,
+                      include_silent: bool = False) -> list[dict[str, Any]]:
+        """The latest revision of each result on a study (by Study Instance UID or accession), without the key
+        image; empty when there is none (or only silent ones and ``include_silent`` is False)."""
+        query = select(*(c for c in REVIEW_RESULTS.c if c.name != "key_image_png")).where(
+            self._visible(include_silent))
+        if study_uid is not None:
+            query = query.where(REVIEW_RESULTS.c.study_uid == study_uid)
+        if accession is not None:
+            query = query.where(REVIEW_RESULTS.c.accession == accession)
+        latest: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query.order_by(REVIEW_RESULTS.c.use_case, REVIEW_RESULTS.c.revision)):
+                latest[row.tracking_uid] = dict(row._mapping)
+        return list(latest.values())
+
+    def result(self, tracking_uid: str, *, include_silent: bool = False) -> dict[str, Any] | None:
+        """The latest revision of one result with its key image; None when unknown (or silent and hidden)."""
+        query = (select(REVIEW_RESULTS).where(REVIEW_RESULTS.c.tracking_uid == tracking_uid,
+                                              self._visible(include_silent))
+                 .order_by(REVIEW_RESULTS.c.revision.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else dict(row._mapping)
+
+    def verdict_counts(self, use_case: str) -> dict[str, Any]:
+        """Reader feedback on a use case's results, per model version: reviewed results and verdict counts."""
+        r, f = REVIEW_RESULTS.c, FEEDBACK.c
+        query = (select(r.model_version, f.verdict, func.count(func.distinct(f.result_key)))
+                 .select_from(FEEDBACK.join(REVIEW_RESULTS, f.result_key == r.result_key))
+                 .where(r.use_case == use_case).group_by(r.model_version, f.verdict))
+        reviewed = (select(r.model_version, func.count(func.distinct(f.result_key)))
+                    .select_from(FEEDBACK.join(REVIEW_RESULTS, f.result_key == r.result_key))
+                    .where(r.use_case == use_case).group_by(r.model_version))
+        versions: dict[int, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for version, count in conn.execute(reviewed):
+                versions[version] = {"reviewed": count, **dict.fromkeys(VERDICTS, 0)}
+            for version, verdict, count in conn.execute(query):
+                versions[version][verdict] = count
+        return {"use_case": use_case, "versions": [{"model_version": v, **c} for v, c in sorted(versions.items())]}
+
+    def record_access(self, *, identity: str, role: str, method: str, route: str, status: int) -> None:
+        """Record one API request: who, the route template (never the raw path: it holds UIDs), the status."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(API_ACCESS).values(at=_now(), identity=identity, role=role, method=method,
+                                                   route=route[:255], status=status))
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """API access rows, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(API_ACCESS).order_by(API_ACCESS.c.id))]
 
     def record_feedback(
         self, *, result_key: str, reader: str, verdict: str, corrected_finding: str | None = None,
