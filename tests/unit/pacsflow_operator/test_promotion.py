@@ -110,3 +110,32 @@ def test_policy_names_the_group_and_refuses_one_that_breaks_cel():
     assert binding()["metadata"]["name"] == "pacsflow-promotion" and "matchResources" not in binding()["spec"]
     assert binding("ns1")["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "ns1"}
+
+
+class _NoRouters:
+    def router(self, namespace: str, name: str) -> None:
+        return None
+
+
+def test_controller_writes_status_evidence_from_its_source_for_the_pinned_version():
+    from kubernetes.client import Configuration
+
+    from pacsflow_operator.handlers.controller import Controller
+    from pacsflow_operator.kube import Kube
+    from pacsflow_operator.settings import OperatorSettings
+
+    asked = []
+
+    def source(namespace: str, name: str, version: int) -> Counts | None:
+        asked.append((namespace, name, version))
+        return Counts(57, 4, 36, 3) if version == 2 else None
+
+    spec = AIUseCaseSpec.model_validate({"router": "r", "model": {"name": "m", "version": 2}})
+    ctl = Controller(Kube(Configuration()), OperatorSettings(), source)
+    status = ctl.use_case_status("ns", "uc", spec, 1, {}, _NoRouters(), None)  # type: ignore[arg-type]
+    assert asked == [("ns", "uc", 2)]
+    assert status["evidence"]["modelVersion"] == 2 and status["evidence"]["reviewed"] == 100
+    other = spec.model_copy(update={"model": spec.model.model_copy(update={"version": 3})})
+    assert "evidence" not in ctl.use_case_status("ns", "uc", other, 1, {}, _NoRouters(), None)  # type: ignore[arg-type]
+    without = Controller(Kube(Configuration()), OperatorSettings())
+    assert "evidence" not in without.use_case_status("ns", "uc", spec, 1, {}, _NoRouters(), None)  # type: ignore[arg-type]

@@ -52,7 +52,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: An
     settings.queueing.worker_limit = 32
     op_settings = memo.get("settings") or OperatorSettings()
     memo.settings = op_settings
-    memo.controller = Controller(Kube(), op_settings)
+    # An embedding process (kopf.run(memo=...)) may pass an EvidenceSource that fills status.evidence.
+    memo.controller = Controller(Kube(), op_settings, memo.get("evidence_source"))
     if op_settings.metrics_port:
         start_http_server(op_settings.metrics_port, op_settings.metrics_host)
         logger.info("metrics on %s:%d/metrics", op_settings.metrics_host, op_settings.metrics_port)
