@@ -108,7 +108,7 @@ def test_crd_shape():
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Router", "Model", "Version", "Mode", "Ready", "Reason", "Age"]
+        "Router", "Model", "Version", "Mode", "Reviewed", "Sensitivity", "Ready", "Reason", "Age"]
     conditions = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
     assert set(conditions["items"]["required"]) >= {"type", "status", "reason", "lastTransitionTime"}

@@ -458,6 +458,8 @@ AI_USE_CASE = Kind(
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
         {"name": "Version", "type": "integer", "jsonPath": ".spec.model.version"},
         {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+        {"name": "Reviewed", "type": "integer", "priority": 1, "jsonPath": ".status.evidence.reviewed"},
+        {"name": "Sensitivity", "type": "number", "priority": 1, "jsonPath": ".status.evidence.sensitivity.value"},
         _ready_column(),
         _reason_column(),
         _AGE,
