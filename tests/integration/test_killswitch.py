@@ -181,3 +181,32 @@ def _create(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> 
         client.RbacAuthorizationV1Api(api).create_namespaced_role(namespace, manifest)
     else:
         client.RbacAuthorizationV1Api(api).create_namespaced_role_binding(namespace, manifest)
+
+
+def test_an_invalid_configmap_keeps_the_running_config(
+        kube_cluster: ControlPlane, kube_namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = _config(tmp_path, kube_namespace, "http://127.0.0.1:9/alert", "triage")
+    cm_name = router_rc.config_map_name(ROUTER)
+    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
+    with kube_cluster.api_client() as admin:
+        core = client.CoreV1Api(admin)
+        core.create_namespaced_config_map(kube_namespace, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=cm_name), data={"routing.yaml": render_config(config)}))
+        service = RouterService(config)  # no mounted file at all: the API is the only source
+        service.start()
+        try:
+            assert service.config_watcher is not None and service.config_watcher.connected.wait(30)
+            for bad in ("useCases: [{name: ich, mode: sideways}]", "{not yaml", None):
+                data = {"routing.yaml": bad} if bad is not None else {"routing.yaml": None, "other": "x"}
+                core.patch_namespaced_config_map(cm_name, kube_namespace, {"data": data})
+                time.sleep(0.5)
+                assert _mode(service, "ich") == "triage" and service.config_watcher.connected.is_set()
+            demoted = config.model_copy(update={"use_cases": [
+                u.model_copy(update={"mode": "silent"}) for u in config.use_cases]})
+            core.patch_namespaced_config_map(cm_name, kube_namespace,
+                                             {"data": {"routing.yaml": render_config(demoted)}})
+            eventually(lambda: _mode(service, "ich") == "silent", "a valid version after invalid ones", timeout=10)
+        finally:
+            service.stop()
+            service.audit.close()
+            service.spool.close()
