@@ -177,6 +177,8 @@ def test_promotion_needs_the_clinical_lead_group_and_the_evidence(
     assert history[2]["mode"] == "triage" and history[2]["changedBy"] == "alice"
     assert history[2]["override"] == {"approver": "dr-lind", "reason": "validated on 400 local cases (QA-2026-11)"}
     assert history[2]["evidence"]["reviewed"] == 100
+    eventually(lambda: any(e.reason == "PromotionOverridden" and e.type == "Warning" and "dr-lind" in e.message
+                           for e in cluster.events(UC)), "PromotionOverridden Warning Event")
 
     # Demotion needs no evidence (only the group and the name); the override left on the object does not
     # count a second time.

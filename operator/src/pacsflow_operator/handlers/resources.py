@@ -127,6 +127,12 @@ async def use_case_changed(namespace: str | None, name: str, body: Any, spec: An
     old_mode = ((old or {}).get("spec") or {}).get("mode")
     if reason == "update" and old_mode and old_mode != uc.mode:
         kopf.event(body, type="Normal", reason="ModeChanged", message=f"mode {old_mode} → {uc.mode}; the router reloads its config")
+    last = (wanted.get("modeHistory") or [{}])[-1]
+    override = last.get("override")
+    if override and last != (before.get("modeHistory") or [{}])[-1]:
+        kopf.warn(body, reason="PromotionOverridden",
+                  message=f"promoted to {last['mode']} without the evidence spec.promotion asks for, by "
+                          f"{last.get('changedBy')}; approved by {override['approver']}: {override['reason']}")
     ready, before = _ready(wanted), _ready(before)
     # One Warning Event per new problem, not one per reconcile.
     if ready.get("status") == "False" and (before.get("status"), before.get("reason")) != ("False", ready["reason"]):
