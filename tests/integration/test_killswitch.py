@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pacsflow_operator.reconcile import router as router_rc
 from pacsflow_operator.resources.v1alpha1 import DicomRouterSpec
+from pacsflow_router import metrics
 from pacsflow_router.config import RoutingConfig, parse_config, render_config
 from pacsflow_router.service import RouterService
 from tests.peers.cluster import ControlPlane
@@ -108,6 +109,9 @@ def test_demotion_reaches_the_router_in_seconds_and_holds_its_queued_outputs(
             elapsed = time.monotonic() - t0
             print(f"ConfigMap edit -> router config silent: {elapsed:.3f} s")
             assert elapsed < 2.0, elapsed
+            # What a dashboard sees on the router's /metrics.
+            assert metrics.REGISTRY.get_sample_value("pacsflow_use_case_mode", {"use_case": "ich", "mode": "silent"}) == 1
+            assert metrics.REGISTRY.get_sample_value("pacsflow_use_case_mode", {"use_case": "ich", "mode": "triage"}) == 0
 
             # The receiver comes up: pe's item goes out, ich's two are held and audited as such.
             receiver = HttpReceiver(port=hook_port)

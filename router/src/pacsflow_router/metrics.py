@@ -80,20 +80,25 @@ LATE_INSTANCES = Gauge(
 CONFIG_RELOADS = Counter(
     "pacsflow_config_reloads", "Routing config reloads, by outcome (applied, invalid).", ["outcome"],
     registry=REGISTRY)
+USE_CASE_MODE = Gauge(
+    "pacsflow_use_case_mode", "1 for each use case's mode in the running routing config, 0 for its other modes "
+    "(the kill switch: a demotion shows here as soon as the router applies it).", ["use_case", "mode"],
+    registry=REGISTRY)
 
 # -- results out (export) ---------------------------------------------------------------------------------------
 SR_EXPORTS = Counter(
-    "pacsflow_sr_exports", "SR delivery attempts, by destination and outcome (delivered, retrying, failed).",
+    "pacsflow_sr_exports", "SR delivery attempts, by destination and outcome (delivered, retrying, failed, held).",
     ["destination", "outcome"], registry=REGISTRY)
 OUTBOX_PENDING = Gauge(
     "pacsflow_outbox_pending", "SRs waiting in the durable outbox for delivery.", registry=REGISTRY)
 #: Channels of the durable outbox (``pacsflow_outbound_*{channel}``).
 OUTBOUND_CHANNELS = ("dicom", "hl7", "webhook")
 #: Outcomes of one outbound delivery attempt (``pacsflow_outbound_messages_total{channel,destination,outcome}``).
-OUTBOUND_OUTCOMES = ("sent", "failed", "retrying")
+OUTBOUND_OUTCOMES = ("sent", "failed", "retrying", "held")
 OUTBOUND_MESSAGES = Counter(
     "pacsflow_outbound_messages", "Outbound deliveries (SR, HL7, webhook), by channel, destination and outcome (sent, "
-    "retrying: an attempt failed and the item stays queued, failed: parked).", ["channel", "destination", "outcome"],
+    "retrying: an attempt failed and the item stays queued, failed: parked, held: its use case was demoted to silent "
+    "or removed, never sent).", ["channel", "destination", "outcome"],
     registry=REGISTRY)
 OUTBOUND_PENDING = Gauge(
     "pacsflow_outbound_pending", "Messages waiting in the durable outbox, by channel.", ["channel"], registry=REGISTRY)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import metrics
 from .analysis.inference import make_backend
-from .config import RoutingConfig, load_config
+from .config import MODES, RoutingConfig, load_config
 from .configwatch import ConfigMapWatcher, text_digest
 from .domain import study_key
 from .errors import ConfigError
@@ -43,6 +43,17 @@ RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metri
                 "mpps", "worklist", "config_map")
 # Orders that never got a study are expired at most this often (the query scans open orders only).
 ORDER_EXPIRY_INTERVAL_SECONDS = 60.0
+
+
+def _export_modes(old: RoutingConfig | None, new: RoutingConfig) -> None:
+    """``pacsflow_use_case_mode``: 1 for each use case's current mode; a removed use case's series go."""
+    for uc in old.use_cases if old is not None else ():
+        if uc.name not in {u.name for u in new.use_cases}:
+            for mode in MODES:
+                metrics.USE_CASE_MODE.remove(uc.name, mode)
+    for uc in new.use_cases:
+        for mode in MODES:
+            metrics.USE_CASE_MODE.labels(uc.name, mode).set(1 if uc.mode == mode else 0)
 
 
 def _digest(path: Path) -> str | None:
@@ -137,6 +148,7 @@ class RouterService:
     def start(self) -> None:
         metrics.start_metrics_server(self.config.metrics.host, self.config.metrics.port)
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
+        _export_modes(None, self.config)
         self.receiver.start()
         if self.hl7_listener is not None:
             self.hl7_listener.start()
@@ -245,6 +257,7 @@ class RouterService:
             self.outbox.reset_senders()
         if merged.inference != self.config.inference:
             self.pipeline.backend = make_backend(merged.inference)
+        _export_modes(self.config, merged)
         self.config = merged
         self.pipeline.config = merged
         self.tracker.stable_seconds = merged.completion.stable_seconds
