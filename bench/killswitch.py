@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edits", type=int, default=10)
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting one (namespace 'killswitch' "
                                              "must not exist)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args([] if argv is None else argv)  # `python -m bench`: its args are filters
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacsflow-killswitch-")))
         kubeconfig = args.kubeconfig
@@ -189,4 +189,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
