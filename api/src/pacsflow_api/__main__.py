@@ -1,0 +1,58 @@
+"""``pacsflow-api``: serve the results API and the reviewer page with uvicorn.
+
+Settings come from the environment (``PACSFLOW_STORE_URL``, the same results store URL the routers' ``audit.url``
+names; ``PACSFLOW_API_HOST``, ``PACSFLOW_API_PORT``, ``PACSFLOW_API_SECURE_COOKIES``) or the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pacsflow_router.errors import AuditSchemaError
+from pacsflow_router.results.store import ResultsStore
+
+from .app import create_app
+
+
+class ApiSettings(BaseSettings):
+    """pacsflow-api's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="PACSFLOW_API_")
+
+    store_url: str = Field(default="sqlite:///results.db",
+                           validation_alias=AliasChoices("PACSFLOW_STORE_URL", "PACSFLOW_API_STORE_URL"))
+    """SQLAlchemy URL of the results store (the routers' ``audit.url``)."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    secure_cookies: bool = False
+    """Mark the session cookie Secure: set it behind TLS (the cluster's ingress)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the API until interrupted; exit 2 when the store is from a newer release."""
+    settings = ApiSettings()
+    parser = argparse.ArgumentParser(prog="pacsflow-api", description=__doc__)
+    parser.add_argument("--store-url", default=settings.store_url)
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        store = ResultsStore(args.store_url)
+    except AuditSchemaError as exc:
+        print(f"pacsflow-api: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(store, secure_cookies=settings.secure_cookies)
+    # uvicorn's access log prints raw paths, which hold Study Instance UIDs: off. The app logs route templates.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

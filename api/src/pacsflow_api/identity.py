@@ -1,0 +1,101 @@
+"""Who is calling: an :class:`Identity` from an :class:`IdentityProvider`.
+
+API keys (``X-API-Key`` or ``Authorization: Bearer``, checked against the results store's scrypt hashes) and the
+reviewer page's session cookie are the providers today. Single sign-on plugs in as one more provider (an OIDC
+bearer-token validator mapping a group claim to a role) without touching the routes: they only see an Identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.requests import Request
+
+from pacsflow_router.results.store import ResultsStore
+
+ROLES = ("reader", "clinical-lead", "integration", "admin")
+SESSION_COOKIE = "pacsflow_session"
+SESSION_SECONDS = 8 * 3600
+"""A reader's shift: the page asks for the key again after this."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller."""
+
+    subject: str
+    """Stable, non-personal id written to the audit: the API key's id (or the SSO subject)."""
+    role: str
+    """reader, clinical-lead, integration or admin."""
+    via: str
+    """Which provider vouched for it: ``api-key``, ``session`` (later ``oidc``)."""
+
+    @property
+    def sees_silent(self) -> bool:
+        """Clinical leads and admins may open the evaluation view of silent use cases; readers never see them."""
+        return self.role in ("clinical-lead", "admin")
+
+
+class IdentityProvider(Protocol):
+    """Turns a request into an Identity, or None when the request carries nothing this provider understands or its
+    credential is not valid (the next provider is asked; no provider: 401)."""
+
+    def identify(self, request: Request) -> Identity | None:
+        """The caller of ``request``, or None."""
+
+
+class ApiKeyProvider:
+    """API keys from ``X-API-Key`` or ``Authorization: Bearer <token>`` (token ``<key id>.<secret>``)."""
+
+    def __init__(self, store: ResultsStore) -> None:
+        self.store = store
+
+    def identify(self, request: Request) -> Identity | None:
+        """See :class:`IdentityProvider`."""
+        token = request.headers.get("x-api-key")
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        if token is None and scheme.lower() == "bearer":
+            token = bearer.strip()
+        if not token:
+            return None
+        found = self.store.authenticate(token)
+        return None if found is None else Identity(subject=found[0], role=found[1], via="api-key")
+
+
+class SessionProvider:
+    """The reviewer page's session: after a login with an API key, an HttpOnly SameSite=Strict cookie
+    ``<key id>.<role>.<expiry>.<HMAC>`` signed with a per-process secret (a restart logs readers out).
+
+    The key's scrypt hash is checked once at login, not on every image request; a revoked key's session ends at
+    its expiry at the latest.
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret or secrets.token_bytes(32)
+
+    def _sign(self, payload: str) -> str:
+        mac = hmac.new(self.secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def issue(self, identity: Identity, now: float | None = None) -> str:
+        """The cookie value of a new session for ``identity``."""
+        payload = f"{identity.subject}.{identity.role}.{int((now or time.time()) + SESSION_SECONDS)}"
+        return f"{payload}.{self._sign(payload)}"
+
+    def identify(self, request: Request) -> Identity | None:
+        """See :class:`IdentityProvider`."""
+        value = request.cookies.get(SESSION_COOKIE, "")
+        payload, _, mac = value.rpartition(".")
+        parts = payload.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(mac, self._sign(payload)):
+            return None
+        subject, role, expiry = parts
+        if role not in ROLES or not expiry.isdigit() or int(expiry) < time.time():
+            return None
+        return Identity(subject=subject, role=role, via="session")

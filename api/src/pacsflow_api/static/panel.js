@@ -1,0 +1,51 @@
+// The reviewer panel's only script: reveal (audited by the API), the marker toggle, the verdict form.
+"use strict";
+
+function text(el, value) { el.textContent = value; }
+
+async function problemDetail(response) {
+  try { return (await response.json()).detail || response.statusText; } catch (e) { return response.statusText; }
+}
+
+function imageUrl(result, marker) { return result.image + "?marker=" + (marker ? "true" : "false"); }
+
+function wire(section) {
+  const tracking = section.dataset.tracking;
+  const button = section.querySelector("button.reveal");
+  const panel = section.querySelector(".revealed");
+  const img = section.querySelector("img.key-image");
+  const toggle = section.querySelector("input.marker-toggle");
+  const form = section.querySelector("form.feedback");
+  const status = section.querySelector(".status");
+  let result = null;
+
+  button.addEventListener("click", async () => {
+    const response = await fetch("/api/v1/results/" + encodeURIComponent(tracking) + "/reveal",
+                                 {method: "POST", credentials: "same-origin"});
+    if (!response.ok) { text(status, await problemDetail(response)); panel.hidden = false; return; }
+    result = (await response.json()).result;
+    text(section.querySelector(".finding"),
+         result.finding.meaning + (result.present ? ": present" : ": absent") + (result.critical ? " (CRITICAL)" : ""));
+    text(section.querySelector(".probability"), result.probability.toFixed(3));
+    text(section.querySelector(".model"), result.model_name + " version " + result.model_version);
+    img.src = imageUrl(result, toggle.checked);
+    panel.hidden = false;
+    button.hidden = true;
+    section.querySelector(".finding").focus();
+  });
+
+  toggle.addEventListener("change", () => { if (result) { img.src = imageUrl(result, toggle.checked); } });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const body = {verdict: data.get("verdict"), comment: data.get("comment") || null};
+    if (body.verdict === "modify" && data.get("corrected_finding")) { body.corrected_finding = data.get("corrected_finding"); }
+    const response = await fetch("/api/v1/results/" + encodeURIComponent(tracking) + "/feedback", {
+      method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify(body)});
+    text(status, response.ok ? "Verdict saved: " + body.verdict + "." : "Not saved: " + await problemDetail(response));
+  });
+}
+
+document.querySelectorAll("section.result").forEach(wire);
