@@ -402,6 +402,8 @@ def test_the_router_service_sends_each_channel_with_its_own_sender_and_audits_it
         "port": free_port(), "metrics": {"port": free_port()},
         "hl7Destinations": [{"name": "ris", "host": "127.0.0.1", "port": port, "version": "2.5.1"}],
         "webhooks": [{"name": "hook", "url": web.url}],
+        # The outbox holds items of a use case the config lacks or has silent (the kill switch).
+        "useCases": [{"name": "ich", "model": {"name": "ich_detector", "version": 1}, "mode": "triage"}],
     })
     service = RouterService(config)
     try:

@@ -433,7 +433,7 @@ class Outbox:
                     continue
                 held = self.hold(item) if self.hold is not None else None
                 if held is not None:
-                    self._park(item, f"held: {held}", attempts=item.attempts, outcome="held")
+                    self._park(item, held, attempts=item.attempts, outcome="held")
                     continue
                 try:
                     payload = self._load(item)
@@ -491,13 +491,15 @@ class Outbox:
 
     def _park(self, item: OutboxItem, message: str, *, attempts: int | None = None, outcome: str = "failed") -> None:
         attempts = item.attempts + 1 if attempts is None else attempts
+        # last_error says why it was parked; a held item's starts "held: " (state stays 'failed': parked, not sent).
+        stored = message if outcome == "failed" else f"{outcome}: {message}"
         changed = self._record(
             "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'",
-            (attempts, message, item.id))
+            (attempts, stored, item.id))
         if changed == 1:
             log.error("outbox: %s for study %s to %s %s parked as %s: %s", item.kind or item.channel,
                       item.study_key or "-", item.channel, item.destination, outcome, message)
-            self._notify(_with(item, attempts, message), outcome)
+            self._notify(_with(item, attempts, stored), outcome)
 
     def next_due(self) -> float | None:
         """Wall-clock time the next pending item becomes due (None when nothing is pending)."""
