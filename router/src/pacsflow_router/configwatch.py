@@ -184,4 +184,9 @@ class ConfigMapWatcher:
                       self.ref.namespace, self.ref.name, exc)
             metrics.CONFIG_RELOADS.labels("invalid").inc()
             return
-        self.on_config(config, text_digest(text))
+        try:
+            self.on_config(config, text_digest(text))
+        except Exception:  # noqa: BLE001 - the service's code: say so loudly, keep watching for the next version
+            log.exception("routing config: applying ConfigMap %s/%s failed; keeping the running config",
+                          self.ref.namespace, self.ref.name)
+            metrics.CONFIG_RELOADS.labels("invalid").inc()
