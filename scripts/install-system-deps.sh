@@ -8,6 +8,7 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v promtool >/dev/null || need+=(prometheus)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # the results store on PostgreSQL
+command -v chromedriver >/dev/null || need+=(chromium chromium-driver)  # the reviewer page in a real browser
 command -v npm >/dev/null || need+=(nodejs npm)  # dcmjs-dimse, the MPPS modality peer (make node-peers)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless curl)  # HAPI HL7v2, the HL7 peer (make hl7-peer)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
