@@ -1,123 +1,16 @@
-"""Evidence of a use case's model version from reviewed cases: the numbers a promotion is judged on.
+"""Evidence of a use case's model version, as the operator writes it into ``status.evidence``.
 
-Pure: counts in, the ``status.evidence`` object out. Where the counts come from (reader verdicts in the
-results store, imported labels) is an :data:`EvidenceSource` the operator is given; this module only
-does the arithmetic, so the API server's promotion policy (:mod:`.promotion`) and any other reader of
-the counts agree on it.
-
-Intervals are Wilson score intervals (Wilson 1927; Brown, Cai & DasGupta 2001 recommend them over the
-Wald interval, which collapses to zero width at 0 % or 100 % and undercovers at the small counts a
-new use case has).
+The arithmetic (Wilson 95 % intervals, the ``status.evidence`` shape) is :mod:`pacsflow_router.evidence`, shared with
+the results store and the API; here is only where the operator gets the counts: an :data:`EvidenceSource` it is given.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from .reconcile.conditions import timestamp
+from pacsflow_router.evidence import DIGITS, Z_95, Counts, evidence, proportion, wilson_interval
 
-#: Two-sided 95 %: the 0.975 quantile of the standard normal distribution.
-Z_95 = 1.959963984540054
-#: Digits kept in status.evidence (enough to compare with a bar such as 0.95; keeps messages readable).
-DIGITS = 4
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Reviewed cases of one model version, split by the AI's call against the reviewer's truth."""
-
-    true_positive: int
-    false_positive: int
-    true_negative: int
-    false_negative: int
-
-    def __post_init__(self) -> None:
-        if min(self.true_positive, self.false_positive, self.true_negative, self.false_negative) < 0:
-            raise ValueError(f"counts cannot be negative: {self}")
-
-    @property
-    def reviewed(self) -> int:
-        """Cases with a verdict."""
-        return self.true_positive + self.false_positive + self.true_negative + self.false_negative
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion.
-
-    Parameters
-    ----------
-    successes, trials
-        ``0 <= successes <= trials``, ``trials > 0``.
-    z
-        Standard normal quantile (default: two-sided 95 %).
-
-    Returns
-    -------
-    tuple of float
-        (lower, upper), within [0, 1].
-
-    Raises
-    ------
-    ValueError
-        ``trials`` is not positive or ``successes`` is outside ``[0, trials]``.
-    """
-    if trials <= 0 or not 0 <= successes <= trials:
-        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
-    p = successes / trials
-    z2 = z * z
-    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def proportion(successes: int, trials: int) -> dict[str, Any] | None:
-    """One rate of ``status.evidence`` (value, Wilson 95 % bounds, numerator, denominator); ``None`` when
-    nothing was counted (no positives reviewed yet: the sensitivity is unknown, not 0)."""
-    if trials == 0:
-        return None
-    lower, upper = wilson_interval(successes, trials)
-    return {
-        "value": round(successes / trials, DIGITS),
-        "lower": round(lower, DIGITS),
-        "upper": round(upper, DIGITS),
-        "numerator": successes,
-        "denominator": trials,
-    }
-
-
-def evidence(counts: Counts, model_version: int, now: datetime | None = None) -> dict[str, Any]:
-    """``status.evidence`` of one model version (camelCase, ready to patch).
-
-    Parameters
-    ----------
-    counts
-        Reviewed cases by outcome.
-    model_version
-        The model version the counts are of; a promotion counts only evidence of the pinned version.
-    now
-        ``computedAt`` (default: now).
-
-    Returns
-    -------
-    dict
-        ``modelVersion``, ``computedAt``, ``reviewed`` and, where defined, ``sensitivity``,
-        ``specificity``, ``ppv``, ``npv``.
-    """
-    c = counts
-    rates = {
-        "sensitivity": proportion(c.true_positive, c.true_positive + c.false_negative),
-        "specificity": proportion(c.true_negative, c.true_negative + c.false_positive),
-        "ppv": proportion(c.true_positive, c.true_positive + c.false_positive),
-        "npv": proportion(c.true_negative, c.true_negative + c.false_negative),
-    }
-    out: dict[str, Any] = {"modelVersion": model_version, "computedAt": timestamp(now), "reviewed": c.reviewed}
-    out.update({k: v for k, v in rates.items() if v is not None})
-    return out
-
+__all__ = ["DIGITS", "Z_95", "Counts", "EvidenceSource", "evidence", "proportion", "wilson_interval"]
 
 #: Where the operator gets the counts: (namespace, use case name, model version) -> counts, or ``None``
 #: when the store has nothing for that version (then ``status.evidence`` is left as it is).
