@@ -21,6 +21,11 @@ data.
 ``api_access``
     Every pacsflow-api request's identity: who (key id or SSO subject), role, method, the route template (never the
     raw path, which holds UIDs) and the HTTP status.
+``ground_truth``
+    The reference standard for evidence, besides reader verdicts: one label (finding present or absent) per accession
+    and use case and/or finding code ("" = any), from an imported CSV (``pacsflow ground-truth import``) or a final
+    report (HL7 ORU^R01, result status F, with a coded finding). A label wins over reader verdicts
+    (:mod:`.evidence`). It holds accession numbers, like ``review_results``.
 ``api_keys``
     API keys: a public id, the scrypt hash of the secret (never the secret), a role, and when it was created, rotated
     and revoked.
@@ -51,6 +56,7 @@ METADATA = MetaData()
 
 VERDICTS = ("accept", "modify", "reject")
 ROLES = ("reader", "clinical-lead", "integration", "admin")
+GROUND_TRUTH_SOURCES = ("csv", "hl7")
 
 
 def _append_only_table(name: str, *columns: Column[Any] | UniqueConstraint) -> Table:
@@ -173,4 +179,19 @@ API_ACCESS = Table(
     Column("method", String(8), nullable=False),
     Column("route", String(255), nullable=False),
     Column("status", Integer, nullable=False),
+)
+
+GROUND_TRUTH = Table(
+    "ground_truth", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("accession", String(64), nullable=False),
+    # "" = any: a label names a use case, a finding code (what a final report codes), or both.
+    Column("use_case", String(63), nullable=False, server_default=""),
+    Column("finding_code", String(64), nullable=False, server_default=""),
+    Column("present", Boolean, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("accession", "use_case", "finding_code", name="ground_truth_once"),
+    CheckConstraint("source IN ('csv', 'hl7')", name="ground_truth_source"),
+    CheckConstraint("use_case <> '' OR finding_code <> ''", name="ground_truth_names_what"),
 )

@@ -33,7 +33,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from ..errors import AuditSchemaError
 from . import apikeys
-from .schema import API_ACCESS, API_KEYS, FEEDBACK, REVEALS, REVIEW_RESULTS, ROLES, VERDICTS
+from .schema import API_ACCESS, API_KEYS, FEEDBACK, GROUND_TRUTH, REVEALS, REVIEW_RESULTS, ROLES, VERDICTS
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,42 @@ class ResultsStore:
             for version, verdict, count in conn.execute(query):
                 versions[version][verdict] = count
         return {"use_case": use_case, "versions": [{"model_version": v, **c} for v, c in sorted(versions.items())]}
+
+    def record_ground_truth(self, labels: list[dict[str, Any]], source: str) -> dict[str, int]:
+        """Store ground-truth labels (``accession``, ``use_case``, ``finding_code``, ``present``) in one transaction.
+
+        A label for the same (accession, use case, finding code) replaces the earlier one (a corrected final report),
+        so importing the same labels twice changes nothing.
+
+        Returns
+        -------
+        dict
+            How many labels were ``inserted``, ``updated`` (label changed) and ``unchanged``.
+        """
+        g = GROUND_TRUTH.c
+        done = {"inserted": 0, "updated": 0, "unchanged": 0}
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as conn:
+            for label in labels:
+                key = (g.accession == label["accession"], g.use_case == label.get("use_case", ""),
+                       g.finding_code == label.get("finding_code", ""))
+                before = conn.execute(select(g.present).where(*key)).first()
+                if before is not None and before.present == label["present"]:
+                    done["unchanged"] += 1
+                    continue
+                row = {"accession": label["accession"], "use_case": label.get("use_case", ""),
+                       "finding_code": label.get("finding_code", ""), "present": label["present"],
+                       "source": source, "recorded_at": _now()}
+                conn.execute(dialect.insert(GROUND_TRUTH).values(**row).on_conflict_do_update(
+                    index_elements=["accession", "use_case", "finding_code"],
+                    set_={"present": row["present"], "source": source, "recorded_at": row["recorded_at"]}))
+                done["inserted" if before is None else "updated"] += 1
+        return done
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        """Ground-truth labels, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(GROUND_TRUTH).order_by(GROUND_TRUTH.c.id))]
 
     def record_access(self, *, identity: str, role: str, method: str, route: str, status: int) -> None:
         """Record one API request: who, the route template (never the raw path: it holds UIDs), the status."""
