@@ -27,6 +27,7 @@ from .models import (
     Evidence,
     FeedbackIn,
     FeedbackOut,
+    Modification,
     ResultSlot,
     StudyView,
     WorklistItem,
@@ -147,7 +148,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/v1/worklist", response_model=WorklistPage, responses=ERRORS, tags=["worklist"])
     def worklist(request: Request, identity: Caller, evaluation: Evaluation = False,
                  limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> WorklistPage:
+                 offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> WorklistPage:
         """Studies with results: critical first, then order priority, then age. Silent use cases only with
         ``evaluation=true`` (clinical leads, admins)."""
         require(identity, READ_ROLES, "read the worklist")
@@ -217,16 +218,15 @@ def _add_routes(app: FastAPI) -> None:
         """Accept, modify or reject a revealed result, with an optional correction and comment. Idempotent per
         (result, reader, verdict): a repeat answers 200 and writes nothing."""
         require(identity, VERDICT_ROLES, "give verdicts")
-        if body.verdict != "modify" and (body.corrected_finding or body.corrected_location):
-            raise Problem(422, "a corrected finding or location goes with verdict modify only")
         store = state(request).store
         row = _result_row(store, tracking_uid, identity)
         if not _revealed(store, row["result_key"], identity.subject):
             raise Problem(409, "reveal the result first: POST /api/v1/results/{trackingUID}/reveal")
         recorded = store.record_feedback(
             result_key=row["result_key"], reader=identity.subject, verdict=body.verdict,
-            corrected_finding=body.corrected_finding,
-            corrected_location=body.corrected_location.model_dump() if body.corrected_location else None,
+            corrected_finding=body.corrected_finding if isinstance(body, Modification) else None,
+            corrected_location=body.corrected_location.model_dump()
+            if isinstance(body, Modification) and body.corrected_location else None,
             comment=body.comment)
         out = FeedbackOut(tracking_uid=tracking_uid, verdict=body.verdict, reader=identity.subject,
                           recorded=recorded)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # The store writes UTC; SQLite hands timestamps back without a zone (PostgreSQL with one).
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class _Model(BaseModel):
@@ -22,7 +30,7 @@ class WorklistItem(_Model):
     procedure: str
     order_priority: str = Field(description="HL7 order priority (S, A, T, C, P, R) or empty without an order")
     critical: bool = Field(description="a triage result flagged the study critical")
-    created_at: dt.datetime = Field(description="when its first result was made")
+    created_at: UtcDatetime = Field(description="when its first result was made")
     href: str
 
 
@@ -68,7 +76,7 @@ class ResultView(_Model):
     critical: bool
     location: Location
     sr_sop_uid: str | None
-    created_at: dt.datetime
+    created_at: UtcDatetime
     image: str = Field(description="the key image's URL (add ?marker=false for none)")
 
 
@@ -95,14 +103,24 @@ class StudyView(_Model):
     results: list[ResultSlot]
 
 
-class FeedbackIn(_Model):
-    """A reader's verdict on a result."""
+class Verdict(_Model):
+    """Accept or reject a result, with an optional comment."""
 
-    verdict: Literal["accept", "modify", "reject"]
-    corrected_finding: str | None = Field(default=None, max_length=255,
-                                          description="with modify: what the finding is instead")
-    corrected_location: Location | None = Field(default=None, description="with modify: where it is instead")
+    verdict: Literal["accept", "reject"]
     comment: str | None = Field(default=None, max_length=4000)
+
+
+class Modification(_Model):
+    """Modify a result: what the finding is instead and/or where, with an optional comment."""
+
+    verdict: Literal["modify"]
+    corrected_finding: str | None = Field(default=None, max_length=255, description="what the finding is instead")
+    corrected_location: Location | None = Field(default=None, description="where it is instead")
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+FeedbackIn = Annotated[Verdict | Modification, Field(discriminator="verdict")]
+"""A reader's verdict on a result: corrections go with ``modify`` only (the schema says so, not just the server)."""
 
 
 class FeedbackOut(_Model):

@@ -73,9 +73,10 @@ def add_routes(app: FastAPI) -> None:
         if identity is None:
             return _to_login()
         evaluation = evaluation and identity.sees_silent
-        rows, total = api.state(request).store.worklist(include_silent=evaluation, limit=50, offset=max(offset, 0))
+        offset = min(max(offset, 0), 10_000_000)  # a database integer, whatever the URL says
+        rows, total = api.state(request).store.worklist(include_silent=evaluation, limit=50, offset=offset)
         return TEMPLATES.TemplateResponse(request, "worklist.html", {
-            "identity": identity, "rows": rows, "total": total, "offset": max(offset, 0), "limit": 50,
+            "identity": identity, "rows": rows, "total": total, "offset": offset, "limit": 50,
             "evaluation": evaluation})
 
     @app.get("/studies/{study_uid}", response_class=HTMLResponse, include_in_schema=False)
