@@ -31,6 +31,8 @@ VARIANTS = {
     "namespaced": ["--set", "operator.watchNamespaces={radiology,research}"],
     "no-crds-existing-sa": ["--set", "crds.install=false", "--set", "serviceAccount.create=false",
                             "--set", "serviceAccount.name=pacsflow", "--set", "metrics.service=false"],
+    "api": ["--set", "api.enabled=true", "--set", "api.storeUrlSecret.name=pacsflow-results",
+            "--set", "api.sessionSecret.name=pacsflow-api-session", "--set", "api.replicas=2"],
 }
 
 
@@ -87,6 +89,20 @@ def test_namespaced_install_binds_only_the_watched_namespaces(helm: str):
     dep = next(d for d in docs if d["kind"] == "Deployment")
     assert {"--namespace=radiology", "--namespace=research"} <= set(dep["spec"]["template"]["spec"]
                                                                    ["containers"][0]["args"])
+
+
+def test_the_api_is_its_own_deployment_reading_the_store_url_from_a_secret(helm: str):
+    assert not [d for d in _template(helm, []) if d["metadata"]["name"].endswith("-api")]  # off by default
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _template(helm, VARIANTS["api"])}
+    pod = docs["Deployment", "pacsflow-api"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["pacsflow-api"] and pod["automountServiceAccountToken"] is False
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PACSFLOW_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pacsflow-results", "key": "url"}
+    assert env["PACSFLOW_API_SESSION_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "pacsflow-api-session"
+    assert docs["Service", "pacsflow-api"]["spec"]["ports"][0]["targetPort"] == "http"
+    missing = _run([helm, "template", "x", str(CHART), "--kube-version", K8S, "--set", "api.enabled=true"])
+    assert missing.returncode != 0 and "api.storeUrlSecret.name is required" in missing.stderr
 
 
 def test_rbac_is_least_privilege(helm: str):

@@ -1,7 +1,8 @@
 """``pacsflow-api``: serve the results API and the reviewer page with uvicorn.
 
 Settings come from the environment (``PACSFLOW_STORE_URL``, the same results store URL the routers' ``audit.url``
-names; ``PACSFLOW_API_HOST``, ``PACSFLOW_API_PORT``, ``PACSFLOW_API_SECURE_COOKIES``) or the command line.
+names; ``PACSFLOW_API_HOST``, ``PACSFLOW_API_PORT``, ``PACSFLOW_API_SECURE_COOKIES``,
+``PACSFLOW_API_SESSION_SECRET``) or the command line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class ApiSettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     secure_cookies: bool = False
     """Mark the session cookie Secure: set it behind TLS (the cluster's ingress)."""
+    session_secret: str = ""
+    """Key that signs the page's session cookies; every replica needs the same (empty: random per process)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except AuditSchemaError as exc:
         print(f"pacsflow-api: {exc}", file=sys.stderr)
         return 2
-    app = create_app(store, secure_cookies=settings.secure_cookies)
+    app = create_app(store, secure_cookies=settings.secure_cookies,
+                     session_secret=settings.session_secret.encode() or None)
     # uvicorn's access log prints raw paths, which hold Study Instance UIDs: off. The app logs route templates.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
     return 0

@@ -89,7 +89,8 @@ def study_view(store: ResultsStore, identity: Identity, rows: list[dict[str, Any
 
 
 def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | None = None,
-               evidence: EvidenceFunction = verdict_counts, secure_cookies: bool = False) -> FastAPI:
+               evidence: EvidenceFunction = verdict_counts, secure_cookies: bool = False,
+               session_secret: bytes | None = None) -> FastAPI:
     """The API and the reviewer page on ``store``.
 
     Parameters
@@ -100,8 +101,10 @@ def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | N
         What ``GET /api/v1/usecases/{name}/evidence`` answers (default: verdict counts).
     secure_cookies : bool
         Mark the session cookie Secure (behind TLS, as in the cluster).
+    session_secret : bytes, optional
+        Key that signs page sessions; replicas behind one Service need the same one (default: random per process).
     """
-    sessions = SessionProvider()
+    sessions = SessionProvider(session_secret)
     app = FastAPI(title="pacsflow-api", version="1", docs_url=None, redoc_url=None,  # no CDN: Swagger UI is off
                   openapi_url="/api/v1/openapi.json",
                   description="Results of pacsflow's AI use cases for readers: worklist, studies, reveal, key images, "
@@ -125,7 +128,7 @@ def _install_audit(app: FastAPI) -> None:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
-        if request.url.path.startswith("/static/"):
+        if request.url.path.startswith("/static/") or request.url.path == "/healthz":
             return response
         route = _route_template(request)
         identity: Identity | None = getattr(request.state, "identity", None)
@@ -145,6 +148,11 @@ def _route_template(request: Request) -> str:
 
 
 def _add_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        """Liveness/readiness for Kubernetes (not audited, no identity)."""
+        return {"status": "ok"}
+
     @app.get("/api/v1/worklist", response_model=WorklistPage, responses=ERRORS, tags=["worklist"])
     def worklist(request: Request, identity: Caller, evaluation: Evaluation = False,
                  limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -1,8 +1,9 @@
 """The evidence a use case's reader feedback gives: the hook ``GET /api/v1/usecases/{name}/evidence`` calls.
 
-Today: reviewed results and verdict counts per model version, from the results store. The statistics (sensitivity,
-specificity, PPV, NPV with Wilson intervals) plug in as another :data:`EvidenceFunction` passed to
-:func:`pacsflow_api.app.create_app`.
+Per model version, from the results store (:mod:`pacsflow_router.results.evidence`): reviewed results, verdict
+counts, TP/FP/TN/FN against the truth (a ground-truth label, else the latest reader verdict), sensitivity, specificity,
+PPV and NPV with Wilson 95 % intervals, and the positive rate per day against the first week. Another
+:data:`EvidenceFunction` can be passed to :func:`pacsflow_api.app.create_app`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pacsflow_router.results.evidence import use_case_evidence
 from pacsflow_router.results.store import ResultsStore
 
 EvidenceFunction = Callable[[ResultsStore, str], dict[str, Any]]
@@ -17,5 +19,6 @@ EvidenceFunction = Callable[[ResultsStore, str], dict[str, Any]]
 
 
 def verdict_counts(store: ResultsStore, use_case: str) -> dict[str, Any]:
-    """The default evidence: reviewed count and accept/modify/reject counts per model version."""
-    return store.verdict_counts(use_case)
+    """The default evidence: per model version the verdict counts (accept, modify, reject) and the statistics
+    (:func:`pacsflow_router.results.evidence.use_case_evidence`)."""
+    return use_case_evidence(store, use_case)
