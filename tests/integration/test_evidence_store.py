@@ -56,7 +56,7 @@ def test_reader_verdicts_give_the_two_by_two_table_and_wilson_intervals(results)
     v1 = _version(evidence.use_case_evidence(results, "ich"), 1)
     assert (v1["true_positive"], v1["false_positive"], v1["true_negative"], v1["false_negative"]) == (9, 1, 6, 2)
     assert v1["reviewed"] == 18 and v1["labelled"] == 0
-    assert (v1["accept"], v1["modify"], v1["reject"]) == (14, 2, 2)
+    assert (v1["accept"], v1["modify"], v1["reject"]) == (14, 2, 3)  # results with such a verdict
     low, high = wilson_interval(9, 11)
     assert v1["sensitivity"]["value"] == round(9 / 11, 4)
     assert (v1["sensitivity"]["lower"], v1["sensitivity"]["upper"]) == (round(low, 4), round(high, 4))
@@ -118,3 +118,29 @@ def test_labels_are_idempotent_and_a_changed_label_replaces_the_old_one(results)
     rows = {(r["accession"], r["use_case"], r["finding_code"]): (r["present"], r["source"])
             for r in results.ground_truth()}
     assert rows == {("ACC1", "ich", ""): (False, "hl7"), ("ACC2", "", FINDING): (False, "csv")}
+
+
+def test_the_evidence_gauges_follow_the_store(results):
+    from pacsflow_router.results import evidence_metrics as em
+
+    n = 0
+    for day in range(8):  # a week at 1 in 10, then a day at 4 in 10
+        for i in range(10):
+            results.record_result(result_row(n, present=i < (4 if day == 7 else 1), day=day))
+            n += 1
+    for key in range(70, 74):  # the last day's positives: one right, three wrong
+        results.record_feedback(result_key=f"ich-{key:04d}", reader="r1", verdict="accept" if key == 70 else "reject")
+    em.update_evidence_metrics(results, {"ich": 0.5})
+
+    def value(name: str, **labels: str) -> float | None:
+        return em.REGISTRY.get_sample_value(name, {"use_case": "ich", **labels})
+
+    assert value("pacsflow_evidence_reviewed", model_version="1") == 4
+    assert value("pacsflow_evidence_ppv", model_version="1", bound="value") == 0.25
+    assert value("pacsflow_evidence_ppv", model_version="1", bound="upper") == round(wilson_interval(1, 4)[1], 4)
+    assert value("pacsflow_evidence_sensitivity", model_version="1", bound="value") == 1.0
+    assert value("pacsflow_evidence_positive_rate_ratio", model_version="1") == 4.0
+    assert value("pacsflow_evidence_day_results", model_version="1") == 10
+    assert value("pacsflow_evidence_ppv_floor") == 0.5
+    em.update_evidence_metrics(results)  # no floors now: that series goes
+    assert value("pacsflow_evidence_ppv_floor") is None

@@ -17,7 +17,7 @@ def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 def test_rules_are_valid():
     result = _promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_undelivered_results_alert_fires_only_while_nothing_is_delivered(tmp_path):
@@ -106,6 +106,72 @@ def test_outbound_stuck_alert_fires_for_the_channel_whose_oldest_item_waits(tmp_
                     exp_annotations:
                       summary: "hl7 messages waiting 10m 0s on r1"
                       runbook: docs/operations.md#outbound-messages-stuck
+        """))
+    result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_positive_rate_alert_fires_when_the_rate_doubles_on_a_day_with_enough_results(tmp_path):
+    (tmp_path / "test.yaml").write_text(textwrap.dedent(f"""\
+        rule_files: [{RULES}]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'pacsflow_evidence_positive_rate_ratio{{use_case="ich",model_version="2"}}'
+                values: '1x10 2.5x60'
+              - series: 'pacsflow_evidence_day_results{{use_case="ich",model_version="2"}}'
+                values: '40x70'
+              - series: 'pacsflow_evidence_positive_rate_ratio{{use_case="cxr",model_version="1"}}'
+                values: '1.9x70'
+              - series: 'pacsflow_evidence_day_results{{use_case="cxr",model_version="1"}}'
+                values: '40x70'
+              - series: 'pacsflow_evidence_positive_rate_ratio{{use_case="pe",model_version="1"}}'
+                values: '4x70'
+              - series: 'pacsflow_evidence_day_results{{use_case="pe",model_version="1"}}'
+                values: '3x70'
+            alert_rule_test:
+              - eval_time: 30m
+                alertname: PacsflowPositiveRateDoubled
+                exp_alerts: []
+              - eval_time: 45m
+                alertname: PacsflowPositiveRateDoubled
+                exp_alerts:
+                  - exp_labels: {{severity: warning, use_case: ich, model_version: "2"}}
+                    exp_annotations:
+                      summary: "ich model v2 calls 2.5x its first week's positive rate"
+                      runbook: docs/operations.md#positive-rate-doubled
+        """))
+    result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ppv_alert_fires_when_the_upper_bound_is_under_the_use_cases_floor(tmp_path):
+    (tmp_path / "test.yaml").write_text(textwrap.dedent(f"""\
+        rule_files: [{RULES}]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'pacsflow_evidence_ppv_floor{{use_case="ich"}}'
+                values: '0.5x70'
+              - series: 'pacsflow_evidence_ppv{{use_case="ich",model_version="2",bound="upper"}}'
+                values: '0.8x10 0.4x60'
+              - series: 'pacsflow_evidence_ppv{{use_case="ich",model_version="2",bound="value"}}'
+                values: '0.6x10 0.3x60'
+              - series: 'pacsflow_evidence_ppv{{use_case="cxr",model_version="1",bound="upper"}}'
+                values: '0.1x70'
+            alert_rule_test:
+              - eval_time: 30m
+                alertname: PacsflowPpvUnderFloor
+                exp_alerts: []
+              - eval_time: 45m
+                alertname: PacsflowPpvUnderFloor
+                exp_alerts:
+                  - exp_labels: {{severity: critical, use_case: ich, model_version: "2", bound: upper}}
+                    exp_annotations:
+                      summary: "ich model v2: PPV at most 0.4 (95% upper bound), under its floor"
+                      runbook: docs/operations.md#ppv-under-floor
         """))
     result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -73,13 +73,16 @@ def _latest_results(store: ResultsStore, use_case: str, model_version: int | Non
     return list(latest.values())
 
 
-def _verdicts(store: ResultsStore, use_case: str) -> dict[str, str]:
-    """result key -> the latest verdict on it."""
+def _verdicts(store: ResultsStore, use_case: str) -> dict[str, list[str]]:
+    """result key -> the verdicts on it, oldest first (the last one is the result's truth)."""
     keys = select(REVIEW_RESULTS.c.result_key).where(REVIEW_RESULTS.c.use_case == use_case)
     query = select(FEEDBACK.c.result_key, FEEDBACK.c.verdict).where(FEEDBACK.c.result_key.in_(keys)).order_by(
         FEEDBACK.c.created_at, FEEDBACK.c.id)
+    verdicts: dict[str, list[str]] = defaultdict(list)
     with store.engine.connect() as conn:
-        return {row.result_key: row.verdict for row in conn.execute(query)}
+        for row in conn.execute(query):
+            verdicts[row.result_key].append(row.verdict)
+    return verdicts
 
 
 def _labels(store: ResultsStore, use_case: str) -> dict[tuple[str, str, str], bool]:
@@ -107,9 +110,10 @@ def _tally(store: ResultsStore, use_case: str, model_version: int | None = None)
         day = row.created_at.astimezone(dt.UTC).date() if row.created_at.tzinfo else row.created_at.date()
         version.per_day[day][0] += 1
         version.per_day[day][1] += bool(row.present)
-        verdict = verdicts.get(row.result_key)
-        if verdict is not None:
-            version.verdicts[verdict] += 1
+        given = verdicts.get(row.result_key, [])
+        for each in set(given):
+            version.verdicts[each] += 1
+        verdict = given[-1] if given else None
         truth = _label_of(labels, row.accession, use_case, row.finding_code) if row.accession else None
         if truth is not None:
             version.labelled += 1
@@ -172,7 +176,8 @@ def use_case_evidence(store: ResultsStore, use_case: str, now: dt.datetime | Non
     -------
     dict
         ``use_case`` and ``versions``: per model version ``model_version``, ``reviewed`` (results with a truth),
-        ``labelled`` (of those, by a ground-truth label), the verdict counts (``accept``, ``modify``, ``reject``),
+        ``labelled`` (of those, by a ground-truth label), the verdict counts (``accept``, ``modify``, ``reject``: results
+        with at least one such verdict),
         ``true_positive`` ... ``false_negative``, ``sensitivity``, ``specificity``, ``ppv``, ``npv`` (value, Wilson
         95 % ``lower``/``upper``, numerator, denominator; None when undefined), ``computed_at`` and
         ``positive_rate`` (:func:`positive_rate`).
