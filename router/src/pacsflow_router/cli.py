@@ -15,6 +15,8 @@ SUBCOMMANDS = {
                    "write synthetic chest radiographs (DX/CR) with ground truth"),
     "model-repository": ("pacsflow_router.models.repository", "render/check the deployable Triton model repository"),
     "api-key": ("pacsflow_router.results.apikey_command", "create/rotate/revoke results API keys (hashed at rest)"),
+    "ground-truth": ("pacsflow_router.results.groundtruth_command",
+                     "import ground-truth labels (accession -> finding present/absent) from a CSV file"),
 }
 
 
