@@ -1,7 +1,7 @@
 """The reviewer side panel in a real browser: Debian's chromium driven by chromium-driver through Selenium, against a
 ``pacsflow-api`` process on a loopback port, on a results store the real pipeline filled (phantom CTs through the
 in-process router). A reader logs in, sees the worklist, opens the critical study, reveals the result, toggles the
-marker, rejects with a comment; the store then holds the verdict under the reader's key id."""
+marker, sees the unverified draft text, rejects with a comment; the store then holds the verdict under the reader's key id."""
 
 from __future__ import annotations
 
@@ -110,6 +110,11 @@ def test_a_reader_reveals_toggles_and_rejects_and_the_store_holds_the_verdict(se
     img = browser.find_element(By.CSS_SELECTOR, "img.key-image")
     wait.until(lambda d: _image_loaded(d, img, "true"))
     assert [r["reader"] for r in store.reveals()] == [key_id]
+    # The draft text appears with the result, marked unverified, in a labelled read-only field.
+    draft = browser.find_element(By.ID, "draft-text")
+    wait.until(lambda d: draft.is_displayed() and draft.get_attribute("value"))
+    assert draft.get_attribute("value").startswith("DRAFT - AI-GENERATED, NOT VERIFIED BY A RADIOLOGIST")
+    assert "Intracranial hemorrhage suspected" in draft.get_attribute("value")
 
     # 5. Toggle the marker overlay off (space on the labelled checkbox) and on again.
     toggle = browser.find_element(By.CSS_SELECTOR, "input.marker-toggle")

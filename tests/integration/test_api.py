@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pacsflow_api.app import create_app
+from pacsflow_api.drafts import DraftWriter
 from pacsflow_router.results.store import ResultsStore
 from tests.peers.postgres import fresh_database, postgres_server  # noqa: F401  (fixture)
 from tests.peers.reviewstore import seed_store
@@ -182,12 +183,31 @@ def test_every_request_is_audited_with_its_identity_and_route_template_and_logs_
         assert secret not in server
 
 
+def test_the_draft_states_only_revealed_results_and_is_always_unverified(api, seeded, tmp_path):
+    client, store = api
+    uid = seeded.facts[83]["study_uid"]
+    url = f"/api/v1/studies/{uid}/draft"
+    assert client.get(url, headers=_as(seeded, "reader2")).status_code == 409
+    assert client.get("/api/v1/studies/1.2.3/draft", headers=_as(seeded, "reader2")).status_code == 404
+    tracking = _triage_uid(client, seeded, 83, "reader2")
+    client.post(f"/api/v1/results/{tracking}/reveal", headers=_as(seeded, "reader2"))
+    draft = client.get(url, headers=_as(seeded, "reader2")).json()
+    assert draft["status"] == "unverified" and draft["results"] == [tracking]
+    assert draft["text"].startswith("DRAFT - AI-GENERATED, NOT VERIFIED BY A RADIOLOGIST")
+    assert "no intracranial hemorrhage detected" in draft["text"].lower() and "ich_detector version 2" in draft["text"]
+    # A site's template for the use case replaces the built-in wording; it runs sandboxed.
+    (tmp_path / "ich-triage.j2").write_text("{% for r in results %}ICH: {{ 'yes' if r.present else 'no' }}{% endfor %}")
+    with TestClient(create_app(store, drafts=DraftWriter(tmp_path))) as site:
+        text = site.get(url, headers=_as(seeded, "reader2")).json()["text"]
+    assert text == "DRAFT - AI-GENERATED, NOT VERIFIED BY A RADIOLOGIST\nICH: no"
+
+
 def test_the_openapi_schema_is_published_with_every_endpoint(api):
     client, _ = api
     schema = client.get("/api/v1/openapi.json").json()
     assert {"/api/v1/worklist", "/api/v1/studies/{study_uid}", "/api/v1/results/{tracking_uid}/image",
             "/api/v1/results/{tracking_uid}/feedback", "/api/v1/results/{tracking_uid}/reveal",
-            "/api/v1/usecases/{name}/evidence"} <= set(schema["paths"])
+            "/api/v1/usecases/{name}/evidence", "/api/v1/studies/{study_uid}/draft"} <= set(schema["paths"])
     assert not any(p.startswith("/login") for p in schema["paths"])
 
 

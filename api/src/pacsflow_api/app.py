@@ -20,10 +20,12 @@ from pacsflow_router.results.store import ResultsStore
 
 from . import pages, problems
 from .deps import ApiState, caller, state
+from .drafts import DraftWriter
 from .evidence import EvidenceFunction, verdict_counts
 from .identity import ApiKeyProvider, Identity, IdentityProvider, SessionProvider
 from .marker import with_marker
 from .models import (
+    Draft,
     Evidence,
     FeedbackIn,
     FeedbackOut,
@@ -90,7 +92,7 @@ def study_view(store: ResultsStore, identity: Identity, rows: list[dict[str, Any
 
 def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | None = None,
                evidence: EvidenceFunction = verdict_counts, secure_cookies: bool = False,
-               session_secret: bytes | None = None) -> FastAPI:
+               session_secret: bytes | None = None, drafts: DraftWriter | None = None) -> FastAPI:
     """The API and the reviewer page on ``store``.
 
     Parameters
@@ -103,6 +105,8 @@ def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | N
         Mark the session cookie Secure (behind TLS, as in the cluster).
     session_secret : bytes, optional
         Key that signs page sessions; replicas behind one Service need the same one (default: random per process).
+    drafts : DraftWriter, optional
+        Draft report templates (default: the built-in one).
     """
     sessions = SessionProvider(session_secret)
     app = FastAPI(title="pacsflow-api", version="1", docs_url=None, redoc_url=None,  # no CDN: Swagger UI is off
@@ -112,6 +116,7 @@ def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | N
     app.state.api = ApiState(store=store, sessions=sessions,
                              providers=list(providers) if providers is not None else [ApiKeyProvider(store), sessions],
                              evidence=evidence, secure_cookies=secure_cookies)
+    app.state.drafts = drafts or DraftWriter()
     problems.install(app)
     _install_audit(app)
     _add_routes(app)
@@ -191,6 +196,22 @@ def _add_routes(app: FastAPI) -> None:
                            evaluation: Evaluation = False) -> StudyView:
         """The study with this accession number (as ``GET /api/v1/studies/{studyUID}``)."""
         return _study(request, identity, evaluation, None, accession)
+
+    @app.get("/api/v1/studies/{study_uid}/draft", response_model=Draft, responses=ERRORS, tags=["studies"])
+    def draft(request: Request, study_uid: str, identity: Caller) -> Draft:
+        """Draft report text from the study's results the caller has revealed, always marked unverified (409 until
+        one is revealed: the draft states AI results)."""
+        require(identity, READ_ROLES, "read drafts")
+        store = state(request).store
+        rows = [r for r in store.study_results(study_uid=study_uid)
+                if _revealed(store, r["result_key"], identity.subject)]
+        if not rows:
+            if not store.study_results(study_uid=study_uid):
+                raise Problem(404, "no results for this study")
+            raise Problem(409, "reveal the study's results first: POST /api/v1/results/{trackingUID}/reveal")
+        writer: DraftWriter = request.app.state.drafts
+        return Draft(study_uid=study_uid, text=writer.render(rows[0]["procedure"], rows),
+                     results=[r["tracking_uid"] for r in rows])
 
     @app.post("/api/v1/results/{tracking_uid}/reveal", response_model=ResultSlot, responses=ERRORS,
               tags=["results"])

@@ -132,6 +132,15 @@ class FeedbackOut(_Model):
     recorded: bool = Field(description="false when this reader had given this verdict already (nothing changed)")
 
 
+class Draft(_Model):
+    """Draft report text from the AI results the caller has revealed; never a verified report."""
+
+    study_uid: str
+    status: Literal["unverified"] = "unverified"
+    text: str
+    results: list[str] = Field(description="tracking UIDs of the results the draft states")
+
+
 class Evidence(BaseModel):
     """Evidence of a use case from reader feedback, per model version."""
 

@@ -9,6 +9,28 @@ async function problemDetail(response) {
 
 function imageUrl(result, marker) { return result.image + "?marker=" + (marker ? "true" : "false"); }
 
+async function loadDraft() {
+  const section = document.getElementById("draft-section");
+  if (!section) { return; }
+  const response = await fetch("/api/v1/studies/" + encodeURIComponent(section.dataset.study) + "/draft",
+                               {credentials: "same-origin"});
+  if (!response.ok) { return; }
+  document.getElementById("draft-text").value = (await response.json()).text;
+  section.hidden = false;
+}
+
+function wireCopy() {
+  const button = document.getElementById("copy-draft");
+  if (!button) { return; }
+  button.addEventListener("click", async () => {
+    const area = document.getElementById("draft-text");
+    area.select();
+    let copied = false;
+    try { await navigator.clipboard.writeText(area.value); copied = true; } catch (e) { copied = document.execCommand("copy"); }
+    text(document.getElementById("copy-status"), copied ? "Draft copied." : "Select the text and copy it.");
+  });
+}
+
 function wire(section) {
   const tracking = section.dataset.tracking;
   const button = section.querySelector("button.reveal");
@@ -31,7 +53,8 @@ function wire(section) {
     img.src = imageUrl(result, toggle.checked);
     panel.hidden = false;
     button.hidden = true;
-    section.querySelector(".finding").focus();
+    panel.focus();  // the button is gone: keyboard focus moves to what it revealed
+    loadDraft();
   });
 
   toggle.addEventListener("change", () => { if (result) { img.src = imageUrl(result, toggle.checked); } });
@@ -49,3 +72,4 @@ function wire(section) {
 }
 
 document.querySelectorAll("section.result").forEach(wire);
+wireCopy();
