@@ -202,6 +202,25 @@ def test_the_draft_states_only_revealed_results_and_is_always_unverified(api, se
     assert text == "DRAFT - AI-GENERATED, NOT VERIFIED BY A RADIOLOGIST\nICH: no"
 
 
+def test_a_page_session_is_an_httponly_cookie_that_ends_when_its_key_is_rotated_or_revoked(api, seeded):
+    client, store = api
+    key_id, token = store.create_api_key("reader")
+    assert client.post("/login", data={"api_key": "wrong"}, follow_redirects=False).status_code == 401
+    login = client.post("/login", data={"api_key": token}, follow_redirects=False)
+    assert login.status_code == 303
+    cookie = login.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and token.lower() not in cookie
+    assert client.get("/api/v1/worklist").status_code == 200 and client.get("/").status_code == 200
+    store.rotate_api_key(key_id)
+    assert client.get("/api/v1/worklist").status_code == 401
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    _, token2 = store.create_api_key("reader")
+    client.post("/login", data={"api_key": token2})
+    assert client.get("/api/v1/worklist").status_code == 200
+    store.revoke_api_key(token2.split(".")[0])
+    assert client.get("/api/v1/worklist").status_code == 401
+
+
 def test_the_openapi_schema_is_published_with_every_endpoint(api):
     client, _ = api
     schema = client.get("/api/v1/openapi.json").json()
@@ -232,7 +251,11 @@ def test_the_reviewer_queries_agree_on_both_backends(copied_store, seeded):
     assert [r["order_priority"] for r in rows] == ["R", "S", "R"]
     assert len(copied_store.study_results(accession=seeded.facts[81]["accession"], include_silent=True)) == 2
     with TestClient(create_app(copied_store)) as client:
-        _, token = copied_store.create_api_key("reader")
+        key_id, token = copied_store.create_api_key("reader")
+        assert copied_store.active_key(key_id) == ("reader", None)
+        token = copied_store.rotate_api_key(key_id)
+        role, rotated = copied_store.active_key(key_id) or ("", None)
+        assert role == "reader" and rotated is not None and rotated.tzinfo is not None
         tracking = client.get(f"/api/v1/studies/{seeded.facts[81]['study_uid']}",
                               headers={"X-API-Key": token}).json()["results"][0]["tracking_uid"]
         client.post(f"/api/v1/results/{tracking}/reveal", headers={"X-API-Key": token})

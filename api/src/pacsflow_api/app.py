@@ -108,7 +108,7 @@ def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | N
     drafts : DraftWriter, optional
         Draft report templates (default: the built-in one).
     """
-    sessions = SessionProvider(session_secret)
+    sessions = SessionProvider(store, session_secret)
     app = FastAPI(title="pacsflow-api", version="1", docs_url=None, redoc_url=None,  # no CDN: Swagger UI is off
                   openapi_url="/api/v1/openapi.json",
                   description="Results of pacsflow's AI use cases for readers: worklist, studies, reveal, key images, "

@@ -19,7 +19,6 @@ from starlette.requests import Request
 
 from pacsflow_router.results.store import ResultsStore
 
-ROLES = ("reader", "clinical-lead", "integration", "admin")
 SESSION_COOKIE = "pacsflow_session"
 SESSION_SECONDS = 8 * 3600
 """A reader's shift: the page asks for the key again after this."""
@@ -70,13 +69,15 @@ class ApiKeyProvider:
 
 class SessionProvider:
     """The reviewer page's session: after a login with an API key, an HttpOnly SameSite=Strict cookie
-    ``<key id>.<role>.<expiry>.<HMAC>`` signed with a per-process secret (a restart logs readers out).
+    ``<key id>.<issued ms>.<expiry>.<HMAC>`` signed with ``secret`` (default: random per process, so a restart logs
+    readers out; replicas share one).
 
-    The key's scrypt hash is checked once at login, not on every image request; a revoked key's session ends at
-    its expiry at the latest.
+    The key's scrypt hash is checked once at login, not on every image request; each request only looks the key up:
+    revoking or rotating it ends its sessions at once, and the role is the key's current one.
     """
 
-    def __init__(self, secret: bytes | None = None) -> None:
+    def __init__(self, store: ResultsStore, secret: bytes | None = None) -> None:
+        self.store = store
         self.secret = secret or secrets.token_bytes(32)
 
     def _sign(self, payload: str) -> str:
@@ -85,7 +86,8 @@ class SessionProvider:
 
     def issue(self, identity: Identity, now: float | None = None) -> str:
         """The cookie value of a new session for ``identity``."""
-        payload = f"{identity.subject}.{identity.role}.{int((now or time.time()) + SESSION_SECONDS)}"
+        issued = now or time.time()
+        payload = f"{identity.subject}.{int(issued * 1000)}.{int(issued + SESSION_SECONDS)}"  # issued in ms
         return f"{payload}.{self._sign(payload)}"
 
     def identify(self, request: Request) -> Identity | None:
@@ -95,7 +97,10 @@ class SessionProvider:
         parts = payload.split(".")
         if len(parts) != 3 or not hmac.compare_digest(mac, self._sign(payload)):
             return None
-        subject, role, expiry = parts
-        if role not in ROLES or not expiry.isdigit() or int(expiry) < time.time():
+        subject, issued, expiry = parts
+        if not (issued.isdigit() and expiry.isdigit()) or int(expiry) < time.time():
             return None
-        return Identity(subject=subject, role=role, via="session")
+        key = self.store.active_key(subject)
+        if key is None or (key[1] is not None and key[1].timestamp() * 1000 >= int(issued)):
+            return None  # revoked, or rotated after this session began
+        return Identity(subject=subject, role=key[0], via="session")

@@ -390,6 +390,19 @@ class ResultsStore:
         if done != 1:
             raise KeyError(f"no active API key {key_id}")
 
+    def active_key(self, key_id: str) -> tuple[str, dt.datetime | None] | None:
+        """(role, when last rotated) of an unrevoked key, without checking a secret (a signed session names it);
+        None when unknown or revoked."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(API_KEYS.c.role, API_KEYS.c.rotated_at, API_KEYS.c.revoked_at)
+                               .where(API_KEYS.c.id == key_id)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        rotated = row.rotated_at
+        if rotated is not None and rotated.tzinfo is None:  # SQLite hands back naive UTC
+            rotated = rotated.replace(tzinfo=dt.UTC)
+        return row.role, rotated
+
     def authenticate(self, token: str) -> tuple[str, str] | None:
         """The (key id, role) a presented token stands for; None when unknown, revoked or wrong."""
         key_id, _, secret = token.partition(".")
