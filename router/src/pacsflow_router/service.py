@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from . import metrics
@@ -26,6 +27,7 @@ from .pipeline import Pipeline
 from .results.audit import AuditLog
 from .results.export import MessageSender, Outbox, OutboxItem
 from .results.scu import StoreClient
+from .results.store import ResultsStore
 from .workflow.listener import Hl7Listener
 from .workflow.mpps import mpps_service
 from .workflow.mwl import MwlPoller
@@ -82,7 +84,9 @@ class RouterService:
         self.orders = OrderStore(self.spool)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
                                  orders=self.orders)
-        self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders) if config.hl7_listener else None
+        # Final-report ORU^R01 findings go to the results store as ground truth for the evidence.
+        self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders, ground_truth=partial(
+            ResultsStore.on_engine(self.audit.engine).record_ground_truth, source="hl7")) if config.hl7_listener else None
         self.mwl_poller = MwlPoller(config.mwl_source, self.orders, config.ae_title) if config.mwl_source else None
         self._orders_expired_at = 0.0
         # Set when a study may have become due before its window (an MPPS step ended): the pipeline looks at once.

@@ -439,6 +439,102 @@ def _order_fields(reader: _Reader, header: MessageHeader, field_map: Hl7FieldMap
     return ParsedOrder(header, order_control, order)
 
 
+# -- final reports (ground truth) ---------------------------------------------------------------------------------
+
+#: Accepted final-report messages: ORU^R01 in the accepted versions.
+REPORTS = {("ORU^R01", version) for version in SUPPORTED_VERSIONS}
+#: OBR-25 result status of a report that is ground truth: F final, C corrected final (HL7 table 0123).
+FINAL_STATUSES = ("F", "C")
+#: OBX-5 of a coded finding -> present: Y/N (HL7 table 0136), SNOMED CT Present 52101004 / Absent 2667000.
+PRESENCE = {"Y": True, "N": False, "52101004": True, "2667000": False, "POS": True, "NEG": False}
+
+
+@dataclass(frozen=True)
+class ParsedReport:
+    """A final-report ORU^R01: the accession it reports on and its coded findings."""
+
+    header: MessageHeader
+    accession: str
+    result_status: str
+    """OBR-25 (``F``, ``C``, or what else it said: only F and C are ground truth)."""
+    findings: tuple[tuple[str, bool], ...]
+    """(finding code, present) of each OBX with a coded (CE/CWE) value: OBX-3.1 the finding, OBX-5.1 Y/N or SNOMED
+    Present/Absent."""
+
+    @property
+    def final(self) -> bool:
+        """A final (or corrected final) report."""
+        return self.result_status in FINAL_STATUSES
+
+
+def is_report(raw: bytes) -> bool:
+    """Whether raw ER7 bytes are an ORU^R01 (read from MSH-9 only; a bad MSH is the order parser's to refuse)."""
+    try:
+        return read_header(raw).message_type == "ORU^R01"
+    except Hl7Error:
+        return False
+
+
+def parse_report(raw: bytes, field_map: Hl7FieldMap) -> ParsedReport:
+    """Parse one ORU^R01 from raw ER7 bytes (decoding and refusals as :func:`parse_order`).
+
+    Raises
+    ------
+    Hl7Refusal
+        AR 203/200 for a version or type not accepted; AE 101 without MSH-10, OBR or an accession (the field map's
+        ``accession``, OBR-18 by default); AE 103 for a coded finding whose OBX-5 is not Y/N or SNOMED Present/Absent.
+    """
+    header = MessageHeader()
+    try:
+        header = read_header(raw)
+        text = decode_message(raw, header)
+        if header.version not in SUPPORTED_VERSIONS:
+            raise Hl7UnsupportedError(f"HL7 version (MSH-12) is not one of {', '.join(SUPPORTED_VERSIONS)}",
+                                      error_code=203, location="MSH^1^12")
+        if (header.message_type, header.version) not in REPORTS:
+            raise Hl7UnsupportedError("message type (MSH-9) is not ORU^R01", error_code=200, location="MSH^1^9")
+        if not header.control_id:
+            raise Hl7MessageError("MSH-10 (message control ID) is empty", error_code=101, location="MSH^1^10")
+        try:
+            message = hl7.parse(text)
+        except (hl7.ParseException, ValueError, IndexError, KeyError) as exc:
+            raise Hl7MessageError(f"the message structure cannot be parsed ({type(exc).__name__})", error_code=100,
+                                  location="MSH") from None
+        reader = _Reader(message, header)
+        if not reader.has("OBR"):
+            raise Hl7MessageError("the report has no OBR segment", error_code=101, location="OBR^1^1")
+        accession, loc = reader.first(field_map.accession)
+        if not accession:
+            raise Hl7MessageError(f"accession number is missing (looked in {', '.join(field_map.accession)})",
+                                  error_code=101, location=err_location(loc))
+        return ParsedReport(header, accession, reader.value("OBR", 25), _coded_findings(reader, header))
+    except ValueError:
+        raise Hl7Refusal(Hl7MessageError("a \\X..\\ escape sequence is not hex", error_code=102), header) from None
+    except Hl7Error as exc:
+        raise Hl7Refusal(exc, header) from None
+
+
+def _coded_findings(reader: _Reader, header: MessageHeader) -> tuple[tuple[str, bool], ...]:
+    found: list[tuple[str, bool]] = []
+    for index, segment in enumerate(seg for seg in reader.message if seg[0][0] == "OBX"):
+        def value(num: int, comp: int = 1, segment: object = segment) -> str:
+            tree = _normalise(segment[num]) if num < len(segment) else [[[""]]]  # type: ignore[index, arg-type]
+            raw = tree[0][comp - 1][0] if comp <= len(tree[0]) else ""
+            return unescape(raw, header.field_separator, header.encoding_characters, reader.codec).strip()
+
+        if value(2) not in ("CE", "CWE"):
+            continue  # report text (TX, FT, ST): not a coded finding
+        code, answer = value(3), value(5).upper()
+        if not code:
+            raise Hl7MessageError("OBX-3 (the coded finding) is empty", error_code=101,
+                                  location=f"OBX^{index + 1}^3")
+        if answer not in PRESENCE:
+            raise Hl7MessageError("OBX-5 of a coded finding is not Y/N or SNOMED CT Present (52101004) / Absent "
+                                  "(2667000)", error_code=103, location=f"OBX^{index + 1}^5")
+        found.append((code[:64], PRESENCE[answer]))
+    return tuple(found)
+
+
 # -- answering ----------------------------------------------------------------------------------------------------
 
 def build_ack(header: MessageHeader, code: str, *, application: str, facility: str, error: Hl7Error | None = None,

@@ -1,5 +1,9 @@
 """The HL7 v2 order listener: one handler (parse -> order store -> ACK) behind MLLP and ``POST /hl7/orm``.
 
+Given a ground-truth sink, it also takes final-report ORU^R01 messages (OBR-18 accession, OBR-25 result status F or
+C, OBX coded findings): their findings are stored as ground truth for the evidence (results store, ``ground_truth``)
+and answered AA once stored, AE when the store failed (the sender resends; storing again changes nothing).
+
 :class:`Hl7Handler` is the single path every order message takes, whichever transport brought it; the ACK it
 returns was stored with the order in one transaction (workflow/orders.py), so an AA is only sent for a durable order.
 :class:`Hl7Listener` starts the MLLP server (workflow/mllp.py) and, when ``hl7Listener.httpPort`` is set, the HTTP
@@ -10,7 +14,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
 from ..config import Hl7Listener as Hl7ListenerConfig
@@ -23,7 +31,9 @@ from .hl7 import (
     ack_text_of,
     build_ack,
     err_location,
+    is_report,
     parse_order,
+    parse_report,
     read_header,
 )
 from .hl7http import Hl7HttpServer
@@ -31,6 +41,10 @@ from .mllp import MllpServer
 from .orders import REASON_UNKNOWN_ORDER, OrderStore
 
 log = logging.getLogger(__name__)
+
+GroundTruthSink = Callable[[list[dict[str, Any]]], Any]
+"""Stores ground-truth labels (``accession``, ``finding_code``, ``present``); raises when it could not (the results
+store's ``record_ground_truth`` with source ``hl7``)."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +79,15 @@ class Hl7Handler:
         The durable order store.
     config
         The routing config's ``hl7Listener`` (field map, ACK application/facility, size limit).
+    ground_truth
+        Where final reports' findings go; without it an ORU^R01 is refused as an unsupported type (AR 200).
     """
 
-    def __init__(self, store: OrderStore, config: Hl7ListenerConfig) -> None:
+    def __init__(self, store: OrderStore, config: Hl7ListenerConfig,
+                 ground_truth: GroundTruthSink | None = None) -> None:
         self._store = store
         self._config = config
+        self._ground_truth = ground_truth
 
     def _ack(self, header: MessageHeader, code: str, error: Hl7Error | None = None) -> bytes:
         return build_ack(header, code, application=self._config.application, facility=self._config.facility,
@@ -84,6 +102,8 @@ class Hl7Handler:
 
     def process(self, raw: bytes) -> Hl7Result:
         """Parse one ER7 message, apply it to the order store, and return the ACK with what happened."""
+        if self._ground_truth is not None and is_report(raw):
+            return self._process_report(raw, self._ground_truth)
         try:
             parsed = parse_order(raw, self._config.field_map)
         except Hl7Refusal as refusal:
@@ -120,6 +140,30 @@ class Hl7Handler:
         return Hl7Result(outcome.ack, code, outcome.outcome, accession=parsed.order.accession,
                          error_location=location, error_text=text)
 
+    def _process_report(self, raw: bytes, sink: GroundTruthSink) -> Hl7Result:
+        """A final report: its coded findings stored as ground truth, then AA (outcome ``ground-truth``); a report
+        that is not final, or has no coded finding, is acknowledged and ignored (outcome ``ignored``)."""
+        try:
+            report = parse_report(raw, self._config.field_map)
+        except Hl7Refusal as refusal:
+            return self._refused(refusal.header, refusal.error)
+        outcome = "ignored"
+        if report.final and report.findings:
+            labels = [{"accession": report.accession, "finding_code": code, "present": present}
+                      for code, present in report.findings]
+            try:
+                sink(labels)
+            except (SQLAlchemyError, OSError) as exc:  # nothing stored: the sender resends
+                log.error("HL7 final report not stored as ground truth: %s", type(exc).__name__)
+                error = Hl7MessageError("the report could not be stored; resend the message later", error_code=207)
+                metrics.HL7_MESSAGES.labels("other", "AE").inc()
+                return Hl7Result(self._ack(report.header, "AE", error), "AE", "not-stored", error_text=str(error))
+            outcome = "ground-truth"
+        log.info("HL7 final report: %s (%d coded finding(s), result status %s)", outcome, len(report.findings),
+                 report.result_status or "-")
+        metrics.HL7_MESSAGES.labels("other", "AA").inc()
+        return Hl7Result(self._ack(report.header, "AA"), "AA", outcome, accession=report.accession)
+
     def handle(self, message: bytes) -> bytes:
         """The ACK for one message (the MLLP server's callback)."""
         return self.process(message).ack
@@ -148,11 +192,14 @@ class Hl7Listener:
         The routing config's ``hl7Listener``. Port 0 binds any free port (tests); see :attr:`port`.
     store
         The order store the messages are applied to.
+    ground_truth
+        Where final reports' coded findings go (see :class:`Hl7Handler`).
     """
 
-    def __init__(self, config: Hl7ListenerConfig, store: OrderStore) -> None:
+    def __init__(self, config: Hl7ListenerConfig, store: OrderStore,
+                 ground_truth: GroundTruthSink | None = None) -> None:
         self.config = config
-        self.handler = Hl7Handler(store, config)
+        self.handler = Hl7Handler(store, config, ground_truth)
         self._mllp: MllpServer | None = None
         self._http: Hl7HttpServer | None = None
 
