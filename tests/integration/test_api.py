@@ -263,3 +263,12 @@ def test_the_reviewer_queries_agree_on_both_backends(copied_store, seeded):
                            headers={"X-API-Key": token}).status_code == 201
     counts = copied_store.verdict_counts("ich-triage")["versions"]
     assert counts == [{"model_version": 2, "reviewed": 1, "accept": 1, "modify": 0, "reject": 0}]
+    # An amendment (next revision) that is no longer critical takes the study off the top.
+    critical = next(r for r in copied_store.study_results(study_uid=seeded.facts[81]["study_uid"])
+                    if r["critical"])
+    amended = {**copied_store.result(critical["tracking_uid"]), "revision": critical["revision"] + 1,
+               "critical": False, "probability": 0.1, "present": False}
+    assert copied_store.record_result(amended)
+    rows, total = copied_store.worklist()
+    assert total == 3 and not any(r["critical"] for r in rows)
+    assert copied_store.study_results(study_uid=seeded.facts[81]["study_uid"])[0]["revision"] == amended["revision"]

@@ -186,6 +186,11 @@ class ResultsStore:
             created_at; the total number of studies).
         """
         r = REVIEW_RESULTS.c
+        # The latest revision of each result only: an amendment that clears a critical flag clears it here too.
+        latest = (select(r.tracking_uid, func.max(r.revision).label("revision")).group_by(r.tracking_uid)
+                  .subquery("latest"))
+        current = REVIEW_RESULTS.join(latest, (r.tracking_uid == latest.c.tracking_uid)
+                                      & (r.revision == latest.c.revision))
         rank = func.min(case(PRIORITY_RANK, value=r.order_priority, else_=len(PRIORITY_RANK)))
         critical = func.max(case((r.critical, 1), else_=0))
         oldest = func.min(r.created_at)
@@ -193,7 +198,7 @@ class ResultsStore:
                           func.max(r.patient_name).label("patient_name"), func.max(r.patient_id).label("patient_id"),
                           func.max(r.procedure).label("procedure"), rank.label("priority_rank"),
                           critical.label("critical"), oldest.label("created_at"))
-                   .where(self._visible(include_silent)).group_by(r.study_uid))
+                   .select_from(current).where(self._visible(include_silent)).group_by(r.study_uid))
         query = grouped.order_by(critical.desc(), rank, oldest, r.study_uid).limit(limit).offset(offset)
         count = select(func.count(func.distinct(r.study_uid))).where(self._visible(include_silent))
         order_priority = {v: k for k, v in PRIORITY_RANK.items()}
