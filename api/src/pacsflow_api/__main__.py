@@ -2,7 +2,7 @@
 
 Settings come from the environment (``PACSFLOW_STORE_URL``, the same results store URL the routers' ``audit.url``
 names; ``PACSFLOW_API_HOST``, ``PACSFLOW_API_PORT``, ``PACSFLOW_API_SECURE_COOKIES``,
-``PACSFLOW_API_SESSION_SECRET``) or the command line.
+``PACSFLOW_API_SESSION_SECRET``, ``PACSFLOW_API_METRICS_PORT``, ``PACSFLOW_API_PPV_FLOORS``) or the command line.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 
 import uvicorn
+from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pacsflow_router.errors import AuditSchemaError
+from pacsflow_router.results import evidence_metrics
 from pacsflow_router.results.store import ResultsStore
 
 from .app import create_app
@@ -35,6 +38,11 @@ class ApiSettings(BaseSettings):
     """Mark the session cookie Secure: set it behind TLS (the cluster's ingress)."""
     session_secret: str = ""
     """Key that signs the page's session cookies; every replica needs the same (empty: random per process)."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the evidence gauges (``pacsflow_evidence_*``) on this port at ``/metrics`` (unset: off)."""
+    ppv_floors: dict[str, float] = {}
+    """Use case -> the lowest PPV it accepts (JSON, e.g. ``{"ich-triage": 0.3}``): ``pacsflow_evidence_ppv_floor``,
+    the threshold of the PacsflowPpvUnderFloor alert."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except AuditSchemaError as exc:
         print(f"pacsflow-api: {exc}", file=sys.stderr)
         return 2
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=args.host, registry=evidence_metrics.REGISTRY)
+        threading.Thread(target=evidence_metrics.refresh_forever, name="evidence-metrics", daemon=True,
+                         args=(store, threading.Event(), settings.ppv_floors)).start()
     app = create_app(store, secure_cookies=settings.secure_cookies,
                      session_secret=settings.session_secret.encode() or None)
     # uvicorn's access log prints raw paths, which hold Study Instance UIDs: off. The app logs route templates.
