@@ -22,3 +22,7 @@ class OperatorSettings(BaseSettings):
     """Root log level."""
     log_format: Literal["text", "json"] = "text"
     """``json`` in containers (one object per line), ``text`` on a terminal."""
+    evidence_url: str = ""
+    """Base URL of pacsflow-api, where ``status.evidence`` is read from (empty: the operator writes no evidence)."""
+    evidence_api_key: str = ""
+    """API key (role ``integration``) for ``evidence_url``."""

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from ..apievidence import api_evidence_source
 from ..kube import Kube, load_client_configuration
 from ..settings import OperatorSettings
 from .controller import Controller
@@ -52,8 +53,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: An
     settings.queueing.worker_limit = 32
     op_settings = memo.get("settings") or OperatorSettings()
     memo.settings = op_settings
-    # An embedding process (kopf.run(memo=...)) may pass an EvidenceSource that fills status.evidence.
-    memo.controller = Controller(Kube(), op_settings, memo.get("evidence_source"))
+    # An embedding process (kopf.run(memo=...)) may pass an EvidenceSource that fills status.evidence; otherwise
+    # pacsflow-api is asked when its URL is set.
+    source = memo.get("evidence_source")
+    if source is None and op_settings.evidence_url:
+        source = api_evidence_source(op_settings.evidence_url, op_settings.evidence_api_key)
+    memo.controller = Controller(Kube(), op_settings, source)
     if op_settings.metrics_port:
         start_http_server(op_settings.metrics_port, op_settings.metrics_host)
         logger.info("metrics on %s:%d/metrics", op_settings.metrics_host, op_settings.metrics_port)
