@@ -26,3 +26,5 @@ class OperatorSettings(BaseSettings):
     """Base URL of pacsflow-api, where ``status.evidence`` is read from (empty: the operator writes no evidence)."""
     evidence_api_key: str = ""
     """API key (role ``integration``) for ``evidence_url``."""
+    evidence_refresh_seconds: float = 300.0
+    """How often each AIUseCase's ``status.evidence`` is re-read from ``evidence_url``."""

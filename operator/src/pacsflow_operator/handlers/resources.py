@@ -4,7 +4,10 @@ Who re-renders what:
 
 * a DicomRouter changes -> its children, its bound use cases' status, its TritonCluster(s);
 * a TritonCluster changes or goes -> its children, the routers that name it and their use cases' status;
-* an AIUseCase changes or goes -> its router's ConfigMap, the router's TritonCluster, its own status.
+* an AIUseCase changes or goes -> its router's ConfigMap, the router's TritonCluster, its own status;
+* every ``evidenceRefreshSeconds`` (``PACSFLOW_OPERATOR_EVIDENCE_REFRESH_SECONDS``, default 300) -> an AIUseCase's
+  ``status.evidence``, when the operator has an evidence source (verdicts and labels arrive all the time, not as
+  edits of the use case).
 
 AIUseCases carry the finalizer ``pacsflow.io/finalizer``: a deleted use case leaves the routing config
 before it disappears. Routers and clusters need none (their children go by ownerReference GC), so a
@@ -16,6 +19,7 @@ optional, for cluster-scoped kinds): each handler asserts it once.
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import kopf
@@ -137,6 +141,27 @@ async def use_case_changed(namespace: str | None, name: str, body: Any, spec: An
     # One Warning Event per new problem, not one per reconcile.
     if ready.get("status") == "False" and (before.get("status"), before.get("reason")) != ("False", ready["reason"]):
         kopf.warn(body, reason=ready["reason"], message=ready["message"])
+
+
+# kopf fixes a timer's interval at import, before the settings exist: the timer ticks often and each use case is
+# refreshed once its settings.evidence_refresh_seconds have passed.
+EVIDENCE_TICK_SECONDS = 5.0
+
+
+@kopf.timer(GROUP, VERSION, "aiusecases", interval=EVIDENCE_TICK_SECONDS, initial_delay=EVIDENCE_TICK_SECONDS)
+async def use_case_evidence(namespace: str | None, name: str, spec: Any, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Re-read the use case's evidence into its status (written only when the numbers changed)."""
+    assert namespace is not None
+    ctl = _ctl(memo)
+    router = (spec or {}).get("router")
+    if ctl.evidence_source is None or not router:
+        return
+    last: dict[tuple[str, str], float] = memo.setdefault("evidence_read_at", {})
+    now = time.monotonic()
+    if now - last.get((namespace, name), float("-inf")) < ctl.settings.evidence_refresh_seconds:
+        return
+    last[(namespace, name)] = now
+    await ctl.write_use_case_status(namespace, router, name, _idx(kwargs), None)
 
 
 @kopf.on.delete(GROUP, VERSION, "aiusecases")
