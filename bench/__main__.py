@@ -17,6 +17,7 @@ MODULES = [
     "bench.killswitch",
     "bench.hl7",
     "bench.worklist",
+    "bench.review_api",
 ]
 
 
