@@ -28,7 +28,8 @@ def key_image_png(image: Slice, modality: str) -> bytes:
     """The key slice as an 8-bit grayscale PNG: rescaled (Rescale Slope/Intercept), windowed (the brain window for CT,
     the 1st-99th percentile otherwise) and scaled down to at most :data:`KEY_IMAGE_MAX` pixels on its longer side."""
     header = image.header
-    values = image.pixels.astype(np.float32) * float(getattr(header, "RescaleSlope", 1) or 1) + float(
+    pixels = image.pixels if image.pixels.ndim == 2 else image.pixels.mean(axis=-1)  # colour: its luminance, roughly
+    values = pixels.astype(np.float32) * float(getattr(header, "RescaleSlope", 1) or 1) + float(
         getattr(header, "RescaleIntercept", 0) or 0)
     if modality == "CT":
         centre, width = BRAIN_WINDOW
