@@ -32,7 +32,8 @@ VARIANTS = {
     "no-crds-existing-sa": ["--set", "crds.install=false", "--set", "serviceAccount.create=false",
                             "--set", "serviceAccount.name=pacsflow", "--set", "metrics.service=false"],
     "api": ["--set", "api.enabled=true", "--set", "api.storeUrlSecret.name=pacsflow-results",
-            "--set", "api.sessionSecret.name=pacsflow-api-session", "--set", "api.replicas=2"],
+            "--set", "api.sessionSecret.name=pacsflow-api-session", "--set", "api.replicas=2",
+            "--set", "api.operatorKeySecret.name=pacsflow-operator-key", "--set-json", 'api.ppvFloors={"ich-head-ct": 0.3}'],
 }
 
 
@@ -101,6 +102,16 @@ def test_the_api_is_its_own_deployment_reading_the_store_url_from_a_secret(helm:
     assert env["PACSFLOW_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pacsflow-results", "key": "url"}
     assert env["PACSFLOW_API_SESSION_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "pacsflow-api-session"
     assert docs["Service", "pacsflow-api"]["spec"]["ports"][0]["targetPort"] == "http"
+    # The evidence: gauges on the API's metrics port with the PPV floors; the operator reads status.evidence from it.
+    assert env["PACSFLOW_API_METRICS_PORT"]["value"] == "9109"
+    assert json.loads(env["PACSFLOW_API_PPV_FLOORS"]["value"]) == {"ich-head-ct": 0.3}
+    operator = {e["name"]: e for e in docs["Deployment", "pacsflow"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert operator["PACSFLOW_OPERATOR_EVIDENCE_URL"]["value"] == "http://pacsflow-api.pacsflow-system.svc"
+    assert operator["PACSFLOW_OPERATOR_EVIDENCE_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "pacsflow-operator-key", "key": "token"}
+    assert "PACSFLOW_OPERATOR_EVIDENCE_URL" not in {
+        e["name"] for d in _template(helm, []) if d["kind"] == "Deployment"
+        for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     missing = _run([helm, "template", "x", str(CHART), "--kube-version", K8S, "--set", "api.enabled=true"])
     assert missing.returncode != 0 and "api.storeUrlSecret.name is required" in missing.stderr
 
