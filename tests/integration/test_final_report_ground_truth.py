@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pacsflow_router import metrics
 from pacsflow_router.config import Hl7Listener as Hl7ListenerConfig
 from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.results import evidence
@@ -69,11 +70,13 @@ def listening(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[Hl7Lis
 
 def test_final_reports_become_ground_truth_that_the_evidence_counts(listening, tmp_path):
     listener, results = listening
+    before = metrics.REGISTRY.get_sample_value("pacsflow_hl7_messages_total", {"kind": "ORU^R01", "ack": "AA"}) or 0
     results.record_result(result_row(1, present=True))
     results.record_result(result_row(2, present=True))
     acks = mllp_send(listener.port, [report("R1", "ACC0001"), report("R2", "ACC0002", answer="N", version="2.3"),
                                      report("R3", "ACC0003", status="P")], tmp_path)
     assert all(f"MSA|AA|{c}" in acks for c in ("R1", "R2", "R3")), acks
+    assert metrics.REGISTRY.get_sample_value("pacsflow_hl7_messages_total", {"kind": "ORU^R01", "ack": "AA"}) == before + 3
     labels = {(r["accession"], r["use_case"], r["finding_code"], r["present"], r["source"])
               for r in results.ground_truth()}
     # The preliminary report (OBR-25 P) is acknowledged and not stored.

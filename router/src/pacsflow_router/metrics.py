@@ -111,8 +111,9 @@ EXPORT_ASSOCIATIONS = Counter(
 
 
 # -- orders in (workflow: hl7, mllp, orders) ---------------------------------------------------------------------
-#: Message kinds of ``pacsflow_hl7_messages_total{kind}``: the accepted types, anything else counts as ``other``.
-HL7_MESSAGE_KINDS = ("ORM^O01", "OMI^O23", "other")
+#: Message kinds of ``pacsflow_hl7_messages_total{kind}``: the accepted types (orders; final reports as ground truth),
+#: anything else counts as ``other``.
+HL7_MESSAGE_KINDS = ("ORM^O01", "OMI^O23", "ORU^R01", "other")
 #: ACK codes of ``pacsflow_hl7_messages_total{ack}``.
 HL7_ACK_CODES = ("AA", "AE", "AR")
 HL7_MESSAGES = Counter(

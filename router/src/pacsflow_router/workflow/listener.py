@@ -156,12 +156,12 @@ class Hl7Handler:
             except (SQLAlchemyError, OSError) as exc:  # nothing stored: the sender resends
                 log.error("HL7 final report not stored as ground truth: %s", type(exc).__name__)
                 error = Hl7MessageError("the report could not be stored; resend the message later", error_code=207)
-                metrics.HL7_MESSAGES.labels("other", "AE").inc()
+                metrics.HL7_MESSAGES.labels(_kind(report.header.message_type), "AE").inc()
                 return Hl7Result(self._ack(report.header, "AE", error), "AE", "not-stored", error_text=str(error))
             outcome = "ground-truth"
         log.info("HL7 final report: %s (%d coded finding(s), result status %s)", outcome, len(report.findings),
                  report.result_status or "-")
-        metrics.HL7_MESSAGES.labels("other", "AA").inc()
+        metrics.HL7_MESSAGES.labels(_kind(report.header.message_type), "AA").inc()
         return Hl7Result(self._ack(report.header, "AA"), "AA", outcome, accession=report.accession)
 
     def handle(self, message: bytes) -> bytes:
