@@ -110,3 +110,14 @@ def test_without_a_ground_truth_store_a_report_is_an_unsupported_type(tmp_path):
         listener.stop()
         spool.close()
     assert "MSA|AR|U1" in acks, acks
+
+
+def test_hapi_sends_a_final_report_and_parses_the_ack(listening):
+    """HAPI HL7v2 (Java, the independent peer of tests/peers/hapi.py) sends the ORU^R01 and parses the ACK."""
+    from tests.peers.hapi import send
+
+    listener, results = listening
+    (ack,) = send(listener.port, [report("H1", "ACC0009", answer="2667000")])
+    assert ack["ack"] == "AA" and ack["controlId"] == "H1", ack
+    assert [(r["accession"], r["finding_code"], r["present"]) for r in results.ground_truth()] == [
+        ("ACC0009", FINDING, False)]
