@@ -26,6 +26,16 @@ data.
     and use case and/or finding code ("" = any), from an imported CSV (``pacsflow ground-truth import``) or a final
     report (HL7 ORU^R01, result status F, with a coded finding). A label wins over reader verdicts
     (:mod:`.evidence`). It holds accession numbers, like ``review_results``.
+``approvals``
+    Critical results of a use case with ``triage.requireApproval`` whose worklist flag, HL7 messages and webhooks the
+    router holds (:mod:`.approvals`): one row per result revision, ``pending`` until a reader or clinical lead
+    approves or rejects it in pacsflow-api (who, role, when, comment), then ``released`` or ``dropped`` by the
+    router. ``held`` is what the router needs to send the outputs later (the study's header facts, the finding): it
+    holds patient data, like ``review_results``.
+``draft_reports``
+    The draft report text of a result a reader accepted, as pacsflow-api rendered it (who, when); the router sends it
+    as an ORU^R01 (result status P) where the use case lists ``draft-report`` in ``outputs.hl7.messages`` and marks it
+    ``queued``, else ``not-sent``. One per result revision: a second accept sends nothing more.
 ``api_keys``
     API keys: a public id, the scrypt hash of the secret (never the secret), a role, and when it was created, rotated
     and revoked.
@@ -194,4 +204,39 @@ GROUND_TRUTH = Table(
     UniqueConstraint("accession", "use_case", "finding_code", name="ground_truth_once"),
     CheckConstraint("source IN ('csv', 'hl7')", name="ground_truth_source"),
     CheckConstraint("use_case <> '' OR finding_code <> ''", name="ground_truth_names_what"),
+)
+
+APPROVAL_STATES = ("pending", "approved", "rejected", "released", "dropped")
+DRAFT_STATES = ("accepted", "queued", "not-sent")
+
+APPROVALS = Table(
+    "approvals", METADATA,
+    Column("result_key", String(64), primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("study_key", String(64), nullable=False),
+    Column("use_case", String(63), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("held", JSON, nullable=False),
+    Column("decided_by", String(255), nullable=True),
+    Column("decided_role", String(32), nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("state IN ('pending', 'approved', 'rejected', 'released', 'dropped')", name="approvals_state"),
+    Index("approvals_state_requested", "state", "requested_at"),
+)
+
+DRAFT_REPORTS = Table(
+    "draft_reports", METADATA,
+    Column("result_key", String(64), primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("use_case", String(63), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("accepted_by", String(255), nullable=False),
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("state IN ('accepted', 'queued', 'not-sent')", name="draft_reports_state"),
+    Index("draft_reports_state", "state"),
 )
