@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 from pacsflow_router.results.store import ResultsStore
 
-from . import pages, problems
+from . import approvals, pages, problems
 from .deps import ApiState, caller, state
 from .drafts import DraftWriter
 from .evidence import EvidenceFunction, verdict_counts
@@ -120,6 +120,7 @@ def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | N
     problems.install(app)
     _install_audit(app)
     _add_routes(app)
+    approvals.add_routes(app)
     pages.add_routes(app)
     app.mount("/static", StaticFiles(packages=[("pacsflow_api", "static")]), name="static")
     return app
@@ -257,6 +258,8 @@ def _add_routes(app: FastAPI) -> None:
             corrected_location=body.corrected_location.model_dump()
             if isinstance(body, Modification) and body.corrected_location else None,
             comment=body.comment)
+        if body.verdict == "accept":  # the draft goes out as HL7 where the use case enables it (the router decides)
+            approvals.record_accepted_draft(store.engine, request.app.state.drafts, row, identity.subject)
         out = FeedbackOut(tracking_uid=tracking_uid, verdict=body.verdict, reader=identity.subject,
                           recorded=recorded)
         return out if recorded else JSONResponse(out.model_dump(), status_code=200)

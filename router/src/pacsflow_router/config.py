@@ -217,6 +217,10 @@ class Triage(_Model):
 
     critical_threshold: float = Field(default=0.85, ge=0, le=1)
     """Studies whose finding probability reaches this are flagged critical (triage mode only)."""
+    require_approval: bool = False
+    """Hold a critical result's worklist flag, HL7 messages and webhooks until a reader or clinical lead approves it
+    in pacsflow-api (``POST /api/v1/results/{trackingUID}/approve``); a rejected one is never sent. The SR still goes
+    to the PACS at once: only the priority is held."""
 
 
 class StructuredReportOutput(_Model):
@@ -226,7 +230,7 @@ class StructuredReportOutput(_Model):
     """Name of a destination in ``destinations``."""
 
 
-Hl7MessageKind = Literal["order-update", "alert"]
+Hl7MessageKind = Literal["order-update", "alert", "draft-report"]
 
 
 class Hl7Output(_Model):
@@ -237,7 +241,8 @@ class Hl7Output(_Model):
     messages: list[Hl7MessageKind] = Field(default=["order-update", "alert"], min_length=1)
     """``order-update``: ORM^O01 / OMI^O23 with ORC-1 XO, priority S (STAT) and the procedure description prefixed
     ``[AI: Critical Finding Suspected]``; ``alert``: ORU^R01 with the finding, probability, model and SR UID, result
-    status P (preliminary)."""
+    status P (preliminary); ``draft-report``: ORU^R01 with the draft report text (result status P), sent once a reader
+    accepted the result in pacsflow-api (assistive and triage mode, critical or not)."""
 
 
 class Outputs(_Model):

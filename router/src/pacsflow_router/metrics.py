@@ -154,6 +154,14 @@ REVIEW_RESULTS_FAILED = Counter(
     "pacsflow_review_results_failed", "Analysed results whose reviewer-panel row could not be written to the results "
     "store (the study is still reported and audited; the panel lacks it).", ["use_case"], registry=REGISTRY)
 
+# -- Human approval before priority (workflow/approval.py) --------------------------------------------------------
+APPROVALS_PENDING = Gauge(
+    "pacsflow_approvals_pending", "Critical results whose worklist flag, HL7 messages and webhooks wait for a reader's "
+    "approval (triage.requireApproval), by use case.", ["use_case"], registry=REGISTRY)
+APPROVAL_OLDEST_AGE = Gauge(
+    "pacsflow_approval_oldest_age_seconds", "Age of the oldest critical result waiting for approval, by use case (0 "
+    "when none).", ["use_case"], registry=REGISTRY)
+
 
 def start_metrics_server(host: str, port: int) -> tuple[object, object]:
     """Serve :data:`REGISTRY` at ``http://host:port/metrics`` from a daemon thread.

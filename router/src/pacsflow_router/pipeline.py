@@ -34,12 +34,14 @@ from .config import RoutingConfig, UseCase
 from .domain import Finding, Order, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import ReportRecord, StudyTracker
+from .results.approvals import Approvals
 from .results.audit import AuditLog
 from .results.export import Outbox
-from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr, report_uids
+from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr, report_uids, tracking_uid
 from .results.review import review_row
 from .results.store import ResultsStore
 from .workflow.alerts import Coded
+from .workflow.approval import hold_critical
 from .workflow.critical import CriticalFinding, send_critical
 from .workflow.orders import OrderStore
 
@@ -308,11 +310,17 @@ class Pipeline:
             # first, naming the SR queued right after them: the worklist must not wait for the SR to be built. A
             # crash in between repeats both as no-ops (same idempotency keys, same SR UIDs).
             planned = report_uids(study.ref.study_uid, use_case, spec, analysed)[1] if sends_sr else None
-            send_critical(self.outbox, self.config, use_case, study_key=study.ref.key, header=study.first_header,
-                          result=CriticalFinding(finding.probability, Coded.of(manifest.finding.type),
-                                                 Coded.of(manifest.finding.procedure), spec.algorithm_version,
-                                                 planned),
-                          order=order, orders=self.orders, last_received=study.ref.last_received)
+            found = CriticalFinding(finding.probability, Coded.of(manifest.finding.type),
+                                    Coded.of(manifest.finding.procedure), spec.algorithm_version, planned)
+            if use_case.triage.require_approval:
+                # Held until a reader approves (workflow/approval.py); the SR below still goes at once.
+                assert self.results is not None  # __post_init__
+                hold_critical(Approvals(self.results.engine), use_case, revision=revision, study_key=study.ref.key,
+                              result_key=study_key(tracking_uid(study.ref.study_uid, use_case.name, model.name)),
+                              header=study.first_header, result=found, last_received=study.ref.last_received)
+            else:
+                send_critical(self.outbox, self.config, use_case, study_key=study.ref.key, header=study.first_header,
+                              result=found, order=order, orders=self.orders, last_received=study.ref.last_received)
         # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
         if sends_sr:
             assert use_case.outputs.structured_report is not None

@@ -24,10 +24,13 @@ from .ingest.scp import DicomReceiver
 from .ingest.spool import Spool
 from .ingest.studies import StudyTracker
 from .pipeline import Pipeline
+from .results.approvals import Approvals
 from .results.audit import AuditLog
 from .results.export import MessageSender, Outbox, OutboxItem
 from .results.scu import StoreClient
 from .results.store import ResultsStore
+from .workflow.approval import ApprovalReleaser
+from .workflow.drafts import DraftSender
 from .workflow.listener import Hl7Listener
 from .workflow.mpps import mpps_service
 from .workflow.mwl import MwlPoller
@@ -45,6 +48,8 @@ RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metri
                 "mpps", "worklist", "config_map")
 # Orders that never got a study are expired at most this often (the query scans open orders only).
 ORDER_EXPIRY_INTERVAL_SECONDS = 60.0
+# How often reader decisions (approvals of held critical outputs, accepted drafts) are read from the results store.
+REVIEW_POLL_SECONDS = 1.0
 
 
 def _export_modes(old: RoutingConfig | None, new: RoutingConfig) -> None:
@@ -84,6 +89,9 @@ class RouterService:
         self.orders = OrderStore(self.spool)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
                                  orders=self.orders)
+        approvals = Approvals(self.audit.engine)
+        self.approval_releaser = ApprovalReleaser(approvals, self.outbox, self.audit, self.orders)
+        self.draft_sender = DraftSender(approvals, self.outbox, self.orders)
         # Final-report ORU^R01 findings go to the results store as ground truth for the evidence.
         self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders, ground_truth=partial(
             ResultsStore.on_engine(self.audit.engine).record_ground_truth, source="hl7")) if config.hl7_listener else None
@@ -161,7 +169,8 @@ class RouterService:
         self.outbox.start()
         if self.config_watcher is not None:
             self.config_watcher.start()
-        for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch")):
+        for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch"),
+                             (self._review_loop, "review")):
             thread = threading.Thread(target=target, name=f"pacsflow-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -216,6 +225,15 @@ class RouterService:
             # Idle: look again after half a second, or at once when an MPPS step ends (the wake event).
             self._wake.wait(5.0 if waiting else 0.5)
             self._wake.clear()
+
+    def _review_loop(self) -> None:
+        # Decisions readers take in pacsflow-api (another process) reach the router through the results store.
+        while not self._stop.wait(REVIEW_POLL_SECONDS):
+            try:
+                self.approval_releaser.poll(self.config)
+                self.draft_sender.poll(self.config)
+            except Exception:  # noqa: BLE001 - a store outage must not end the thread; the rows stay and are retried
+                log.exception("reading reader decisions from the results store failed; retrying")
 
     def _watch_config(self) -> None:
         while not self._stop.wait(self._poll):

@@ -285,6 +285,53 @@ def hl7_message(kind: Hl7MessageKind, result: CriticalResult, destination: Hl7De
     return control_id(result.study_uid, result.use_case, kind), build(result, destination, sender=sender, at=at)
 
 
+def draft_control_id(study_uid: str, use_case: str, revision: int) -> str:
+    """MSH-10 of a result revision's draft-report ORU (an amendment's accepted draft is a message of its own)."""
+    return _digest(study_uid, use_case, f"draft-report\0{revision}")[:20]
+
+
+def draft_report(study_uid: str, use_case: str, revision: int, text: str, order: Order, destination: Hl7Destination,
+                 *, sender: Sender = Sender(), at: dt.datetime) -> tuple[str, bytes]:
+    """The accepted draft report as ORU^R01: OBR result status P, one TX OBX per line of text, each OBX-11 P.
+
+    Parameters
+    ----------
+    study_uid, use_case, revision :
+        Which result revision the draft states (MSH-10, :func:`draft_control_id`).
+    text : str
+        The draft as pacsflow-api rendered it for the reader who accepted it (headed unverified).
+    order : domain.Order
+        The study's order (or an order-like record of the result's patient and accession).
+    destination, sender, at :
+        As :func:`order_update`.
+
+    Returns
+    -------
+    tuple
+        ``(MSH-10, message)``.
+    """
+    msh10 = draft_control_id(study_uid, use_case, revision)
+    stamp = _timestamp(at)
+    if order.procedure_code:
+        service = _components(order.procedure_code, order.procedure_description, order.procedure_scheme)
+    else:
+        service = _components("", order.procedure_description)
+    placer, filler = escape(order.placer_order_number), escape(order.filler_order_number)
+    segments = [
+        _msh(destination, sender, at, ("ORU", "R01", "ORU_R01"), msh10),
+        _pid(order),
+        *_pv1(order),
+        _segment("ORC", "RE", placer, filler),
+        _segment("OBR", "1", placer, filler, service, "", "", stamp, *[""] * 10, escape(order.accession),
+                 escape(order.requested_procedure_id), "", "", stamp, "", escape(order.modality), "P"),
+    ]
+    identifier = _components("draft-report", "AI draft report (unverified)", LOCAL)
+    for i, line in enumerate(text.splitlines() or [""], start=1):
+        segments.append(_segment("OBX", str(i), "TX", identifier, "1", escape(line), "", "", "", "", "", "P",
+                                 "", "", stamp))
+    return msh10, _finish(segments)
+
+
 # -- webhook -----------------------------------------------------------------------------------------------------------
 def webhook_body(result: CriticalResult) -> bytes:
     """The webhook's JSON body: the same bytes for the same result (sorted keys, no time), UTF-8.

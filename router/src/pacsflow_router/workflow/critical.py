@@ -102,6 +102,8 @@ def send_critical(outbox: Outbox, config: RoutingConfig, use_case: UseCase, *, s
     if hl7 is not None:
         destination = config.hl7_destination(hl7.destination)
         for kind in hl7.messages:
+            if kind == "draft-report":
+                continue  # sent after a reader accepts the result (workflow/drafts.py), not on the finding
             if kind == "order-update" and order is None:
                 log.info("study %s (%s): no order, so no order update to %s", study_key, use_case.name,
                          destination.name)
