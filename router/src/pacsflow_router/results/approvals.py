@@ -75,9 +75,10 @@ class Approvals:
         """
         statement = self._insert(APPROVALS).values(
             result_key=result_key, revision=revision, study_key=study_key, use_case=use_case, state="pending",
-            requested_at=_now(), held=held).on_conflict_do_nothing(index_elements=["result_key", "revision"])
+            requested_at=_now(), held=held).on_conflict_do_nothing(index_elements=["result_key", "revision"]
+                                                                    ).returning(APPROVALS.c.revision)
         with self.engine.begin() as conn:
-            return bool(conn.execute(statement).rowcount == 1)
+            return conn.execute(statement).first() is not None
 
     def decide(self, result_key: str, *, approve: bool, by: str, role: str, comment: str | None = None) -> Decision:
         """Approve or reject the held outputs of a result (every pending revision of it).
@@ -147,9 +148,10 @@ class Approvals:
         is the one sent)."""
         statement = self._insert(DRAFT_REPORTS).values(
             result_key=result_key, revision=revision, use_case=use_case, text=text, accepted_by=by,
-            accepted_at=_now(), state="accepted").on_conflict_do_nothing(index_elements=["result_key", "revision"])
+            accepted_at=_now(), state="accepted").on_conflict_do_nothing(index_elements=["result_key", "revision"]
+                                                                         ).returning(DRAFT_REPORTS.c.revision)
         with self.engine.begin() as conn:
-            return bool(conn.execute(statement).rowcount == 1)
+            return conn.execute(statement).first() is not None
 
     def accepted_drafts(self) -> list[dict[str, Any]]:
         """Drafts the router has not queued or passed over yet, oldest first."""
