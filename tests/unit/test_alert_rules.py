@@ -17,7 +17,7 @@ def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 def test_rules_are_valid():
     result = _promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_undelivered_results_alert_fires_only_while_nothing_is_delivered(tmp_path):
@@ -172,6 +172,33 @@ def test_ppv_alert_fires_when_the_upper_bound_is_under_the_use_cases_floor(tmp_p
                     exp_annotations:
                       summary: "ich model v2: PPV at most 0.4 (95% upper bound), under its floor"
                       runbook: docs/operations.md#ppv-under-floor
+        """))
+    result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_approval_waiting_alert_fires_per_use_case_after_15_minutes(tmp_path):
+    (tmp_path / "test.yaml").write_text(textwrap.dedent(f"""\
+        rule_files: [{RULES}]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'pacsflow_approval_oldest_age_seconds{{instance="r1",use_case="ich"}}'
+                values: '0+60x30'
+              - series: 'pacsflow_approval_oldest_age_seconds{{instance="r1",use_case="pe"}}'
+                values: '0+60x5 0x25'
+            alert_rule_test:
+              - eval_time: 10m
+                alertname: PacsflowApprovalWaiting
+                exp_alerts: []
+              - eval_time: 20m
+                alertname: PacsflowApprovalWaiting
+                exp_alerts:
+                  - exp_labels: {{severity: warning, instance: r1, use_case: ich}}
+                    exp_annotations:
+                      summary: "a critical ich result has waited 20m 0s for approval on r1"
+                      runbook: docs/operations.md#approval-waiting
         """))
     result = _promtool("test", "rules", "test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
