@@ -9,6 +9,7 @@ each message is counted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -232,3 +233,56 @@ def test_the_draft_goes_out_as_an_oru_only_after_accept_and_once(setup):
                          headers=s.as_("reader")).json()["text"]
     assert text.strip() == expected.strip() and text.startswith("DRAFT - AI-GENERATED")
     assert str(oru.segment("ORC")(2)) == "PL-73", "stated with the study's order"
+
+
+def test_the_running_router_releases_what_a_reader_approves_in_the_api(tmp_path):
+    """RouterService with its own threads (pipeline, review poller, outbox sender) and the API on the same store."""
+    from pacsflow_router.config import parse_config
+    from pacsflow_router.service import RouterService
+    from tests.peers.net import eventually
+    from tests.peers.router import router_config
+
+    ris, hook = MllpReceiver(free_port()).start(), HttpReceiver()
+    config = parse_config(router_config(
+        workdir=tmp_path, port=free_port(), metrics_port=free_port(), pacs_port=None, stable_seconds=0.5,
+        use_cases=[{"name": "ich-triage", **ALWAYS, "mode": "triage",
+                    "triage": {"criticalThreshold": 0.0, "requireApproval": True},
+                    "outputs": {"webhooks": ["worklist-api"],
+                                "hl7": {"destination": "ris", "messages": ["alert", "draft-report"]}}}],
+        hl7Destinations=[{"name": "ris", "host": "127.0.0.1", "port": ris.port, "timeoutSeconds": 5}],
+        webhooks=[{"name": "worklist-api", "url": hook.url}]))
+    service = RouterService(config)
+    store = ResultsStore(config.audit.url)
+    try:
+        service.start()
+        datasets, truth = phantom.generate_study(74, lesion=True, slices=17, rows=256, cols=256)
+        for ds in datasets:
+            service.spool.store(part10(ds))
+        reader = {"X-API-Key": store.create_api_key("reader")[1]}
+        with TestClient(create_app(store)) as api:
+            study = eventually(lambda: api.get(f"/api/v1/studies/{truth.study_instance_uid}", headers=reader)
+                               if store.study_results(study_uid=truth.study_instance_uid) else None,
+                               "the study's result in the store", timeout=120)
+            tracking = study.json()["results"][0]["tracking_uid"]
+            eventually(lambda: metrics.REGISTRY.get_sample_value("pacsflow_approvals_pending",
+                                                                 {"use_case": "ich-triage"}) == 1,
+                       "one approval pending", timeout=10)
+            time.sleep(1.5)  # the review thread and the outbox have had their rounds: nothing may have gone out
+            assert ris.messages == [] and hook.requests == []
+            api.post(f"/api/v1/results/{tracking}/reveal", headers=reader)
+            assert api.post(f"/api/v1/results/{tracking}/approve", headers=reader).status_code == 200
+            eventually(lambda: len(ris.messages) == 1 and len(hook.delivered()) == 1, "released", timeout=20)
+            assert api.post(f"/api/v1/results/{tracking}/feedback", headers=reader,
+                            json={"verdict": "accept"}).status_code == 201
+            eventually(lambda: len(ris.messages) == 2, "the accepted draft sent", timeout=20)
+            time.sleep(2.5)
+        assert len(ris.messages) == 2 and len(hook.delivered()) == 1, "each exactly once"
+        assert b"draft-report" in ris.messages[1] and b"ORU^R01" in ris.messages[1]
+        assert metrics.REGISTRY.get_sample_value("pacsflow_approvals_pending", {"use_case": "ich-triage"}) == 0
+    finally:
+        service.stop()
+        service.audit.close()
+        service.spool.close()
+        store.close()
+        ris.stop()
+        hook.stop()
