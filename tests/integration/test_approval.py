@@ -89,7 +89,7 @@ def setup(tmp_path) -> Iterator[Setup]:
 
         outbox = Outbox(tmp_path / "sending", no_pacs, message_senders=senders, base_delay=0.05, max_delay=0.2)
         router.pipeline.outbox = outbox
-        router.pipeline.orders = OrderStore(router.spool)
+        router.pipeline.orders = OrderStore(router.spool, router.audit.engine)
         store = ResultsStore(str(router.audit.engine.url))  # the API's own engine, as in its own process
         keys = {role: store.create_api_key(role)[1] for role in ("reader", "clinical-lead", "integration", "admin")}
         keys["reader2"] = store.create_api_key("reader")[1]
@@ -140,6 +140,9 @@ def test_held_until_a_reader_approves_then_released_exactly_once(setup):
     assert _gauge("pacsflow_approvals_pending", "ich-triage") == 1
     assert _gauge("pacsflow_approval_oldest_age_seconds", "ich-triage") >= 0
 
+    (listed,) = s.api.get("/api/v1/approvals", headers=s.as_("reader")).json()
+    assert listed["tracking_uid"] == tracking and listed["use_case"] == "ich-triage"
+    assert s.api.get("/api/v1/approvals", headers=s.as_("integration")).status_code == 403
     url = f"/api/v1/results/{tracking}/approve"
     assert s.api.post(url, headers=s.as_("reader")).status_code == 409, "reveal first"
     for role in ("integration", "admin"):
@@ -158,6 +161,7 @@ def test_held_until_a_reader_approves_then_released_exactly_once(setup):
         "the first decision stands"
 
     assert s.ris.messages == [], "nothing moves before the router polls"
+    assert s.api.get("/api/v1/approvals", headers=s.as_("clinical-lead")).json() == [], "decided: no longer listed"
     assert s.releaser.poll(s.router.pipeline.config) == 1
     s.deliver()
     assert s.hl7_kinds() == ["alert", "order-update"] and len(s.hook.delivered()) == 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from pacsflow_router.results.approvals import Approvals
@@ -55,6 +55,18 @@ Caller = Annotated[Identity, Depends(caller)]
 Comment = Annotated[DecisionIn | None, Body()]
 
 
+class PendingApproval(BaseModel):
+    """A critical result whose priority outputs wait for a decision."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uid: str
+    study_uid: str
+    use_case: str
+    revision: int
+    requested_at: UtcDatetime
+    href: str = Field(description="the study (reveal the result there, then approve or reject it)")
+
+
 def _decide(request: Request, tracking_uid: str, identity: Identity, body: DecisionIn | None,
             approve: bool) -> ApprovalOut:
     verb = "approve" if approve else "reject"
@@ -80,6 +92,17 @@ def _decide(request: Request, tracking_uid: str, identity: Identity, body: Decis
 
 def add_routes(app: FastAPI) -> None:
     """The approval routes."""
+
+    @app.get("/api/v1/approvals", response_model=list[PendingApproval], responses=_ERRORS, tags=["results"])
+    def pending(request: Request, identity: Caller,
+                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[PendingApproval]:
+        """Critical results whose worklist flag, HL7 messages and webhooks are held for a decision, oldest first
+        (readers and clinical leads)."""
+        if identity.role not in APPROVAL_ROLES:
+            raise Problem(403, f"role {identity.role} may not list held critical outputs; it needs one of "
+                               f"{', '.join(APPROVAL_ROLES)}")
+        rows = Approvals(state(request).store.engine).pending_results(limit=limit)
+        return [PendingApproval(**row, href=f"/api/v1/studies/{row['study_uid']}") for row in rows]
 
     @app.post("/api/v1/results/{tracking_uid}/approve", response_model=ApprovalOut, responses=_ERRORS,
               tags=["results"])

@@ -134,6 +134,17 @@ class Approvals:
                 select(*columns).where(APPROVALS.c.state == "pending").order_by(APPROVALS.c.requested_at)
                 .limit(limit))]
 
+    def pending_results(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Pending approvals with the result they hold (tracking UID, study, use case, when requested), oldest
+        first: what the API lists for readers."""
+        a, r = APPROVALS.c, REVIEW_RESULTS.c
+        query = (select(r.tracking_uid, r.study_uid, a.use_case, a.revision, a.requested_at)
+                 .select_from(APPROVALS.join(REVIEW_RESULTS, (a.result_key == r.result_key)
+                                             & (a.revision == r.revision)))
+                 .where(a.state == "pending").order_by(a.requested_at, a.result_key).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     def pending_by_use_case(self) -> dict[str, tuple[int, dt.datetime]]:
         """Per use case: how many approvals are pending and when the oldest was requested."""
         a = APPROVALS.c
