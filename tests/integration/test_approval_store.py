@@ -78,3 +78,18 @@ def test_an_accepted_draft_is_stored_once_per_revision(approvals):
     assert approvals.complete_draft("r1", 0, state="queued") and not approvals.complete_draft("r1", 0, state="queued")
     assert approvals.complete_draft("r1", 1, state="not-sent")
     assert approvals.accepted_drafts() == [] and {d["state"] for d in approvals.drafts()} == {"queued", "not-sent"}
+
+
+def test_an_amendment_carries_an_approval_over_but_not_a_rejection(approvals):
+    approvals.hold(result_key="ra", revision=0, study_key="s", use_case="ich", held=HELD)
+    approvals.decide("ra", approve=True, by="k1", role="reader")
+    approvals.complete("ra", 0, state="released")
+    approvals.hold(result_key="ra", revision=1, study_key="s", use_case="ich", held=HELD)
+    (carried,) = approvals.decided()
+    assert (carried["revision"], carried["state"], carried["decided_by"]) == (1, "approved", "k1")
+    assert approvals.pending_by_use_case() == {}
+
+    approvals.hold(result_key="rr", revision=0, study_key="s", use_case="ich", held=HELD)
+    approvals.decide("rr", approve=False, by="k2", role="reader")
+    approvals.hold(result_key="rr", revision=1, study_key="s", use_case="ich", held=HELD)
+    assert approvals.state("rr")["state"] == "pending", "a rejected result's amendment is asked again"

@@ -68,16 +68,27 @@ class Approvals:
     def hold(self, *, result_key: str, revision: int, study_key: str, use_case: str, held: dict[str, Any]) -> bool:
         """Hold one result revision's critical outputs until a decision; a repeat (a reprocess) is a no-op.
 
+        An amendment of a result whose earlier revision was approved carries that approval over (its outputs are the
+        same messages); after a rejection the amendment waits for a reader again.
+
         Returns
         -------
         bool
             True when held now, False when this revision was held before.
         """
-        statement = self._insert(APPROVALS).values(
-            result_key=result_key, revision=revision, study_key=study_key, use_case=use_case, state="pending",
-            requested_at=_now(), held=held).on_conflict_do_nothing(index_elements=["result_key", "revision"]
-                                                                    ).returning(APPROVALS.c.revision)
+        a = APPROVALS.c
+        row: dict[str, Any] = {"result_key": result_key, "revision": revision, "study_key": study_key,
+                               "use_case": use_case, "state": "pending", "requested_at": _now(), "held": held}
         with self.engine.begin() as conn:
+            earlier = conn.execute(select(a.revision, a.state, a.decided_by, a.decided_role, a.decided_at).where(
+                a.result_key == result_key, a.revision < revision).order_by(a.revision.desc()).limit(1)).first()
+            if earlier is not None and earlier.state in DECIDED["approve"]:
+                # An amendment of an approved result: its outputs are the same messages (keys per study, use case and
+                # kind), out already; asking a reader again would only add noise. A rejected one is asked again.
+                row.update(state="approved", decided_by=earlier.decided_by, decided_role=earlier.decided_role,
+                           decided_at=earlier.decided_at, comment=f"approval of revision {earlier.revision}")
+            statement = self._insert(APPROVALS).values(**row).on_conflict_do_nothing(
+                index_elements=["result_key", "revision"]).returning(a.revision)
             return conn.execute(statement).first() is not None
 
     def decide(self, result_key: str, *, approve: bool, by: str, role: str, comment: str | None = None) -> Decision:
