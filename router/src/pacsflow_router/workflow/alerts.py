@@ -280,7 +280,15 @@ def alert(result: CriticalResult, destination: Hl7Destination, *, sender: Sender
 
 def hl7_message(kind: Hl7MessageKind, result: CriticalResult, destination: Hl7Destination, *,
                 sender: Sender = Sender(), at: dt.datetime) -> tuple[str, bytes]:
-    """``(MSH-10, message)`` for a configured message kind (``order-update`` or ``alert``)."""
+    """``(MSH-10, message)`` for a configured message kind (``order-update`` or ``alert``).
+
+    Raises
+    ------
+    ValueError
+        For ``draft-report``: that message states a reader's accepted draft (:func:`draft_report`), not the finding.
+    """
+    if kind == "draft-report":
+        raise ValueError("draft-report is sent after a reader accepts the result: build it with draft_report()")
     build = order_update if kind == "order-update" else alert
     return control_id(result.study_uid, result.use_case, kind), build(result, destination, sender=sender, at=at)
 
