@@ -13,7 +13,18 @@ Usage (CPU; version 2: 17 minutes on two shared cores)::
         --epochs 0 --full-epochs 0 --logit-offset -0.8473
 
 ``--init`` with ``--extra-studies``/``--extra-hemorrhages``/``--extra-negatives`` fine-tunes on more data of chosen
-kinds (tried for small clots; it cost specificity and was not used for version 2).
+kinds (tried for small clots; it cost specificity and was not used for version 2). The extra studies can be steered
+at the two known gaps (model card, known failure modes): ``--extra-max-clot-mm`` (intraparenchymal clots redrawn
+until small), ``--extra-calcification-slices`` (negative studies give the slices through a calcification, where whole
+24-slice heads raise false positives), ``--extra-plain-fraction`` (whole untilted 5 mm heads, the demo's phantom),
+``--centre-crops`` (negative crops around the middle of the head) and ``--extra-cache``. The fourth try, e.g.::
+
+    PYTHONPATH=router/src .venv-train/bin/python scripts/train_ich_detector.py --version 2 --out /tmp/ich/r1.onnx \
+        --cache /tmp/ich/data.npz --init /tmp/ich/base.pt --extra-studies 800 --extra-seed 3100000 \
+        --extra-hemorrhages intraparenchymal,intraparenchymal,intraparenchymal,subarachnoid,intraventricular \
+        --extra-negatives calcifications,normal,calcifications,dense_falx,normal --extra-max-clot-mm 8 \
+        --extra-calcification-slices 3 --extra-plain-fraction 0.4 --extra-cache /tmp/ich/extra.npz \
+        --epochs 4 --full-epochs 2 --lr 6e-4
 
 Data: phantom studies (:mod:`pacsflow_router.models.phantom`, ``varied=True``: random field of view, slice
 thickness, gantry tilt, dose and matrix; seeds from ``--seed``, far from the seeds the tests use), preprocessed by
@@ -146,6 +157,20 @@ def _slice_target(study: phantom.PhantomStudy, blood: list[np.ndarray]) -> tuple
     return label, loc, _cells(union)
 
 
+def _calcification_slices(study: phantom.PhantomStudy) -> list[int]:
+    """Slices whose thickness reaches one of the study's calcifications (head z of the plane at the blob's y)."""
+    tan_tilt = -study.col_dir[2] / max(study.col_dir[1], 1e-6)
+    half = study.acquisition.slice_thickness_mm / 2
+    out = []
+    for k, hz in enumerate(study.head_z):
+        for b in study.head.calcs:
+            z_plane = hz - b.centre[1] * tan_tilt
+            if abs(z_plane - b.centre[2]) <= b.axes[2] + half + 1.0:
+                out.append(k)
+                break
+    return out
+
+
 def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, ...]:
     """Preprocessed slices and targets of one training study (runs in a worker process)."""
     i, seed, cfg = args
@@ -168,11 +193,29 @@ def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, .
         mimics = [] if lesion or negative == "normal" else [negative]
         if lesion and rng.random() < 0.2:
             mimics = [str(rng.choice(["calcifications", "dense_falx", "streaks"]))]
+        # Whole-head studies as the demo and e2e tests send them (untilted 5 mm, skull base to vertex), sometimes.
+        varied = not rng.random() < cfg.get("plain_fraction", 0.0)
+        if not varied:
+            slices = int(rng.choice([20, 24, 28, 32]))
         study = phantom.PhantomStudy(seed, lesion=lesion, slices=slices, rows=rows, cols=cols, hemorrhage=kind,
-                                     mimics=mimics, varied=True)
+                                     mimics=mimics, varied=varied)
+        max_clot = cfg.get("max_clot_mm")
+        if max_clot and lesion and kind == "intraparenchymal":
+            # Size-controlled small clots: redraw (other seeds, far from any test's) until the clot is small.
+            for redraw in range(1, 200):
+                if study.hemorrhages and 2 * max(study.hemorrhages[0].size) <= max_clot:
+                    break
+                study = phantom.PhantomStudy(seed + 10_000_000 * redraw, lesion=True, slices=slices, rows=rows,
+                                             cols=cols, hemorrhage=kind, mimics=mimics, varied=varied)
         cand = study.candidate_slices()
         others = [k for k in range(slices) if k not in cand]
         pick = list(rng.permutation(cand)[:cfg["positives"]]) if cand else []
+        if cfg.get("calcification_slices") and not lesion:
+            # Hard negatives: the slices that cut a physiological calcification (partial volume puts it in the
+            # blood range), the full-length false positives of version 2.
+            calc = _calcification_slices(study)
+            pick += list(rng.permutation(calc)[:cfg["calcification_slices"]])
+            others = [k for k in others if k not in calc]
         # Negative studies give more slices: they carry the hard negatives.
         pick += list(rng.permutation(others)[:cfg["negatives"] + (0 if lesion else 2)])
         for k in pick:
@@ -185,11 +228,17 @@ def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, .
 
 
 def make_dataset(n_studies: int, seed: int, spec: PreprocessSpec, positives: int, negatives: int,
-                 workers: int, hemorrhages: list[str] | None = None, negative_kinds: list[str] | None = None
-                 ) -> tuple[np.ndarray, ...]:
-    """Preprocessed slices with targets from ``n_studies`` phantoms (seeds ``seed`` .. ``seed + n - 1``)."""
+                 workers: int, hemorrhages: list[str] | None = None, negative_kinds: list[str] | None = None,
+                 **options: Any) -> tuple[np.ndarray, ...]:
+    """Preprocessed slices with targets from ``n_studies`` phantoms (seeds ``seed`` .. ``seed + n - 1``).
+
+    ``options``: ``max_clot_mm`` (intraparenchymal clots redrawn until at most this diameter),
+    ``calcification_slices`` (per negative study, that many slices through a calcification), ``plain_fraction``
+    (share of whole-head untilted 5 mm studies instead of varied acquisitions).
+    """
     cfg = {"spec": spec.model_dump(mode="json", exclude_unset=True), "positives": positives, "negatives": negatives,
-           "hemorrhages": hemorrhages or list(phantom.HEMORRHAGE_TYPES), "negative_kinds": negative_kinds or NEGATIVE_KINDS}
+           "hemorrhages": hemorrhages or list(phantom.HEMORRHAGE_TYPES), "negative_kinds": negative_kinds or NEGATIVE_KINDS,
+           **options}
     jobs = [(i, seed + i, cfg) for i in range(n_studies)]
     parts = []
     t0 = time.monotonic()
@@ -202,8 +251,8 @@ def make_dataset(n_studies: int, seed: int, spec: PreprocessSpec, positives: int
     return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
 
-def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: torch.Generator
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: torch.Generator,
+           centre_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random ``size`` x ``size`` crops (cell-aligned): around blood on most positive slices, inside the head
     elsewhere. The net is fully convolutional, so crops train the same weights at a fraction of the cost."""
     cells = size // 8
@@ -212,6 +261,10 @@ def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: t
     for i in range(n):
         if yb[i] == 1 and torch.rand(1, generator=g) < 0.8:
             r, c = cb[i].nonzero()[torch.randint(int(cb[i].sum()), (1,), generator=g)][0].tolist()
+        elif yb[i] == 0 and torch.rand(1, generator=g) < centre_fraction:
+            # Crops that hold the middle of the head, where the physiological calcifications are (pineal, choroid
+            # plexus, basal ganglia): the hard negatives a random crop would mostly miss.
+            r, c = GRID // 2, GRID // 2
         else:
             inside = (xb[i, 0, 4::8, 4::8] > 0).nonzero()
             if len(inside) == 0:
@@ -227,7 +280,7 @@ def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: t
 
 
 def train(model: IchDetector, data: tuple[np.ndarray, ...], epochs: int, full_epochs: int, crop: int, batch: int,
-          lr: float, seed: int) -> None:
+          lr: float, seed: int, centre_crops: float = 0.0) -> None:
     """``epochs`` on random crops, then ``full_epochs`` on whole slices (calibrates the max over the full
     heatmap and trains the location)."""
     x, y, loc, cells = (torch.from_numpy(a) for a in data)
@@ -249,7 +302,7 @@ def train(model: IchDetector, data: tuple[np.ndarray, ...], epochs: int, full_ep
             cb[flip] = cb[flip].flip(-1)
             lb[flip, 1] = 1 - lb[flip, 1]
             if not full:
-                xb, cb, yb = _crops(xb, cb, yb, crop, g)
+                xb, cb, yb = _crops(xb, cb, yb, crop, g, centre_crops)
             heat = model.heatmap(xb)
             logit = heat.flatten(1).max(dim=1).values
             keep = yb >= 0
@@ -336,6 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-seed", type=int, default=3_000_000)
     parser.add_argument("--extra-hemorrhages", type=lambda v: v.split(","), help="comma-separated types to cycle")
     parser.add_argument("--extra-negatives", type=lambda v: v.split(","), help="comma-separated negative kinds")
+    parser.add_argument("--extra-max-clot-mm", type=float, help="extra intraparenchymal clots at most this diameter")
+    parser.add_argument("--extra-calcification-slices", type=int, default=0,
+                        help="per extra negative study, slices through a calcification")
+    parser.add_argument("--extra-plain-fraction", type=float, default=0.0,
+                        help="share of extra studies acquired as whole untilted 5 mm heads")
+    parser.add_argument("--extra-cache", type=Path, help="keep the extra studies in this .npz (reused when present)")
+    parser.add_argument("--centre-crops", type=float, default=0.0,
+                        help="share of negative slices cropped around the middle of the head (calcifications)")
     parser.add_argument("--init", type=Path, help="start from these weights (a .pt the script saved beside its .onnx)")
     parser.add_argument("--full-resolution-stem", action="store_true", help="a stride-1 first convolution")
     parser.add_argument("--logit-offset", type=float, default=0.0,
@@ -361,8 +422,17 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(args.cache, x=data[0], y=data[1], loc=data[2], cells=data[3])
     if args.extra_studies:
         # More studies of chosen kinds on top (e.g. fine-tuning on the hard cases of a first run).
-        extra = make_dataset(args.extra_studies, args.extra_seed, spec, args.positives_per_study,
-                             args.negatives_per_study, args.workers, args.extra_hemorrhages, args.extra_negatives)
+        if args.extra_cache is not None and args.extra_cache.is_file():
+            with np.load(args.extra_cache) as cached:
+                extra = tuple(cached[k] for k in ("x", "y", "loc", "cells"))
+        else:
+            extra = make_dataset(args.extra_studies, args.extra_seed, spec, args.positives_per_study,
+                                 args.negatives_per_study, args.workers, args.extra_hemorrhages, args.extra_negatives,
+                                 max_clot_mm=args.extra_max_clot_mm,
+                                 calcification_slices=args.extra_calcification_slices,
+                                 plain_fraction=args.extra_plain_fraction)
+            if args.extra_cache is not None:
+                np.savez(args.extra_cache, x=extra[0], y=extra[1], loc=extra[2], cells=extra[3])
         data = tuple(np.concatenate([a, b]) for a, b in zip(data, extra, strict=True))
     print(f"{len(data[0])} slices ({int((data[1] == 1).sum())} positive, {int((data[1] == -1).sum())} ignored), "
           f"{time.monotonic() - t0:.0f} s", flush=True)
@@ -371,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(torch.load(args.init))
     print(f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
     if args.epochs + args.full_epochs > 0:
-        train(model, data, args.epochs, args.full_epochs, args.crop, args.batch, args.lr, args.seed)
+        train(model, data, args.epochs, args.full_epochs, args.crop, args.batch, args.lr, args.seed, args.centre_crops)
     with torch.no_grad():
         model.head.bias += args.logit_offset
     version = f"ich_detector {args.version}.0.0 (synthetic phantoms, {dt.date.today().isoformat()})"
