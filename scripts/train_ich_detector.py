@@ -194,7 +194,8 @@ def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, .
         if lesion and rng.random() < 0.2:
             mimics = [str(rng.choice(["calcifications", "dense_falx", "streaks"]))]
         # Whole-head studies as the demo and e2e tests send them (untilted 5 mm, skull base to vertex), sometimes.
-        varied = not rng.random() < cfg.get("plain_fraction", 0.0)
+        # (No draw unless asked: the default data set stays the one version 2 was trained on.)
+        varied = not (cfg.get("plain_fraction") and rng.random() < cfg["plain_fraction"])
         if not varied:
             slices = int(rng.choice([20, 24, 28, 32]))
         study = phantom.PhantomStudy(seed, lesion=lesion, slices=slices, rows=rows, cols=cols, hemorrhage=kind,
