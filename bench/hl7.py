@@ -61,7 +61,7 @@ def _serve(spool_dir: str) -> None:
     from pacsflow_router.workflow.listener import Hl7Listener
     from pacsflow_router.workflow.orders import OrderStore
 
-    store = OrderStore(Spool(spool_dir, 0.99))
+    store = OrderStore(Spool(spool_dir, 0.99), f"sqlite:///{Path(spool_dir).resolve().parent / 'store.db'}")
     listener = Hl7Listener(Hl7ListenerConfig(port=free_port()), store)
     listener.start()
     print(listener.port, flush=True)

@@ -13,8 +13,8 @@ Per study, one at a time (the next study starts once the outbox has delivered ev
 * ``t_hl7``: the outbox row of the HL7 order update (``outbox.db``, channel ``hl7``, kind ``order-update``) has
   ``delivered_at``: ``time.time()`` taken right after HAPI's AA came back. This is more precise than the audit's
   delivery event (``hl7:ris``), which is written after it by the outbox's result hook;
-* ``t_wl``: the order's row in the spool's ``state.db`` (opened read-only) has ``ai_critical`` = 1; the time is that
-  row's ``updated_at``, stamped inside the transaction that flagged it (``ai_raised_at`` is the result's time, taken
+* ``t_wl``: the order's row in the router's results store (its SQLite file, opened read-only) has ``ai_critical``
+  = 1; the time is that row's ``updated_at``, stamped inside the transaction that flagged it (``ai_raised_at`` is the result's time, taken
   before the HL7 messages are queued, so it is a few milliseconds early). ``findscu -W`` then confirms STAT once per
   study (not timed);
 * raised = max(t_hl7, t_wl) - t0.
@@ -43,6 +43,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from sqlalchemy.engine import make_url  # noqa: E402
 
 from pacsflow_router.domain import study_key  # noqa: E402
 from pacsflow_router.results.audit import AuditLog  # noqa: E402
@@ -111,7 +113,8 @@ def _measure(wf: Workflow, study: PhantomStudy, seed: int, *, mpps: bool) -> Row
     wf.send_images(study)
     t0 = wf.mpps_completed(study, mpps_uid) if mpps else time.time()
     returned = time.time()  # MPPS: after the association's release and node's exit, which t0 leaves out
-    state, outbox = _read_only(spool / "state.db"), _read_only(spool / "outbox" / "outbox.db")
+    store = Path(str(make_url(wf.router.config["audit"]["url"]).database))
+    state, outbox = _read_only(store), _read_only(spool / "outbox" / "outbox.db")
     try:
         t_wl, ai_raised_at = _wait(lambda: state.execute(
             "SELECT updated_at, ai_raised_at FROM orders WHERE accession = ? AND patient_id = ? AND ai_critical = 1",

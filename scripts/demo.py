@@ -28,6 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/peers: the same launchers the e2e tests use
 
+from sqlalchemy.engine import make_url  # noqa: E402
+
 from pacsflow_router.domain import study_key  # noqa: E402
 from pacsflow_router.results.audit import AuditLog  # noqa: E402
 from tests.peers.workflow import (  # noqa: E402
@@ -146,8 +148,8 @@ def _wait_result(wf: Workflow, study_uid: str) -> dict[str, Any]:
 
 
 def _raised_at(wf: Workflow, accession: str) -> float:
-    """When pacsflow raised the order's priority (the order store's record, in the router's spool)."""
-    db = sqlite3.connect(f"file:{wf.router.config['spoolDir']}/state.db?mode=ro", uri=True)
+    """When pacsflow raised the order's priority (the order store's record, in the router's results store)."""
+    db = sqlite3.connect(f"file:{make_url(wf.router.config['audit']['url']).database}?mode=ro", uri=True)
     try:
         def raised() -> float | None:
             row = db.execute("SELECT ai_raised_at FROM orders WHERE accession = ?", (accession,)).fetchone()

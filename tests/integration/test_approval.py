@@ -89,7 +89,7 @@ def setup(tmp_path) -> Iterator[Setup]:
 
         outbox = Outbox(tmp_path / "sending", no_pacs, message_senders=senders, base_delay=0.05, max_delay=0.2)
         router.pipeline.outbox = outbox
-        router.pipeline.orders = OrderStore(router.spool)
+        router.pipeline.orders = OrderStore(router.spool, router.audit.engine)
         store = ResultsStore(str(router.audit.engine.url))  # the API's own engine, as in its own process
         keys = {role: store.create_api_key(role)[1] for role in ("reader", "clinical-lead", "integration", "admin")}
         keys["reader2"] = store.create_api_key("reader")[1]

@@ -57,7 +57,7 @@ def listening(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[Hl7Lis
            else fresh_database(request.getfixturevalue("postgres_server")))
     results = ResultsStore(url)
     spool = Spool(tmp_path / "spool")
-    listener = Hl7Listener(Hl7ListenerConfig(port=free_port()), OrderStore(spool),
+    listener = Hl7Listener(Hl7ListenerConfig(port=free_port()), OrderStore(spool, results.engine),
                            ground_truth=partial(results.record_ground_truth, source="hl7"))
     listener.start()
     try:
@@ -102,7 +102,8 @@ def test_a_coded_finding_that_is_neither_yes_nor_no_is_refused_and_nothing_store
 
 def test_without_a_ground_truth_store_a_report_is_an_unsupported_type(tmp_path):
     spool = Spool(tmp_path / "spool")
-    listener = Hl7Listener(Hl7ListenerConfig(port=free_port()), OrderStore(spool))
+    listener = Hl7Listener(Hl7ListenerConfig(port=free_port()),
+                           OrderStore(spool, f"sqlite:///{tmp_path / 'store.db'}"))
     listener.start()
     try:
         acks = mllp_send(listener.port, [report("U1", "ACC0001")], tmp_path)

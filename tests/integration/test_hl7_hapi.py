@@ -23,7 +23,7 @@ KINDS = ["orm23", "orm231", "omi251"]
 @pytest.fixture
 def pacsflow(tmp_path):
     """pacsflow's HL7 listener on a free loopback port over a fresh spool; yields (listener, store)."""
-    store = OrderStore(Spool(tmp_path / "spool"))
+    store = OrderStore(Spool(tmp_path / "spool"), f"sqlite:///{tmp_path / 'store.db'}")
     listener = Hl7Listener(Hl7ListenerConfig(port=free_port()), store)
     listener.start()
     try:

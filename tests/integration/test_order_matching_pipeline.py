@@ -29,7 +29,7 @@ def router(tmp_path):
     use_cases = [_use_case("ich-ed", {"patientClasses": ["E"], "orderingLocationPattern": "^ED"}),
                  _use_case("ich-all", {})]
     with in_process_router(tmp_path, use_cases, EmbeddedOnnxBackend(MODEL_REPOSITORY)) as r:
-        r.pipeline.orders = OrderStore(r.spool)
+        r.pipeline.orders = OrderStore(r.spool, r.audit.engine)
         yield r
 
 

@@ -41,7 +41,7 @@ def router(tmp_path):
         for mode in MODES
     ]
     with in_process_router(tmp_path, use_cases, EmbeddedOnnxBackend(MODEL_REPOSITORY), EXTRA) as r:
-        r.pipeline.orders = OrderStore(r.spool)
+        r.pipeline.orders = OrderStore(r.spool, r.audit.engine)
         yield r
 
 

@@ -47,7 +47,7 @@ def sample(name: str, **labels: str) -> float:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[OrderStore]:
     spool = Spool(tmp_path / "spool", 0.999)
-    yield OrderStore(spool)
+    yield OrderStore(spool, f"sqlite:///{tmp_path / 'store.db'}")
     spool.close()
 
 

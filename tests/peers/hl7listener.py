@@ -1,5 +1,7 @@
 """The HL7 order listener alone in its own process (spool + order store + MLLP + ``POST /hl7/orm``).
 
+The order store is a SQLite results store next to the spool (:func:`store_path`).
+
 Tests run it as a separate process so that they can measure its memory (a 20 MB message must not be buffered),
 kill it with SIGKILL after an AA, and read its spool from outside like an operator would. Run as::
 
@@ -20,6 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.peers.net import free_port, stop_process, wait_port
+
+
+def store_path(spool_dir: Path) -> Path:
+    """The results store (SQLite file) holding the orders of the listener whose spool is ``spool_dir``."""
+    return spool_dir.parent / f"{spool_dir.name}-store.db"
 
 
 @dataclass
@@ -76,8 +83,8 @@ class ListenerProcess:
         stop_process(self.proc)
 
     def orders(self) -> list[tuple[str, str, str]]:
-        """(accession, patient ID, status) of every stored order, read from the spool's database."""
-        db = sqlite3.connect(f"file:{self.spool_dir / 'state.db'}?mode=ro", uri=True, timeout=10)
+        """(accession, patient ID, status) of every stored order, read from the results store's file."""
+        db = sqlite3.connect(f"file:{store_path(self.spool_dir)}?mode=ro", uri=True, timeout=10)
         try:
             return sorted(db.execute("SELECT accession, patient_id, status FROM orders").fetchall())
         except sqlite3.OperationalError:
@@ -98,7 +105,7 @@ def main(argv: list[str]) -> None:
     max_bytes, idle, message = (int(argv[3]), float(argv[4]), float(argv[5])) if len(argv) > 3 else (
         1_048_576, 300.0, 30.0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    store = OrderStore(Spool(spool_dir, 0.999))
+    store = OrderStore(Spool(spool_dir, 0.999), f"sqlite:///{store_path(Path(spool_dir)).resolve()}")
     config = Hl7ListenerConfig(port=port, http_port=http_port, max_message_bytes=max_bytes,
                                idle_timeout_seconds=idle, message_timeout_seconds=message)
     listener = Hl7Listener(config, store)

@@ -32,7 +32,7 @@ def seed_store(tmp_path: Path, studies: dict[int, tuple[bool, str]]) -> tuple[st
     """
     facts: dict[int, dict[str, str]] = {}
     with in_process_router(tmp_path, USE_CASES, EmbeddedOnnxBackend(MODEL_REPOSITORY)) as router:
-        router.pipeline.orders = OrderStore(router.spool)
+        router.pipeline.orders = OrderStore(router.spool, router.audit.engine)
         for seed, (lesion, priority) in studies.items():
             datasets, truth = phantom.generate_study(seed, lesion=lesion, slices=17, rows=256, cols=256)
             head = datasets[0]

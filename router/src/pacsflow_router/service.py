@@ -86,7 +86,7 @@ class RouterService:
         self.audit = AuditLog(config.audit.url)
         self.outbox = Outbox(spool_dir / "outbox", self._sender_for, message_senders=self._message_sender_for,
                              on_result=self._on_delivery, hold=self._hold_reason)
-        self.orders = OrderStore(self.spool)
+        self.orders = OrderStore(self.spool, self.audit.engine)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
                                  orders=self.orders)
         approvals = Approvals(self.audit.engine)

@@ -12,6 +12,7 @@ from pacsflow_router.workflow.hl7 import Hl7Refusal, ParsedOrder, build_ack, par
 from pacsflow_router.workflow.listener import Hl7Handler
 from pacsflow_router.workflow.orders import OrderStore
 from tests.peers.hl7msgs import OrderMessage, encode
+from tests.peers.postgres import fresh_database, postgres_server  # noqa: F401  (fixture)
 
 KINDS = ("orm23", "orm231", "omi251")
 
@@ -157,11 +158,15 @@ def test_ar_for_an_unsupported_version_quotes_the_control_id():
 
 # -- the handler: parse -> store -> ACK -------------------------------------------------------------------------
 
-@pytest.fixture
-def handler(tmp_path):
-    spool = Spool(tmp_path, 0.999)
-    store = OrderStore(spool)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def handler(request, tmp_path):
+    """The handler over an order store in a SQLite file or a fresh PostgreSQL database."""
+    url = (f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite"
+           else fresh_database(request.getfixturevalue("postgres_server")))
+    spool = Spool(tmp_path / "spool", 0.999)
+    store = OrderStore(spool, url)
     yield Hl7Handler(store, Hl7Listener(port=2575, max_message_bytes=4096)), store
+    store.close()
     spool.close()
 
 

@@ -1,12 +1,15 @@
-"""Order store: durable across kill -9, one ACK per control ID, HL7 order controls, worklist order, expiry."""
+"""Order store (in the results store, on SQLite and on PostgreSQL): durable across kill -9, one ACK per control ID
+(also under concurrent writers), HL7 order controls, worklist order, expiry."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -21,6 +24,7 @@ from pacsflow_router.workflow.orders import (
     OrderStore,
 )
 from tests.peers.dicomfiles import part10
+from tests.peers.postgres import fresh_database, postgres_server  # noqa: F401  (fixture)
 
 
 def _ack(code: str, reason: str | None) -> bytes:
@@ -31,11 +35,26 @@ def _order(accession: str = "ACC1", patient_id: str = "PID1", **fields: str) -> 
     return Order(accession=accession, patient_id=patient_id, **fields)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """The results store's URL: a SQLite file, or a fresh database on the throwaway PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return fresh_database(request.getfixturevalue("postgres_server"))
+
+
 @pytest.fixture
-def store(tmp_path):
-    spool = Spool(tmp_path, 0.999)
-    yield OrderStore(spool)
+def spool(tmp_path):
+    spool = Spool(tmp_path / "spool", 0.999)
+    yield spool
     spool.close()
+
+
+@pytest.fixture
+def store(spool, url):
+    store = OrderStore(spool, url)
+    yield store
+    store.close()
 
 
 def test_new_order_is_created_and_acked_aa(store):
@@ -101,9 +120,7 @@ def test_cancelled_order_is_not_matched_to_a_study(store):
     assert store.count("scheduled") == 0
 
 
-def test_cancel_after_the_images_arrived_is_refused(tmp_path):
-    spool = Spool(tmp_path, 0.999)
-    store = OrderStore(spool)
+def test_cancel_after_the_images_arrived_is_refused(spool, store):
     datasets, _ = phantom.generate_study(3, lesion=False, slices=1, rows=16, cols=16)
     study_uid = datasets[0].StudyInstanceUID
     store.apply_hl7("1", "NW", _order(study_uid=study_uid), _ack)
@@ -116,7 +133,6 @@ def test_cancel_after_the_images_arrived_is_refused(tmp_path):
     store.apply_hl7("3", "NW", _order("ACC2"), _ack)
     store.set_status("ACC2", "PID1", "in-progress")
     assert store.apply_hl7("4", "CA", _order("ACC2"), _ack).outcome == "rejected"
-    spool.close()
 
 
 def test_discontinue_and_status_change(store):
@@ -137,14 +153,14 @@ def test_new_order_with_an_existing_key_updates_it(store):
     assert store.count() == 1
 
 
-def test_order_and_ack_survive_kill_9(tmp_path):
+def test_order_and_ack_survive_kill_9(tmp_path, url):
     """A child process stores an order and is killed right after apply_hl7 returns: the order and its ACK are there."""
     script = textwrap.dedent(f"""
         import os, signal
         from pacsflow_router.domain import Order
         from pacsflow_router.ingest.spool import Spool
         from pacsflow_router.workflow.orders import OrderStore
-        store = OrderStore(Spool({str(tmp_path)!r}, 0.999))
+        store = OrderStore(Spool({str(tmp_path / "spool")!r}, 0.999), {url!r})
         out = store.apply_hl7("CTRL-1", "NW", Order(accession="ACC1", patient_id="PID1", priority="S"),
                               lambda code, reason: b"ACK-" + code.encode())
         print(out.outcome, flush=True)
@@ -153,10 +169,49 @@ def test_order_and_ack_survive_kill_9(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.strip() == "created"
-    store = OrderStore(Spool(tmp_path, 0.999))
+    store = OrderStore(Spool(tmp_path / "spool", 0.999), url)
     assert store.get("ACC1", "PID1") == _order(priority="S")
     again = store.apply_hl7("CTRL-1", "NW", _order(priority="S"), _ack)
     assert (again.outcome, again.ack) == ("duplicate", b"ACK-AA")
+    store.close()
+
+
+def test_concurrent_writers_store_one_order_and_one_ack_per_control_id(spool, url):
+    """Eight threads, each with its own store (its own connections, as several routers would have), send the same
+    messages at once: each control ID is applied once and answered the same ACK, each order key is stored once."""
+    stores = [OrderStore(spool, url) for _ in range(8)]
+    start = threading.Barrier(len(stores))
+    outcomes: list[list[tuple[str, bytes]]] = [[] for _ in stores]
+
+    def send(i: int) -> None:
+        start.wait()
+        for n in range(10):
+            # Every thread: the same control IDs (a sender re-sending) and the same keys under other control IDs.
+            out = stores[i].apply_hl7(f"SAME-{n}", "NW", _order(f"ACC{n}", priority="R"),
+                                      lambda code, reason, n=n: f"ACK {code} {n}".encode())
+            outcomes[i].append((out.outcome, out.ack))
+            stores[i].apply_hl7(f"OWN-{i}-{n}", "NW", _order(f"ACC{n}", priority="S"), _ack)
+            stores[i].mark_ai_critical(_order(f"ACC{n}"), f"uc-{i}", float(i))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert all(len(o) == 10 for o in outcomes), "a writer failed"
+        for n in range(10):
+            per_message = [o[n] for o in outcomes]
+            # The first to commit created the order or (another thread's own message was first) updated it.
+            applied = [outcome for outcome, _ in per_message if outcome != "duplicate"]
+            assert len(applied) == 1 and applied[0] in ("created", "updated"), per_message
+            assert {ack for _, ack in per_message} == {f"ACK AA {n}".encode()}
+        assert stores[0].count() == 10 and stores[0].count("scheduled") == 10
+        entry = stores[0].worklist()[0]
+        assert entry.ai_critical and sorted(entry.ai_use_cases) == [f"uc-{i}" for i in range(8)]
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_upsert_from_the_worklist(store):
@@ -213,9 +268,7 @@ def test_worklist_filters(store):
     assert len(store.worklist(date_from="20261201")) == 1
 
 
-def test_expire_counts_and_spares_orders_with_a_study(tmp_path):
-    spool = Spool(tmp_path, 0.999)
-    store = OrderStore(spool)
+def test_expire_counts_and_spares_orders_with_a_study(spool, store):
     datasets, _ = phantom.generate_study(4, lesion=False, slices=1, rows=16, cols=16)
     store.upsert(_order("OLD"))
     store.upsert(_order("OLD-WITH-STUDY", study_uid=datasets[0].StudyInstanceUID))
@@ -233,7 +286,6 @@ def test_expire_counts_and_spares_orders_with_a_study(tmp_path):
     assert store.get("OLD-FLAGGED", "PID1").status == "scheduled"
     assert metrics.ORDERS_OPEN._value.get() == 3
     assert store.expire(later, 1800) == 0
-    spool.close()
 
 
 def test_set_status_refuses_unknown_status(store):
@@ -251,3 +303,35 @@ def test_no_patient_data_in_logs(store, caplog):
     store.mark_ai_critical(order, "uc", 1.0)
     assert caplog.records
     assert "SECRET" not in caplog.text and "DOE" not in caplog.text
+
+
+def test_orders_an_older_pacsflow_kept_in_the_spool_move_into_the_store(spool, url):
+    """Before the results store held them, orders and control IDs were tables of the spool's ``state.db``: the first
+    start moves them (a re-sent message still gets its stored ACK) and drops them from the spool."""
+    body = json.dumps(dataclasses.asdict(_order(priority="S", status="in-progress")), sort_keys=True)
+    with spool.transaction() as db:
+        db.execute("CREATE TABLE orders (accession TEXT NOT NULL, patient_id TEXT NOT NULL, body TEXT NOT NULL, "
+                   "study_uid TEXT NOT NULL, status TEXT NOT NULL, modality TEXT NOT NULL, "
+                   "station_ae_title TEXT NOT NULL, scheduled_date TEXT NOT NULL, priority_rank INTEGER NOT NULL, "
+                   "scheduled_start TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+                   "ai_critical INTEGER NOT NULL DEFAULT 0, ai_use_cases TEXT NOT NULL DEFAULT '[]', "
+                   "ai_raised_at REAL, PRIMARY KEY (accession, patient_id))")
+        db.execute("CREATE TABLE hl7_messages (control_id TEXT PRIMARY KEY, ack BLOB NOT NULL, outcome TEXT NOT NULL, "
+                   "accession TEXT, patient_id TEXT, received_at REAL NOT NULL)")
+        db.execute("INSERT INTO orders VALUES ('ACC1', 'PID1', ?, '', 'in-progress', '', '', '20261130', 0, '', "
+                   "1.0, 2.0, 1, '[\"ich-head-ct\"]', 1.5)", (body,))
+        db.execute("INSERT INTO hl7_messages VALUES ('OLD-1', ?, 'created', 'ACC1', 'PID1', 1.0)", (b"OLD-ACK",))
+    store = OrderStore(spool, url)
+    try:
+        assert store.get("ACC1", "PID1") == _order(priority="S", status="in-progress")
+        [entry] = store.worklist()
+        assert (entry.ai_critical, entry.ai_use_cases, entry.ai_raised_at) == (True, ("ich-head-ct",), 1.5)
+        again = store.apply_hl7("OLD-1", "NW", _order(), _ack)
+        assert (again.outcome, again.ack) == ("duplicate", b"OLD-ACK")
+        assert spool.execute("SELECT name FROM sqlite_master WHERE name IN ('orders', 'hl7_messages')") == []
+    finally:
+        store.close()
+    # A second start (the move already done) finds the same rows.
+    store = OrderStore(spool, url)
+    assert store.count() == 1
+    store.close()

@@ -39,6 +39,10 @@ data.
 ``api_keys``
     API keys: a public id, the scrypt hash of the secret (never the secret), a role, and when it was created, rotated
     and revoked.
+``orders``, ``hl7_messages``
+    Imaging orders (HL7 ORM/OMI and the polled RIS worklist), keyed by accession number and patient ID, with the AI
+    priority raised on them; and each HL7 order message's control ID (MSH-10) with the ACK it was answered, written in
+    the order's transaction (:mod:`pacsflow_router.workflow.orders`). They hold patient data, like ``review_results``.
 """
 
 from __future__ import annotations
@@ -239,4 +243,35 @@ DRAFT_REPORTS = Table(
     Column("completed_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("state IN ('accepted', 'queued', 'not-sent')", name="draft_reports_state"),
     Index("draft_reports_state", "state"),
+)
+
+ORDERS = Table(
+    "orders", METADATA,
+    Column("accession", Text, primary_key=True),
+    Column("patient_id", Text, primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("modality", Text, nullable=False),
+    Column("station_ae_title", Text, nullable=False),
+    Column("scheduled_date", String(8), nullable=False),
+    Column("priority_rank", Integer, nullable=False),
+    Column("scheduled_start", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ai_critical", Boolean, nullable=False, default=False),
+    Column("ai_use_cases", Text, nullable=False, default="[]"),
+    Column("ai_raised_at", Float, nullable=True),
+    Index("orders_study", "study_uid"),
+    Index("orders_status", "status", "created_at"),
+)
+
+HL7_MESSAGES = Table(
+    "hl7_messages", METADATA,
+    Column("control_id", Text, primary_key=True),
+    Column("ack", LargeBinary, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accession", Text, nullable=True),
+    Column("patient_id", Text, nullable=True),
+    Column("received_at", Float, nullable=False),
 )

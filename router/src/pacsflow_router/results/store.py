@@ -5,8 +5,9 @@ owns.
 every open, by :class:`~.audit.AuditLog` and :class:`ResultsStore`). The tables are in :mod:`.schema`; the revisions
 in ``migrations/versions``.
 
-Orders are not here: they stay in the spool's ``state.db`` (:mod:`pacsflow_router.workflow.orders`), because an order
-message is acknowledged (HL7 AA) only after its row is fsynced next to the spool it drives.
+Orders and the HL7 order messages' ACKs are here too (:mod:`pacsflow_router.workflow.orders`): an order message is
+acknowledged (HL7 AA) only after its transaction is committed, which the SQLite engine's ``synchronous=FULL`` (and
+PostgreSQL's commit) makes durable.
 """
 
 from __future__ import annotations

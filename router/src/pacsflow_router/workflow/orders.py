@@ -1,7 +1,8 @@
 """The durable order store: imaging orders from HL7 v2 (ORM^O01 / OMI^O23) and the polled RIS worklist.
 
-Orders live in the spool's ``state.db`` (WAL, ``synchronous=FULL``), so they have the spool's durability: when a
-method returns, the change survives ``kill -9`` and power loss. :meth:`OrderStore.apply_hl7` stores the order, and
+Orders live in the results store (``config.audit.url``: a SQLite file in WAL mode with ``synchronous=FULL``, or
+PostgreSQL), next to the results, feedback and audit pacsflow-api reads: when a method returns, the change is committed
+and survives ``kill -9`` and power loss. :meth:`OrderStore.apply_hl7` stores the order, and
 the ACK built for it, keyed by the message control ID (MSH-10), in ONE transaction: an AA is only ever sent for an
 order that is already durable, and a re-sent message gets the very same ACK back and changes nothing.
 
@@ -9,23 +10,38 @@ Orders are keyed by (accession number, patient ID). Each row keeps the whole :cl
 as JSON next to the few columns the queries need (study UID, status, modality, station, date, priority), so adding a
 field to ``Order`` needs no migration.
 
+Whether an order's study has arrived (a cancel is then refused, the order is never expired) is still asked of the
+spool's instance index, and whether it has an AI result of the spool's result table: that is where the router keeps
+them.
+
+On PostgreSQL several routers may write at once: a message control ID or an order key two writers insert at the same
+time ends in a unique violation for one of them, whose transaction is then retried (and finds the other's row).
+
 An order carries patient data: nothing here logs an order's fields; logs name :attr:`Order.key` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from sqlite3 import Connection
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import IntegrityError
 
 from .. import metrics
 from ..domain import Order, study_key
 from ..ingest.spool import Spool
+from ..results.schema import HL7_MESSAGES, ORDERS
+from ..results.store import open_engine, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +59,10 @@ REASON_UNKNOWN_ORDER = "no order with this accession number and patient ID"
 REASON_UNABLE_TO_CANCEL = "unable to cancel: images of the order's study have already arrived"
 REASON_UNSUPPORTED_CONTROL = "unsupported order control"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (
-    accession TEXT NOT NULL,
-    patient_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    status TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    station_ae_title TEXT NOT NULL,
-    scheduled_date TEXT NOT NULL,
-    priority_rank INTEGER NOT NULL,
-    scheduled_start TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    ai_critical INTEGER NOT NULL DEFAULT 0,
-    ai_use_cases TEXT NOT NULL DEFAULT '[]',
-    ai_raised_at REAL,
-    PRIMARY KEY (accession, patient_id)
-);
-CREATE INDEX IF NOT EXISTS orders_study ON orders (study_uid);
-CREATE INDEX IF NOT EXISTS orders_status ON orders (status, created_at);
-CREATE TABLE IF NOT EXISTS hl7_messages (
-    control_id TEXT PRIMARY KEY,
-    ack BLOB NOT NULL,
-    outcome TEXT NOT NULL,
-    accession TEXT,
-    patient_id TEXT,
-    received_at REAL NOT NULL
-);
-"""
-
 _ORDER_FIELDS = {f.name for f in dataclasses.fields(Order)}
+#: Attempts of one write transaction that lost a race for a unique key to another writer (PostgreSQL).
+_WRITE_ATTEMPTS = 5
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -132,61 +120,141 @@ def _decode(body: str) -> Order:
 
 
 class OrderStore:
-    """Durable imaging orders in the spool's database, safe to share between threads.
+    """Durable imaging orders in the results store, safe to share between threads (and, on PostgreSQL, between
+    routers).
 
     Parameters
     ----------
     spool
-        The spool whose ``state.db`` holds the orders (tables are created if missing); its instance index tells
-        whether an order's study has arrived.
+        The router's spool: its instance index tells whether an order's study has arrived, its result table whether
+        the study has an AI result.
+    store
+        The results store: its SQLAlchemy URL (``config.audit.url``; opened and migrated to head) or an engine on it
+        (the router's :class:`~pacsflow_router.results.audit.AuditLog` engine, so an in-memory database is the same
+        database).
     """
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, store: str | Engine) -> None:
         self._spool = spool
-        with spool.transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        self._owned = isinstance(store, str)
+        self.engine = open_engine(store) if isinstance(store, str) else store
+        upgrade(self.engine)
+        database = self.engine.url.database
+        sqlite = self.engine.dialect.name == "sqlite"
+        # A SQLite file: BEGIN IMMEDIATE takes the write lock before the first read, so a read-modify-write never
+        # meets another connection's commit half way (SQLITE_BUSY_SNAPSHOT); the busy timeout waits for the lock.
+        self._immediate = sqlite and database not in (None, "", ":memory:")
+        # An in-memory SQLite database is one connection shared by every thread: its transactions take turns.
+        self._lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if sqlite and not self._immediate else contextlib.nullcontext())
+        self._move_spool_tables()
         self._refresh_open_gauge()
+
+    def close(self) -> None:
+        """Release the database connections of a store this object opened from a URL (an engine passed in stays
+        open)."""
+        if self._owned:
+            self.engine.dispose()
 
     # -- internals ----------------------------------------------------------------------------------------------
 
+    def _move_spool_tables(self) -> None:
+        """Move the orders and control IDs an older pacsflow kept in the spool's ``state.db`` into the store.
+
+        The rows are inserted first (a key already in the store keeps the store's row), then the spool's tables are
+        dropped: a crash in between repeats the move at the next start and changes nothing twice.
+        """
+        moved = {name for (name,) in self._spool.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('orders', 'hl7_messages')")}
+        if not moved:
+            return
+        dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite_dialect.insert
+        counts = {}
+        with self.engine.begin() as conn:
+            for table, keys in ((ORDERS, ["accession", "patient_id"]), (HL7_MESSAGES, ["control_id"])):
+                if table.name not in moved:
+                    continue
+                names = [c.name for c in table.columns]
+                rows = [dict(zip(names, row, strict=True)) for row in self._spool.execute(
+                    f"SELECT {', '.join(names)} FROM {table.name}")]
+                for row in rows:
+                    if "ai_critical" in row:
+                        row["ai_critical"] = bool(row["ai_critical"])
+                    if "ack" in row:
+                        row["ack"] = bytes(row["ack"])
+                for start in range(0, len(rows), 500):
+                    conn.execute(dialect_insert(table).values(rows[start:start + 500])
+                                 .on_conflict_do_nothing(index_elements=keys))
+                counts[table.name] = len(rows)
+        with self._spool.transaction() as db:
+            for name in moved:
+                db.execute(f"DROP TABLE {name}")
+        log.info("moved %d orders and %d HL7 control IDs from the spool's state.db into the results store",
+                 counts.get("orders", 0), counts.get("hl7_messages", 0))
+
+    def _transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, committed before this returns; retried when another writer won the
+        race for a unique key (the retry then finds that writer's row)."""
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                with self._lock, self.engine.begin() as conn:
+                    if self._immediate:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    return work(conn)
+            except IntegrityError:
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+                log.info("order store: a concurrent writer stored the same key first; retrying")
+        raise AssertionError("unreachable")
+
     def _refresh_open_gauge(self) -> None:
-        metrics.ORDERS_OPEN.set(self.count("scheduled") + self.count("in-progress"))
+        with self.engine.connect() as conn:
+            open_count = conn.execute(select(func.count()).select_from(ORDERS)
+                                      .where(ORDERS.c.status.in_(OPEN_STATUSES))).scalar_one()
+        metrics.ORDERS_OPEN.set(open_count)
 
     @staticmethod
-    def _row(db: Connection, accession: str, patient_id: str) -> Order | None:
-        row = db.execute("SELECT body FROM orders WHERE accession = ? AND patient_id = ?",
-                         (accession, patient_id)).fetchone()
-        return None if row is None else _decode(row[0])
+    def _row(db: Connection, accession: str, patient_id: str, *, lock: bool = True) -> Order | None:
+        query = select(ORDERS.c.body).where(ORDERS.c.accession == accession, ORDERS.c.patient_id == patient_id)
+        body = db.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        return None if body is None else _decode(body)
 
     @staticmethod
-    def _write(db: Connection, order: Order, now: float, *, insert: bool) -> None:
-        columns = (json.dumps(dataclasses.asdict(order), sort_keys=True), order.study_uid, order.status,
-                   order.modality, order.scheduled_station_ae_title, _scheduled_date(order, now),
-                   PRIORITY_RANK.get(order.priority, len(PRIORITY_RANK)), order.scheduled_start)
-        if insert:
-            db.execute(
-                "INSERT INTO orders (body, study_uid, status, modality, station_ae_title, scheduled_date, "
-                "priority_rank, scheduled_start, created_at, updated_at, accession, patient_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*columns, now, now, order.accession, order.patient_id))
+    def _write(db: Connection, order: Order, now: float, *, insert_row: bool) -> None:
+        columns = {
+            "body": json.dumps(dataclasses.asdict(order), sort_keys=True), "study_uid": order.study_uid,
+            "status": order.status, "modality": order.modality, "station_ae_title": order.scheduled_station_ae_title,
+            "scheduled_date": _scheduled_date(order, now),
+            "priority_rank": PRIORITY_RANK.get(order.priority, len(PRIORITY_RANK)),
+            "scheduled_start": order.scheduled_start, "updated_at": now,
+        }
+        if insert_row:
+            db.execute(insert(ORDERS).values(accession=order.accession, patient_id=order.patient_id, created_at=now,
+                                             ai_critical=False, ai_use_cases="[]", **columns))
         else:
-            db.execute(
-                "UPDATE orders SET body = ?, study_uid = ?, status = ?, modality = ?, station_ae_title = ?, "
-                "scheduled_date = ?, priority_rank = ?, scheduled_start = ?, updated_at = ? "
-                "WHERE accession = ? AND patient_id = ?",
-                (*columns, now, order.accession, order.patient_id))
+            db.execute(update(ORDERS).where(ORDERS.c.accession == order.accession,
+                                            ORDERS.c.patient_id == order.patient_id).values(**columns))
 
-    @staticmethod
-    def _images_arrived(db: Connection, order: Order) -> bool:
+    def _study_arrived(self, study_uid: str) -> bool:
+        """Instances of the study are in the spool."""
+        return bool(study_uid) and bool(
+            self._spool.execute("SELECT 1 FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,)))
+
+    def _images_arrived(self, order: Order) -> bool:
         """The order's study has started: MPPS or a match moved it on, or instances of its study are spooled."""
-        if order.status in ("in-progress", "completed"):
-            return True
-        if not order.study_uid:
-            return False
-        return db.execute("SELECT 1 FROM instances WHERE study_uid = ? LIMIT 1",
-                          (order.study_uid,)).fetchone() is not None
+        return order.status in ("in-progress", "completed") or self._study_arrived(order.study_uid)
+
+    def _with_results(self, study_uids: set[str]) -> set[str]:
+        """Those of ``study_uids`` the spool has an AI result for."""
+        found: set[str] = set()
+        uids = sorted(study_uids)
+        for start in range(0, len(uids), 500):
+            chunk = uids[start:start + 500]
+            rows = self._spool.execute(
+                f"SELECT DISTINCT study_uid FROM results WHERE study_uid IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk))
+            found.update(row[0] for row in rows)
+        return found
 
     def _apply(self, db: Connection, order_control: str, order: Order, now: float) -> tuple[str, Order | None, str | None]:
         """One order message's effect inside the caller's transaction: (outcome, stored order, AE reason)."""
@@ -194,12 +262,12 @@ class OrderStore:
         if order_control == "NW":
             if stored is None:
                 fresh = dataclasses.replace(order, status="scheduled")
-                self._write(db, fresh, now, insert=True)
+                self._write(db, fresh, now, insert_row=True)
                 return "created", fresh, None
             # A re-sent or re-placed order: the same key is the same order (a cancelled one is scheduled again).
             reopen = "scheduled" if stored.status not in OPEN_STATUSES else None
             merged = _merge(stored, order, status=reopen)
-            self._write(db, merged, now, insert=False)
+            self._write(db, merged, now, insert_row=False)
             return "updated", merged, None
         if order_control not in ORDER_CONTROLS:
             return "rejected", stored, REASON_UNSUPPORTED_CONTROL
@@ -207,22 +275,22 @@ class OrderStore:
             return "rejected", None, REASON_UNKNOWN_ORDER
         if order_control == "XO":
             merged = _merge(stored, order)
-            self._write(db, merged, now, insert=False)
+            self._write(db, merged, now, insert_row=False)
             return "updated", merged, None
         if order_control == "CA":
-            if self._images_arrived(db, stored):
+            if self._images_arrived(stored):
                 return "rejected", stored, REASON_UNABLE_TO_CANCEL
             cancelled = _merge(stored, order, status="cancelled")
-            self._write(db, cancelled, now, insert=False)
+            self._write(db, cancelled, now, insert_row=False)
             return "cancelled", cancelled, None
         if order_control == "DC":
             stopped = _merge(stored, order, status="discontinued")
-            self._write(db, stopped, now, insert=False)
+            self._write(db, stopped, now, insert_row=False)
             return "discontinued", stopped, None
         # SC: a status change; the parser put ORC-5 (mapped to a store status) into order.status.
         status = order.status if order.status in STATUSES else stored.status
         changed = _merge(stored, order, status=status)
-        self._write(db, changed, now, insert=False)
+        self._write(db, changed, now, insert_row=False)
         outcome = {"cancelled": "cancelled", "discontinued": "discontinued"}.get(status, "updated")
         return outcome, changed, None
 
@@ -244,28 +312,31 @@ class OrderStore:
             The order as parsed; empty fields keep the stored values (HL7: empty means "not sent").
         make_ack
             ``make_ack(code, reason)`` builds the ER7 ACK: ``("AA", None)`` or ``("AE", reason)`` with one of the
-            ``REASON_*`` texts of this module. Called inside the transaction; it must be pure.
+            ``REASON_*`` texts of this module. Called inside the transaction (maybe more than once, when a
+            concurrent writer forces a retry); it must be pure.
 
         Returns
         -------
         Hl7Outcome
-            The ACK to send (durable before this returns), what happened, and the stored order.
+            The ACK to send (committed before this returns), what happened, and the stored order.
         """
         now = time.time()
-        with self._spool.transaction() as db:
-            seen = db.execute("SELECT ack, accession, patient_id FROM hl7_messages WHERE control_id = ?",
-                              (control_id,)).fetchone()
+
+        def work(db: Connection) -> Hl7Outcome:
+            seen = db.execute(select(HL7_MESSAGES.c.ack, HL7_MESSAGES.c.accession, HL7_MESSAGES.c.patient_id)
+                              .where(HL7_MESSAGES.c.control_id == control_id)).first()
             if seen is not None:
                 ack, accession, patient_id = seen
-                previous = self._row(db, accession, patient_id) if accession is not None else None
-                result = Hl7Outcome(bytes(ack), "duplicate", previous)
-            else:
-                outcome, stored, reason = self._apply(db, order_control, order, now)
-                ack = make_ack("AA" if reason is None else "AE", reason)
-                db.execute("INSERT INTO hl7_messages (control_id, ack, outcome, accession, patient_id, received_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (control_id, ack, outcome, order.accession, order.patient_id, now))
-                result = Hl7Outcome(ack, outcome, stored)
+                previous = self._row(db, accession, patient_id, lock=False) if accession is not None else None
+                return Hl7Outcome(bytes(ack), "duplicate", previous)
+            outcome, stored, reason = self._apply(db, order_control, order, now)
+            ack = make_ack("AA" if reason is None else "AE", reason)
+            db.execute(insert(HL7_MESSAGES).values(control_id=control_id, ack=ack, outcome=outcome,
+                                                   accession=order.accession, patient_id=order.patient_id,
+                                                   received_at=now))
+            return Hl7Outcome(ack, outcome, stored)
+
+        result = self._transaction(work)
         log.info("hl7 order %s: %s %s", order.key, order_control, result.outcome)
         self._refresh_open_gauge()
         return result
@@ -282,18 +353,19 @@ class OrderStore:
             ``created``, ``updated`` or ``unchanged``.
         """
         now = time.time()
-        with self._spool.transaction() as db:
+
+        def work(db: Connection) -> str:
             stored = self._row(db, order.accession, order.patient_id)
             if stored is None:
-                self._write(db, order, now, insert=True)
-                outcome = "created"
-            else:
-                merged = _merge(stored, order, status=None if order.status == "scheduled" else order.status)
-                if merged == stored:
-                    outcome = "unchanged"
-                else:
-                    self._write(db, merged, now, insert=False)
-                    outcome = "updated"
+                self._write(db, order, now, insert_row=True)
+                return "created"
+            merged = _merge(stored, order, status=None if order.status == "scheduled" else order.status)
+            if merged == stored:
+                return "unchanged"
+            self._write(db, merged, now, insert_row=False)
+            return "updated"
+
+        outcome = self._transaction(work)
         if outcome != "unchanged":
             log.info("worklist order %s: %s", order.key, outcome)
             self._refresh_open_gauge()
@@ -301,27 +373,26 @@ class OrderStore:
 
     def get(self, accession: str, patient_id: str) -> Order | None:
         """The stored order with this accession number and patient ID, whatever its status."""
-        rows = self._spool.execute("SELECT body FROM orders WHERE accession = ? AND patient_id = ?",
-                                   (accession, patient_id))
-        return _decode(rows[0][0]) if rows else None
+        with self.engine.connect() as conn:
+            return self._row(conn, accession, patient_id, lock=False)
 
     def find_for_study(self, study_uid: str, accession: str, patient_id: str) -> Order | None:
         """The order an arriving study belongs to: by Study Instance UID, else by accession plus patient ID.
 
         Cancelled orders are never returned. Empty arguments match nothing.
         """
-        if study_uid:
-            rows = self._spool.execute(
-                "SELECT body FROM orders WHERE study_uid = ? AND status != 'cancelled' ORDER BY updated_at DESC "
-                "LIMIT 1", (study_uid,))
-            if rows:
-                return _decode(rows[0][0])
-        if accession and patient_id:
-            rows = self._spool.execute(
-                "SELECT body FROM orders WHERE accession = ? AND patient_id = ? AND status != 'cancelled'",
-                (accession, patient_id))
-            if rows:
-                return _decode(rows[0][0])
+        o = ORDERS.c
+        with self.engine.connect() as conn:
+            if study_uid:
+                body = conn.execute(select(o.body).where(o.study_uid == study_uid, o.status != "cancelled")
+                                    .order_by(o.updated_at.desc()).limit(1)).scalar_one_or_none()
+                if body is not None:
+                    return _decode(body)
+            if accession and patient_id:
+                body = conn.execute(select(o.body).where(o.accession == accession, o.patient_id == patient_id,
+                                                         o.status != "cancelled")).scalar_one_or_none()
+                if body is not None:
+                    return _decode(body)
         return None
 
     def mark_ai_critical(self, order: Order, use_case: str, at: float) -> bool:
@@ -341,9 +412,12 @@ class OrderStore:
         bool
             True if this changed the order (a new flag or a new use case), False if already recorded or unknown.
         """
-        with self._spool.transaction() as db:
-            row = db.execute("SELECT ai_critical, ai_use_cases, ai_raised_at FROM orders "
-                             "WHERE accession = ? AND patient_id = ?", (order.accession, order.patient_id)).fetchone()
+        o = ORDERS.c
+        key = (o.accession == order.accession, o.patient_id == order.patient_id)
+
+        def work(db: Connection) -> bool:
+            row = db.execute(select(o.ai_critical, o.ai_use_cases, o.ai_raised_at).where(*key)
+                             .with_for_update()).first()
             if row is None:
                 return False
             critical, use_cases_json, raised_at = row
@@ -352,12 +426,15 @@ class OrderStore:
                 return False
             if use_case not in use_cases:
                 use_cases.append(use_case)
-            db.execute("UPDATE orders SET ai_critical = 1, ai_use_cases = ?, ai_raised_at = ?, updated_at = ? "
-                       "WHERE accession = ? AND patient_id = ?",
-                       (json.dumps(use_cases), raised_at if raised_at is not None else at, time.time(),
-                        order.accession, order.patient_id))
-        log.info("order %s: AI critical (%s)", order.key, use_case)
-        return True
+            db.execute(update(ORDERS).where(*key).values(
+                ai_critical=True, ai_use_cases=json.dumps(use_cases),
+                ai_raised_at=raised_at if raised_at is not None else at, updated_at=time.time()))
+            return True
+
+        changed = self._transaction(work)
+        if changed:
+            log.info("order %s: AI critical (%s)", order.key, use_case)
+        return changed
 
     def worklist(self, *, modality: str | None = None, station_ae_title: str | None = None,
                  date_from: str | None = None, date_to: str | None = None) -> list[WorklistEntry]:
@@ -377,27 +454,26 @@ class OrderStore:
             DICOM DA (``YYYYMMDD``) bounds, inclusive, on the scheduled date (the day received when the order has
             no scheduled start).
         """
-        where = ["(o.status IN ('scheduled', 'in-progress') OR (o.status = 'completed' AND (o.ai_critical = 1 OR "
-                 "(o.study_uid != '' AND EXISTS (SELECT 1 FROM results r WHERE r.study_uid = o.study_uid)))))"]
-        params: list[object] = []
+        o = ORDERS.c
+        completed_with_study = (o.status == "completed") & (o.ai_critical | (o.study_uid != ""))
+        query = select(o.body, o.status, o.study_uid, o.ai_critical, o.ai_use_cases, o.ai_raised_at).where(
+            o.status.in_(OPEN_STATUSES) | completed_with_study)
         if modality:
-            where.append("o.modality = ?")
-            params.append(modality)
+            query = query.where(o.modality == modality)
         if station_ae_title:
-            where.append("(o.station_ae_title = ? OR o.station_ae_title = '')")
-            params.append(station_ae_title)
+            query = query.where((o.station_ae_title == station_ae_title) | (o.station_ae_title == ""))
         if date_from:
-            where.append("o.scheduled_date >= ?")
-            params.append(date_from)
+            query = query.where(o.scheduled_date >= date_from)
         if date_to:
-            where.append("o.scheduled_date <= ?")
-            params.append(date_to)
-        rows = self._spool.execute(
-            "SELECT o.body, o.ai_critical, o.ai_use_cases, o.ai_raised_at FROM orders o WHERE " + " AND ".join(where)
-            + " ORDER BY o.ai_critical DESC, o.priority_rank, o.scheduled_start = '', o.scheduled_start, o.created_at",
-            tuple(params))
-        return [WorklistEntry(_decode(body), bool(critical), tuple(json.loads(use_cases)), raised_at)
-                for body, critical, use_cases, raised_at in rows]
+            query = query.where(o.scheduled_date <= date_to)
+        query = query.order_by(o.ai_critical.desc(), o.priority_rank, o.scheduled_start == "", o.scheduled_start,
+                               o.created_at)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        # A completed order the AI did not flag stays listed while its study has a result row in the spool.
+        analysed = self._with_results({r.study_uid for r in rows if r.status == "completed" and not r.ai_critical})
+        return [WorklistEntry(_decode(r.body), bool(r.ai_critical), tuple(json.loads(r.ai_use_cases)), r.ai_raised_at)
+                for r in rows if r.status != "completed" or r.ai_critical or r.study_uid in analysed]
 
     def set_status(self, accession: str, patient_id: str, status: str) -> bool:
         """Set an order's status (MPPS, matching); True if it changed, False if unchanged or unknown.
@@ -409,11 +485,17 @@ class OrderStore:
         """
         if status not in STATUSES:
             raise ValueError(f"order status {status!r} is not one of {STATUSES}")
-        with self._spool.transaction() as db:
+
+        def work(db: Connection) -> Order | None:
             stored = self._row(db, accession, patient_id)
             if stored is None or stored.status == status:
-                return False
-            self._write(db, dataclasses.replace(stored, status=status), time.time(), insert=False)
+                return None
+            self._write(db, dataclasses.replace(stored, status=status), time.time(), insert_row=False)
+            return stored
+
+        stored = self._transaction(work)
+        if stored is None:
+            return False
         log.info("order %s: %s", stored.key, status)
         self._refresh_open_gauge()
         return True
@@ -426,14 +508,19 @@ class OrderStore:
         """
         if order.study_uid or not study_uid:
             return order
-        with self._spool.transaction() as db:
+
+        def work(db: Connection) -> tuple[Order, bool]:
             stored = self._row(db, order.accession, order.patient_id)
             if stored is None or stored.study_uid:
-                return stored or order
+                return stored or order, False
             linked = dataclasses.replace(stored, study_uid=study_uid)
-            self._write(db, linked, time.time(), insert=False)
-        log.info("order %s linked to study %s", linked.key, study_key(study_uid))
-        return linked
+            self._write(db, linked, time.time(), insert_row=False)
+            return linked, True
+
+        result, linked = self._transaction(work)
+        if linked:
+            log.info("order %s linked to study %s", result.key, study_key(study_uid))
+        return result
 
     def expire(self, now: float, max_age_seconds: float) -> int:
         """Expire scheduled orders received more than ``max_age_seconds`` before ``now`` that never got a study.
@@ -447,15 +534,25 @@ class OrderStore:
         int
             How many orders were expired.
         """
-        with self._spool.transaction() as db:
-            rows = db.execute(
-                "SELECT body FROM orders o WHERE o.status = 'scheduled' AND o.created_at < ? AND o.ai_critical = 0 "
-                "AND NOT "
-                "(o.study_uid != '' AND EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = o.study_uid))",
-                (now - max_age_seconds,)).fetchall()
-            expired = [dataclasses.replace(_decode(body), status="expired") for (body,) in rows]
-            for order in expired:
-                self._write(db, order, now, insert=False)
+        o = ORDERS.c
+        stale = (o.status == "scheduled") & (o.created_at < now - max_age_seconds) & ~o.ai_critical
+        with self.engine.connect() as conn:
+            candidates = conn.execute(select(o.accession, o.patient_id, o.study_uid).where(stale)).all()
+        # The spool is another database: ask it first, then expire in one transaction whatever is still stale.
+        keys = [(c.accession, c.patient_id) for c in candidates if not self._study_arrived(c.study_uid)]
+
+        def work(db: Connection) -> list[Order]:
+            expired = []
+            for accession, patient_id in keys:
+                body = db.execute(select(o.body).where(o.accession == accession, o.patient_id == patient_id, stale)
+                                  .with_for_update()).scalar_one_or_none()
+                if body is not None:
+                    order = dataclasses.replace(_decode(body), status="expired")
+                    self._write(db, order, now, insert_row=False)
+                    expired.append(order)
+            return expired
+
+        expired = self._transaction(work) if keys else []
         for order in expired:
             log.info("order %s expired: no study after %.0f s", order.key, max_age_seconds)
         if expired:
@@ -465,8 +562,8 @@ class OrderStore:
 
     def count(self, status: str | None = None) -> int:
         """Number of stored orders, or of those with ``status``."""
-        if status is None:
-            rows = self._spool.execute("SELECT count(*) FROM orders")
-        else:
-            rows = self._spool.execute("SELECT count(*) FROM orders WHERE status = ?", (status,))
-        return int(rows[0][0])
+        query = select(func.count()).select_from(ORDERS)
+        if status is not None:
+            query = query.where(ORDERS.c.status == status)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
