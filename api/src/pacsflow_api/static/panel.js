@@ -31,6 +31,29 @@ function wireCopy() {
   });
 }
 
+// A critical result whose priority outputs are held (triage.requireApproval): offer the decision after the reveal.
+async function offerApproval(section, tracking) {
+  const box = section.querySelector(".approval");
+  const response = await fetch("/api/v1/approvals?limit=500", {credentials: "same-origin"});
+  if (!box || !response.ok) { return; }
+  if (!(await response.json()).some((item) => item.tracking_uid === tracking)) { return; }
+  box.hidden = false;
+  const decide = async (verb) => {
+    const answer = await fetch("/api/v1/results/" + encodeURIComponent(tracking) + "/" + verb,
+                               {method: "POST", credentials: "same-origin"});
+    if (answer.ok) {
+      const state = (await answer.json()).state;
+      text(box.querySelector(".approval-status"),
+           state === "approved" ? "Approved: the priority outputs are released." : "Rejected: they will not be sent.");
+      box.querySelectorAll("button").forEach((b) => { b.hidden = true; });
+    } else {
+      text(box.querySelector(".approval-status"), "Not saved: " + await problemDetail(answer));
+    }
+  };
+  box.querySelector("button.approve").addEventListener("click", () => decide("approve"));
+  box.querySelector("button.reject-priority").addEventListener("click", () => decide("reject"));
+}
+
 function wire(section) {
   const tracking = section.dataset.tracking;
   const button = section.querySelector("button.reveal");
@@ -55,6 +78,7 @@ function wire(section) {
     button.hidden = true;
     panel.focus();  // the button is gone: keyboard focus moves to what it revealed
     loadDraft();
+    if (result.critical) { offerApproval(section, tracking); }
   });
 
   toggle.addEventListener("change", () => { if (result) { img.src = imageUrl(result, toggle.checked); } });
