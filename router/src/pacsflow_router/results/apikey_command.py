@@ -10,11 +10,8 @@ import argparse
 import os
 import sys
 
-from sqlalchemy.exc import OperationalError
-
-from ..errors import AuditSchemaError
 from .schema import ROLES
-from .store import ResultsStore
+from .store import open_for_command
 
 URL_ENV = "PACSFLOW_STORE_URL"
 
@@ -40,14 +37,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.url:
         parser.error(f"give the results store's URL with --url or ${URL_ENV}")
-    try:
-        store = ResultsStore(args.url)
-    except OperationalError as exc:
-        print(f"pacsflow api-key: cannot open the results store: {exc.orig}", file=sys.stderr)
-        return 1
-    except AuditSchemaError as exc:
-        print(f"pacsflow api-key: {exc}", file=sys.stderr)
-        return 2
+    store = open_for_command("api-key", args.url)
+    if isinstance(store, int):
+        return store
     try:
         if args.command == "create":
             key_id, token = store.create_api_key(args.role)

@@ -12,11 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
-
-from ..errors import AuditSchemaError
 from .groundtruth import GroundTruthFileError, parse_labels
-from .store import ResultsStore
+from .store import open_for_command
 
 URL_ENV = "PACSFLOW_STORE_URL"
 
@@ -46,14 +43,9 @@ def main(argv: list[str]) -> int:
     except GroundTruthFileError as exc:
         print(f"pacsflow ground-truth: {args.file}: {exc}; nothing imported", file=sys.stderr)
         return 2
-    try:
-        store = ResultsStore(args.url)
-    except OperationalError as exc:
-        print(f"pacsflow ground-truth: cannot open the results store: {exc.orig}", file=sys.stderr)
-        return 1
-    except AuditSchemaError as exc:
-        print(f"pacsflow ground-truth: {exc}", file=sys.stderr)
-        return 2
+    store = open_for_command("ground-truth", args.url)
+    if isinstance(store, int):
+        return store
     try:
         done = store.record_ground_truth(parsed.labels, "csv")
     finally:

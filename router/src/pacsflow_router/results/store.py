@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from sqlalchemy import case, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from ..errors import AuditSchemaError
@@ -429,3 +431,16 @@ def _sqlite_durable(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
+
+
+def open_for_command(command: str, url: str) -> ResultsStore | int:
+    """The store for a ``pacsflow`` command line, or the exit status after saying on stderr why it cannot be opened
+    (1: unreachable, 2: written by a newer release)."""
+    try:
+        return ResultsStore(url)
+    except OperationalError as exc:
+        print(f"pacsflow {command}: cannot open the results store: {exc.orig}", file=sys.stderr)
+        return 1
+    except AuditSchemaError as exc:
+        print(f"pacsflow {command}: {exc}", file=sys.stderr)
+        return 2
