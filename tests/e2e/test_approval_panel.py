@@ -5,28 +5,19 @@ priority outputs are held; the click stores the approval under the reader's key 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from pacsflow_router.results.approvals import Approvals
 from pacsflow_router.results.store import ResultsStore
-from tests.peers.net import free_port, stop_process, wait_port
+from tests.peers.browser import api_process, chromium
 from tests.peers.reviewstore import seed_store
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                       reason="needs Debian chromium + chromium-driver (scripts/install-system-deps.sh)"),
-]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
@@ -39,30 +30,14 @@ def served(tmp_path) -> Iterator[tuple[str, str, dict]]:
     assert Approvals(store.engine).hold(result_key=row["result_key"], revision=row["revision"], study_key="k",
                                         use_case=row["use_case"], held={})
     store.close()
-    port = free_port()
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "pacsflow_api", "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, "PACSFLOW_STORE_URL": url}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, 60, proc)
-        yield f"http://127.0.0.1:{port}", url, facts
-    finally:
-        stop_process(proc)
-        log.close()
+    with api_process(url, tmp_path / "api.log") as base:
+        yield base, url, facts
 
 
 @pytest.fixture
 def browser(tmp_path) -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
-    try:
+    with chromium(tmp_path / "chromium") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_a_reader_approves_the_held_priority_from_the_panel(served, browser):

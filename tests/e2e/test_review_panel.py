@@ -5,28 +5,19 @@ marker, sees the unverified draft text, rejects with a comment; the store then h
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from pacsflow_router.results.store import ResultsStore
-from tests.peers.net import free_port, stop_process, wait_port
+from tests.peers.browser import api_process, chromium
 from tests.peers.reviewstore import seed_store
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                       reason="needs Debian chromium + chromium-driver (scripts/install-system-deps.sh)"),
-]
+pytestmark = pytest.mark.e2e
 
 STUDIES = {91: (True, "R"), 82: (False, "S")}  # 82: a negative phantom the model scores low
 
@@ -35,16 +26,8 @@ STUDIES = {91: (True, "R"), 82: (False, "S")}  # 82: a negative phantom the mode
 def served(tmp_path) -> Iterator[tuple[str, str, dict]]:
     """(base URL, store URL, study facts): a pacsflow-api process on a seeded store, stopped by PID."""
     url, facts = seed_store(tmp_path / "router", STUDIES)
-    port = free_port()
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "pacsflow_api", "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, "PACSFLOW_STORE_URL": url}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, 60, proc)
-        yield f"http://127.0.0.1:{port}", url, facts
-    finally:
-        stop_process(proc)
-        log.close()
+    with api_process(url, tmp_path / "api.log") as base:
+        yield base, url, facts
     text = (tmp_path / "api.log").read_text()
     for study in facts.values():  # no UIDs or accession numbers in the API's own log
         assert study["study_uid"] not in text and study["accession"] not in text
@@ -52,16 +35,8 @@ def served(tmp_path) -> Iterator[tuple[str, str, dict]]:
 
 @pytest.fixture
 def browser(tmp_path) -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
-    try:
+    with chromium(tmp_path / "chromium") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _image_loaded(driver: webdriver.Chrome, img, marker: str) -> bool:
