@@ -88,7 +88,7 @@ def _stop(pid: int, timeout: float = 30.0) -> None:
 def postgres_server() -> Iterator[str]:
     """One throwaway PostgreSQL cluster for the test session; yields the URL of its ``pacsflow`` database."""
     if not available():
-        pytest.skip("PostgreSQL is not installed: run scripts/install-system-deps.sh (Debian postgresql)")
+        pytest.fail("PostgreSQL is not installed: run scripts/install-system-deps.sh (Debian postgresql)")
     with cluster() as url:
         yield url
 
