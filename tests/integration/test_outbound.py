@@ -423,3 +423,22 @@ def test_the_router_service_sends_each_channel_with_its_own_sender_and_audits_it
         service.outbox.close()
         service.audit.close()
         service.spool.close()
+
+
+def test_wait_sent_returns_once_the_alerts_are_acknowledged_and_is_bounded_when_the_receiver_is_down(tmp_path,
+                                                                                                      mllp_port):
+    port, receivers = mllp_port
+    outbox = _outbox(tmp_path / "outbox", _factory(hl7_port=port))
+    outbox.start()
+    try:
+        msh10, body = _hl7(7)
+        outbox.enqueue_message("hl7", "ris", msh10, body, kind="alert", study_key="k7")
+        started = time.monotonic()
+        assert outbox.wait_sent(("hl7", "webhook"), 0.3) is False  # nobody listens: bounded by the timeout
+        assert 0.25 <= time.monotonic() - started < 2
+        receiver = MllpReceiver(port).start()
+        receivers.append(receiver)
+        assert outbox.wait_sent(("hl7", "webhook"), 10) is True
+        assert len(receiver.messages) == 1 and outbox.pending("hl7") == 0
+    finally:
+        outbox.close()

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # Triton priority levels: 1 is served first. Triage studies jump the queue; silent ones never delay clinical work.
 PRIORITY = {"triage": 1, "assistive": 2, "silent": 3}
+# A critical result's alerts go out before its SR is built; the SR waits at most this long for them (a receiver that
+# is down does not hold the SR longer).
+ALERT_HEAD_START_SECONDS = 0.25
 
 
 def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_repository: str | Path, *,
@@ -321,6 +324,8 @@ class Pipeline:
             else:
                 send_critical(self.outbox, self.config, use_case, study_key=study.ref.key, header=study.first_header,
                               result=found, order=order, orders=self.orders, last_received=study.ref.last_received)
+                # Let the alerts reach the RIS and the webhook before the SR build holds the interpreter (bounded).
+                self.outbox.wait_sent(("hl7", "webhook"), ALERT_HEAD_START_SECONDS)
         # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
         if sends_sr:
             assert use_case.outputs.structured_report is not None

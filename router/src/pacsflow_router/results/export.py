@@ -201,6 +201,7 @@ class Outbox:
         self._db.execute(_TABLE.format(name="outbox"))
         self._db.execute(_INDEX)
         self._wake = threading.Event()
+        self._progress = threading.Condition()  # notified after each delivery and each round (wait_sent)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.update_gauges()
@@ -481,9 +482,29 @@ class Outbox:
                     log.info("outbox: %s for study %s (%s) delivered to %s %s", item.kind or item.channel,
                              item.study_key or "-", item.use_case or "-", item.channel, item.destination)
                     self._notify(_with(item, item.attempts + 1, None), "delivered")
+                    with self._progress:
+                        self._progress.notify_all()
         # Every round, delivered or not: the oldest-pending age grows while a destination is down.
         self.update_gauges(now)
+        with self._progress:
+            self._progress.notify_all()
         return delivered
+
+    def wait_sent(self, channels: tuple[str, ...], timeout: float) -> bool:
+        """Block until nothing of ``channels`` is pending, at most ``timeout`` seconds; True when nothing is.
+
+        The pipeline calls it after queueing a critical result's alerts, before the CPU-bound SR build: the sender
+        thread then gets the interpreter to itself for the few milliseconds an ACK takes, instead of waiting for the
+        GIL behind the SR (bench/worklist.py). A receiver that is down costs each critical study ``timeout`` at most.
+        """
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while any(self.pending(channel) for channel in channels):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(left)
+        return True
 
     def _file_for(self, item_id: int) -> str:
         with self._db_lock:
