@@ -37,7 +37,7 @@ import yaml
 from kubernetes import client, config
 
 from bench.operator_bench import GROUP, VERSION, _apply_crds, _pct
-from tests.peers.net import free_port
+from tests.peers.net import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "killswitch"
@@ -157,11 +157,7 @@ def run(kubeconfig: str, n_edits: int, workdir: Path) -> dict[str, float | int |
             service.stop()
             service.audit.close()
             service.spool.close()
-        op.terminate()
-        try:
-            op.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            op.kill()
+        stop_process(op, 30)
         api.close()
 
 

@@ -36,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
 from tests.conftest import free_port
+from tests.peers.net import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "pacsflow.io", "v1alpha1"
@@ -237,13 +238,9 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
         }
     finally:
         watcher.stop()
-        op.terminate()
+        stop_process(op, 30)
         if operator_log:
             log_file.close()
-        try:
-            op.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            op.kill()
         api.close()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +28,7 @@ from pacsflow_router.workflow.worklist import AI_PREFIX, worklist_service
 from tests.peers.net import eventually
 from tests.peers.worklist import RisItem, RisWorklist, findscu_worklist, ris_worklist
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "wlmscpfs"], capture_output=True, check=False).returncode != 0,
-    reason="dcmtk is not installed (make system-deps)",
-)
+# dcmtk (wlmscpfs, findscu) is required, not optional: make system-deps installs it and a missing tool fails.
 
 TODAY = datetime.date(2026, 11, 30)
 NAME_DE = "Müller^Jürgen"
