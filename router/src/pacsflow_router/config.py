@@ -7,11 +7,20 @@ The operator renders one of these per ``DicomRouter`` into a ConfigMap; the rout
 from __future__ import annotations
 
 import re
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError as ConfigError  # re-exported: the operator reads it from here (contract)
@@ -31,6 +40,75 @@ class _Model(BaseModel):
     )
 
 
+def _network(value: str) -> str:
+    try:
+        return str(ip_network(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address block like 10.0.0.0/8 or ::1/128 (host bits must be zero)") \
+            from None
+
+
+Network = Annotated[str, AfterValidator(_network)]
+"""An address block of an allow-list (``10.0.0.0/8``, ``127.0.0.1/32``, ``::1/128``), kept in its canonical form."""
+
+
+class TlsServer(_Model):
+    """TLS on a listener: DICOM (PS3.15 Annex B secure transport, BCP 195), MLLP or HTTP.
+
+    TLS 1.2 and 1.3 only (1.3 preferred), forward-secret AEAD ciphers only. The files are re-read when they change
+    (a rotated Kubernetes Secret): new connections get the new certificate, running ones keep theirs.
+    """
+
+    cert_file: str = Field(min_length=1)
+    """PEM certificate chain (a mounted Secret's ``tls.crt``)."""
+    key_file: str = Field(min_length=1)
+    """PEM private key (``tls.key``)."""
+    client_ca_file: str | None = None
+    """PEM bundle of the CAs whose client certificates are accepted (mutual TLS)."""
+    client_certificate: Literal["none", "optional", "required"] = "none"
+    """Whether clients must present a certificate signed by ``clientCaFile``."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Oldest TLS version accepted."""
+
+    @model_validator(mode="after")
+    def _ca_for_client_certificates(self) -> TlsServer:
+        if self.client_certificate != "none" and not self.client_ca_file:
+            raise ValueError("clientCaFile is required when clientCertificate is optional or required")
+        return self
+
+
+class TlsClient(_Model):
+    """TLS when pacsflow connects out (a PACS, an HL7 receiver, a webhook, a syslog collector).
+
+    The server's certificate is always verified; there is no switch to turn that off.
+    """
+
+    ca_file: str | None = None
+    """PEM CA bundle that verifies the server (unset: the system's trust store)."""
+    cert_file: str | None = None
+    """PEM client certificate chain, for peers that require mutual TLS."""
+    key_file: str | None = None
+    """PEM key of ``certFile``."""
+    server_name: str | None = None
+    """Name the server's certificate must carry (default: the host connected to)."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Oldest TLS version offered."""
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> TlsClient:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile go together")
+        return self
+
+
+class DicomTls(TlsServer):
+    """TLS on the DICOM listener, with certificates bound to AE titles."""
+
+    ae_titles_by_certificate: dict[str, list[AETitle]] = Field(default_factory=dict)
+    """Client certificate subject CN -> the calling AE titles it may use. When set, an association whose calling AE
+    title is not listed for its certificate is rejected, so a certificate issued for AE A cannot send as AE B."""
+
+
 class Destination(_Model):
     """A DICOM peer that results are sent to (C-STORE SCP)."""
 
@@ -42,6 +120,8 @@ class Destination(_Model):
     """Host name or address of the destination."""
     port: Port
     """TCP port of the destination's DICOM service."""
+    tls: TlsClient | None = None
+    """Connect over TLS (PS3.15 Annex B); plaintext when unset."""
 
 
 class Completion(_Model):
@@ -107,6 +187,12 @@ class Metrics(_Model):
     """Port of the /metrics HTTP endpoint."""
     host: str = "127.0.0.1"
     """Address the metrics endpoint binds to."""
+    tls: TlsServer | None = None
+    """Serve /metrics over HTTPS."""
+    bearer_token_file: str | None = None
+    """File holding the token scrapers must send as ``Authorization: Bearer`` (a mounted Secret); open when unset."""
+    allowed_networks: list[Network] = Field(default_factory=list)
+    """Client addresses accepted (empty: any)."""
 
 
 class ModelRef(_Model):
@@ -354,6 +440,10 @@ class Hl7Listener(_Model):
     """MSH-4 of the ACKs."""
     field_map: Hl7FieldMap = Field(default_factory=Hl7FieldMap)
     """Where order fields are read from."""
+    tls: TlsServer | None = None
+    """MLLP and HTTP over TLS; plaintext when unset."""
+    allowed_networks: list[Network] = Field(default_factory=list)
+    """Client addresses accepted on both ports (empty: any)."""
 
 
 class Hl7Destination(_Model):
@@ -373,6 +463,8 @@ class Hl7Destination(_Model):
     """MSH-6."""
     timeout_seconds: float = Field(default=10.0, gt=0)
     """Seconds to wait for the ACK."""
+    tls: TlsClient | None = None
+    """MLLP over TLS; plaintext when unset."""
 
 
 class Webhook(_Model):
@@ -388,6 +480,9 @@ class Webhook(_Model):
     Unsigned when unset."""
     timeout_seconds: float = Field(default=10.0, gt=0)
     """Request timeout."""
+    ca_file: str | None = None
+    """PEM CA bundle that verifies an ``https://`` URL's certificate (unset: the system's trust store). Verification
+    is always on."""
 
 
 class MwlSource(_Model):
@@ -409,6 +504,8 @@ class MwlSource(_Model):
     """...to this many days after today."""
     poll_seconds: float = Field(default=60.0, gt=0)
     """Seconds between polls."""
+    tls: TlsClient | None = None
+    """C-FIND over TLS; plaintext when unset."""
 
 
 class Orders(_Model):
@@ -452,6 +549,10 @@ class RoutingConfig(_Model):
     """Address the DICOM listener binds to (loopback by default; 0.0.0.0 in a pod)."""
     allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list, alias="allowedCallingAETitles")
     """Calling AE titles accepted; associations from others are rejected (empty = reject all)."""
+    allowed_networks: list[Network] = Field(default_factory=list)
+    """Peer addresses accepted on the DICOM port (empty: any); others are refused before the association."""
+    tls: DicomTls | None = None
+    """DICOM over TLS on the listening port; plaintext when unset."""
     spool_dir: str = "/var/lib/pacsflow/spool"
     """Durable spool directory (instances, study state, outbox)."""
     spool_max_disk_usage: float = Field(default=0.95, gt=0, le=1)
