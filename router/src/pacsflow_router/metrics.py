@@ -46,6 +46,17 @@ INSTANCES_REJECTED = Counter(
 ASSOCIATIONS = Counter(
     "pacsflow_associations", "Inbound association requests, by outcome.", ["outcome"], registry=REGISTRY)
 
+# -- connections refused at the door (every listener: allow-lists, TLS handshakes) --------------------------------
+#: Listeners of ``pacsflow_connections_refused_total{listener}`` (fixed names, never a peer's address).
+LISTENERS = ("dicom", "mllp", "hl7-http", "metrics")
+#: Reasons of ``pacsflow_connections_refused_total{reason}``: outside ``allowedNetworks``; a failed TLS handshake
+#: (old version, weak cipher, no or untrusted client certificate, plaintext on a TLS port); a bad bearer token.
+CONNECTION_REFUSED_REASONS = ("not-allowed", "tls-handshake", "unauthorized")
+CONNECTIONS_REFUSED = Counter(
+    "pacsflow_connections_refused", "Connections refused before any request was read: the peer's address is outside "
+    "the listener's allowedNetworks, its TLS handshake failed, or (metrics) its bearer token was wrong; by listener "
+    "and reason.", ["listener", "reason"], registry=REGISTRY)
+
 # -- studies (studies, pipeline) --------------------------------------------------------------------------------
 QUEUE_DEPTH = Gauge(
     "pacsflow_queue_depth_studies", "Studies received and waiting (incomplete or complete, not yet processed).",
