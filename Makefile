@@ -24,7 +24,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer node-peers
+test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer node-peers identity-peer
 	$(VENV)/bin/pytest
 
 demo: venv system-deps hl7-peer node-peers
@@ -70,6 +70,12 @@ node-peers:
 ## tests/peers/hapi/Peer.java runs on them (Java 17)
 hl7-peer:
 	scripts/fetch-hl7-peer.sh
+
+.PHONY: identity-peer
+## The hospital identity provider for the single sign-on tests: Keycloak (keycloak-quarkus-dist) from Maven Central
+## into the cache (sha1-checked); tests/peers/keycloak.py runs it in dev mode (Java 21+)
+identity-peer:
+	scripts/fetch-identity-peer.sh
 
 .PHONY: triton-venv triton
 ## Triton's own venv (.venv-triton): nvidia-pytriton's bundled tritonserver 2.51 + ONNX Runtime (numpy<2)
