@@ -21,7 +21,8 @@ from pacsflow_router.results.schema import API_KEYS, EVENTS, FEEDBACK, METADATA,
 from tests.peers.postgres import fresh_database, postgres_server  # noqa: F401  (fixture)
 
 ALL_TABLES = {"audit_results", "audit_events", "feedback", "reveals", "api_keys", "review_results", "api_access", "ground_truth",
-              "approvals", "draft_reports", "orders", "hl7_messages", "alembic_version"}
+              "approvals", "draft_reports", "orders", "hl7_messages", "alembic_version", "audit_chain",
+              "audit_chain_head", "audit_forward"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,7 +39,7 @@ def test_an_empty_database_is_migrated_to_head_and_matches_the_tables_the_code_u
     try:
         assert store.current(engine) is None
         store.upgrade(engine)
-        assert store.current(engine) == store.head() == "0006_orders"
+        assert store.current(engine) == store.head() == "0007_audit_chain"
         assert set(inspect(engine).get_table_names()) == ALL_TABLES
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), METADATA)

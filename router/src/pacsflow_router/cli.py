@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "api-key": ("pacsflow_router.results.apikey_command", "create/rotate/revoke results API keys (hashed at rest)"),
     "ground-truth": ("pacsflow_router.results.groundtruth_command",
                      "import ground-truth labels (accession -> finding present/absent) from a CSV file"),
+    "audit": ("pacsflow_router.results.audit_command", "verify the tamper-evident audit chain (audit verify)"),
 }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from . import chain
 from .schema import APPROVALS, DRAFT_REPORTS, REVIEW_RESULTS
 
 #: A decision and the states that mean it was taken (``released``/``dropped``: the router has acted on it).
@@ -104,6 +105,8 @@ class Approvals:
             done = conn.execute(update(APPROVALS).where(a.result_key == result_key, a.state == "pending").values(
                 state=DECIDED[decision][0], decided_by=by, decided_role=role, decided_at=at, comment=comment)).rowcount
             if done:
+                chain.append(conn, "approval", actor=by, subject=result_key,
+                             detail={"decision": decision, "role": role, "revisions": int(done)})
                 return Decision("decided", DECIDED[decision][0], by, at)
             row = conn.execute(select(a.state, a.decided_by, a.decided_at).where(a.result_key == result_key)
                                .order_by(a.revision.desc()).limit(1)).first()

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from . import chain
 from .schema import EVENTS, METADATA, RESULTS
 from .store import open_engine, upgrade
 
@@ -101,7 +102,11 @@ class AuditLog:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(RESULTS).values(**row))
+                row_id = conn.execute(insert(RESULTS).values(**row).returning(RESULTS.c.id)).scalar_one()
+                chain.append(conn, "ai-result", actor=model_name, subject=study_key,
+                             outcome="failure" if outcome.startswith("error") else "success",
+                             detail={"use_case": use_case, "model_version": int(model_version), "mode": mode},
+                             covers=("audit_results", row_id, row))
         except IntegrityError:
             log.info("audit: study %s use case %s already recorded for %s v%s (revision %d); keeping the first record",
                      study_key, use_case, model_name, model_version, revision)

@@ -275,3 +275,34 @@ HL7_MESSAGES = Table(
     Column("patient_id", Text, nullable=True),
     Column("received_at", Float, nullable=False),
 )
+
+# The tamper-evident audit chain (:mod:`.chain`): ids are dense and assigned under the head row's lock; ``at`` and
+# ``detail`` are stored as the exact strings that were hashed (ISO 8601 UTC; canonical JSON).
+AUDIT_CHAIN = Table(
+    "audit_chain", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+AUDIT_CHAIN_HEAD = Table(
+    "audit_chain_head", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    CheckConstraint("id = 1", name="audit_chain_head_one_row"),
+)
+
+# How far each forwarder (the syslog one: "syslog") has sent the chain: the durable cursor.
+AUDIT_FORWARD = Table(
+    "audit_forward", METADATA,
+    Column("name", String(63), primary_key=True),
+    Column("last_id", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from ..errors import AuditSchemaError
-from . import apikeys
+from . import apikeys, chain
 from .schema import API_ACCESS, API_KEYS, FEEDBACK, GROUND_TRUTH, REVEALS, REVIEW_RESULTS, ROLES, VERDICTS
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,11 @@ class ResultsStore:
         statement = dialect.insert(FEEDBACK).values(**row).on_conflict_do_nothing(
             index_elements=["result_key", "reader", "verdict"]).returning(FEEDBACK.c.id)
         with self.engine.begin() as conn:
-            return conn.execute(statement).first() is not None
+            written = conn.execute(statement).first()
+            if written is not None:
+                chain.append(conn, "feedback", actor=reader, subject=result_key, detail={"verdict": verdict},
+                             covers=("feedback", written.id, row))
+            return written is not None
 
     def feedback(self, *, result_key: str | None = None) -> list[dict[str, Any]]:
         """Feedback rows, oldest first."""
@@ -342,7 +346,9 @@ class ResultsStore:
     def record_reveal(self, *, result_key: str, reader: str) -> None:
         """Record that ``reader`` asked to see the AI result ``result_key`` now."""
         with self.engine.begin() as conn:
-            conn.execute(insert(REVEALS).values(result_key=result_key, reader=reader, revealed_at=_now()))
+            row = {"result_key": result_key, "reader": reader}
+            row_id = conn.execute(insert(REVEALS).values(**row, revealed_at=_now()).returning(REVEALS.c.id)).scalar_one()
+            chain.append(conn, "result-shown", actor=reader, subject=result_key, covers=("reveals", row_id, row))
 
     def reveals(self, *, result_key: str | None = None) -> list[dict[str, Any]]:
         """Reveal rows, oldest first."""
