@@ -34,6 +34,12 @@ turn); the other half are normal heads or hard negatives (calcifications, dense 
 tangential partial volume at the vertex and skull base, bone-only heads), plus a few constant images (water,
 bone-density blocks) so that a uniform 1000 HU volume is not a positive. Only the slices used are rendered.
 
+2.5-D (version 3, ``"neighbours": 1`` in its preprocess.json): each training slice is rendered with its neighbours
+above and below (the study's end slices repeat, as :func:`~pacsflow_router.analysis.preprocess.stack_neighbours` does
+in the router), so the input has windows x 3 channels; the label is the middle slice's. A partial-volumed
+calcification, in the blood range on one 5 mm slice, shows its full density on a neighbour. The data set is stored
+as uint8 (1/255 steps of the [0, 1] windows) to fit in memory.
+
 Labels come from the phantom's own blood maps: a slice is positive when at least
 :data:`~pacsflow_router.models.phantom.MIN_BLOOD_AREA_MM2` of it are at least half blood; slices with less
 blood than that are left out of the loss (no reader could call them); slices without any blood are negative.
@@ -43,7 +49,7 @@ logit is the heatmap's maximum; the location is the soft-argmax of the heatmap. 
 (cells holding blood), a per-slice BCE and an L1 loss on the location of positive slices.
 
 ONNX I/O contract (the Triton path and :mod:`pacsflow_router.analysis.inference` rely on it; opset 17, dynamic
-batch): input ``image`` float32 [-1, C, 256, 256] (C = number of windows in preprocess.json); outputs ``logit``
+batch): input ``image`` float32 [-1, C, 256, 256] (C = windows x (2 neighbours + 1) in preprocess.json); outputs ``logit``
 float32 [-1, 1] (pre-sigmoid, hemorrhage in this slice) and ``location_logit`` float32 [-1, 2] (pre-sigmoid
 (row, column) of the hemorrhage as fractions of the image extent, 0 = top/left edge, 1 = bottom/right edge).
 The model's version string goes into the ONNX metadata (``algorithm_version``), which the SR reports as the
@@ -71,7 +77,12 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "router" / "src"))
 
-from pacsflow_router.analysis.preprocess import PreprocessSpec, load_spec, preprocess_numpy  # noqa: E402
+from pacsflow_router.analysis.preprocess import (  # noqa: E402
+    PreprocessSpec,
+    load_spec,
+    preprocess_numpy,
+    stack_neighbours,
+)
 from pacsflow_router.models import phantom  # noqa: E402
 
 GRID = 32  # heatmap cells per side (stride 8 at 256x256)
@@ -179,11 +190,15 @@ def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, .
     rows, cols = MATRICES[int(rng.integers(len(MATRICES)))]
     slices = int(rng.choice([8, 12, 16, 24]))
     images: list[np.ndarray] = []
+    # Per sample, the indices into ``images`` of the slices k - n .. k + n of its input (2.5-D, spec.neighbours).
+    groups: list[list[int]] = []
     targets: list[tuple[float, np.ndarray, np.ndarray]] = []
+    width = 2 * spec.neighbours + 1
     if i % 40 == 39:
         # Constant images: water, fat, soft tissue, bone density, metal -- never a hemorrhage.
         for hu in rng.uniform(-1000, 3000, size=3).tolist() + [1000.0, 0.0]:
             images.append(np.full((rows, cols), hu, dtype=np.float32))
+            groups.append([len(images) - 1] * width)
             targets.append((0.0, np.array([0.5, 0.5], np.float32), np.zeros((GRID, GRID), np.float32)))
     else:
         lesion = i % 2 == 0
@@ -219,13 +234,35 @@ def _study_samples(args: tuple[int, int, dict[str, Any]]) -> tuple[np.ndarray, .
             others = [k for k in others if k not in calc]
         # Negative studies give more slices: they carry the hard negatives.
         pick += list(rng.permutation(others)[:cfg["negatives"] + (0 if lesion else 2)])
-        for k in pick:
-            hu, blood = study.render(int(k))
-            images.append(hu)
-            targets.append(_slice_target(study, blood))
-    x = preprocess_numpy([im - np.float32(_RESCALE[1]) for im in images], [_RESCALE] * len(images), spec)
-    return (x.astype(np.float16), np.array([t[0] for t in targets], np.float32),
+        rendered: dict[int, int] = {}  # slice -> index in images (neighbours shared between picks)
+        blood_of: dict[int, list[np.ndarray]] = {}
+        for k in map(int, pick):
+            group = []
+            for j in range(k - spec.neighbours, k + spec.neighbours + 1):
+                j = min(max(j, 0), slices - 1)  # the series' end slices repeat, as stack_neighbours does
+                if j not in rendered:
+                    hu, blood_of[j] = study.render(j)
+                    rendered[j] = len(images)
+                    images.append(hu)
+                group.append(rendered[j])
+            groups.append(group)
+            targets.append(_slice_target(study, blood_of[k]))
+    single = preprocess_numpy([im - np.float32(_RESCALE[1]) for im in images], [_RESCALE] * len(images), spec)
+    x = single[np.array(groups, dtype=np.intp).reshape(len(groups), width)].reshape(len(groups), -1, *single.shape[2:])
+    return (_store(x, spec), np.array([t[0] for t in targets], np.float32),
             np.stack([t[1] for t in targets]), np.stack([t[2] for t in targets]))
+
+
+def _store(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Compact storage of preprocessed inputs: uint8 (1/255 steps, 0.3 HU in the brain window) when the values lie in
+    [0, 1] (no normalisation), else float16; :func:`_load` undoes it. 2.5-D inputs are 3x larger."""
+    if (spec.normalize.mean, spec.normalize.std) == (0.0, 1.0):
+        return np.round(x * 255.0).astype(np.uint8)
+    return x.astype(np.float16)
+
+
+def _load(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def make_dataset(n_studies: int, seed: int, spec: PreprocessSpec, positives: int, negatives: int,
@@ -253,7 +290,7 @@ def make_dataset(n_studies: int, seed: int, spec: PreprocessSpec, positives: int
 
 
 def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: torch.Generator,
-           centre_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           centre_fraction: float = 0.0, brain_channel: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random ``size`` x ``size`` crops (cell-aligned): around blood on most positive slices, inside the head
     elsewhere. The net is fully convolutional, so crops train the same weights at a fraction of the cost."""
     cells = size // 8
@@ -267,7 +304,7 @@ def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: t
             # plexus, basal ganglia): the hard negatives a random crop would mostly miss.
             r, c = GRID // 2, GRID // 2
         else:
-            inside = (xb[i, 0, 4::8, 4::8] > 0).nonzero()
+            inside = (xb[i, brain_channel, 4::8, 4::8] > 0).nonzero()
             if len(inside) == 0:
                 inside = torch.tensor([[GRID // 2, GRID // 2]])
             r, c = inside[torch.randint(len(inside), (1,), generator=g)][0].tolist()
@@ -281,9 +318,9 @@ def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: t
 
 
 def train(model: IchDetector, data: tuple[np.ndarray, ...], epochs: int, full_epochs: int, crop: int, batch: int,
-          lr: float, seed: int, centre_crops: float = 0.0) -> None:
+          lr: float, seed: int, centre_crops: float = 0.0, brain_channel: int = 0) -> None:
     """``epochs`` on random crops, then ``full_epochs`` on whole slices (calibrates the max over the full
-    heatmap and trains the location)."""
+    heatmap and trains the location). ``brain_channel``: the slice's own brain window (2.5-D: the middle slice's)."""
     x, y, loc, cells = (torch.from_numpy(a) for a in data)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -296,14 +333,14 @@ def train(model: IchDetector, data: tuple[np.ndarray, ...], epochs: int, full_ep
         total, t0 = 0.0, time.monotonic()
         for start in range(0, len(x), batch):
             idx = order[start:start + batch]
-            xb, yb, lb, cb = x[idx].float(), y[idx], loc[idx].clone(), cells[idx].clone()
+            xb, yb, lb, cb = _load(x[idx]), y[idx], loc[idx].clone(), cells[idx].clone()
             # Left-right flips: anatomy is symmetric enough, hemorrhages are not side-specific.
             flip = torch.rand(len(idx), generator=g) < 0.5
             xb[flip] = xb[flip].flip(-1)
             cb[flip] = cb[flip].flip(-1)
             lb[flip, 1] = 1 - lb[flip, 1]
             if not full:
-                xb, cb, yb = _crops(xb, cb, yb, crop, g, centre_crops)
+                xb, cb, yb = _crops(xb, cb, yb, crop, g, centre_crops, brain_channel)
             heat = model.heatmap(xb)
             logit = heat.flatten(1).max(dim=1).values
             keep = yb >= 0
@@ -340,8 +377,9 @@ def evaluate(model: IchDetector, spec: PreprocessSpec, seed: int, per_kind: int)
                     varied=True)
                 if lesion and not truth.has_lesion:
                     continue
-                x = torch.from_numpy(preprocess_numpy([d.pixel_array for d in datasets],
-                                                      [_RESCALE] * len(datasets), spec))
+                x = torch.from_numpy(stack_neighbours(
+                    preprocess_numpy([d.pixel_array for d in datasets], [_RESCALE] * len(datasets), spec),
+                    spec.neighbours))
                 p = float(torch.sigmoid(model(x)[0]).max())
                 probs.append(round(p, 3))
                 called += int(p >= 0.5)
@@ -442,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(torch.load(args.init))
     print(f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
     if args.epochs + args.full_epochs > 0:
-        train(model, data, args.epochs, args.full_epochs, args.crop, args.batch, args.lr, args.seed, args.centre_crops)
+        train(model, data, args.epochs, args.full_epochs, args.crop, args.batch, args.lr, args.seed, args.centre_crops,
+              brain_channel=spec.slice_channels * spec.neighbours)
     with torch.no_grad():
         model.head.bias += args.logit_offset
     version = f"ich_detector {args.version}.0.0 (synthetic phantoms, {dt.date.today().isoformat()})"

@@ -14,7 +14,11 @@ model, its training script and both implementations here share one definition:
    ``window`` (one channel; version 1 of ich_detector) or a list ``windows`` (one channel each, in order: e.g.
    brain 40/80, subdural 75/215, bone 600/2800, the standard input of published hemorrhage detectors -- blood
    and bone both saturate the brain window, the subdural and bone windows tell them apart);
-4. ``(x - mean) / std``; output float32 ``[N, C, rows, cols]``, C = number of windows.
+4. ``(x - mean) / std``; output float32 ``[N, C, rows, cols]``, C = number of windows;
+5. with ``neighbours`` = n > 0 (a 2.5-D model, ich_detector version 3): each slice's input is the channels of the
+   slices k - n .. k + n of the series (in its sorted order) side by side, the series' first or last slice repeated
+   past either end (:func:`stack_neighbours`), so C = windows x (2n + 1). Run on the host after either backend:
+   DALI's samples are independent images, and this step only copies.
 
 Projection radiographs (a spec with ``radiograph``) replace step 2: each image's stored values map to its own
 normalised units (low/high percentile -> 0/1, MONOCHROME1 inverted, :func:`radiograph_rescale`), still one
@@ -49,6 +53,7 @@ from ..errors import ConfigError, InferenceError
 __all__ = [
     "PreprocessSpec", "load_spec", "read_spec", "rescale_of", "preprocess_numpy", "preprocess_dali",
     "preprocess_series", "Radiograph", "radiograph_rescale", "build_pipeline", "gpu_available", "SPEC_FILE",
+    "stack_neighbours",
 ]
 
 SPEC_FILE = "preprocess.json"
@@ -125,6 +130,8 @@ class PreprocessSpec(_Spec):
     radiograph: Radiograph | None = None
     """Projection radiographs: windows apply to per-image normalised units (:class:`Radiograph`) instead of
     the Modality LUT's output (HU)."""
+    neighbours: int = Field(default=0, ge=0, le=8)
+    """2.5-D input: this many slices above and below each slice join its channels (:func:`stack_neighbours`)."""
 
     @model_validator(mode="after")
     def _one_window_key(self) -> PreprocessSpec:
@@ -138,9 +145,14 @@ class PreprocessSpec(_Spec):
         return self.windows if self.windows is not None else (self.window,)
 
     @property
-    def channels(self) -> int:
-        """Number of input channels C of the ``[N, C, rows, cols]`` tensor."""
+    def slice_channels(self) -> int:
+        """Channels computed from one image (one per window): what :func:`preprocess_numpy` and DALI return."""
         return len(self.channel_windows)
+
+    @property
+    def channels(self) -> int:
+        """Number of input channels C of the model's ``[N, C, rows, cols]`` tensor (windows x slices stacked)."""
+        return self.slice_channels * (2 * self.neighbours + 1)
 
 
 def read_spec(path: str | Path) -> PreprocessSpec:
@@ -286,14 +298,14 @@ def preprocess_numpy(
     Returns
     -------
     numpy.ndarray
-        float32 ``[N, C, rows, cols]``, C = ``spec.channels``.
+        float32 ``[N, C, rows, cols]``, C = ``spec.slice_channels`` (one per window; see :func:`stack_neighbours`).
     """
     rows, cols = spec.size
-    out = np.empty((len(images), spec.channels, rows, cols), dtype=np.float32)
+    out = np.empty((len(images), spec.slice_channels, rows, cols), dtype=np.float32)
     mean, std = np.float32(spec.normalize.mean), np.float32(spec.normalize.std)
     for n, (image, (a, b)) in enumerate(zip(images, _window_affine(rescale, spec), strict=True)):
         resized = _resize_linear(image.astype(np.float32), rows, cols)
-        for c in range(spec.channels):
+        for c in range(spec.slice_channels):
             windowed = np.clip(resized * a[c] + b[c], np.float32(0.0), np.float32(1.0))
             out[n, c] = (windowed - mean) / std
     return out
@@ -415,13 +427,13 @@ def preprocess_dali(
         raise ValueError(f"{len(images)} images but {len(rescale)} rescale pairs")
     rows, cols = spec.size
     if not images:
-        return np.empty((0, spec.channels, rows, cols), dtype=np.float32)
+        return np.empty((0, spec.slice_channels, rows, cols), dtype=np.float32)
     where = _resolve_device(device)
     dtypes = {np.dtype(im.dtype).name for im in images}
     # One dtype per batch: native int16 (CT) goes in as is; anything else as float32 (exact for <= 24-bit ints).
     input_dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"int16", "uint16", "uint8", "float32"} else "float32"
     lock, pipe = _cached_pipeline(spec, where, input_dtype)
-    out = np.empty((len(images), spec.channels, rows, cols), dtype=np.float32)
+    out = np.empty((len(images), spec.slice_channels, rows, cols), dtype=np.float32)
     with lock:  # a DALI pipeline is not thread-safe; feeding and running must pair up
         for start in range(0, len(images), MAX_BATCH):
             chunk = images[start:start + MAX_BATCH]
@@ -434,6 +446,32 @@ def preprocess_dali(
                 result = result.as_cpu()
             out[start:start + len(chunk)] = result.as_array()
     return out
+
+
+def stack_neighbours(batch: np.ndarray, neighbours: int) -> np.ndarray:
+    """The 2.5-D input: each slice's window channels together with those of its neighbours in the series.
+
+    Parameters
+    ----------
+    batch : numpy.ndarray
+        ``[N, W, rows, cols]`` per-slice channels of one series in its sorted order (W windows).
+    neighbours : int
+        n: slices taken on each side.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[N, W * (2n + 1), rows, cols]``: for slice k the channels of slices k - n, ..., k, ..., k + n in that
+        order (all windows of one slice together), index clamped to the series (the end slices repeat). With
+        n = 0 the batch itself.
+    """
+    if neighbours == 0:
+        return batch
+    if len(batch) == 0:
+        return np.empty((0, batch.shape[1] * (2 * neighbours + 1), *batch.shape[2:]), dtype=batch.dtype)
+    index = np.clip(np.arange(len(batch))[:, None] + np.arange(-neighbours, neighbours + 1)[None, :], 0, len(batch) - 1)
+    stacked: np.ndarray = batch[index].reshape(len(batch), -1, *batch.shape[2:])
+    return stacked
 
 
 def preprocess_series(
@@ -455,7 +493,8 @@ def preprocess_series(
     Returns
     -------
     numpy.ndarray
-        float32 ``[N, C, rows, cols]``, N = number of slices, C = ``spec.channels``.
+        float32 ``[N, C, rows, cols]``, N = number of slices, C = ``spec.channels`` (with ``neighbours``, each
+        slice's windows and its neighbours', :func:`stack_neighbours`).
     """
     images = [s.pixels for s in series.slices]
     if spec.radiograph is None:
@@ -463,7 +502,7 @@ def preprocess_series(
     else:
         rescale = [radiograph_rescale(s.pixels, s.header, spec.radiograph) for s in series.slices]
     if backend == "numpy":
-        return preprocess_numpy(images, rescale, spec)
+        return stack_neighbours(preprocess_numpy(images, rescale, spec), spec.neighbours)
     if backend == "dali":
-        return preprocess_dali(images, rescale, spec, device=device)
+        return stack_neighbours(preprocess_dali(images, rescale, spec, device=device), spec.neighbours)
     raise ValueError(f"unknown preprocessing backend {backend!r}; use 'dali' or 'numpy'")
