@@ -168,3 +168,21 @@ def test_concurrent_threads_and_processes_never_fork_the_chain(url):
     assert findings == []
     assert count == 5 + 3 * 25 + 3 * 25
     assert [r["id"] for r in chain.records(store.engine)] == list(range(1, count + 1))
+
+
+def test_the_api_chains_a_page_login_and_bad_keys(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pacsflow_api.app import create_app
+
+    store = ResultsStore(f"sqlite:///{tmp_path / 'store.db'}")
+    key_id, token = store.create_api_key("reader")
+    with TestClient(create_app(store)) as client:
+        assert client.get("/api/v1/worklist", headers={"X-API-Key": f"{key_id}.wrong"}).status_code == 401
+        assert client.get("/api/v1/worklist", headers={"X-API-Key": "pk_0000000000000000.x"}).status_code == 401
+        assert client.post("/login", data={"api_key": token}, follow_redirects=False).status_code == 303
+    rows = chain.records(store.engine)
+    assert [(r["kind"], r["actor"], r["outcome"]) for r in rows] == [
+        ("bad-key", key_id, "failure"), ("bad-key", "", "failure"), ("login", key_id, "success")]
+    assert token.split(".")[1] not in str(rows)  # never the secret
+    assert chain.verify(store.engine)[1] == []

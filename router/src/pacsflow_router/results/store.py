@@ -418,13 +418,21 @@ class ResultsStore:
         return row.role, rotated
 
     def authenticate(self, token: str) -> tuple[str, str] | None:
-        """The (key id, role) a presented token stands for; None when unknown, revoked or wrong."""
+        """The (key id, role) a presented token stands for; None when unknown, revoked or wrong (a ``bad-key``
+        record in the audit chain, naming the key id only when it is one of ours, never the secret)."""
         key_id, _, secret = token.partition(".")
         with self.engine.connect() as conn:
             row = conn.execute(select(API_KEYS).where(API_KEYS.c.id == key_id)).first()
         if row is None or row.revoked_at is not None or not apikeys.verify_secret(secret, row.secret_hash):
+            why = "unknown" if row is None else "revoked" if row.revoked_at is not None else "wrong secret"
+            chain.record(self.engine, "bad-key", actor="" if row is None else row.id, outcome="failure",
+                         detail={"reason": why})
             return None
         return row.id, row.role
+
+    def record_login(self, identity: str, *, method: str) -> None:
+        """Append a ``login`` record (a page session was issued) to the audit chain; ``method``: api-key or oidc."""
+        chain.record(self.engine, "login", actor=identity, detail={"method": method})
 
     def close(self) -> None:
         """Release the database connections."""
