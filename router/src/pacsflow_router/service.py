@@ -280,6 +280,7 @@ class RouterService:
         if merged.inference != self.config.inference:
             self.pipeline.backend = make_backend(merged.inference)
         _export_modes(self.config, merged)
+        self.audit.record_mode_changes(self.config, merged)
         self.config = merged
         self.pipeline.config = merged
         self.tracker.stable_seconds = merged.completion.stable_seconds

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import text
@@ -186,3 +187,26 @@ def test_the_api_chains_a_page_login_and_bad_keys(tmp_path):
         ("bad-key", key_id, "failure"), ("bad-key", "", "failure"), ("login", key_id, "success")]
     assert token.split(".")[1] not in str(rows)  # never the secret
     assert chain.verify(store.engine)[1] == []
+
+
+def test_router_records_a_received_study_a_refusal_and_a_promotion(tmp_path):
+    import yaml
+
+    from pacsflow_router.config import parse_config
+    from tests.unit.pacsflow_router.test_config import ISSUE_EXAMPLE
+
+    audit = AuditLog(f"sqlite:///{tmp_path / 'store.db'}")
+    audit.record_study_received(KEY, instances=12, completion="stable")
+    # The receiver's Refusal (ingest.tlsaccept) as the router's on_refused hands it over.
+    audit.record_refusal(SimpleNamespace(listener="dicom", reason="calling-ae-title", peer="192.0.2.9",
+                                         detail="CT9 is not allowed", calling_ae_title="CT9", certificate=None))
+    silent = parse_config(yaml.safe_load(ISSUE_EXAMPLE.replace("mode: assistive", "mode: silent")))
+    assistive = parse_config(yaml.safe_load(ISSUE_EXAMPLE))
+    assert audit.record_mode_changes(silent, assistive) == 1
+    assert audit.record_mode_changes(assistive, assistive) == 0
+    rows = chain.records(audit.engine)
+    assert [(r["kind"], r["actor"], r["subject"], r["outcome"]) for r in rows] == [
+        ("study-received", "dicom", KEY, "success"), ("association-refused", "192.0.2.9", "dicom", "failure"),
+        ("promotion", "routing-config", "ich-head-ct", "success")]
+    assert '"from":"silent"' in rows[2]["detail"] and '"to":"assistive"' in rows[2]["detail"]
+    assert chain.verify(audit.engine)[1] == []

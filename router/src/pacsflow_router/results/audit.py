@@ -127,6 +127,32 @@ class AuditLog:
                 outcome=outcome, detail=None if detail is None else detail[:1024], sr_key=sr_key,
             ))
 
+    def record_study_received(self, study_key: str, *, instances: int, completion: object = None) -> None:
+        """Chain a ``study-received`` record: a complete study (``instances`` spooled files) goes to analysis."""
+        chain.record(self.engine, "study-received", actor="dicom", subject=study_key,
+                     detail={"instances": int(instances), "completion": None if completion is None else str(completion)})
+
+    def record_refusal(self, refusal: Any) -> None:
+        """Chain an ``association-refused`` record for a refused DICOM connection or association (the receiver's
+        ``on_refused``: :class:`~pacsflow_router.ingest.tlsaccept.Refusal`; AE titles, addresses, certificate names,
+        never patient data)."""
+        chain.record(self.engine, "association-refused", actor=str(refusal.peer), subject=str(refusal.listener),
+                     outcome="failure", detail={"reason": refusal.reason, "detail": str(refusal.detail)[:1024],
+                                                "calling_ae_title": refusal.calling_ae_title,
+                                                "certificate": refusal.certificate})
+
+    def record_mode_changes(self, old: Any, new: Any) -> int:
+        """Chain a ``promotion`` record for each use case whose mode changed between two routing configs (a
+        promotion or a step back, as the operator rendered it); returns how many."""
+        before = {u.name: u.mode for u in old.use_cases}
+        changed = [u for u in new.use_cases if u.name in before and before[u.name] != u.mode]
+        with self.engine.begin() as conn:
+            for use_case in changed:
+                chain.append(conn, "promotion", actor="routing-config", subject=use_case.name,
+                             detail={"from": before[use_case.name], "to": use_case.mode,
+                                     "model": use_case.model.name, "model_version": use_case.model.version})
+        return len(changed)
+
     def records(self, *, study_key: str | None = None, use_case: str | None = None) -> list[dict[str, Any]]:
         """Result records (oldest first), each with its ``deliveries`` (events, oldest first) and the current
         ``destination_status`` (the latest event's outcome, else the status recorded with the result)."""
