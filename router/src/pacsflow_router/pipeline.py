@@ -18,7 +18,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydicom.sr.coding import Code
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,9 +29,8 @@ from .analysis.inference import InferenceBackend
 from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, load_manifest
 from .analysis.matching import order_mismatch
 from .analysis.preprocess import Backend, load_spec, preprocess_series
-from .analysis.volume import DecodedInstance, load_study
+from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
-from .deid.forward import ExternalSender
 from .domain import Finding, Order, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import ReportRecord, StudyTracker
@@ -46,9 +44,6 @@ from .workflow.alerts import Coded
 from .workflow.approval import hold_critical
 from .workflow.critical import CriticalFinding, send_critical
 from .workflow.orders import OrderStore
-
-if TYPE_CHECKING:
-    from .predecode import Predecoder
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +133,6 @@ class Pipeline:
     """The order store: a critical triage result flags its study's order and is stated with it."""
     results: ResultsStore | None = None
     """Where the reviewer panel's rows go (default: the audit's engine, ``config.audit.url``: one results store)."""
-    external: ExternalSender | None = None
-    """Sends a use case with ``external`` to its external AI, de-identified (deid/); set when ``externalAi`` is."""
-    predecoder: Predecoder | None = None
-    """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
-    study is decoded at completion."""
 
     def __post_init__(self) -> None:
         if self.results is None:
@@ -154,17 +144,8 @@ class Pipeline:
         Returns True when the study is finished (every use case has its one result), False when it must be retried
         later (the inference backend is unavailable); the study then stays durable and due.
         """
-        if self.predecoder is None:
-            return self._process(ref)
-        decoded = self.predecoder.take(ref)
-        try:
-            return self._process(ref, decoded)
-        finally:
-            self.predecoder.release(ref.study_uid)
-
-    def _process(self, ref: StudyRef, decoded: dict[str, DecodedInstance] | None = None) -> bool:
         started = time.monotonic()
-        study = load_study(ref, decoded)
+        study = load_study(ref)
         timings_base = {"load": time.monotonic() - started}
         order = self._order_for(study)
         # How the study came to be complete (MPPS or the stable window) and which order it belongs to, per record.
@@ -201,16 +182,6 @@ class Pipeline:
             series = selection.series
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
-            if use_case.external is not None and self.external is not None:
-                # The model runs at the external AI: the series goes out de-identified, its SR comes back to the
-                # results port (deid/results_scp.py). Recorded like a report so an unchanged series is not resent.
-                outcome = self.external.send(study, series, use_case)
-                self.tracker.record_report(ref.study_uid, use_case.name, ReportRecord(
-                    revision=previous.revision + 1 if previous is not None else int(done),
-                    analysed=analysed_digest(analysed_instances(series)), sr_series_uid=None, sr_sop_class_uid=None,
-                    sr_sop_uid=None))
-                self.tracker.mark_done(ref.study_uid, use_case.name, outcome, replace=done)
-                continue
             try:
                 outcome = self._run_use_case(study, series, use_case, manifest, timings, previous=previous,
                                              recorded=done, selection=selection.explanation, order=order,
