@@ -7,8 +7,12 @@ pynetdicom (import-linter's pynetdicom contract lists the three).
 from __future__ import annotations
 
 import socket
+import ssl
 
 from pynetdicom import _config, evt
+
+from .config import TlsClient
+from .tls import client_context
 
 
 def keep_identifiers_out_of_logs() -> None:
@@ -31,3 +35,19 @@ def set_nodelay_on_connect(event: evt.Event) -> None:
     sock = transport.socket if transport is not None else None
     if sock is not None:
         set_nodelay(sock)
+
+
+def tls_args(tls: TlsClient | None, host: str) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for an association to ``host`` (``None``: plaintext when ``tls`` is unset).
+
+    The context is built per association, so a rotated client certificate or CA bundle is used by the next
+    association; the server's certificate is always verified, against ``tls.serverName`` or else ``host``.
+
+    Raises
+    ------
+    OSError, ssl.SSLError
+        A CA, certificate or key file cannot be loaded (the caller names the setting).
+    """
+    if tls is None:
+        return None
+    return client_context(tls), tls.server_name or host

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 
@@ -126,12 +127,19 @@ class StoreClient:
         ae.network_timeout = max(dimse_timeout, self.idle_release_seconds * 2)
         for sop_class in self._sop_classes:
             ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
+        try:
+            tls_args = dicomnet.tls_args(self.destination.tls, self.destination.host)
+        except (OSError, ssl.SSLError) as exc:
+            raise StoreError(f"{self._where}: destinations[{self.destination.name}].tls: cannot load the CA, "
+                             f"certificate or key files ({type(exc).__name__}); check the mounted Secret") from None
         assoc = ae.associate(
             self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.set_nodelay_on_connect)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.set_nodelay_on_connect)], tls_args=tls_args,
         )
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "cannot connect or association aborted"
+            if tls_args is not None and not assoc.is_rejected:
+                reason += " (over TLS: a failed handshake, e.g. an untrusted server certificate, is logged above)"
             raise StoreError(f"{self._where}: {reason}; check that it is running and accepts calling AE "
                               f"title {self.calling_ae!r}")
         self.associations_opened += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import sqlite3
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -282,10 +283,17 @@ class MwlPoller:
         ae.dimse_timeout = dimse_timeout
         ae.network_timeout = dimse_timeout
         ae.add_requested_context(ModalityWorklistInformationFind)
+        try:
+            tls_args = dicomnet.tls_args(self.source.tls, self.source.host)
+        except (OSError, ssl.SSLError) as exc:
+            raise _Unreachable(f"mwlSource.tls: cannot load the CA, certificate or key files ({type(exc).__name__}); "
+                               "check the mounted Secret") from None
         assoc = ae.associate(self.source.host, self.source.port, ae_title=self.source.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.set_nodelay_on_connect)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.set_nodelay_on_connect)], tls_args=tls_args)
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "cannot connect or association aborted"
+            if tls_args is not None and not assoc.is_rejected:
+                reason += " (over TLS: a failed handshake, e.g. an untrusted server certificate, is logged above)"
             raise _Unreachable(f"{reason}; check that it runs and accepts calling AE title {self.calling_ae!r}")
         items: list[Order | None] = []
         failure: str | None = "no final C-FIND response (timed out or association aborted)"
