@@ -18,16 +18,18 @@ from .net import free_port, stop_process, wait_port
 
 
 @contextmanager
-def api_process(store_url: str, log_path: Path) -> Iterator[str]:
-    """``pacsflow-api`` on a free loopback port over ``store_url``; yields its base URL, stops it by PID."""
+def api_process(store_url: str, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``pacsflow-api`` on a free loopback port over ``store_url`` (plus ``env``: ``PACSFLOW_API_*`` settings);
+    yields its base URL (https when ``PACSFLOW_API_TLS_CERT_FILE`` is set), stops it by PID."""
     port = free_port()
+    extra = env or {}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pacsflow_api", "--host", "127.0.0.1", "--port", str(port)],
-                                env={**os.environ, "PACSFLOW_STORE_URL": store_url}, stdout=log,
+                                env={**os.environ, "PACSFLOW_STORE_URL": store_url, **extra}, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
             wait_port(port, 60, proc)
-            yield f"http://127.0.0.1:{port}"
+            yield f"{'https' if extra.get('PACSFLOW_API_TLS_CERT_FILE') else 'http'}://127.0.0.1:{port}"
         finally:
             stop_process(proc)
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
 from pacsflow_router.results.store import ResultsStore
+from pacsflow_router.tls import address_allowed
 
 from . import approvals, pages, problems
 from .deps import ApiState, caller, state
@@ -36,7 +37,8 @@ from .models import (
     WorklistPage,
     result_view,
 )
-from .problems import PROBLEM_SCHEMA, Problem
+from .oidc import Oidc, OidcBearerProvider
+from .problems import PROBLEM_SCHEMA, Problem, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,15 @@ def study_view(store: ResultsStore, identity: Identity, rows: list[dict[str, Any
 
 def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | None = None,
                evidence: EvidenceFunction = verdict_counts, secure_cookies: bool = False,
-               session_secret: bytes | None = None, drafts: DraftWriter | None = None) -> FastAPI:
+               session_secret: bytes | None = None, drafts: DraftWriter | None = None, oidc: Oidc | None = None,
+               allowed_networks: Sequence[str] = ()) -> FastAPI:
     """The API and the reviewer page on ``store``.
 
     Parameters
     ----------
     providers : sequence of IdentityProvider, optional
-        Asked in order; default: API keys, then the page's session cookie. An OIDC provider is added here.
+        Asked in order; default: API keys, then OIDC bearer tokens (when ``oidc`` is given), then the page's
+        session cookie.
     evidence : EvidenceFunction
         What ``GET /api/v1/usecases/{name}/evidence`` answers (default: verdict counts).
     secure_cookies : bool
@@ -107,18 +111,25 @@ def create_app(store: ResultsStore, *, providers: Sequence[IdentityProvider] | N
         Key that signs page sessions; replicas behind one Service need the same one (default: random per process).
     drafts : DraftWriter, optional
         Draft report templates (default: the built-in one).
+    oidc : Oidc, optional
+        The hospital's identity provider: bearer tokens for the API, authorization code + PKCE for the page.
+    allowed_networks : sequence of str
+        Address blocks (``10.0.0.0/8``) that may connect; anything else gets 403 before any identity is asked
+        (``/healthz`` excepted, for the kubelet). Empty: every address.
     """
     sessions = SessionProvider(store, session_secret)
     app = FastAPI(title="pacsflow-api", version="1", docs_url=None, redoc_url=None,  # no CDN: Swagger UI is off
                   openapi_url="/api/v1/openapi.json",
                   description="Results of pacsflow's AI use cases for readers: worklist, studies, reveal, key images, "
                               "feedback, evidence. Errors are RFC 9457 problem+json.")
+    default: list[IdentityProvider] = [ApiKeyProvider(store), *([OidcBearerProvider(oidc)] if oidc else []), sessions]
     app.state.api = ApiState(store=store, sessions=sessions,
-                             providers=list(providers) if providers is not None else [ApiKeyProvider(store), sessions],
-                             evidence=evidence, secure_cookies=secure_cookies)
+                             providers=list(providers) if providers is not None else default,
+                             evidence=evidence, secure_cookies=secure_cookies, oidc=oidc)
     app.state.drafts = drafts or DraftWriter()
     problems.install(app)
     _install_audit(app)
+    _install_allow_list(app, allowed_networks)  # added last: runs first, before the audit and any identity
     _add_routes(app)
     approvals.add_routes(app)
     pages.add_routes(app)
@@ -143,6 +154,20 @@ def _install_audit(app: FastAPI) -> None:
                                 method=request.method, route=route, status=response.status_code)
         log.info("%s %s %d by %s (%s)", request.method, route, response.status_code, subject, role)
         return response
+
+
+def _install_allow_list(app: FastAPI, networks: Sequence[str]) -> None:
+    if not networks:
+        return
+    blocks = list(networks)
+
+    @app.middleware("http")
+    async def allow_list(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        address = request.client.host if request.client else ""
+        if request.url.path == "/healthz" or address_allowed(address, blocks):
+            return await call_next(request)
+        log.warning("refused a request from %s: not in PACSFLOW_API_ALLOWED_NETWORKS", address or "(unknown)")
+        return problem_response(403, "this address may not use pacsflow-api (PACSFLOW_API_ALLOWED_NETWORKS)")
 
 
 def _route_template(request: Request) -> str:

@@ -12,6 +12,7 @@ from pacsflow_router.results.store import ResultsStore
 
 from .evidence import EvidenceFunction, verdict_counts
 from .identity import Identity, IdentityProvider, SessionProvider
+from .oidc import Oidc
 from .problems import Problem
 
 
@@ -24,6 +25,8 @@ class ApiState:
     providers: Sequence[IdentityProvider]
     evidence: EvidenceFunction = verdict_counts
     secure_cookies: bool = False
+    oidc: Oidc | None = None
+    """The hospital's identity provider, when single sign-on is configured."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -33,7 +33,8 @@ class Identity:
     role: str
     """reader, clinical-lead, integration or admin."""
     via: str
-    """Which provider vouched for it: ``api-key``, ``session`` (later ``oidc``)."""
+    """Which provider vouched for it: ``api-key``, ``session`` (a page login with a key), ``oidc`` (a bearer token
+    from the hospital's IdP) or ``oidc-session`` (a page login through the IdP)."""
 
     @property
     def sees_silent(self) -> bool:
@@ -74,6 +75,9 @@ class SessionProvider:
 
     The key's scrypt hash is checked once at login, not on every image request; each request only looks the key up:
     revoking or rotating it ends its sessions at once, and the role is the key's current one.
+
+    After a single sign-on login the cookie's first part is ``oidc:<base64url sub>:<role>`` instead: the role the
+    IdP's groups granted at login, kept (signed) until the session ends.
     """
 
     def __init__(self, store: ResultsStore, secret: bytes | None = None) -> None:
@@ -84,10 +88,18 @@ class SessionProvider:
         mac = hmac.new(self.secret, payload.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
+    def sign(self, payload: str) -> str:
+        """The HMAC of ``payload`` under the session secret (base64url), for other short-lived signed cookies."""
+        return self._sign(payload)
+
     def issue(self, identity: Identity, now: float | None = None) -> str:
         """The cookie value of a new session for ``identity``."""
         issued = now or time.time()
-        payload = f"{identity.subject}.{int(issued * 1000)}.{int(issued + SESSION_SECONDS)}"  # issued in ms
+        subject = identity.subject
+        if identity.via.startswith("oidc"):
+            sub = base64.urlsafe_b64encode(identity.subject.encode()).decode().rstrip("=")
+            subject = f"oidc:{sub}:{identity.role}"
+        payload = f"{subject}.{int(issued * 1000)}.{int(issued + SESSION_SECONDS)}"  # issued in ms
         return f"{payload}.{self._sign(payload)}"
 
     def identify(self, request: Request) -> Identity | None:
@@ -100,6 +112,10 @@ class SessionProvider:
         subject, issued, expiry = parts
         if not (issued.isdigit() and expiry.isdigit()) or int(expiry) < time.time():
             return None
+        if subject.startswith("oidc:"):
+            _, sub, role = subject.split(":", 2)
+            decoded = base64.urlsafe_b64decode(sub + "=" * (-len(sub) % 4)).decode()
+            return Identity(subject=decoded, role=role, via="oidc-session")
         key = self.store.active_key(subject)
         if key is None or (key[1] is not None and key[1].timestamp() * 1000 >= int(issued)):
             return None  # revoked, or rotated after this session began

@@ -1,6 +1,6 @@
 """The reviewer side panel: server-rendered HTML and one small plain script (static/panel.js), no CDN.
 
-Login takes an API key once and sets an HttpOnly, SameSite=Strict session cookie (Secure behind TLS); the page's
+Login takes an API key once (or goes through the hospital's identity provider: :mod:`.sso`) and sets an HttpOnly, SameSite=Strict session cookie (Secure behind TLS); the page's
 script calls the same ``/api/v1`` routes with it. A study page shows patient, accession and procedure; the AI result
 stays out of the HTML until the reader presses "Show AI result", which POSTs the audited reveal.
 """
@@ -15,7 +15,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from . import deps as api
+from . import sso
 from .identity import SESSION_COOKIE, SESSION_SECONDS, Identity
+from .oidc import OidcError
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 PRIORITY_NAMES = {"S": "Stat", "A": "ASAP", "T": "Timing critical", "C": "Callback", "P": "Pre-op", "R": "Routine"}
@@ -45,14 +47,16 @@ def add_routes(app: FastAPI) -> None:
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request) -> Response:
-        return TEMPLATES.TemplateResponse(request, "login.html", {"error": None})
+        return TEMPLATES.TemplateResponse(request, "login.html", {"error": None,
+                                                                  "sso": api.state(request).oidc is not None})
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, api_key: Annotated[str, Form(max_length=512)]) -> Response:
         state = api.state(request)
         found = state.store.authenticate(api_key.strip())
         if found is None:
-            return TEMPLATES.TemplateResponse(request, "login.html", {"error": "That API key is not valid."},
+            return TEMPLATES.TemplateResponse(request, "login.html", {"error": "That API key is not valid.",
+                                                                      "sso": state.oidc is not None},
                                               status_code=401)
         identity = Identity(subject=found[0], role=found[1], via="session")
         request.state.identity = identity
@@ -63,10 +67,20 @@ def add_routes(app: FastAPI) -> None:
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
-        response = _to_login()
+    def logout(request: Request) -> Response:
+        identity = api.identify(request)  # the access audit's row for this route is the logout record
+        oidc = api.state(request).oidc
+        target = None
+        if identity is not None and identity.via == "oidc-session" and oidc is not None:
+            try:  # end the IdP's session too, or the next "Sign in" would come straight back signed in
+                target = oidc.logout_url(id_token=None, post_logout_redirect_uri=str(request.url_for("login_form")))
+            except OidcError:
+                target = None
+        response = RedirectResponse(target, status_code=303) if target else _to_login()
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+    sso.add_routes(app, TEMPLATES)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def worklist_page(request: Request, offset: int = 0, evaluation: bool = False) -> Response:
