@@ -122,6 +122,9 @@ class Destination(_Model):
     """TCP port of the destination's DICOM service."""
     tls: TlsClient | None = None
     """Connect over TLS (PS3.15 Annex B); plaintext when unset."""
+    external: bool = False
+    """Outside the hospital (a cloud AI vendor, another site): only de-identified instances go there (PS3.15 Annex E,
+    the sending use case's ``external.deidentification``); an SR output may not name it."""
 
 
 class Completion(_Model):
@@ -343,6 +346,60 @@ class Outputs(_Model):
     only)."""
 
 
+class SafePrivateTag(_Model):
+    """A private attribute known to carry no identity (Retain Safe Private Option, PS3.15 E.3.10)."""
+
+    creator: str = Field(min_length=1, max_length=64)
+    """Private Creator of the block, e.g. ``SIEMENS CT VA0  COAD``."""
+    group: int = Field(ge=0x0009, le=0xFFFF)
+    """Odd group number, e.g. ``0x0019`` (25)."""
+    element: int = Field(ge=0x00, le=0xFF)
+    """Element offset within the block (the low byte), e.g. ``0x10``."""
+
+    @field_validator("group")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"group 0x{value:04X} is not a private (odd) group")
+        return value
+
+
+class Deidentification(_Model):
+    """PS3.15 Annex E Basic Application Level Confidentiality Profile and the options the use case selects.
+
+    The Retain UIDs Option is never offered (UIDs are always remapped, consistently, with a keyed HMAC); Clean Pixel
+    Data is not done: images that may carry burned-in text are refused instead (``allowBurnedInAnnotation``).
+    """
+
+    retain_longitudinal_temporal_information: Literal["off", "modified-dates", "full-dates"] = "off"
+    """``modified-dates``: dates shifted by a keyed per-patient offset (E.3.6); ``full-dates``: kept; ``off``: the
+    Basic Profile's action (removed or a dummy)."""
+    retain_patient_characteristics: bool = False
+    """Keep sex, age, size, weight, ... (E.3.4)."""
+    retain_device_identity: bool = False
+    """Keep station name, device serial numbers, ... (E.3.2)."""
+    retain_institution_identity: bool = False
+    """Keep institution name, address, department (E.3.8)."""
+    clean_descriptors: bool = False
+    """Keep descriptions and comments (Study/Series Description, ...) with the instance's own identifiers removed
+    from the text, instead of removing them (E.3.5)."""
+    safe_private: list[SafePrivateTag] = Field(default_factory=list)
+    """Retain Safe Private Option (E.3.10): these private attributes are kept; every other private one is removed."""
+    allow_burned_in_annotation: bool = False
+    """Send images with Burned In Annotation YES, or absent for modalities that burn text in (US, XA, SC, ...).
+    Refused when false (the default): pacsflow does not clean pixel data."""
+
+
+class ExternalAnalysis(_Model):
+    """The use case's model runs outside the hospital: the matching series go there de-identified, and the SR that
+    comes back on the ``externalAi`` results port is re-identified and sent to ``outputs.structuredReport``."""
+
+    destination: Name
+    """A destination marked ``external: true``."""
+    deidentification: Deidentification = Field(default_factory=Deidentification)
+    """Annex E options for what is sent."""
+
+
 class UseCase(_Model):
     """One clinical AI use case served by one pinned model."""
 
@@ -362,6 +419,9 @@ class UseCase(_Model):
     """Triage settings."""
     outputs: Outputs = Field(default_factory=Outputs)
     """Result outputs."""
+    external: ExternalAnalysis | None = None
+    """Run the model at an external AI (de-identified out, re-identified back) instead of in the router; the
+    model's manifest still selects the series."""
 
     @model_validator(mode="after")
     def _critical_is_present(self) -> UseCase:
@@ -529,6 +589,21 @@ class Mpps(_Model):
     """Accept MPPS from modalities: COMPLETED completes the study once every listed instance arrived."""
 
 
+class ExternalAi(_Model):
+    """The de-identification edge: the pseudonym key and the port where external AIs return their results."""
+
+    key_file: str = Field(min_length=1)
+    """File with at least 32 random bytes (a mounted Secret): keys the pseudonymous UIDs, date shifts and patient
+    pseudonyms (HMAC) and encrypts the pseudonym map at rest (AES-GCM). Changing it breaks re-identification of
+    studies already sent."""
+    results_ae_title: AETitle = "PACSFLOW_RESULTS"
+    """Called AE title of the results port."""
+    results_port: Port = 11113
+    """DICOM port where external AIs send their SRs (C-STORE)."""
+    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list, alias="allowedCallingAETitles")
+    """Calling AE titles of the external AIs (empty = reject all)."""
+
+
 class ConfigMapRef(_Model):
     """The ConfigMap this config is rendered into, which the router also watches through the Kubernetes API."""
 
@@ -583,6 +658,9 @@ class RoutingConfig(_Model):
     """HL7 v2 receivers of order updates and alerts."""
     webhooks: list[Webhook] = Field(default_factory=list)
     """JSON webhook receivers of alerts."""
+    external_ai: ExternalAi | None = None
+    """De-identification edge for ``external`` destinations and the results port; required by a use case with
+    ``external``."""
     config_map: ConfigMapRef | None = None
     """Watch this ConfigMap through the Kubernetes API so a mode change applies in seconds (the mounted file,
     which the kubelet updates up to a minute later, stays the fallback); off when unset or outside a cluster."""
@@ -593,6 +671,7 @@ class RoutingConfig(_Model):
         _unique("useCases", [u.name for u in self.use_cases])
         hl7_names = _unique("hl7Destinations", [d.name for d in self.hl7_destinations])
         hook_names = _unique("webhooks", [w.name for w in self.webhooks])
+        external = {d.name for d in self.destinations if d.external}
         for i, uc in enumerate(self.use_cases):
             sr = uc.outputs.structured_report
             if sr is not None and sr.destination not in names:
@@ -600,6 +679,7 @@ class RoutingConfig(_Model):
                     f"useCases[{i}].outputs.structuredReport.destination: unknown destination "
                     f"{sr.destination!r}; define it in 'destinations' (known: {names})"
                 )
+            _check_external(i, uc, external, self.external_ai is not None)
             hl7 = uc.outputs.hl7
             if hl7 is not None and hl7.destination not in hl7_names:
                 raise ValueError(
@@ -625,6 +705,20 @@ class RoutingConfig(_Model):
     def webhook(self, name: str) -> Webhook:
         """The webhook called ``name``."""
         return next(w for w in self.webhooks if w.name == name)
+
+
+def _check_external(i: int, uc: UseCase, external: set[str], edge: bool) -> None:
+    sr = uc.outputs.structured_report
+    if sr is not None and sr.destination in external:
+        raise ValueError(f"useCases[{i}].outputs.structuredReport.destination: {sr.destination!r} is external and an "
+                         "SR carries patient data; send SRs to a hospital destination")
+    if uc.external is None:
+        return
+    if uc.external.destination not in external:
+        raise ValueError(f"useCases[{i}].external.destination: {uc.external.destination!r} is not a destination "
+                         f"marked 'external: true' (external: {sorted(external)})")
+    if not edge:
+        raise ValueError(f"useCases[{i}].external: set 'externalAi' (keyFile, resultsPort) to send studies out")
 
 
 def _unique(key: str, names: list[str]) -> list[str]:

@@ -173,6 +173,14 @@ APPROVAL_OLDEST_AGE = Gauge(
     "pacsflow_approval_oldest_age_seconds", "Age of the oldest critical result waiting for approval, by use case (0 "
     "when none).", ["use_case"], registry=REGISTRY)
 
+# -- De-identification for external AI (deid/) ---------------------------------------------------------------------
+DEIDENTIFIED = Counter(
+    "pacsflow_deidentified_instances", "Instances de-identified and queued for an external AI (sent), or refused "
+    "(burned-in annotation), by use case.", ["use_case", "outcome"], registry=REGISTRY)
+REIDENTIFIED = Counter(
+    "pacsflow_reidentified_results", "Results returned by external AIs on the results port: re-identified and queued "
+    "for the PACS, or refused and kept (unknown pseudonym), by outcome.", ["outcome"], registry=REGISTRY)
+
 
 def start_metrics_server(host: str, port: int) -> tuple[object, object]:
     """Serve :data:`REGISTRY` at ``http://host:port/metrics`` from a daemon thread.

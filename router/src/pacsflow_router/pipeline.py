@@ -31,6 +31,7 @@ from .analysis.matching import order_mismatch
 from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import load_study
 from .config import RoutingConfig, UseCase
+from .deid.forward import ExternalSender
 from .domain import Finding, Order, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import ReportRecord, StudyTracker
@@ -133,6 +134,8 @@ class Pipeline:
     """The order store: a critical triage result flags its study's order and is stated with it."""
     results: ResultsStore | None = None
     """Where the reviewer panel's rows go (default: the audit's engine, ``config.audit.url``: one results store)."""
+    external: ExternalSender | None = None
+    """Sends a use case with ``external`` to its external AI, de-identified (deid/); set when ``externalAi`` is."""
 
     def __post_init__(self) -> None:
         if self.results is None:
@@ -182,6 +185,16 @@ class Pipeline:
             series = selection.series
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
+            if use_case.external is not None and self.external is not None:
+                # The model runs at the external AI: the series goes out de-identified, its SR comes back to the
+                # results port (deid/results_scp.py). Recorded like a report so an unchanged series is not resent.
+                outcome = self.external.send(study, series, use_case)
+                self.tracker.record_report(ref.study_uid, use_case.name, ReportRecord(
+                    revision=previous.revision + 1 if previous is not None else int(done),
+                    analysed=analysed_digest(analysed_instances(series)), sr_series_uid=None, sr_sop_class_uid=None,
+                    sr_sop_uid=None))
+                self.tracker.mark_done(ref.study_uid, use_case.name, outcome, replace=done)
+                continue
             try:
                 outcome = self._run_use_case(study, series, use_case, manifest, timings, previous=previous,
                                              recorded=done, selection=selection.explanation, order=order,

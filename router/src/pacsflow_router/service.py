@@ -14,10 +14,16 @@ import time
 from functools import partial
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from . import metrics
 from .analysis.inference import make_backend
 from .config import MODES, RoutingConfig, load_config
 from .configwatch import ConfigMapWatcher, text_digest
+from .deid.annex_e import DeidentificationError
+from .deid.forward import ExternalOnly, ExternalSender
+from .deid.pseudonyms import PseudonymStore, StudyIdentity, read_key_file
+from .deid.results_scp import ResultsReceiver
 from .domain import study_key
 from .errors import ConfigError
 from .ingest.scp import DicomReceiver
@@ -45,7 +51,7 @@ log = logging.getLogger(__name__)
 MAX_STUDY_ATTEMPTS = 3
 
 RESTART_ONLY = ("ae_title", "port", "bind_address", "spool_dir", "audit", "metrics", "hl7_listener", "mwl_source",
-                "mpps", "worklist", "config_map")
+                "mpps", "worklist", "config_map", "external_ai")
 # Orders that never got a study are expired at most this often (the query scans open orders only).
 ORDER_EXPIRY_INTERVAL_SECONDS = 60.0
 # How often reader decisions (approvals of held critical outputs, accepted drafts) are read from the results store.
@@ -92,6 +98,14 @@ class RouterService:
         approvals = Approvals(self.audit.engine)
         self.approval_releaser = ApprovalReleaser(approvals, self.outbox, self.audit, self.orders)
         self.draft_sender = DraftSender(approvals, self.outbox, self.orders)
+        # The de-identification edge (deid/): studies out to external AIs, their SRs back on the results port.
+        self.pseudonyms: PseudonymStore | None = None
+        self.results_receiver: ResultsReceiver | None = None
+        if config.external_ai is not None:
+            self.pseudonyms = PseudonymStore(spool_dir / "deid" / "pseudonyms.db",
+                                             read_key_file(config.external_ai.key_file))
+            self.pipeline.external = ExternalSender(self.pseudonyms, self.outbox, self.audit)
+            self.results_receiver = ResultsReceiver(config, self.spool, self.pseudonyms, self._deliver_reidentified)
         # Final-report ORU^R01 findings go to the results store as ground truth for the evidence.
         self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders, ground_truth=partial(
             ResultsStore.on_engine(self.audit.engine).record_ground_truth, source="hl7")) if config.hl7_listener else None
@@ -116,8 +130,19 @@ class RouterService:
         self.config_watcher = ConfigMapWatcher(config.config_map, self._on_api_config) if config.config_map else None
 
     # -- wiring -------------------------------------------------------------------------------------------------
-    def _sender_for(self, destination: str) -> StoreClient:
-        return StoreClient(self.config.destination(destination), self.config.ae_title)
+    def _sender_for(self, destination: str) -> StoreClient | ExternalOnly:
+        peer = self.config.destination(destination)
+        client = StoreClient(peer, self.config.ae_title)
+        # Nothing that is not de-identified reaches an external destination, whatever queued it.
+        return ExternalOnly(client, destination) if peer.external else client
+
+    def _deliver_reidentified(self, sr: Dataset, study: StudyIdentity) -> None:
+        # A re-identified result goes where the use case's SRs go; the outbox's hold keeps a silent one back.
+        uc = next((u for u in self.config.use_cases if u.name == study.use_case), None)
+        if uc is None or uc.outputs.structured_report is None:
+            raise DeidentificationError(f"use case {study.use_case} is gone or has no structuredReport output")
+        self.outbox.enqueue(uc.outputs.structured_report.destination, sr, study_key=study_key(study.study_uid),
+                            use_case=uc.name)
 
     def _message_sender_for(self, channel: str, destination: str) -> MessageSender:
         # Looked up on the running config: a destination removed by a reload raises, and the outbox keeps its items.
@@ -162,6 +187,8 @@ class RouterService:
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
         _export_modes(None, self.config)
         self.receiver.start()
+        if self.results_receiver is not None:
+            self.results_receiver.start()
         if self.hl7_listener is not None:
             self.hl7_listener.start()
         if self.mwl_poller is not None:
@@ -182,6 +209,8 @@ class RouterService:
     def stop(self) -> None:
         self._stop.set()
         self.receiver.stop()
+        if self.results_receiver is not None:
+            self.results_receiver.stop()
         if self.hl7_listener is not None:
             self.hl7_listener.stop()
         if self.mwl_poller is not None:
