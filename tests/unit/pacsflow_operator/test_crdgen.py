@@ -73,7 +73,7 @@ def test_cel_rules_exactly_where_declared():
         ("AIUseCase", "$.properties.spec.properties.mode"): [MODE_TRANSITION_RULE],
         ("DicomRouter", "$.properties.spec.properties.secretMounts.items.properties.mountPath"): [
             "self != '/var/lib/pacsflow' && !self.startsWith('/var/lib/pacsflow/') && self != '/etc/pacsflow' && "
-            "!self.startsWith('/etc/pacsflow/')"],
+            "!self.startsWith('/etc/pacsflow/') && self != '/etc/pacsflow-tls' && !self.startsWith('/etc/pacsflow-tls/')"],
     }
 
 

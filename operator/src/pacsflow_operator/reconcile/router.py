@@ -17,6 +17,7 @@ from pacsflow_router.config import (
     Audit,
     ConfigError,
     ConfigMapRef,
+    DicomTls,
     Inference,
     Metrics,
     RoutingConfig,
@@ -32,6 +33,8 @@ from .manifests import cluster_ip_service, deployment
 CONFIG_KEY = "routing.yaml"
 CONFIG_DIR = "/etc/pacsflow"
 DATA_DIR = "/var/lib/pacsflow"
+#: Where ``spec.dicomTls.secretName`` is mounted (tls.crt, tls.key, ca.crt).
+DICOM_TLS_DIR = "/etc/pacsflow-tls/dicom"
 EMBEDDED_MODEL_REPOSITORY = "/opt/pacsflow/model_repository"
 TRITON_HTTP_PORT = 8000
 # A non-root uid/gid that owns the spool volume (fsGroup) so the router never needs root.
@@ -103,6 +106,8 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         port=spec.port,
         bind_address="0.0.0.0",
         allowed_calling_ae_titles=list(spec.allowed_calling_ae_titles),
+        allowed_networks=list(spec.allowed_networks),
+        tls=_dicom_tls(spec),
         spool_dir=f"{DATA_DIR}/spool",
         completion=spec.completion,
         destinations=list(spec.destinations),
@@ -117,6 +122,19 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         hl7_destinations=list(spec.hl7_destinations),
         webhooks=list(spec.webhooks),
         config_map=ConfigMapRef(namespace=namespace, name=config_map_name(name)),
+    )
+
+
+def _dicom_tls(spec: DicomRouterSpec) -> DicomTls | None:
+    """The routing config's ``tls``: the files of the mounted ``spec.dicomTls`` Secret."""
+    t = spec.dicom_tls
+    if t is None:
+        return None
+    return DicomTls(
+        cert_file=f"{DICOM_TLS_DIR}/tls.crt", key_file=f"{DICOM_TLS_DIR}/tls.key",
+        client_ca_file=f"{DICOM_TLS_DIR}/ca.crt" if t.client_certificate != "none" else None,
+        client_certificate=t.client_certificate, min_version=t.min_version,
+        ae_titles_by_certificate={cn: list(aets) for cn, aets in t.ae_titles_by_certificate.items()},
     )
 
 
@@ -335,6 +353,7 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             *({"name": f"secret-{i}", "mountPath": m.mount_path, "readOnly": True}
               for i, m in enumerate(spec.secret_mounts)),
+            *([{"name": "dicom-tls", "mountPath": DICOM_TLS_DIR, "readOnly": True}] if spec.dicom_tls else []),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -360,6 +379,9 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             {"name": "config", "configMap": {"name": config_map_name(name)}},
             *({"name": f"secret-{i}", "secret": {"secretName": m.secret_name, "defaultMode": 0o440}}
               for i, m in enumerate(spec.secret_mounts)),
+            # No subPath: the kubelet refreshes a rotated Secret only in whole-directory mounts.
+            *([{"name": "dicom-tls", "secret": {"secretName": spec.dicom_tls.secret_name, "defaultMode": 0o440}}]
+              if spec.dicom_tls else []),
         ],
     }
     # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).

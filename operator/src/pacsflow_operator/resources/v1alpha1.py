@@ -28,6 +28,7 @@ from pacsflow_router.config import (
     Mpps,
     MwlSource,
     Name,
+    Network,
     Orders,
     Outputs,
     Port,
@@ -114,7 +115,8 @@ class Spool(_Model):
     """StorageClass of the spool PVC (cluster default when unset)."""
 
 
-_RESERVED = ("/var/lib/pacsflow", "/etc/pacsflow")
+_RESERVED = ("/var/lib/pacsflow", "/etc/pacsflow", "/etc/pacsflow-tls")
+_RESERVED_MESSAGE = "mountPath may not be under /var/lib/pacsflow, /etc/pacsflow or /etc/pacsflow-tls"
 _RESERVED_PATHS_RULE = " && ".join(f"self != '{p}' && !self.startsWith('{p}/')" for p in _RESERVED)
 
 
@@ -124,16 +126,35 @@ class SecretMount(_Model):
     secret_name: Name
     """Name of the Secret (same namespace)."""
     mount_path: str = Field(pattern=r"^/.+$", max_length=253, json_schema_extra={"x-kubernetes-validations": [{
-        "rule": _RESERVED_PATHS_RULE, "message": "mountPath may not be under /var/lib/pacsflow or /etc/pacsflow"}]})
+        "rule": _RESERVED_PATHS_RULE, "message": _RESERVED_MESSAGE}]})
     """Absolute directory it is mounted at, e.g. ``/etc/pacsflow-secrets/sectra``; a key ``k`` becomes the file
-    ``<mountPath>/k``, which a webhook's ``secretFile`` names. Not under the spool or config directories."""
+    ``<mountPath>/k``, which a webhook's ``secretFile`` names. Not under the spool, config or DICOM TLS directories."""
 
     @field_validator("mount_path")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         if any(value == p or value.startswith(p + "/") for p in _RESERVED):
-            raise ValueError("mountPath may not be under /var/lib/pacsflow or /etc/pacsflow")
+            raise ValueError(_RESERVED_MESSAGE)
         return value
+
+
+class DicomTlsSecret(_Model):
+    """DICOM TLS on the router's port (PS3.15 Annex B, BCP 195: TLS 1.2/1.3, 1.3 preferred) from one Secret.
+
+    The Secret (type ``kubernetes.io/tls``, as cert-manager writes it) holds ``tls.crt`` and ``tls.key`` and, for
+    client certificates, ``ca.crt``. It is mounted read-only at ``/etc/pacsflow-tls/dicom``; a rotated Secret is
+    picked up by new connections without a restart (running associations keep theirs).
+    """
+
+    secret_name: Name
+    """Name of the Secret (same namespace)."""
+    client_certificate: Literal["none", "optional", "required"] = "none"
+    """Mutual TLS: whether modalities must present a certificate signed by the Secret's ``ca.crt``."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Oldest TLS version accepted."""
+    ae_titles_by_certificate: dict[str, list[AETitle]] = Field(default_factory=dict)
+    """Client certificate subject CN -> the calling AE titles it may use; when set, every association needs a
+    certificate listed here, and a certificate issued for AE A cannot send as AE B."""
 
 
 class DicomRouterSpec(_Model):
@@ -156,6 +177,11 @@ class DicomRouterSpec(_Model):
     # Same spelling as the routing config (DICOM writes "AE Title", not "Ae Title").
     allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list, alias="allowedCallingAETitles")
     """Calling AE titles accepted; associations from any other AE title are rejected."""
+    allowed_networks: list[Network] = Field(default_factory=list)
+    """Peer address blocks accepted on the DICOM port (``10.20.0.0/16``); others are refused before the
+    association. Empty: any."""
+    dicom_tls: DicomTlsSecret | None = None
+    """DICOM over TLS on the router's port (plaintext when unset)."""
     completion: Completion = Field(default_factory=Completion)
     """When a study counts as complete."""
     destinations: Annotated[
