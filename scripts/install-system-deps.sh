@@ -11,6 +11,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # the
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver)  # the reviewer page in a real browser
 command -v npm >/dev/null || need+=(nodejs npm)  # dcmjs-dimse, the MPPS modality peer (make node-peers)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless curl)  # HAPI HL7v2, the HL7 peer (make hl7-peer)
+command -v openssl >/dev/null || need+=(openssl)  # openssl s_client: what the TLS edges refuse
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing Debian packages: ${need[*]}; install them with: sudo apt-get install ${need[*]}" >&2
