@@ -28,3 +28,6 @@ class OperatorSettings(BaseSettings):
     """API key (role ``integration``) for ``evidence_url``."""
     evidence_refresh_seconds: float = 300.0
     """How often each AIUseCase's ``status.evidence`` is re-read from ``evidence_url``."""
+    create_settle_seconds: float = 0.3
+    """How long a new AIUseCase waits before its router's config is rendered, so that a burst of creations
+    costs one render per router per interval (edits of existing use cases render at once)."""

@@ -149,10 +149,14 @@ class Controller:
             self._written[(kind, namespace, name)] = (_rv(stored["metadata"]), dict(stored.get("status") or {}))
         return True
 
-    async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Awaitable[T]]) -> T | None:
+    async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Awaitable[T]],
+                          settle: float = 0.0) -> T | None:
         state = self._serial[key]
         state.requested += 1
         mine = state.requested
+        if settle > 0 and not force:
+            # Let a burst gather: every request that arrives meanwhile is covered by the one render that follows.
+            await asyncio.sleep(settle)
         async with state.lock:
             if not force and state.done >= mine:
                 return None  # a render that started after our change was indexed already covered it
@@ -162,9 +166,16 @@ class Controller:
             return result
 
     # --------------------------------------------------------------------------------- routers
-    async def sync_router(self, namespace: str, name: str, idx: Indexes, *, force: bool = False
-                          ) -> router_rc.RouterPlan | None:
+    async def sync_router(self, namespace: str, name: str, idx: Indexes, *, force: bool = False,
+                          settle: float = 0.0) -> router_rc.RouterPlan | None:
         """Render and apply one DicomRouter's children and status from the current indexes.
+
+        Parameters
+        ----------
+        settle
+            Seconds to wait before rendering, so that a burst (200 use cases applied at once) costs one
+            render per router per ``settle`` instead of one per use case. Edits pass 0: a mode change or
+            a kill switch reaches the ConfigMap at once (and carries any creation still settling).
 
         Returns
         -------
@@ -200,7 +211,7 @@ class Controller:
                          len(plan.accepted), written)
                 return plan
 
-        return await self._serialised(("DicomRouter", namespace, name), force, work)
+        return await self._serialised(("DicomRouter", namespace, name), force, work, settle)
 
     # --------------------------------------------------------------------------------- tritons
     async def sync_triton(self, namespace: str, name: str, idx: Indexes, *, force: bool = False) -> None:

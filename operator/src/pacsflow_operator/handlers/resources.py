@@ -119,7 +119,9 @@ async def use_case_changed(namespace: str | None, name: str, body: Any, spec: An
     ctl, idx = _ctl(memo), _idx(kwargs)
     with outcome("AIUseCase"):
         uc = parse_spec(AIUseCaseSpec, spec, f"AIUseCase {name}")
-    plan = await ctl.sync_router(namespace, uc.router, idx)
+    # A new use case (or one found at start-up) waits for the rest of its burst; an edit renders at once.
+    settle = ctl.settings.create_settle_seconds if reason in ("create", "resume") else 0.0
+    plan = await ctl.sync_router(namespace, uc.router, idx, settle=settle)
     router = idx.router(namespace, uc.router)
     cluster = (router or {}).get("spec", {}).get("tritonCluster")
     if cluster:
