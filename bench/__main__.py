@@ -8,6 +8,7 @@ import sys
 # One line per benchmark module; each has ``main() -> int | None``.
 MODULES = [
     "bench.ingest",
+    "bench.tls",
     "bench.preprocess",
     "bench.acceptance",
     "bench.report",
