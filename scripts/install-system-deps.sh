@@ -9,6 +9,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v promtool >/dev/null || need+=(prometheus)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # the results store on PostgreSQL
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver)  # the reviewer page in a real browser
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog rsyslog-gnutls)  # the audit syslog collector (TLS)
 command -v npm >/dev/null || need+=(nodejs npm)  # dcmjs-dimse, the MPPS modality peer (make node-peers)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless curl)  # HAPI HL7v2, the HL7 peer (make hl7-peer)
 command -v openssl >/dev/null || need+=(openssl)  # openssl s_client: what the TLS edges refuse

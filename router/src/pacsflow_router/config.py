@@ -176,11 +176,30 @@ class Inference(_Model):
         return self
 
 
+class AuditSyslog(_Model):
+    """A syslog collector (an ATNA audit record repository) that receives every audit chain record as a DICOM audit
+    message (PS3.15 A.5) over TLS (RFC 5425 framing); records are sent from a durable cursor and retried, never lost
+    while the collector is down."""
+
+    host: str
+    """Collector host name or address."""
+    port: Port = 6514
+    """Collector port (6514: syslog over TLS)."""
+    tls: TlsClient = Field(default_factory=lambda: TlsClient())
+    """TLS to the collector (always on; certificate verified)."""
+    audit_source_id: str = Field(default="pacsflow", pattern=r"^[!-~]{1,64}$")
+    """AuditSourceID of the messages (and the syslog HOSTNAME)."""
+    retry_seconds: float = Field(default=5.0, gt=0)
+    """Wait after a failed send before the next try."""
+
+
 class Audit(_Model):
     """Where the audit trail of every AI interaction is written."""
 
     url: str = "sqlite:///audit.db"
     """SQLAlchemy database URL (``sqlite:////abs/path.db`` or ``postgresql://...``)."""
+    syslog: AuditSyslog | None = None
+    """Forward the audit chain to a syslog collector as DICOM audit messages."""
 
 
 class Metrics(_Model):

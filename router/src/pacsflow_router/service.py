@@ -32,6 +32,7 @@ from .ingest.studies import StudyTracker
 from .pipeline import Pipeline
 from .results.approvals import Approvals
 from .results.audit import AuditLog
+from .results.auditforward import start_forwarder
 from .results.export import MessageSender, Outbox, OutboxItem
 from .results.scu import StoreClient
 from .results.store import ResultsStore
@@ -194,6 +195,7 @@ class RouterService:
         if self.mwl_poller is not None:
             self.mwl_poller.start()
         self.outbox.start()
+        start_forwarder(self.audit.engine, self.config.audit.syslog, self._stop)  # audit chain -> syslog (ATNA)
         if self.config_watcher is not None:
             self.config_watcher.start()
         for target, name in ((self._pipeline_loop, "pipeline"), (self._watch_config, "config-watch"),
