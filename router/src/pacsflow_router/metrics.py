@@ -88,6 +88,12 @@ INFERENCE_UNAVAILABLE = Counter(
 LATE_INSTANCES = Gauge(
     "pacsflow_late_instances", "Instances that arrived after their study's result; each re-opened the study.",
     registry=REGISTRY)
+PREDECODED_BYTES = Gauge(
+    "pacsflow_predecoded_bytes", "Decoded pixel data held for studies still arriving (decoded ahead of completion).",
+    registry=REGISTRY)
+PREDECODED_INSTANCES = Counter(
+    "pacsflow_predecoded_instances", "Instances of complete studies by whether they were decoded ahead (hit) or "
+    "at completion (miss).", ["outcome"], registry=REGISTRY)
 CONFIG_RELOADS = Counter(
     "pacsflow_config_reloads", "Routing config reloads, by outcome (applied, invalid).", ["outcome"],
     registry=REGISTRY)

@@ -29,12 +29,13 @@ from .analysis.inference import InferenceBackend
 from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, load_manifest
 from .analysis.matching import order_mismatch
 from .analysis.preprocess import Backend, load_spec, preprocess_series
-from .analysis.volume import load_study
+from .analysis.volume import DecodedInstance, load_study
 from .config import RoutingConfig, UseCase
 from .deid.forward import ExternalSender
 from .domain import Finding, Order, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
 from .ingest.studies import ReportRecord, StudyTracker
+from .predecode import Predecoder
 from .results.approvals import Approvals
 from .results.audit import AuditLog
 from .results.export import Outbox
@@ -136,6 +137,9 @@ class Pipeline:
     """Where the reviewer panel's rows go (default: the audit's engine, ``config.audit.url``: one results store)."""
     external: ExternalSender | None = None
     """Sends a use case with ``external`` to its external AI, de-identified (deid/); set when ``externalAi`` is."""
+    predecoder: Predecoder | None = None
+    """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
+    study is decoded at completion."""
 
     def __post_init__(self) -> None:
         if self.results is None:
@@ -147,8 +151,17 @@ class Pipeline:
         Returns True when the study is finished (every use case has its one result), False when it must be retried
         later (the inference backend is unavailable); the study then stays durable and due.
         """
+        if self.predecoder is None:
+            return self._process(ref)
+        decoded = self.predecoder.take(ref)
+        try:
+            return self._process(ref, decoded)
+        finally:
+            self.predecoder.release(ref.study_uid)
+
+    def _process(self, ref: StudyRef, decoded: dict[str, DecodedInstance] | None = None) -> bool:
         started = time.monotonic()
-        study = load_study(ref)
+        study = load_study(ref, decoded)
         timings_base = {"load": time.monotonic() - started}
         order = self._order_for(study)
         # How the study came to be complete (MPPS or the stable window) and which order it belongs to, per record.

@@ -30,6 +30,7 @@ from .ingest.scp import DicomReceiver
 from .ingest.spool import Spool
 from .ingest.studies import StudyTracker
 from .pipeline import Pipeline
+from .predecode import Predecoder
 from .results.approvals import Approvals
 from .results.audit import AuditLog
 from .results.auditforward import start_forwarder
@@ -94,8 +95,10 @@ class RouterService:
         self.outbox = Outbox(spool_dir / "outbox", self._sender_for, message_senders=self._message_sender_for,
                              on_result=self._on_delivery, hold=self._hold_reason)
         self.orders = OrderStore(self.spool, self.audit.engine)
+        # Decodes images as they arrive, so a complete study is loaded at once (predecode.py).
+        self.predecoder = Predecoder(self.tracker)
         self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
-                                 orders=self.orders)
+                                 orders=self.orders, predecoder=self.predecoder)
         approvals = Approvals(self.audit.engine)
         self.approval_releaser = ApprovalReleaser(approvals, self.outbox, self.audit, self.orders)
         self.draft_sender = DraftSender(approvals, self.outbox, self.orders)
@@ -120,6 +123,7 @@ class RouterService:
         if config.worklist.enabled:
             services.append(worklist_service(self.orders))
         self.receiver = DicomReceiver(config, self.spool, services=services)
+        self.receiver.on_stored = self.predecoder.wake  # each store wakes the decoder (it never blocks)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
@@ -187,6 +191,7 @@ class RouterService:
         metrics.start_metrics_server(self.config.metrics.host, self.config.metrics.port)
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
         _export_modes(None, self.config)
+        self.predecoder.start()
         self.receiver.start()
         if self.results_receiver is not None:
             self.results_receiver.start()
@@ -222,6 +227,7 @@ class RouterService:
             self.config_watcher.stop()
         for thread in self._threads:
             thread.join(timeout=30)
+        self.predecoder.stop()
         self.outbox.stop()
 
     # -- threads ------------------------------------------------------------------------------------------------
@@ -253,9 +259,14 @@ class RouterService:
                         self.pipeline.give_up(ref, f"{type(exc).__name__} after {attempts} attempts")
                         self._failures.pop(ref.key, None)
                     waiting = True
-            # Idle: look again after half a second, or at once when an MPPS step ends (the wake event).
-            self._wake.wait(5.0 if waiting else 0.5)
+            # Idle: look again when the next study's window ends (at most half a second), or at once when an MPPS
+            # step ends (the wake event).
+            self._wake.wait(5.0 if waiting else self._idle_wait())
             self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        next_due = self.tracker.next_due_at()
+        return 0.5 if next_due is None else min(0.5, max(0.0, next_due - time.time()))
 
     def _review_loop(self) -> None:
         # Decisions readers take in pacsflow-api (another process) reach the router through the results store.

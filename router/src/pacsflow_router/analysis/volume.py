@@ -19,6 +19,9 @@ Real scanners send more than single-frame images of complete series:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -30,7 +33,8 @@ from pydicom.pixels.utils import pixel_array
 from .. import domain
 from ..errors import UnparseableInstanceError
 
-__all__ = ["frame_headers", "load_study", "missing_images", "slice_normal", "sort_slices"]
+__all__ = ["DecodedInstance", "decode_instance", "frame_headers", "load_study", "missing_images", "slice_normal",
+           "sort_slices"]
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +249,71 @@ def _stack_position(header: Dataset, normal: np.ndarray | None) -> float | None:
     return float(np.dot(p, normal))
 
 
-def load_study(ref: domain.StudyRef) -> domain.Study:
+@dataclass(frozen=True)
+class DecodedInstance:
+    """One spooled instance read and decoded: everything :func:`load_study` needs of its file.
+
+    Built by :func:`decode_instance`, on the pipeline thread at completion or ahead of it by a background decoder
+    while the study is still arriving (``pacsflow_router.decoding``); read-only once built.
+    """
+
+    header: Dataset | None
+    """The data set without its pixel data; None when the file could not be read."""
+    image: bool = False
+    """Whether the instance has pixel data (decodable or not)."""
+    frames: tuple[np.ndarray | None, ...] = ()
+    """Stored-value images, one per frame (None: that frame did not decode); empty when none did."""
+    error: str | None = None
+    """Why the file or its pixel data did not (fully) decode: the exception's type name, never its message (a
+    decoder's message can quote header values)."""
+    views: tuple[Dataset, ...] = ()
+    """Per-frame views of a multi-frame header (:func:`frame_headers`), in frame order."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded frames."""
+        return sum(int(f.nbytes) for f in self.frames if f is not None)
+
+
+def decode_instance(path: str | Path) -> DecodedInstance:
+    """Read one spooled instance and decode its pixel data (one 2-D array per frame).
+
+    Parameters
+    ----------
+    path : str or Path
+        A Part-10 file in the spool.
+
+    Returns
+    -------
+    DecodedInstance
+        ``header`` None with ``error`` set when the file does not parse; no frames and no error for an instance
+        without pixel data (an SR, a presentation state); ``error`` set when pixel data would not decode (a
+        multi-frame instance keeps the frames that did).
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        return DecodedInstance(header=None, error=type(exc).__name__)
+    if not any(name in ds for name in _PIXEL_KEYWORDS):
+        return DecodedInstance(header=ds)
+    frames: list[np.ndarray | None]
+    error = None
+    try:
+        frames = list(_frames(ds))
+    except _DECODE_ERRORS as exc:
+        error = type(exc).__name__
+        # A multi-frame instance with one damaged frame need not lose the others: each compressed frame is its own
+        # fragment(s), decodable alone.
+        frames = _frame_by_frame(ds) if _is_multiframe(ds) else []
+        if not any(f is not None for f in frames):
+            frames = []
+    _strip_pixels(ds)
+    views = tuple(frame_headers(ds)) if _is_multiframe(ds) else ()
+    return DecodedInstance(header=ds, image=True, error=error, views=views,
+                           frames=tuple(None if f is None else np.ascontiguousarray(f) for f in frames))
+
+
+def load_study(ref: domain.StudyRef, decoded: Mapping[str, DecodedInstance] | None = None) -> domain.Study:
     """Read, group, sort and decode the instances of a spooled study.
 
     Multi-frame images (Enhanced CT/MR, Legacy Converted Enhanced) become one slice per frame with a per-frame
@@ -258,6 +326,9 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
     ----------
     ref : domain.StudyRef
         The study and its spooled instance files.
+    decoded : mapping of str to DecodedInstance, optional
+        Instances already decoded (by path, as in ``ref.paths``), e.g. while the study was arriving; the others
+        are read and decoded here. The result is the same either way.
 
     Returns
     -------
@@ -277,17 +348,19 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
     unreadable = 0
     undecodable = 0
     for index, path in enumerate(ref.paths):
-        try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        item = decoded.get(path) if decoded is not None else None
+        if item is None:
+            item = decode_instance(path)
+        ds = item.header
+        if ds is None:
             # The spool only holds instances that parsed at ingest; a failure here is disk-level damage.
-            log.warning("study %s: instance %d unreadable (%s), skipped", ref.key, index, type(exc).__name__)
+            log.warning("study %s: instance %d unreadable (%s), skipped", ref.key, index, item.error)
             unreadable += 1
             continue
         if first_header is None:
             first_header = ds
-        if not any(name in ds for name in _PIXEL_KEYWORDS):
-            continue
+        if not item.image:
+            continue  # no pixel data (an SR, a presentation state)
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if uid not in series:
             series[uid] = domain.Series(
@@ -298,28 +371,23 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
             )
             skipped_views[uid] = []
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-        frames: list[np.ndarray | None]
-        try:
-            frames = list(_frames(ds))
-        except _DECODE_ERRORS as exc:
+        frames = item.frames
+        if item.error is not None:
             # The type only: decoder messages can quote header values.
-            log.warning("study %s: instance %d pixel data not decodable (%s)", ref.key, index, type(exc).__name__)
-            # A multi-frame instance with one damaged frame need not lose the others: each compressed frame is
-            # its own fragment(s), decodable alone.
-            frames = _frame_by_frame(ds) if _is_multiframe(ds) else []
-            if not any(f is not None for f in frames):
+            log.warning("study %s: instance %d pixel data not decodable (%s)", ref.key, index, item.error)
+            if not frames:
                 undecodable += 1
-                _strip_pixels(ds)
                 series[uid].skipped.append(domain.SkippedInstance(
                     sop_instance_uid=sop_uid, reason="pixel data not decodable", images=_number_of_frames(ds),
                 ))
-                skipped_views[uid].extend(_skipped_views(ds))
+                skipped_views[uid].extend(item.views or [ds])
                 continue
-        _strip_pixels(ds)
         if not _is_multiframe(ds):
-            series[uid].slices.append(domain.Slice(header=ds, pixels=np.ascontiguousarray(frames[0])))
+            pixels = frames[0]
+            assert pixels is not None  # a single frame that failed to decode leaves no frames at all
+            series[uid].slices.append(domain.Slice(header=ds, pixels=pixels))
             continue
-        views = frame_headers(ds)
+        views = list(item.views)
         if len(views) != len(frames):
             log.warning("study %s: instance %d declares %d frames but holds %d; frames beyond either skipped",
                         ref.key, index, len(views), len(frames))
@@ -335,7 +403,7 @@ def load_study(ref: domain.StudyRef) -> domain.Study:
                 sop_instance_uid=sop_uid, reason="frames missing from pixel data", images=len(views) - len(frames)))
             skipped_views[uid].extend(views[len(frames):])
         series[uid].slices.extend(
-            domain.Slice(header=view, pixels=np.ascontiguousarray(frame), frame_number=number)
+            domain.Slice(header=view, pixels=frame, frame_number=number)
             for number, (view, frame) in enumerate(zip(views, frames, strict=False), start=1)
             if frame is not None
         )
@@ -372,7 +440,3 @@ def _missing(series: domain.Series, skipped: list[Dataset]) -> int:
             return 0  # without complete geometry there is no stack to find gaps in
         positions.append(p)
     return missing_images(positions)
-
-
-def _skipped_views(ds: Dataset) -> list[Dataset]:
-    return frame_headers(ds) if _is_multiframe(ds) else [ds]

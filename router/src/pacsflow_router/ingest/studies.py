@@ -91,13 +91,18 @@ class StudyTracker:
         """The stable window of a study of ``modality`` (the default when it has no window of its own)."""
         return self.by_modality.get(modality or "", self.stable_seconds)
 
-    def _complete(self, stable_seconds: float | None) -> tuple[str, tuple[object, ...]]:
-        # The WHERE clause of complete studies and its parameters before "now".
+    def _window_sql(self, stable_seconds: float | None) -> tuple[str, tuple[object, ...]]:
+        # The SQL expression of a study's completion window (``s`` the studies table) and its parameters.
         if stable_seconds is not None or not self.by_modality:
-            return _COMPLETE.format(window="?"), (self.stable_seconds if stable_seconds is None else stable_seconds,)
+            return "?", (self.stable_seconds if stable_seconds is None else stable_seconds,)
         cases = " ".join("WHEN ? THEN ?" for _ in self.by_modality)
         params = tuple(v for item in self.by_modality.items() for v in item)
-        return _COMPLETE.format(window=f"(CASE s.modality {cases} ELSE ? END)"), (*params, self.stable_seconds)
+        return f"(CASE s.modality {cases} ELSE ? END)", (*params, self.stable_seconds)
+
+    def _complete(self, stable_seconds: float | None) -> tuple[str, tuple[object, ...]]:
+        # The WHERE clause of complete studies and its parameters before "now".
+        window, params = self._window_sql(stable_seconds)
+        return _COMPLETE.format(window=window), params
 
     def due(self, now: float | None = None, stable_seconds: float | None = None) -> list[StudyRef]:
         """Studies that are complete (completed by their MPPS, or silent for their window) and not finished, oldest
@@ -233,3 +238,31 @@ class StudyTracker:
     def late_instances(self) -> int:
         """Instances that arrived after their study was finished (each re-opened it)."""
         return cast(int, self.spool.execute("SELECT count(*) FROM instances WHERE late = 1")[0][0])
+
+    def next_due_at(self, now: float | None = None) -> float | None:
+        """When the next receiving study's completion window ends (wall clock); None when no study is waiting for one.
+
+        The pipeline sleeps until then rather than polling, so a study is taken the moment it becomes complete.
+        """
+        now = time.time() if now is None else now
+        window, params = self._window_sql(None)
+        since = "max(s.last_received, coalesce(s.resumed_at, 0))"
+        rows = self.spool.execute(
+            f"SELECT min({since} + {window}) FROM studies s WHERE s.finished_at IS NULL AND {since} + {window} > ?",
+            (*params, *params, now))
+        value = rows[0][0]
+        return None if value is None else float(value)
+
+    def arrivals(self, after_id: int = 0, limit: int = 256) -> list[tuple[int, str, str]]:
+        """Instances spooled after ``after_id`` (the index's row id) whose study is not finished, oldest first.
+
+        Returns
+        -------
+        list of (int, str, str)
+            (row id, Study Instance UID, file path as in :attr:`StudyRef.paths`): what a decoder that works ahead
+            of completion reads (``pacsflow_router.predecode``); ingest itself never waits for it.
+        """
+        rows = self.spool.execute(
+            "SELECT i.id, i.study_uid, i.path FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
+            "WHERE i.id > ? AND s.finished_at IS NULL ORDER BY i.id LIMIT ?", (after_id, limit))
+        return [(int(row_id), study_uid, str(self.spool.instance_dir / name)) for row_id, study_uid, name in rows]
