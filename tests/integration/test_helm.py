@@ -99,16 +99,23 @@ def test_the_api_is_its_own_deployment_reading_the_store_url_from_a_secret(helm:
     container = pod["containers"][0]
     assert container["command"] == ["pacsflow-api"] and pod["automountServiceAccountToken"] is False
     env = {e["name"]: e for e in container["env"]}
-    assert env["PACSFLOW_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pacsflow-results", "key": "url"}
-    assert env["PACSFLOW_API_SESSION_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "pacsflow-api-session"
+    # Secrets as files named after their variable (tests/integration/test_least_privilege.py checks no env has one).
+    assert env["PACSFLOW_API_SECRETS_DIR"]["value"] == "/etc/pacsflow-api/secrets"
+    projected = next(v for v in pod["volumes"] if v["name"] == "secrets")["projected"]["sources"]
+    assert {"name": "pacsflow-results", "items": [{"key": "url", "path": "PACSFLOW_STORE_URL"}]} in [
+        p["secret"] for p in projected]
+    assert {"name": "pacsflow-api-session", "items": [{"key": "key", "path": "PACSFLOW_API_SESSION_SECRET"}]} in [
+        p["secret"] for p in projected]
     assert docs["Service", "pacsflow-api"]["spec"]["ports"][0]["targetPort"] == "http"
     # The evidence: gauges on the API's metrics port with the PPV floors; the operator reads status.evidence from it.
     assert env["PACSFLOW_API_METRICS_PORT"]["value"] == "9109"
     assert json.loads(env["PACSFLOW_API_PPV_FLOORS"]["value"]) == {"ich-head-ct": 0.3}
     operator = {e["name"]: e for e in docs["Deployment", "pacsflow"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert operator["PACSFLOW_OPERATOR_EVIDENCE_URL"]["value"] == "http://pacsflow-api.pacsflow-system.svc"
-    assert operator["PACSFLOW_OPERATOR_EVIDENCE_API_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "pacsflow-operator-key", "key": "token"}
+    assert operator["PACSFLOW_OPERATOR_SECRETS_DIR"]["value"] == "/etc/pacsflow-operator/secrets"
+    assert docs["Deployment", "pacsflow"]["spec"]["template"]["spec"]["volumes"][0]["secret"] == {
+        "secretName": "pacsflow-operator-key", "defaultMode": 0o440,
+        "items": [{"key": "token", "path": "PACSFLOW_OPERATOR_EVIDENCE_API_KEY"}]}
     assert "PACSFLOW_OPERATOR_EVIDENCE_URL" not in {
         e["name"] for d in _template(helm, []) if d["kind"] == "Deployment"
         for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])}

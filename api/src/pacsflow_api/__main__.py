@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import ssl
 import sys
 import threading
@@ -127,7 +128,8 @@ class _TlsConfig(uvicorn.Config):
 def main(argv: list[str] | None = None) -> int:
     """Run the API until interrupted; exit 2 when the store is from a newer release."""
     try:
-        settings = ApiSettings()
+        # Secrets (store URL, session key) may come as files named after their variable, from a mounted Secret.
+        settings = ApiSettings(_secrets_dir=os.environ.get("PACSFLOW_API_SECRETS_DIR") or None)
         oidc = settings.oidc()
         tls = settings.tls()
         if tls is not None:

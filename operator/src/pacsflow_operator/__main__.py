@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
                         help="kopf liveness endpoint URL (default: %(default)s; '' to disable)")
     args = parser.parse_args(argv)
-    settings = OperatorSettings()
+    # Secrets (the evidence API key) come as files named after their variable, from a mounted Secret.
+    settings = OperatorSettings(_secrets_dir=os.environ.get("PACSFLOW_OPERATOR_SECRETS_DIR") or None)
     configure_logging(settings)
     from . import handlers  # noqa: F401 - registers the handlers with kopf's default registry
 

@@ -29,6 +29,7 @@ from pacsflow_router.config import (
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
 from .conditions import Cond, ready
 from .manifests import cluster_ip_service, deployment
+from .netpol import router_network_policy
 
 CONFIG_KEY = "routing.yaml"
 CONFIG_DIR = "/etc/pacsflow"
@@ -226,7 +227,8 @@ def render_router(
     Returns
     -------
     RouterPlan
-        ConfigMap, PVC, Service, Deployment (in the order they should be applied) and conditions.
+        ConfigMap, RBAC, PVC, Service, NetworkPolicy, Deployment (in the order they should be applied) and
+        conditions.
     """
     config, rejected = routing_config(name, namespace, spec, use_cases)
     text = render_config(config)
@@ -235,6 +237,7 @@ def render_router(
         *_config_reader_rbac(name),
         _pvc(name, spec),
         _service(name, spec),
+        router_network_policy(deployment_name(name), spec, _selector(name), labels(name, "network-policy")),
         _deployment(name, spec, spec.image or image),
     ]
     conds = []

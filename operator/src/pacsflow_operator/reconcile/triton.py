@@ -125,6 +125,12 @@ def _service(name: str) -> dict[str, Any]:
                               [("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT)])
 
 
+RUN_AS = 10001
+"""User and group of both containers (the router image's user)."""
+_CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                       "capabilities": {"drop": ["ALL"]}}
+
+
 def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_image: str) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     if spec.gpus_per_replica:
@@ -155,7 +161,9 @@ def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_im
             {"name": "repository", "mountPath": REPO_MOUNT, "readOnly": True},
             # ONNX Runtime / TensorRT and DALI need more than the container runtime's 64 MiB /dev/shm.
             {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},  # the root filesystem is read-only
         ],
+        "securityContext": _CONTAINER_SECURITY,
     }
     init = {
         "name": "render-model-repository",
@@ -166,8 +174,12 @@ def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_im
             {"name": "models", "mountPath": MODELS_DIR},
             {"name": "repository", "mountPath": REPO_MOUNT, "readOnly": True},
         ],
+        "securityContext": _CONTAINER_SECURITY,
     }
     pod_spec = {
+        # Non-root (the router image's user, which writes the rendered repository Triton then reads).
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "initContainers": [init],
         "containers": [container],
         "volumes": [
@@ -175,6 +187,7 @@ def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_im
             {"name": "repository", "persistentVolumeClaim": {
                 "claimName": spec.model_repository.persistent_volume_claim, "readOnly": True}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
     }
     return deployment(deployment_name(name), labels(name), _selector(name), spec.replicas, pod_spec)
