@@ -14,6 +14,10 @@ A record holds ``controlId``, ``type`` (MSH-9), ``version``, ``charset`` (MSH-18
 ``patientFamily`` and ``patientGiven`` (text fields decoded) and ``obx`` (``obx3``/``obx5``/``obx11`` per OBX, as encoded). Each line is written
 before the ACK goes out: a test that has its ACK can count deliveries at the receiver.
 
+MLLP over TLS: pass ``tls=JavaTls(keystore=..., truststore=...)`` (PKCS#12 files, e.g. from tests/peers/certs.py)
+to :class:`HapiReceiver` or :func:`send`; the JVM gets them as ``javax.net.ssl.*`` properties and ``Peer`` runs
+with ``--tls true``.
+
 Stdlib only, like the other launchers, so benchmarks can use it.
 """
 
@@ -28,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +88,32 @@ def classes_dir() -> Path:
     return out
 
 
-def command(*args: str) -> list[str]:
-    """The ``java`` command line running ``Peer`` with ``args``."""
+@dataclass(frozen=True)
+class JavaTls:
+    """PKCS#12 key and trust stores for the JVM's TLS (JSSE): MLLP over TLS on the HAPI side."""
+
+    keystore: Path | None = None
+    """Own key and certificate (the receiver's server certificate, or the sender's client certificate)."""
+    truststore: Path | None = None
+    """CA certificates trusted to verify the other side."""
+    password: str = "changeit"
+
+    def jvm_options(self) -> list[str]:
+        """``-Djavax.net.ssl.*`` options."""
+        out = []
+        for kind, path in (("keyStore", self.keystore), ("trustStore", self.truststore)):
+            if path is not None:
+                out += [f"-Djavax.net.ssl.{kind}={path}", f"-Djavax.net.ssl.{kind}Type=PKCS12",
+                        f"-Djavax.net.ssl.{kind}Password={self.password}"]
+        return out
+
+
+def command(*args: str, tls: JavaTls | None = None) -> list[str]:
+    """The ``java`` command line running ``Peer`` with ``args`` (over TLS with ``tls``)."""
     lib = lib_dir()
-    return ["java", "-cp", f"{lib}/*{os.pathsep}{classes_dir()}", "Peer", *args]
+    if tls is None:
+        return ["java", "-cp", f"{lib}/*{os.pathsep}{classes_dir()}", "Peer", *args]
+    return ["java", *tls.jvm_options(), "-cp", f"{lib}/*{os.pathsep}{classes_dir()}", "Peer", *args, "--tls", "true"]
 
 
 class HapiReceiver:
@@ -98,8 +125,9 @@ class HapiReceiver:
     """
 
     def __init__(self, out: Path, port: int | None = None, *, fail_first: int = 0,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, tls: JavaTls | None = None) -> None:
         self.out = Path(out)
+        self.tls = tls
         self.port = port or free_port()
         self.fail_first = fail_first
         self.startup_timeout = startup_timeout
@@ -109,7 +137,7 @@ class HapiReceiver:
     def start(self) -> HapiReceiver:
         """Start the receiver and block until it prints ``READY <port>``."""
         args = ["receive", "--port", str(self.port), "--out", str(self.out), "--fail-first", str(self.fail_first)]
-        self.proc = subprocess.Popen(command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        self.proc = subprocess.Popen(command(*args, tls=self.tls), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      encoding="utf-8", cwd=self.out.parent)
         ready = threading.Event()
         threading.Thread(target=self._pump, args=(self.proc, ready), daemon=True).start()
@@ -179,7 +207,7 @@ def _files(messages: Iterable[bytes | str | Path], tmp: Path) -> list[str]:
 
 
 def send(port: int, messages: Sequence[bytes | str | Path], *, host: str = HOST,
-         timeout: float = 120.0, ack_timeout: int = 30) -> list[dict[str, Any]]:
+         timeout: float = 120.0, ack_timeout: int = 30, tls: JavaTls | None = None) -> list[dict[str, Any]]:
     """Send ``messages`` over one MLLP connection with HAPI's client; one dict per message, in order.
 
     Each dict has ``ack`` (MSA-1, None when nothing came back), ``controlId`` (MSA-2), ``text`` (MSA-3) and
@@ -189,7 +217,7 @@ def send(port: int, messages: Sequence[bytes | str | Path], *, host: str = HOST,
     with tempfile.TemporaryDirectory(prefix="hapi-send-") as tmp:
         paths = _files(messages, Path(tmp))
         proc = subprocess.run(command("send", "--host", host, "--port", str(port), "--timeout", str(ack_timeout),
-                                      *paths),
+                                      *paths, tls=tls),
                               capture_output=True, text=True, encoding="utf-8", timeout=timeout, check=False)
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if len(results) != len(messages):

@@ -1,7 +1,8 @@
 """A webhook receiver for tests, the demo and the benchmark: records every POST, answers scripted statuses.
 
 The stand-in for a vendor worklist API behind an adapter (e.g. Sectra Workflow Orchestrator): it checks nothing
-itself, so tests verify the signature and count deliveries here, at the receiver.
+itself, so tests verify the signature and count deliveries here, at the receiver. With ``tls`` (a server
+certificate and key, e.g. from tests/peers/certs.py) it is an HTTPS receiver.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ import hashlib
 import hmac
 import http.server
 import json
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 
 class HttpReceiver:
     """An HTTP server on 127.0.0.1 that records every POST and answers the scripted statuses in turn (then 200)."""
 
-    def __init__(self, statuses: list[int] | None = None, port: int = 0) -> None:
+    def __init__(self, statuses: list[int] | None = None, port: int = 0,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.statuses = list(statuses or [])
         self.requests: list[tuple[dict[str, str], bytes, int]] = []
         receiver = self
@@ -36,7 +40,13 @@ class HttpReceiver:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/alert?token=abc"
+        scheme = "http"
+        if tls is not None:  # (cert_file, key_file); a failed handshake only fails that connection
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/hooks/alert?token=abc"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .ingest.scp import DicomReceiver
 from .ingest.spool import Spool
 from .ingest.studies import StudyTracker
+from .metricsendpoint import MetricsEndpoint
 from .pipeline import Pipeline
 from .predecode import Predecoder
 from .results.approvals import Approvals
@@ -125,6 +126,7 @@ class RouterService:
         self.receiver = DicomReceiver(config, self.spool, services=services)
         self.receiver.on_stored = self.predecoder.wake  # each store wakes the decoder (it never blocks)
         self._threads: list[threading.Thread] = []
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         # Config versions the API watch delivered (digests): while the watch is open, the lagging mounted file
@@ -188,7 +190,7 @@ class RouterService:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        metrics.start_metrics_server(self.config.metrics.host, self.config.metrics.port)
+        self.metrics_endpoint = MetricsEndpoint(self.config.metrics).start()  # allow-list, HTTPS, bearer token
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
         _export_modes(None, self.config)
         self.predecoder.start()
@@ -215,6 +217,8 @@ class RouterService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         self.receiver.stop()
         if self.results_receiver is not None:
             self.results_receiver.stop()

@@ -17,6 +17,10 @@
 //   prints one JSON line with msgs/s.
 //
 // MLLP reads and writes honour MSH-18 (UTF-8, 8859/1, ASCII). TCP_NODELAY is on for every socket.
+//
+// --tls true (any command): MLLP over TLS with the JDK's own TLS (JSSE). Keys and trusted CAs come from the standard
+//   javax.net.ssl.keyStore / javax.net.ssl.trustStore system properties (PKCS#12 files the test makes); the
+//   receiver asks for no client certificate, the sender presents its key store's when the server asks for one.
 
 import ca.uhn.hl7v2.AcknowledgmentCode;
 import ca.uhn.hl7v2.DefaultHapiContext;
@@ -52,6 +56,8 @@ import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketAddress;
 import java.net.SocketException;
+import javax.net.ssl.SSLSocket;
+import javax.net.ssl.SSLSocketFactory;
 import java.nio.charset.Charset;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -65,6 +71,9 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
 public class Peer {
+
+    /** MLLP over TLS (--tls true). */
+    static boolean tls = false;
 
     public static void main(String[] args) throws Exception {
         // HAPI logs every connection at INFO; the tests read stdout and the JSON lines, not the log.
@@ -81,6 +90,7 @@ public class Peer {
                 files.add(args[i]);
             }
         }
+        tls = Boolean.parseBoolean(opts.getOrDefault("tls", "false"));
         switch (args[0]) {
             case "receive" -> receive(Integer.parseInt(need(opts, "port")), Path.of(need(opts, "out")),
                     Integer.parseInt(opts.getOrDefault("fail-first", "0")));
@@ -102,9 +112,9 @@ public class Peer {
     }
 
     static void usage() {
-        System.err.println("usage: Peer receive --port P --out FILE [--fail-first N]\n"
-                + "       Peer send [--host H] --port P [--timeout S] FILE...\n"
-                + "       Peer sendmany [--host H] --port P --count N FILE");
+        System.err.println("usage: Peer receive --port P --out FILE [--fail-first N] [--tls true]\n"
+                + "       Peer send [--host H] --port P [--timeout S] [--tls true] FILE...\n"
+                + "       Peer sendmany [--host H] --port P --count N [--tls true] FILE");
         System.exit(2);
     }
 
@@ -117,6 +127,31 @@ public class Peer {
                 public void bind(SocketAddress endpoint, int backlog) throws IOException {
                     int port = ((InetSocketAddress) endpoint).getPort();
                     super.bind(new InetSocketAddress(InetAddress.getLoopbackAddress(), port), backlog);
+                }
+            };
+        }
+
+        /**
+         * HAPI would bind an unbound SSLServerSocket to every interface: accept on loopback instead and run the
+         * server side of TLS (JSSE, key from javax.net.ssl.keyStore) on each accepted socket.
+         */
+        @Override
+        public ServerSocket createTlsServerSocket() throws IOException {
+            return new ServerSocket() {
+                @Override
+                public void bind(SocketAddress endpoint, int backlog) throws IOException {
+                    int port = ((InetSocketAddress) endpoint).getPort();
+                    super.bind(new InetSocketAddress(InetAddress.getLoopbackAddress(), port), backlog);
+                }
+
+                @Override
+                public Socket accept() throws IOException {
+                    Socket plain = super.accept();
+                    plain.setTcpNoDelay(true);
+                    SSLSocket secure = (SSLSocket) ((SSLSocketFactory) SSLSocketFactory.getDefault()).createSocket(
+                            plain, plain.getInetAddress().getHostAddress(), plain.getPort(), true);
+                    secure.setUseClientMode(false);
+                    return secure;
                 }
             };
         }
@@ -149,7 +184,7 @@ public class Peer {
     static void receive(int port, Path out, int failFirst) throws Exception {
         HapiContext ctx = context(true);
         Recorder recorder = new Recorder(out, failFirst);
-        HL7Service server = ctx.newServer(port, false);
+        HL7Service server = ctx.newServer(port, tls);
         server.registerApplication(recorder);
         server.setExceptionHandler(recorder);
         Runtime.getRuntime().addShutdownHook(new Thread(server::stop));
@@ -357,7 +392,7 @@ public class Peer {
     // ---------------------------------------------------------------------------------------------- send
 
     static Initiator connect(HapiContext ctx, String host, int port, int timeoutSeconds) throws HL7Exception {
-        Connection conn = ctx.newClient(host, port, false);
+        Connection conn = ctx.newClient(host, port, tls);
         Initiator init = conn.getInitiator();
         init.setTimeout(timeoutSeconds, TimeUnit.SECONDS);
         return init;

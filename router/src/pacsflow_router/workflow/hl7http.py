@@ -10,7 +10,8 @@ from MSH-18, not from the header). The answer is JSON:
   Content-Length, 415 for another content type, 503 when the store could not write (resend later).
 
 The ER7 ACK itself is in ``"ackMessage"``. Built on the standard library's ``ThreadingHTTPServer``: one endpoint
-needs no framework, and the router's API server (issue 9) is a separate piece.
+needs no framework, and the router's API server (issue 9) is a separate piece. With ``hl7Listener.tls`` it is
+HTTPS, and ``hl7Listener.allowedNetworks`` closes other peers before a byte is read (admission.GuardedHTTPServer).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
+
+from ..admission import GuardedHTTPServer, ServerTls
 
 if TYPE_CHECKING:
     from .listener import Hl7Handler, Hl7Result
@@ -41,15 +45,14 @@ def _json_for(result: Hl7Result) -> tuple[int, dict[str, Any]]:
     return (400 if result.ack_code == "AR" else 422), body
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(GuardedHTTPServer):
     def __init__(self, address: tuple[str, int], handler: Hl7Handler, max_message_bytes: int,
-                 timeout: float) -> None:
+                 timeout: float, tls: ServerTls | None, networks: Sequence[str]) -> None:
         self.hl7_handler = handler
         self.max_message_bytes = max_message_bytes
         self.body_timeout = timeout
-        super().__init__(address, _RequestHandler)
+        super().__init__(address, _RequestHandler, listener="hl7-http", networks=networks, tls=tls,
+                         handshake_timeout=timeout)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -116,12 +119,16 @@ class Hl7HttpServer:
     max_message_bytes
         Bodies longer than this are answered 413 unread.
     timeout
-        Socket timeout of a request (``messageTimeoutSeconds``): a slow client is dropped.
+        Socket timeout of a request and of the TLS handshake (``messageTimeoutSeconds``): a slow client is dropped.
+    tls
+        HTTPS (``hl7Listener.tls``); plain HTTP when ``None``.
+    allowed_networks
+        ``hl7Listener.allowedNetworks`` (empty: everyone).
     """
 
     def __init__(self, handler: Hl7Handler, host: str, port: int, *, max_message_bytes: int,
-                 timeout: float) -> None:
-        self._server = _Server((host, port), handler, max_message_bytes, timeout)
+                 timeout: float, tls: ServerTls | None = None, allowed_networks: Sequence[str] = ()) -> None:
+        self._server = _Server((host, port), handler, max_message_bytes, timeout, tls, allowed_networks)
         self._thread = threading.Thread(target=self._server.serve_forever, name="hl7-http", daemon=True)
 
     @property
@@ -132,7 +139,7 @@ class Hl7HttpServer:
     def start(self) -> None:
         """Serve on a daemon thread."""
         self._thread.start()
-        log.info("HL7 HTTP endpoint %s on port %d", PATH, self.port)
+        log.info("HL7 HTTP%s endpoint %s on port %d", "S" if self._server.tls else "", PATH, self.port)
 
     def stop(self) -> None:
         """Stop serving and close the socket."""

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
+from ..admission import ServerTls
 from ..config import Hl7Listener as Hl7ListenerConfig
 from ..errors import Hl7Error, Hl7MessageError, PacsflowError
 from .hl7 import (
@@ -205,15 +206,25 @@ class Hl7Listener:
         self._http: Hl7HttpServer | None = None
 
     def start(self) -> None:
-        """Bind and serve (returns at once; the servers run on daemon threads)."""
+        """Bind and serve (returns at once; the servers run on daemon threads).
+
+        Raises
+        ------
+        ConfigError
+            ``hl7Listener.tls`` names files that cannot be loaded.
+        """
         cfg = self.config
+        # One context for both ports: a rotated certificate reaches MLLP and HTTPS together.
+        tls = ServerTls(cfg.tls, "hl7Listener.tls") if cfg.tls is not None else None
         self._mllp = MllpServer(self.handler, cfg.bind_address, cfg.port, max_message_bytes=cfg.max_message_bytes,
-                                idle_timeout=cfg.idle_timeout_seconds, message_timeout=cfg.message_timeout_seconds)
+                                idle_timeout=cfg.idle_timeout_seconds, message_timeout=cfg.message_timeout_seconds,
+                                tls=tls, allowed_networks=cfg.allowed_networks)
         self._mllp.start()
         if cfg.http_port is not None:
             self._http = Hl7HttpServer(self.handler, cfg.bind_address, cfg.http_port,
                                        max_message_bytes=cfg.max_message_bytes,
-                                       timeout=cfg.message_timeout_seconds)
+                                       timeout=cfg.message_timeout_seconds, tls=tls,
+                                       allowed_networks=cfg.allowed_networks)
             self._http.start()
 
     def stop(self) -> None:

@@ -12,7 +12,9 @@ client (workflow/senders.py).
 
 :class:`MllpServer` serves one thread per connection: a slow or idle peer holds its own thread only, and its
 timeouts (``idleTimeoutSeconds`` between messages, ``messageTimeoutSeconds`` from a message's first byte to its
-end) close that socket alone.
+end) close that socket alone. Before a connection gets its thread, its address is checked against
+``allowedNetworks`` (refused unread); on a TLS listener the handshake then runs on that thread, within
+``messageTimeoutSeconds`` (pacsflow_router/admission.py).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..admission import ServerTls, admit
 from ..errors import MllpFramingError
 
 log = logging.getLogger(__name__)
@@ -208,11 +212,18 @@ class MllpServer:
         ``maxMessageBytes``, ``idleTimeoutSeconds``, ``messageTimeoutSeconds`` of the routing config's listener.
     max_connections
         Connections served at once; more are closed on accept (each holds a thread).
+    tls
+        MLLP over TLS (``hl7Listener.tls``); plaintext when ``None``.
+    allowed_networks
+        ``hl7Listener.allowedNetworks``: peers outside are closed before a byte is read (empty: everyone).
     """
 
     def __init__(self, handler: MessageHandler, host: str, port: int, *, max_message_bytes: int,
-                 idle_timeout: float, message_timeout: float, max_connections: int = 64) -> None:
+                 idle_timeout: float, message_timeout: float, max_connections: int = 64,
+                 tls: ServerTls | None = None, allowed_networks: Sequence[str] = ()) -> None:
         self._handler = handler
+        self._tls = tls
+        self._networks = list(allowed_networks)
         self._max_message_bytes = max_message_bytes
         self._idle_timeout = idle_timeout
         self._message_timeout = message_timeout
@@ -260,18 +271,21 @@ class MllpServer:
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                conn, _addr = self._listener.accept()
+                conn, addr = self._listener.accept()
             except OSError:
                 if self._stopping.is_set():
                     return
                 log.warning("MLLP accept failed", exc_info=True)
                 time.sleep(0.1)
                 continue
+            if not admit(conn, str(addr[0]), "mllp", self._networks):
+                continue
             with self._lock:
                 full = len(self._connections) >= self._max_connections
                 if not full:
                     self._connections.add(conn)
-                    thread = threading.Thread(target=self._serve, args=(conn,), name="mllp-conn", daemon=True)
+                    thread = threading.Thread(target=self._serve, args=(conn, str(addr[0])), name="mllp-conn",
+                                              daemon=True)
                     self._threads.add(thread)
             if full:
                 log.warning("MLLP connection refused: %d connections already open", self._max_connections)
@@ -279,9 +293,18 @@ class MllpServer:
                 continue
             thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, address: str) -> None:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                wrapped = self._tls.wrap(conn, address, "mllp", self._message_timeout)
+                with self._lock:  # stop() must close the TLS socket: the plain one was detached by the wrap
+                    self._connections.discard(conn)
+                    if wrapped is not None:
+                        self._connections.add(wrapped)
+                if wrapped is None:
+                    return
+                conn = wrapped
             self._converse(conn)
         except MllpFramingError as exc:
             log.warning("MLLP connection closed: %s", exc)

@@ -25,6 +25,12 @@ ACK on the same connection, which it keeps open between messages (``TCP_NODELAY`
 segments, split with the separators its own MSH declares). The webhook sender uses the standard library's
 ``http.client``: no redirects, no cookies, one request per message - requests would add a runtime dependency for
 none of that.
+
+TLS (BCP 195 client contexts from pacsflow_router/tls.py): an HL7 destination with ``tls`` is reached over MLLP
+on TLS, its certificate and host name verified against ``tls.caFile`` (or the system's trust store); an
+``https://`` webhook is verified against its ``caFile`` the same way. There is no switch to turn verification off: a
+certificate that does not verify is a connection failure like any other, retried with backoff from the durable
+outbox until the peer's certificate is fixed, never sent in the clear or to an unverified peer.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -40,9 +47,10 @@ import urllib.parse
 from pathlib import Path
 
 from .. import __version__
-from ..config import Hl7Destination, Webhook
+from ..config import Hl7Destination, TlsClient, Webhook
 from ..errors import ExportError, MllpFramingError
 from ..results.export import Message
+from ..tls import client_context
 from .alerts import signature
 from .mllp import FrameReader, frame, read_frame
 
@@ -135,6 +143,15 @@ class MllpSender:
             raise SendError(f"{self._where}: cannot connect ({exc.strerror or type(exc).__name__}); check that the "
                             "receiver is running") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = self.destination.tls
+        if tls is not None:
+            try:
+                # The context is built per connection: a rotated CA bundle or client certificate is read anew.
+                sock = client_context(tls).wrap_socket(sock, server_hostname=tls.server_name or self.destination.host)
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                raise SendError(f"{self._where}: TLS handshake failed ({_tls_reason(exc)}); check the receiver's "
+                                "certificate against tls.caFile; the message will be sent again") from None
         self._sock = sock
         self._reader = FrameReader(MAX_ACK_BYTES)
         self.connections_opened += 1
@@ -200,8 +217,18 @@ class MllpSender:
             self._drop()
 
 
+def _tls_reason(exc: BaseException) -> str:
+    """What failed in a handshake, in OpenSSL's words (no peer data in it)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not verified: {exc.verify_message}"
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__)
+
+
 def _still_open(sock: socket.socket) -> bool:
     """Whether a kept connection can carry the next message: not closed by the peer, nothing unread on it."""
+    if isinstance(sock, ssl.SSLSocket):
+        # No MSG_PEEK on TLS: anything readable (a record, close_notify, EOF) means closed or out of step.
+        return sock.pending() == 0 and not select.select([sock], [], [], 0)[0]
     try:
         sock.setblocking(False)
         try:
@@ -270,8 +297,13 @@ class WebhookSender:
         timeout = self.webhook.timeout_seconds
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                               context=ssl.create_default_context())
+            # Verification always on (BCP 195 client context); caFile read per send, so a rotated bundle applies.
+            try:
+                context = client_context(TlsClient(ca_file=self.webhook.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise SendError(f"{self._where}: cannot load caFile {self.webhook.ca_file} "
+                                f"({_tls_reason(exc)}); mount the CA bundle or fix the path") from None
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         try:
@@ -279,6 +311,9 @@ class WebhookSender:
             response = conn.getresponse()
             status = response.status
             response.read(65536)
+        except ssl.SSLError as exc:  # before OSError: its subclass. Retried: the peer's certificate may be fixed.
+            raise SendError(f"{self._where}: TLS handshake failed ({_tls_reason(exc)}); check the receiver's "
+                            "certificate against caFile; the alert will be sent again") from None
         except (OSError, http.client.HTTPException) as exc:
             raise SendError(f"{self._where}: {type(exc).__name__} ({exc}); the alert will be sent again") from None
         finally:

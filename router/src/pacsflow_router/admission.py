@@ -1,0 +1,201 @@
+"""Who may talk to the router's stream listeners (MLLP, ``POST /hl7/orm``, /metrics): allow-list first, then TLS.
+
+Each accepted connection goes through two doors, in this order:
+
+1. :func:`admit`: the peer's address is checked against the listener's ``allowedNetworks`` right after ``accept``.
+   A peer outside is closed before a single byte is read from it (no TLS handshake either).
+2. :meth:`ServerTls.wrap`: on a TLS listener, the handshake runs on the connection's own thread with a deadline, so
+   a slow or plaintext client holds only its own thread. TLS 1.1 and older, weak ciphers, a missing or untrusted
+   client certificate where one is required: the handshake fails and the socket is closed. A TCP probe that closes
+   without sending a byte is not a refusal (as on the DICOM port, ingest/tlsaccept.py).
+
+Both refusals are counted in ``pacsflow_connections_refused_total{listener,reason}`` and logged with the peer's
+address (an address, never patient data). :class:`ServerTls` re-reads the certificate, key and client-CA files when
+they change (a rotated Kubernetes Secret): new connections get the new certificate, open ones keep theirs.
+:class:`GuardedHTTPServer` puts both doors in front of a standard-library ``ThreadingHTTPServer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import metrics
+from .config import TlsServer
+from .errors import ConfigError
+from .tls import address_allowed, server_context
+
+log = logging.getLogger(__name__)
+
+
+def admit(conn: socket.socket, address: str, listener: str, networks: Sequence[str]) -> bool:
+    """Whether ``address`` may connect to ``listener``; when not, ``conn`` is closed unread and the refusal counted.
+
+    Parameters
+    ----------
+    conn
+        The socket just accepted (closed here when refused).
+    address
+        The peer's IP address (``accept()``'s first element).
+    listener
+        The listener's fixed name (``metrics.LISTENERS``), the metric's label.
+    networks
+        The listener's ``allowedNetworks`` (empty: everyone).
+    """
+    if address_allowed(address, networks):
+        return True
+    metrics.CONNECTIONS_REFUSED.labels(listener, "not-allowed").inc()
+    log.warning("%s connection from %s refused: not in allowedNetworks", listener, address)
+    _close(conn)
+    return False
+
+
+def _close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more: close() is all that is left
+    conn.close()
+
+
+def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    # stat() follows symlinks: a Secret's atomic ..data swap changes the inode even if size and mtime match.
+    out = []
+    for path in paths:
+        st = os.stat(path)
+        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class ServerTls:
+    """The server-side TLS context of one listener, rebuilt when its files change (certificate rotation).
+
+    Parameters
+    ----------
+    config
+        The listener's ``tls`` (``pacsflow_router.tls.server_context`` builds the context: BCP 195).
+    setting
+        Where ``config`` sits in the routing config (``hl7Listener.tls``), for error messages.
+
+    Raises
+    ------
+    ConfigError
+        A file cannot be read, or the key does not match the certificate (at construction; a bad file met on a
+        later rotation is logged and the previous context kept).
+    """
+
+    def __init__(self, config: TlsServer, setting: str) -> None:
+        self.config = config
+        self.setting = setting
+        self._files = [p for p in (config.cert_file, config.key_file, config.client_ca_file) if p]
+        self._lock = threading.Lock()
+        try:
+            self._stamped = _stamp(self._files)
+            self._context = server_context(config)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{setting}: cannot load the certificate, key or client CA "
+                              f"({getattr(exc, 'strerror', None) or type(exc).__name__}); check that the Secret is "
+                              "mounted and the key matches the certificate") from None
+        #: Times the context was rebuilt after its files changed.
+        self.reloads = 0
+
+    def context(self) -> ssl.SSLContext:
+        """The current context: rebuilt first if a file changed since it was built."""
+        with self._lock:
+            try:
+                stamped = _stamp(self._files)
+                if stamped != self._stamped:
+                    self._context = server_context(self.config)
+                    self._stamped = stamped
+                    self.reloads += 1
+                    log.info("%s: certificate files changed, new connections use them", self.setting)
+            except (OSError, ssl.SSLError) as exc:
+                # Mid-rotation (key written before the certificate) or a broken Secret: keep serving with the
+                # previous certificate; the next connection looks again.
+                log.warning("%s: certificate files changed but cannot be loaded (%s); still using the previous ones",
+                            self.setting, type(exc).__name__)
+            return self._context
+
+    def wrap(self, conn: socket.socket, address: str, listener: str, timeout: float) -> ssl.SSLSocket | None:
+        """Run the server side of the handshake on ``conn``; ``None`` (socket closed, refusal counted) if it fails.
+
+        Parameters
+        ----------
+        conn
+            The accepted, admitted socket.
+        address
+            The peer's IP address (logged when refused).
+        listener
+            The listener's fixed name (metric label).
+        timeout
+            Seconds the whole handshake may take.
+        """
+        conn.settimeout(timeout)
+        try:
+            if conn.recv(1, socket.MSG_PEEK) == b"":
+                # A TCP probe (the kubelet's readiness check, a load balancer) closed without a byte: not a refusal.
+                _close(conn)
+                return None
+        except OSError:
+            pass  # reset or silent until the timeout: the handshake below fails and reports it
+        try:
+            return self.context().wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            metrics.CONNECTIONS_REFUSED.labels(listener, "tls-handshake").inc()
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            log.warning("%s connection from %s refused: TLS handshake failed (%s)", listener, address, reason)
+            _close(conn)
+            return None
+
+
+class GuardedHTTPServer(ThreadingHTTPServer):
+    """A ``ThreadingHTTPServer`` with an allow-list checked before any byte is read and optional TLS (per thread).
+
+    Parameters
+    ----------
+    address
+        ``(host, port)`` to bind (port 0: any free port).
+    handler
+        The request handler class.
+    listener
+        The listener's fixed name (``metrics.LISTENERS``).
+    networks
+        ``allowedNetworks`` (empty: everyone).
+    tls
+        The server TLS context, or ``None`` for plain HTTP.
+    handshake_timeout
+        Seconds a client has to finish the TLS handshake.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, listener: str,
+                 networks: Sequence[str] = (), tls: ServerTls | None = None, handshake_timeout: float = 10.0) -> None:
+        self.listener = listener
+        self.networks = list(networks)
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        super().__init__(address, handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """The allow-list, on the accepting thread: a refused peer is closed unread."""
+        return admit(request, str(client_address[0]), self.listener, self.networks)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake, on the request's own thread, then the handler."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        wrapped = self.tls.wrap(request, str(client_address[0]), self.listener, self.handshake_timeout)
+        if wrapped is None:
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            _close(wrapped)
