@@ -33,6 +33,13 @@ demo: venv system-deps hl7-peer node-peers
 bench: venv system-deps hl7-peer node-peers
 	$(PY) -m bench
 
+.PHONY: loadtest
+## Sustained mixed load, not part of make test: a large hospital's peak hour x4 for 10 minutes against one router,
+## then against 3 routers sharing one Triton (bench/loadtest.py; LOADTEST_ARGS=--short for the one-minute smoke)
+loadtest: venv system-deps node-peers triton-venv
+	nice -n 10 $(PY) -m bench.loadtest $(LOADTEST_ARGS)
+	nice -n 10 $(PY) -m bench.loadtest --triton $(LOADTEST_ARGS)
+
 .PHONY: crds check-crds
 ## CRDs, the chart's copy and docs/crds.md, generated from the operator's pydantic models
 crds: venv
