@@ -363,6 +363,8 @@ def test_metrics_over_https_with_a_bearer_token_scraped_by_prometheus(pki, tmp_p
         assert _refused("metrics", "unauthorized") == unauthorized + 2
         rc, status, body = _curl(url, *ca, "-H", "Authorization: Bearer s3cret-scrape-token")
         assert (rc, status) == (0, "200") and "pacsflow_connections_refused_total" in body
+        rc, status, body = _curl(url.replace("/metrics", "/healthz"), *ca)  # a liveness probe needs no token
+        assert (rc, status, body.strip()) == (0, "200", "ok") and "pacsflow_" not in body
         handshakes = _refused("metrics", "tls-handshake")
         assert _curl(f"http://localhost:{endpoint.port}/metrics")[1] != "200"  # plaintext on the HTTPS port
         eventually(lambda: _refused("metrics", "tls-handshake") == handshakes + 1, "plaintext counted")

@@ -5,7 +5,9 @@ request handler (``MetricsHandler``: content negotiation, gzip, OpenMetrics) is 
 :class:`~.admission.GuardedHTTPServer`. With ``metrics.bearerTokenFile`` set, a request without ``Authorization:
 Bearer <token>`` or with another token is answered 401 (the comparison is constant-time, ``hmac.compare_digest``);
 the file is read on every request, so a rotated Secret applies at once. A token file that cannot be read answers 503
-rather than opening the endpoint.
+rather than opening the endpoint. ``GET /healthz`` answers 200 without a token (it tells nothing but that the router
+is up), so a kubelet liveness probe (``httpGet``, ``scheme: HTTPS`` when TLS is on) needs no secret; the allow-list
+still applies to it, so the nodes' addresses belong in ``allowedNetworks``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: Answered 200 without a bearer token (liveness probes).
+HEALTH_PATH = "/healthz"
+
 
 def _read_token(path: str) -> bytes:
     token = Path(path).read_bytes().strip()
@@ -42,6 +47,9 @@ class _Handler(MetricsHandler):
     registry = metrics.REGISTRY
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.split("?", 1)[0] == HEALTH_PATH:
+            self._answer(200, b"ok\n")
+            return
         token_file = self.server.token_file
         if token_file is not None and not self._authorized(token_file):
             return
@@ -52,16 +60,16 @@ class _Handler(MetricsHandler):
             expected = _read_token(token_file)
         except (OSError, ValueError):
             log.error("metrics.bearerTokenFile %s cannot be read or is empty: /metrics answers 503", token_file)
-            self._refuse(503, b"the bearer token file cannot be read\n")
+            self._answer(503, b"the bearer token file cannot be read\n")
             return False
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return True
         metrics.CONNECTIONS_REFUSED.labels("metrics", "unauthorized").inc()
-        self._refuse(401, b"a bearer token is required\n", challenge=True)
+        self._answer(401, b"a bearer token is required\n", challenge=True)
         return False
 
-    def _refuse(self, status: int, body: bytes, *, challenge: bool = False) -> None:
+    def _answer(self, status: int, body: bytes, *, challenge: bool = False) -> None:
         self.send_response(status)
         if challenge:
             self.send_header("WWW-Authenticate", 'Bearer realm="pacsflow-metrics"')
