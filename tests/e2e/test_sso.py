@@ -122,7 +122,7 @@ def test_tokens_from_another_issuer_audience_or_time_or_forged_are_401(setup, ap
         # Same realm and keys, but asked at http://localhost:...: the token's iss is not the configured issuer.
         "wrong issuer": (idp.password_token("reader1", base=idp.base.replace("127.0.0.1", "localhost")),
                          "Invalid issuer"),
-        "wrong audience": (idp.password_token("reader1", client=kc.OTHER_CLIENT), "Invalid audience"),
+        "wrong audience": (idp.password_token("reader1", client=kc.OTHER_CLIENT), "Audience doesn't match"),
         "forged claims": (_tampered(good), "Signature verification failed"),
         "alg none": (_unsigned(good), "signing key"),  # no key id: no key of the IdP's signs it
     }

@@ -31,6 +31,7 @@ OTHER_CLIENT = "other-app"
 SHORT_CLIENT = "short-lived"
 """Like the page client, but its access tokens live 1 second (the expired-token test)."""
 AUDIENCE = "pacsflow-api"
+OTHER_AUDIENCE = "billing-api"
 PASSWORD = "Secret-pw-1"
 USERS = {  # user name -> (AD-style group or None, first name, last name)
     "reader1": ("PACS-Readers", "Rita", "Reader"),
@@ -96,16 +97,14 @@ def java_home() -> str:
                        "or point KEYCLOAK_JAVA_HOME at one")
 
 
-def _client(client_id: str, *, audience: bool, lifespan: int | None = None) -> dict[str, Any]:
+def _client(client_id: str, *, audience: str, lifespan: int | None = None) -> dict[str, Any]:
     mappers: list[dict[str, Any]] = [{
         "name": "groups", "protocol": "openid-connect", "protocolMapper": "oidc-group-membership-mapper",
         "config": {"claim.name": "groups", "full.path": "false", "id.token.claim": "true",
                    "access.token.claim": "true", "userinfo.token.claim": "true"}}]
-    if audience:
-        mappers.append({"name": "pacsflow-api audience", "protocol": "openid-connect",
-                        "protocolMapper": "oidc-audience-mapper",
-                        "config": {"included.custom.audience": AUDIENCE, "access.token.claim": "true",
-                                   "id.token.claim": "false"}})
+    mappers.append({"name": "audience", "protocol": "openid-connect", "protocolMapper": "oidc-audience-mapper",
+                    "config": {"included.custom.audience": audience, "access.token.claim": "true",
+                               "id.token.claim": "false"}})
     attributes = {"pkce.code.challenge.method": "S256", "post.logout.redirect.uris": "+"}
     if lifespan is not None:
         attributes["access.token.lifespan"] = str(lifespan)
@@ -123,8 +122,8 @@ def realm() -> dict[str, Any]:
                       "credentials": [{"type": "password", "value": PASSWORD, "temporary": False}]})
     return {"realm": REALM, "enabled": True, "accessTokenLifespan": 300, "sslRequired": "none",
             "groups": [{"name": g} for g, _, _ in USERS.values() if g], "users": users,
-            "clients": [_client(PAGE_CLIENT, audience=True), _client(OTHER_CLIENT, audience=False),
-                        _client(SHORT_CLIENT, audience=True, lifespan=1)]}
+            "clients": [_client(PAGE_CLIENT, audience=AUDIENCE), _client(OTHER_CLIENT, audience=OTHER_AUDIENCE),
+                        _client(SHORT_CLIENT, audience=AUDIENCE, lifespan=1)]}
 
 
 @contextmanager
