@@ -13,6 +13,7 @@ ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog rsyslog-gn
 command -v npm >/dev/null || need+=(nodejs npm)  # dcmjs-dimse, the MPPS modality peer (make node-peers)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless curl)  # HAPI HL7v2, the HL7 peer (make hl7-peer)
 command -v openssl >/dev/null || need+=(openssl)  # openssl s_client: what the TLS edges refuse
+command -v curl >/dev/null || need+=(curl)  # curl --cacert/--cert: the HTTPS edges (HL7, metrics)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing Debian packages: ${need[*]}; install them with: sudo apt-get install ${need[*]}" >&2

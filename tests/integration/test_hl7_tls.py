@@ -428,3 +428,20 @@ def test_a_tcp_probe_is_not_counted_as_a_refused_handshake(listener):
         sock.sendall(b"not TLS")
         eventually(lambda: _refused("mllp", "tls-handshake") >= before + 1, "the plaintext connection counted")
     assert _refused("mllp", "tls-handshake") == before + 1, "the probe was counted"
+
+
+def test_mllp_sender_presents_its_client_certificate_where_one_is_required(pki, listener):
+    """The sender's certFile/keyFile, against the router's own listener (client certificates required)."""
+    def send(**tls_opts: str) -> int:
+        order = _order()
+        sender = MllpSender(Hl7Destination(name="peer-router", host="localhost", port=listener.port,
+                                           timeout_seconds=10, tls=TlsClient(ca_file=str(pki.ca.ca_file), **tls_opts)))
+        try:
+            return sender.send(Message(order.control_id, order.encoded("omi251"), "order"))
+        finally:
+            sender.close()
+
+    assert send(cert_file=str(pki.ris.cert), key_file=str(pki.ris.key)) == 0
+    with pytest.raises(SendError) as refused:  # TLS 1.3: the refusal arrives as the ACK is awaited
+        send()
+    assert not refused.value.permanent
