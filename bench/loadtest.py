@@ -37,6 +37,7 @@ Returns non-zero when a result is lost or duplicated, or an order, image or MPPS
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import queue
@@ -144,7 +145,7 @@ def _mr(images: int) -> list[pydicom.Dataset]:
     out = []
     for series in (1, 2):
         for i in range(images):
-            ds = source.copy()
+            ds = copy.deepcopy(source)  # Dataset.copy() is shallow: the copies would share their elements
             ds.SeriesNumber, ds.InstanceNumber = series, i + 1
             _placeholders(ds, series, i)
             out.append(ds)
@@ -158,7 +159,7 @@ def templates(cache: Path, short: bool) -> dict[str, list[Template]]:
         "head-ct": [(f"head-{n}", lambda n=n: _ct(900 + n, n, chest=False)) for n in head],
         "chest-ct": [(f"chest-{n}", lambda n=n: _ct(950 + n, n, chest=True)) for n in ((24,) if short else (200,))],
         "radiograph": [(f"dx-{s}", lambda s=s: _radiograph(s)) for s in (4101, 4102, 4103, 4104)],
-        "mr": [(f"mr-{n}", lambda n=n: _mr(n)) for n in ((6,) if short else (24,))],
+        "mr": [(f"mr2-{n}", lambda n=n: _mr(n)) for n in ((6,) if short else (24,))],
     }
     root = cache / "loadtest" / TEMPLATE_VERSION
     out: dict[str, list[Template]] = {}
