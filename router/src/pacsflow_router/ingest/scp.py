@@ -10,6 +10,8 @@ The one place pynetdicom's acceptor side is imported. Three things plain pynetdi
   above :data:`MAX_CONTROL_PDU_LENGTH` (like dcmtk's ~1 MB), is answered with A-ABORT (PS3.8 9.3.8, reason
   "invalid PDU parameter value") and the connection closed without reading it.
 * An empty ``allowedCallingAETitles`` rejects everybody (pynetdicom reads an empty list as "anybody").
+* The doors before an association (``allowedNetworks``, then DICOM TLS with the certificate bound to the calling AE
+  title): :mod:`.tlsaccept`. They guard every service on the port (C-STORE, C-ECHO, MPPS, the worklist's C-FIND).
 
 Refusal table (error -> DICOM status and metric reason), in one place: :data:`REFUSALS`.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,9 +48,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from .. import dicomnet, metrics
+from ..admission import ServerTls, admit
 from ..config import RoutingConfig
-from ..errors import SpoolFullError, UnparseableInstanceError
+from ..errors import ConfigError, SpoolFullError, UnparseableInstanceError
+from . import tlsaccept
 from .spool import Spool
+from .tlsaccept import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -143,23 +149,75 @@ class _PduGuardSocket(AssociationSocket):
 
 
 class _RequestHandler(RequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        # On the connection's own thread: the TLS handshake (a silent peer holds this thread only), then pynetdicom.
+        receiver = self.server.receiver
+        tls = receiver.tls
+        if tls is not None:
+            if tlsaccept.closed_without_data(self.request):
+                # A TCP probe (the kubelet's readiness check, a load balancer): not a refusal worth an audit record.
+                log.debug("DICOM connection from %s closed before a TLS handshake", self.client_address[0])
+                _close(self.request)
+                return
+            sock = tlsaccept.wrap(tls.context(), self.request)
+            self.request = sock
+            failure = tlsaccept.handshake(sock)
+            if failure is not None:
+                metrics.CONNECTIONS_REFUSED.labels("dicom", "tls-handshake").inc()
+                receiver.refused(Refusal("dicom", "tls-handshake", str(self.client_address[0]), failure))
+                _close(sock)
+                return
+        super().handle()
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         # pynetdicom has no socket-class hook and AssociationSocket.__init__ has already queued Evt5 (transport
         # connection indication), so the guard is installed by re-classing the instance it created.
         assoc.dul.socket.__class__ = _PduGuardSocket
+        tls_config = self.server.receiver.config.tls
+        if isinstance(self.request, ssl.SSLSocket):
+            certificate = tlsaccept.certificate_name(self.request)
+            assoc.pacsflow_certificate = certificate  # type: ignore[attr-defined]  # read when audited
+            if tls_config is not None and tls_config.ae_titles_by_certificate:
+                permitted = tls_config.ae_titles_by_certificate.get(certificate, []) if certificate else []
+                assoc.acse = tlsaccept.CertificateBoundAcse(assoc, certificate, frozenset(permitted))
         return assoc
 
 
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the peer is gone already
+    sock.close()
+
+
 class _Server(ThreadedAssociationServer):
-    """ThreadedAssociationServer that tunes every accepted socket before pynetdicom sees it."""
+    """ThreadedAssociationServer that tunes every accepted socket before pynetdicom sees it.
+
+    TLS is not done here (pynetdicom's ``get_request`` handshakes on the accept loop): :class:`_RequestHandler`
+    handshakes on the connection's thread.
+    """
+
+    receiver: DicomReceiver
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        assert self.socket is not None
+        client, address = self.socket.accept()
         dicomnet.set_nodelay(client)
         # accept() returns a blocking socket without timeout; a peer stalling mid-PDU would block recv forever.
         client.settimeout(self.ae.network_timeout)
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # allowedNetworks, on the accept loop: a peer outside is closed before a byte is read from it.
+        peer = str(client_address[0])
+        if admit(request, peer, "dicom", self.receiver.config.allowed_networks):
+            return True
+        self.receiver.refused(Refusal("dicom", "not-allowed", peer, "address not in allowedNetworks"))
+        return False
 
 
 class _AcceptorAE(AE):
@@ -201,6 +259,14 @@ class DicomReceiver:
     services
         More DIMSE services on the same AE title and port (the workflow edges: MPPS N-CREATE/N-SET, the worklist's
         C-FIND): each ``(abstract syntax UIDs, [(event, handler), ...])``. Handlers run on association threads.
+    on_refused
+        Called with every :class:`~.tlsaccept.Refusal` (address not allowed, TLS handshake failed, association
+        rejected), on the thread that refused it; the router audits it. Exceptions are logged, not raised.
+
+    Raises
+    ------
+    ConfigError
+        ``tls`` names a certificate, key or CA file that cannot be loaded.
     """
 
     def __init__(
@@ -215,10 +281,14 @@ class DicomReceiver:
         dimse_timeout: float = 60.0,
         maximum_associations: int = 32,
         services: Sequence[tuple[Sequence[str], Sequence[tuple[evt.InterventionEvent, Callable[..., Any]]]]] = (),
+        on_refused: Callable[[Refusal], None] | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.on_stored = on_stored
+        self.on_refused = on_refused
+        #: Server TLS (certificate files re-read on rotation); ``None``: plaintext DICOM.
+        self.tls = ServerTls(config.tls, "tls") if config.tls is not None else None
         self._listen_port = config.port if port is None else port
         ae = _AcceptorAE(config.ae_title, list(config.allowed_calling_ae_titles))
         ae.require_called_aet = True
@@ -255,18 +325,22 @@ class DicomReceiver:
                 (evt.EVT_C_STORE, self._handle_store),
                 (evt.EVT_ACCEPTED, _count_association("accepted")),
                 (evt.EVT_REJECTED, _count_association("rejected")),
+                (evt.EVT_REJECTED, self._handle_rejected),
                 (evt.EVT_ABORTED, _count_association("aborted")),
                 *self._extra_handlers,
             ],
             server_class=_Server,
             request_handler=_RequestHandler,
         )
+        assert isinstance(server, _Server)
+        server.receiver = self
         # make_server binds and listens in its constructor, so the port is live before the thread starts.
         self._ae._servers.append(server)  # so AE.shutdown() also aborts its associations
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-receiver", daemon=True)
         self._thread.start()
         self.server = server
-        log.info("DICOM receiver %s listening on %s:%d", self.config.ae_title, self.config.bind_address, self.port)
+        log.info("DICOM receiver %s listening on %s:%d (%s)", self.config.ae_title, self.config.bind_address,
+                 self.port, "TLS" if self.tls is not None else "plaintext")
 
     def stop(self) -> None:
         """Abort open associations, stop listening and wait for the server thread."""
@@ -277,12 +351,20 @@ class DicomReceiver:
         self._thread = None
 
     def update_config(self, config: RoutingConfig) -> None:
-        """Hot-reload what can change without a new socket: the allowed calling AE titles.
+        """Hot-reload what can change without a new socket: the allowed calling AE titles, ``allowedNetworks`` and
+        ``tls`` (new connections; a ``tls`` whose files cannot be loaded is logged and the running one kept).
 
         ``aeTitle``, ``bindAddress`` and ``port`` keep their running values (they need a restart).
         """
-        self.config = config.model_copy(update={
-            "ae_title": self.config.ae_title, "bind_address": self.config.bind_address, "port": self.config.port})
+        keep: dict[str, Any] = {
+            "ae_title": self.config.ae_title, "bind_address": self.config.bind_address, "port": self.config.port}
+        if config.tls != self.config.tls:
+            try:
+                self.tls = ServerTls(config.tls, "tls") if config.tls is not None else None
+            except ConfigError as exc:
+                log.error("routing config: %s; the DICOM port keeps its running TLS settings", exc)
+                keep["tls"] = self.config.tls
+        self.config = config.model_copy(update=keep)
         # In place: pynetdicom reads the list on every A-ASSOCIATE-RQ, so new associations see the new titles.
         self._ae.require_calling_aet[:] = list(config.allowed_calling_ae_titles)
 
@@ -311,6 +393,33 @@ class DicomReceiver:
         if self.on_stored is not None:
             self.on_stored()
         return 0x0000
+
+
+    def refused(self, refusal: Refusal) -> None:
+        """Log a refused connection or association and hand it to ``on_refused`` (the audit)."""
+        log.warning("%s", refusal)
+        if self.on_refused is not None:
+            try:
+                self.on_refused(refusal)
+            except Exception:  # the audit failing must not take the listener down; it is logged
+                log.exception("refused %s connection from %s could not be audited", refusal.listener, refusal.peer)
+
+    def _handle_rejected(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        reason_detail: tuple[str, str] | None = getattr(assoc, "pacsflow_refusal", None)
+        rq = assoc.requestor.primitive
+        if reason_detail is None:
+            # pynetdicom's own rejections, checked in its order (the last one that applies is the one it sent).
+            if len(self._ae.active_associations) > self._ae.maximum_associations:
+                reason_detail = ("association-limit", f"{self._ae.maximum_associations} associations already open")
+            elif rq is not None and str(rq.called_ae_title).strip() != self.config.ae_title:
+                reason_detail = ("called-ae-title", "called AE title is not this router's")
+            else:
+                reason_detail = ("calling-ae-title", f"calling AE title {calling!r} not in allowedCallingAETitles")
+        reason, detail = reason_detail
+        self.refused(Refusal("dicom", reason, str(assoc.requestor.address), detail, calling_ae_title=calling,
+                             certificate=getattr(assoc, "pacsflow_certificate", None)))
 
 
 def _count_association(outcome: str) -> Callable[[evt.Event], None]:
