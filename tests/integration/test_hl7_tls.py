@@ -445,3 +445,33 @@ def test_mllp_sender_presents_its_client_certificate_where_one_is_required(pki, 
     with pytest.raises(SendError) as refused:  # TLS 1.3: the refusal arrives as the ACK is awaited
         send()
     assert not refused.value.permanent
+
+
+def test_the_router_service_wires_tls_and_tokens_from_the_routing_config(pki, tmp_path):
+    from pacsflow_router.config import parse_config
+    from pacsflow_router.service import RouterService
+
+    token = tmp_path / "token"
+    token.write_text("scrape-me\n")
+    server_tls = {"certFile": str(pki.server.cert), "keyFile": str(pki.server.key)}
+    config = parse_config({
+        "spoolDir": str(tmp_path / "spool"), "audit": {"url": f"sqlite:///{tmp_path / 'audit.db'}"},
+        "port": free_port(),
+        "metrics": {"port": free_port(), "tls": server_tls, "bearerTokenFile": str(token),
+                    "allowedNetworks": ["127.0.0.0/8"]},
+        "hl7Listener": {"port": free_port(), "tls": {**server_tls, "clientCaFile": str(pki.ca.ca_file),
+                                                      "clientCertificate": "required"}},
+    })
+    service = RouterService(config)
+    service.start()
+    try:
+        order = _order()
+        with _tls_connect(config.hl7_listener.port, pki) as sock:  # type: ignore[union-attr]
+            assert _msa1(_exchange(sock, order.encoded("omi251"))) == "AA"
+        assert service.orders.get(order.accession, order.patient_id) is not None
+        url = f"https://localhost:{config.metrics.port}/metrics"
+        ca = ["--cacert", str(pki.ca.ca_file)]
+        assert _curl(url, *ca)[:2] == (0, "401")
+        assert _curl(url, *ca, "-H", "Authorization: Bearer scrape-me")[:2] == (0, "200")
+    finally:
+        service.stop()
