@@ -9,6 +9,7 @@ test_dicom_tls_scu.py. Certificates are made per test (tests/peers/certs.py), ne
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -27,6 +28,8 @@ from pacsflow_router.ingest.scp import DicomReceiver
 from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.ingest.tlsaccept import Refusal
 from pacsflow_router.models import phantom
+from pacsflow_router.results import chain
+from pacsflow_router.results.audit import AuditLog
 from pacsflow_router.tls import client_context
 from tests.peers.certs import Issued, Pki
 from tests.peers.dcmtk import storescu
@@ -129,6 +132,18 @@ def test_certificate_for_one_ae_title_cannot_send_as_another(door, ct_files):
     assert (refusal.reason, refusal.calling_ae_title, refusal.certificate) == (
         "certificate-ae-title", "CT_B", "modality-a")
     assert refusal.peer == HOST
+    # What the router's audit makes of it (RouterService passes AuditLog.record_refusal as on_refused).
+    audit = AuditLog(f"sqlite:///{door.tmp / 'audit.db'}")
+    try:
+        audit.record_refusal(refusal)
+        [record] = chain.records(audit.engine)
+        assert (record["kind"], record["actor"], record["outcome"]) == ("association-refused", HOST, "failure")
+        detail = json.loads(record["detail"])  # stored as its canonical JSON text (the hashed content)
+        assert (detail["reason"], detail["calling_ae_title"], detail["certificate"]) == (
+            "certificate-ae-title", "CT_B", "modality-a")
+        assert "may call as ['CT_A'], not 'CT_B'" in detail["detail"]
+    finally:
+        audit.close()
     # An AE title that is allowed but bound to no certificate is refused as well (strict binding).
     result = tls_storescu(door, ct_files[:1], "ECHO", door.modality_a)
     assert result.returncode != 0 and door.refusals[-1].reason == "certificate-ae-title"

@@ -123,7 +123,7 @@ class RouterService:
             services.append(mpps_service(self.tracker, on_change=self._wake.set))
         if config.worklist.enabled:
             services.append(worklist_service(self.orders))
-        self.receiver = DicomReceiver(config, self.spool, services=services)
+        self.receiver = DicomReceiver(config, self.spool, services=services, on_refused=self.audit.record_refusal)
         self.receiver.on_stored = self.predecoder.wake  # each store wakes the decoder (it never blocks)
         self._threads: list[threading.Thread] = []
         self.metrics_endpoint: MetricsEndpoint | None = None
