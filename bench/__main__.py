@@ -9,6 +9,7 @@ import sys
 MODULES = [
     "bench.ingest",
     "bench.tls",
+    "bench.deid",
     "bench.preprocess",
     "bench.acceptance",
     "bench.report",

@@ -232,13 +232,13 @@ class _Walker:
     def dataset(self, ds: Dataset) -> Dataset:
         out = Dataset()
         kept_creators: set[int] = set()
-        for elem in ds:
-            if elem.tag.is_private:
-                if self._safe_private(ds, elem):
-                    out.add(self._copy(elem))
-                    kept_creators.add((elem.tag.group << 16) | (elem.tag.element >> 8))
+        for tag in ds.keys():
+            if tag.is_private:  # decided on the tag: a private value is never decoded just to be dropped
+                if self.safe and self._safe_private(ds, ds[tag]):
+                    out.add(self._copy(ds[tag]))
+                    kept_creators.add((tag.group << 16) | (tag.element >> 8))
                 continue
-            new = self.element(elem)
+            new = self.element(ds[tag])
             if new is not None:
                 out.add(new)
         for creator in kept_creators:  # the Private Creator of each kept block
