@@ -31,8 +31,10 @@ from pacsflow_router.models import phantom
 from pacsflow_router.results import chain
 from pacsflow_router.results.audit import AuditLog
 from pacsflow_router.tls import client_context
+from pacsflow_router.workflow.orders import OrderStore
+from pacsflow_router.workflow.worklist import worklist_service
 from tests.peers.certs import Issued, Pki
-from tests.peers.dcmtk import storescu
+from tests.peers.dcmtk import dcmtk_env, storescu
 from tests.peers.net import eventually
 
 HOST = "127.0.0.1"
@@ -49,7 +51,8 @@ def sample(name: str, **labels: str) -> float:
 class Door:
     """An in-process receiver with TLS: its spool, its PKI and the refusals it reported."""
 
-    def __init__(self, tmp: Path, *, client_certificate: str = "required", networks: list[str] | None = None):
+    def __init__(self, tmp: Path, *, client_certificate: str = "required", networks: list[str] | None = None,
+                 services=()):
         self.tmp = tmp
         self.pki = Pki(tmp / "pki")
         self.server = self.pki.server()
@@ -64,7 +67,7 @@ class Door:
                     "aeTitlesByCertificate": {"modality-a": ["CT_A"], "modality-b": ["CT_B"]}},
         })
         self.rx = DicomReceiver(self.config, self.spool, port=0, acse_timeout=2, network_timeout=5,
-                                on_refused=self.refusals.append)
+                                on_refused=self.refusals.append, services=services)
         self.rx.start()
 
     @property
@@ -244,3 +247,26 @@ def test_a_tcp_probe_is_not_a_refusal(door):
         eventually(lambda: door.refusals, "the plaintext peer to be refused", timeout=10)
     assert [r.reason for r in door.refusals] == ["tls-handshake"]
     assert sample("pacsflow_connections_refused_total", listener="dicom", reason="tls-handshake") == handshakes + 1
+
+
+def test_the_worklist_on_the_same_port_is_behind_the_same_door(tmp_path):
+    """pacsflow's worklist C-FIND (and MPPS) share the DICOM port, so TLS and the certificate binding apply to them."""
+    spool = Spool(tmp_path / "orders-spool", 0.999)
+    store = OrderStore(spool, f"sqlite:///{tmp_path / 'orders.db'}")
+    door = Door(tmp_path / "door", services=[worklist_service(store)])
+    try:
+        def findscu(*tls: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["findscu", "-W", "-to", "10", "-ta", "10", "-aec", "PACSFLOW", "-aet", "CT_A",
+                                   *tls, "-k", "PatientName", HOST, str(door.port)],
+                                  capture_output=True, text=True, timeout=60, env=dcmtk_env(), check=False)
+
+        a = door.modality_a
+        ok = findscu("+tls", str(a.key), str(a.cert), "+cf", str(door.pki.ca_file))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert door.refusals == []
+        plain = findscu()
+        assert plain.returncode != 0
+        assert [r.reason for r in door.refusals] == ["tls-handshake"]
+    finally:
+        door.close()
+        spool.close()
