@@ -144,7 +144,7 @@ class Oidc:
         except jwt.PyJWKClientConnectionError as exc:
             raise OidcError(f"the identity provider's keys cannot be fetched: {exc}") from exc
         found: dict[str, Any] = jwt.decode(
-            token, key, algorithms=list(ALGORITHMS), audience=audience, issuer=self.config.issuer,
+            token, key.key, algorithms=list(ALGORITHMS), audience=audience, issuer=self.config.issuer,
             leeway=self.config.leeway, options={"require": ["exp", "iat", "iss", "sub", "aud"]})
         if nonce is not None and not secrets.compare_digest(str(found.get("nonce", "")), nonce):
             raise jwt.InvalidTokenError("the ID token's nonce is not the one this login sent")
