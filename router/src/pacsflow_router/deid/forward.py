@@ -77,6 +77,15 @@ class ExternalSender:
             if str(ds.get("SeriesInstanceUID", "")) != series.series_uid:
                 continue
             try:
+                if ds.file_meta.TransferSyntaxUID.is_compressed:
+                    # The outbox's C-STORE proposes uncompressed syntaxes only: send the pixels decoded.
+                    ds.decompress()
+            except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
+                refused += 1
+                reasons.add(f"pixel data could not be decompressed ({type(exc).__name__})")
+                metrics.DEIDENTIFIED.labels(use_case.name, "refused").inc()
+                continue
+            try:
                 result = deidentify(ds, options, self.store.keys)
             except DeidentificationError as exc:
                 refused += 1
