@@ -166,3 +166,9 @@ def test_operator_rendered_pods_and_the_routers_network_policy():
     assert pacs == {"ports": [{"port": 104, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.50.0.9/32"}}]}
     assert ris == {"ports": [{"port": 2576, "protocol": "TCP"}]}  # a host name: its port, any address
     assert webhook == {"ports": [{"port": 8443, "protocol": "TCP"}]}
+    # Triton: HTTP and gRPC from the namespace's routers only, metrics to scrapers, nothing out but DNS.
+    [triton_policy] = _selected(policies, next(labels for name, _, labels in pods if name == "gpu-triton"))
+    served, scraped = triton_policy["spec"]["ingress"]
+    assert served["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "pacsflow-router"}}}]
+    assert [p["port"] for p in served["ports"]] == [8000, 8001] and [p["port"] for p in scraped["ports"]] == [8002]
+    assert [[p["port"] for p in r["ports"]] for r in triton_policy["spec"]["egress"]] == [[53, 53]]

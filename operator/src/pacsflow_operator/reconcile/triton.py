@@ -108,16 +108,35 @@ def render_triton(
     Returns
     -------
     TritonPlan
-        Service and Deployment, the served models and conditions.
+        Service, NetworkPolicy and Deployment, the served models and conditions.
     """
     versions = pinned_versions(use_cases.values())
-    children = [_service(name), _deployment(name, spec, render_args(spec, versions), render_image)]
+    children = [_service(name), _network_policy(name),
+                _deployment(name, spec, render_args(spec, versions), render_image)]
     models = [{"name": model, "versions": vs} for model, vs in versions.items()]
     conds = [Cond("ModelsPinned", "True", "Rendered",
                   f"{len(models)} model(s) pinned by use cases: "
                   + (", ".join(f"{m['name']} {m['versions']}" for m in models) or "none"))]
     conds.insert(0, ready(conds, f"Triton children applied serving {len(models)} pinned model(s)"))
     return TritonPlan(children, models, conds)
+
+
+def _network_policy(name: str) -> dict[str, Any]:
+    """Triton answers the namespace's routers (HTTP, gRPC) and scrapers (metrics); it connects to nothing but DNS."""
+    routers = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "pacsflow-router"}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": deployment_name(name), "labels": labels(name)},
+        "spec": {
+            "podSelector": {"matchLabels": _selector(name)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [routers], "ports": [{"port": HTTP_PORT, "protocol": "TCP"},
+                                                      {"port": GRPC_PORT, "protocol": "TCP"}]},
+                        {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}],
+            "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}],
+        },
+    }
 
 
 def _service(name: str) -> dict[str, Any]:
