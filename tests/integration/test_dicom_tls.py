@@ -24,6 +24,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from pacsflow_router import metrics
 from pacsflow_router.config import TlsClient, parse_config
+from pacsflow_router.errors import ConfigError
 from pacsflow_router.ingest.scp import DicomReceiver
 from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.ingest.tlsaccept import Refusal
@@ -270,3 +271,15 @@ def test_the_worklist_on_the_same_port_is_behind_the_same_door(tmp_path):
     finally:
         door.close()
         spool.close()
+
+
+def test_unloadable_certificate_files_stop_the_start_and_a_bad_reload_keeps_the_running_ones(door, tmp_path):
+    bad = door.config.model_copy(update={"tls": door.config.tls.model_copy(  # type: ignore[union-attr]
+        update={"key_file": str(door.modality_a.key)})})  # a key that is not the certificate's
+    with pytest.raises(ConfigError, match=r"^tls: cannot load"):
+        DicomReceiver(bad, door.spool, port=0)
+    running = door.rx.tls
+    door.rx.update_config(bad)
+    assert door.rx.tls is running and door.rx.config.tls == door.config.tls
+    out = s_client(door.port, cert=door.modality_a, ca=door.pki.ca_file)
+    assert "Verify return code: 0 (ok)" in out, out  # still serving with the certificate it started with
