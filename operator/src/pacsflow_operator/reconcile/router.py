@@ -123,6 +123,7 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         hl7_destinations=list(spec.hl7_destinations),
         webhooks=list(spec.webhooks),
         config_map=ConfigMapRef(namespace=namespace, name=config_map_name(name)),
+        external_ai=spec.external_ai,
     )
 
 
@@ -143,7 +144,7 @@ def use_case(name: str, spec: AIUseCaseSpec) -> UseCase:
     """The routing-config entry of one AIUseCase (its metadata.name is the use case name)."""
     return UseCase(
         name=name, model=spec.model, match=spec.match, mode=spec.mode, decision_threshold=spec.decision_threshold,
-        triage=spec.triage, outputs=spec.outputs,
+        triage=spec.triage, outputs=spec.outputs, external=spec.external,
     )
 
 
@@ -328,6 +329,8 @@ def _ports(spec: DicomRouterSpec) -> list[tuple[str, int]]:
         ports.append(("mllp", spec.hl7_listener.port))
         if spec.hl7_listener.http_port is not None:
             ports.append(("hl7-http", spec.hl7_listener.http_port))
+    if spec.external_ai is not None:
+        ports.append(("dicom-results", spec.external_ai.results_port))
     return ports
 
 

@@ -20,6 +20,8 @@ from pacsflow_router.config import (
     AETitle,
     Completion,
     Destination,
+    ExternalAi,
+    ExternalAnalysis,
     Hl7Destination,
     Hl7Listener,
     Match,
@@ -218,6 +220,9 @@ class DicomRouterSpec(_Model):
     """JSON webhook receivers of alerts; use cases list them in ``outputs.webhooks``."""
     secret_mounts: list[SecretMount] = Field(default_factory=list, max_length=16)
     """Secrets mounted read-only into the router pod (a webhook's ``secretFile`` points into one)."""
+    external_ai: ExternalAi | None = None
+    """De-identification edge for ``external`` destinations: ``keyFile`` points into a ``secretMounts`` Secret; the
+    results port is added to the pod and Service."""
 
 
 class DicomRouterStatus(_Status):
@@ -334,6 +339,9 @@ class AIUseCaseSpec(_Model):
     """Triage settings (used in triage mode)."""
     outputs: Outputs = Field(default_factory=Outputs)
     """Where results go in assistive and triage mode."""
+    external: ExternalAnalysis | None = None
+    """Run the model at an external AI: the selected series go to an ``external`` destination de-identified (PS3.15
+    Annex E, the options chosen here) and the returned SR is re-identified (docs/security.md)."""
     promotion: Promotion = Field(default_factory=Promotion, json_schema_extra={"default": {}})
     """Evidence each phase needs before the API server lets spec.mode be promoted into it. Only the
     clinical-lead group may change it (or spec.mode)."""
