@@ -36,6 +36,8 @@ def test_external_use_case_and_results_port_are_rendered() -> None:
     assert uc.external.deidentification.retain_longitudinal_temporal_information == "modified-dates"
     ports = {p["name"]: p["port"] for p in children["Service"]["spec"]["ports"]}
     assert ports["dicom-results"] == 11113
+    ingress = children["NetworkPolicy"]["spec"]["ingress"]
+    assert {"port": 11113, "protocol": "TCP"} in [port for rule in ingress for port in rule["ports"]]
 
 
 def test_external_use_case_on_a_router_without_the_edge_is_rejected_alone() -> None:

@@ -1,7 +1,7 @@
 """A DicomRouter's NetworkPolicy: the router pod talks only to the peers its spec declares.
 
-Ingress: the DICOM port from ``allowedNetworks`` (and the HL7 ports from the listener's own ``allowedNetworks``); both
-empty mean any address, as the router's own allow-lists do. The metrics port is open to scrapers. Egress: DNS, the
+Ingress: the DICOM port (and the external AIs' results port) from ``allowedNetworks`` (and the HL7 ports from the
+listener's own ``allowedNetworks``); both empty mean any address, as the router's own allow-lists do. The metrics port is open to scrapers. Egress: DNS, the
 Kubernetes API server (the router watches its ConfigMap), the TritonCluster's pods, and each destination, HL7
 receiver, worklist source and webhook, on its port; a peer named by an IP address is narrowed to that address
 (a host name cannot be, in a NetworkPolicy: that peer gets its port towards any address).
@@ -47,6 +47,8 @@ def router_network_policy(name: str, spec: DicomRouterSpec, selector: dict[str, 
     if spec.allowed_networks:
         dicom["from"] = _blocks(list(spec.allowed_networks))
     ingress = [dicom, {"ports": [{"port": spec.metrics_port, "protocol": "TCP"}]}]
+    if spec.external_ai is not None:  # the external AIs' results port: the DICOM port's allow-list
+        ingress.append({**dicom, "ports": [{"port": spec.external_ai.results_port, "protocol": "TCP"}]})
     if spec.hl7_listener is not None:
         hl7_ports = [spec.hl7_listener.port, *([spec.hl7_listener.http_port] if spec.hl7_listener.http_port else [])]
         hl7: dict[str, Any] = {"ports": [{"port": p, "protocol": "TCP"} for p in hl7_ports]}
