@@ -1,9 +1,9 @@
 """A DicomRouter's NetworkPolicy: the router pod talks only to the peers its spec declares.
 
 Ingress: the DICOM port (and the external AIs' results port) from ``allowedNetworks`` (and the HL7 ports from the
-listener's own ``allowedNetworks``); both empty mean any address, as the router's own allow-lists do. The metrics port is open to scrapers. Egress: DNS, the
-Kubernetes API server (the router watches its ConfigMap), the TritonCluster's pods, and each destination, HL7
-receiver, worklist source and webhook, on its port; a peer named by an IP address is narrowed to that address
+listener's own ``allowedNetworks``); both empty mean any address, as the router's own allow-lists do. The metrics
+port is open to scrapers. Egress: DNS, the Kubernetes API server (the router watches its ConfigMap), the
+TritonCluster's pods, and each destination, HL7 receiver, worklist source and webhook, on its port; a peer named by an IP address is narrowed to that address
 (a host name cannot be, in a NetworkPolicy: that peer gets its port towards any address).
 """
 
