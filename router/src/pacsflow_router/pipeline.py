@@ -198,9 +198,13 @@ class Pipeline:
             series = selection.series
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
-            if use_case.external is not None and self.external is not None:
+            if use_case.external is not None:
                 # The model runs at the external AI: the series goes out de-identified, its SR comes back to the
                 # results port (deid/results_scp.py). Recorded like a report so an unchanged series is not resent.
+                if self.external is None:  # externalAi added by a hot reload: never run it here instead
+                    self._record_error(ref, use_case, "externalAi is not running; it starts with a router restart")
+                    self.tracker.mark_done(ref.study_uid, use_case.name, "error", replace=done)
+                    continue
                 outcome = self.external.send(study, series, use_case)
                 self.tracker.record_report(ref.study_uid, use_case.name, ReportRecord(
                     revision=previous.revision + 1 if previous is not None else int(done),
