@@ -315,7 +315,8 @@ def test_ack_to_another_message_is_not_taken_as_delivery(tmp_path, mllp_port):
 
 
 # -- durability ------------------------------------------------------------------------------------------------------
-def test_kill_9_after_enqueue_then_reopen_delivers_each_message_once(tmp_path, mllp_port, http_receiver):
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "enqueue_messages"])
+def test_kill_9_after_enqueue_then_reopen_delivers_each_message_once(tmp_path, mllp_port, http_receiver, batched):
     port, receivers = mllp_port
     receiver = MllpReceiver(port).start()
     receivers.append(receiver)
@@ -326,10 +327,15 @@ def test_kill_9_after_enqueue_then_reopen_delivers_each_message_once(tmp_path, m
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from pacsflow_router.results.export import Outbox
+        from pacsflow_router.results.export import Outbox, Outgoing
         outbox = Outbox(Path({str(tmp_path / 'outbox')!r}), lambda name: None)
-        outbox.enqueue_message("hl7", "ris", {msh10!r}, {body!r}, kind="alert")
-        outbox.enqueue_message("webhook", "hook", {hook_key!r}, {hook_body!r}, kind="webhook")
+        messages = [Outgoing("hl7", "ris", {msh10!r}, {body!r}, kind="alert"),
+                    Outgoing("webhook", "hook", {hook_key!r}, {hook_body!r}, kind="webhook")]
+        if {batched!r}:  # one transaction for both (what a critical result does: workflow.critical)
+            assert outbox.enqueue_messages(messages) == [True, True]
+        else:
+            for m in messages:
+                outbox.enqueue_message(m.channel, m.destination, m.key, m.body, kind=m.kind)
         os.kill(os.getpid(), signal.SIGKILL)  # no close, no flush: only what enqueue made durable survives
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=60, capture_output=True)

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -93,6 +93,25 @@ class Message:
     key: str
     body: bytes
     kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An HL7 message or webhook body to queue (:meth:`Outbox.enqueue_messages`), with what ``on_result`` gets."""
+
+    channel: str
+    destination: str
+    key: str
+    """Idempotency key (MSH-10 / ``Idempotency-Key``), derived from the content's origin."""
+    body: bytes
+    kind: str | None = None
+    study_key: str | None = None
+    use_case: str | None = None
+    last_received: float | None = None
+
+
+def _writer(body: bytes) -> Callable[[Path], object]:
+    return lambda path: path.write_bytes(body)
 
 
 class MessageSender(Protocol):
@@ -231,35 +250,66 @@ class Outbox:
             return hashlib.sha256(f"{destination}\0{key}".encode()).hexdigest()[:40] + ".dcm"
         return hashlib.sha256(f"{channel}\0{destination}\0{key}".encode()).hexdigest()[:40] + ".msg"
 
-    def _store(self, channel: str, destination: str, key: str, write: Callable[[Path], object], *, kind: str | None,
-               study_key: str | None, use_case: str | None, last_received: float | None) -> bool:
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown outbox channel {channel!r}; one of {CHANNELS}")
+    def _write(self, channel: str, destination: str, key: str, write: Callable[[Path], object]) -> str:
+        # The payload file, fsync'ed and renamed into place (the directory is fsync'ed by the caller).
+        name = self._file_name(channel, destination, key)
+        tmp = self._files / (name + ".tmp")
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._files / name)
+        return name
+
+    def _store_many(self, items: Sequence[tuple[str, str, str, Callable[[Path], object], Outgoing]]) -> list[bool]:
+        """Store items durably: every new item's file, one directory fsync, then one transaction with every row.
+
+        Each ``(channel, destination, key, write, outgoing)``; returns, per item, whether it was new. A crash before
+        the commit leaves files without rows (rewritten by a repeat, never sent); after it, every item is queued.
+        """
+        for channel, *_ in items:
+            if channel not in CHANNELS:
+                raise ValueError(f"unknown outbox channel {channel!r}; one of {CHANNELS}")
         with self._db_lock:
-            row = self._db.execute(
-                "SELECT 1 FROM outbox WHERE channel = ? AND destination = ? AND idempotency_key = ?",
-                (channel, destination, key)).fetchone()
-            if row is not None:
-                return False
-            name = self._file_name(channel, destination, key)
-            final = self._files / name
-            tmp = self._files / (name + ".tmp")
-            write(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            seen: set[tuple[str, str, str]] = set()
+            new: list[bool] = []
+            for channel, destination, key, _write, _item in items:
+                row = self._db.execute(
+                    "SELECT 1 FROM outbox WHERE channel = ? AND destination = ? AND idempotency_key = ?",
+                    (channel, destination, key)).fetchone()
+                new.append(row is None and (channel, destination, key) not in seen)
+                seen.add((channel, destination, key))
+            if not any(new):
+                return new
+            names = [self._write(channel, destination, key, write) if is_new else ""
+                     for (channel, destination, key, write, _item), is_new in zip(items, new, strict=True)]
             _fsync_dir(self._files)
             now = time.time()
-            self._db.execute(
-                "INSERT INTO outbox (channel, destination, idempotency_key, kind, file, study_key, use_case,"
-                " last_received, enqueued_at, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (channel, destination, key, kind, name, study_key, use_case, last_received, now, now),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for (channel, destination, key, _write, item), name, is_new in zip(items, names, new, strict=True):
+                    if is_new:
+                        self._db.execute(
+                            "INSERT INTO outbox (channel, destination, idempotency_key, kind, file, study_key,"
+                            " use_case, last_received, enqueued_at, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (channel, destination, key, item.kind, name, item.study_key, item.use_case,
+                             item.last_received, now, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         self.update_gauges()
-        log.info("outbox: %s for study %s (%s) queued for %s %s", kind or channel, study_key or "-", use_case or "-",
-                 channel, destination)
+        for (channel, destination, _key, _write, item), is_new in zip(items, new, strict=True):
+            if is_new:
+                log.info("outbox: %s for study %s (%s) queued for %s %s", item.kind or channel,
+                         item.study_key or "-", item.use_case or "-", channel, destination)
         self._wake.set()
-        return True
+        return new
+
+    def _store(self, channel: str, destination: str, key: str, write: Callable[[Path], object], *, kind: str | None,
+               study_key: str | None, use_case: str | None, last_received: float | None) -> bool:
+        item = Outgoing(channel, destination, key, b"", kind=kind, study_key=study_key, use_case=use_case,
+                        last_received=last_received)
+        return self._store_many([(channel, destination, key, write, item)])[0]
 
     def enqueue(
         self,
@@ -328,6 +378,27 @@ class Outbox:
             raise ValueError("DICOM items are data sets: use enqueue()")
         return self._store(channel, destination, key, lambda path: path.write_bytes(body), kind=kind,
                            study_key=study_key, use_case=use_case, last_received=last_received)
+
+    def enqueue_messages(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Store several HL7 messages and webhook bodies durably at once: one directory fsync and one transaction.
+
+        What :meth:`enqueue_message` does for each, with one commit instead of one per message, so a critical
+        result's alerts are queued in the time of one and the sender thread, woken once, finds them all.
+
+        Parameters
+        ----------
+        messages : sequence of Outgoing
+            The messages (``hl7`` or ``webhook`` channel each).
+
+        Returns
+        -------
+        list of bool
+            Per message, True when queued now; False when its key was already queued or delivered there.
+        """
+        for m in messages:
+            if m.channel == "dicom":
+                raise ValueError("DICOM items are data sets: use enqueue()")
+        return self._store_many([(m.channel, m.destination, m.key, _writer(m.body), m) for m in messages])
 
     # -- queries -----------------------------------------------------------------------------------------------
     def pending(self, channel: str | None = None) -> int:

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from ..config import RoutingConfig, UseCase
 from ..domain import Order
-from ..results.export import Outbox
+from ..results.export import Outbox, Outgoing
 from .alerts import Coded, CriticalResult, Sender, hl7_message, idempotency_key, webhook_body
 from .orders import OrderStore
 
@@ -97,7 +97,8 @@ def send_critical(outbox: Outbox, config: RoutingConfig, use_case: UseCase, *, s
     )
     listener = config.hl7_listener
     sender = Sender(listener.application, listener.facility) if listener is not None else Sender()
-    done: list[str] = []
+    # Every message in one durable enqueue (one commit): the order update does not wait for the others' fsyncs.
+    queued: list[tuple[str, Outgoing]] = []
     hl7 = use_case.outputs.hl7
     if hl7 is not None:
         destination = config.hl7_destination(hl7.destination)
@@ -109,16 +110,17 @@ def send_critical(outbox: Outbox, config: RoutingConfig, use_case: UseCase, *, s
                          destination.name)
                 continue
             control_id, message = hl7_message(kind, critical, destination, sender=sender, at=at)
-            if outbox.enqueue_message("hl7", destination.name, control_id, message, kind=kind, study_key=study_key,
-                                      use_case=use_case.name, last_received=last_received):
-                done.append(f"hl7:{destination.name}:{kind}")
+            queued.append((f"hl7:{destination.name}:{kind}", Outgoing(
+                "hl7", destination.name, control_id, message, kind=kind, study_key=study_key, use_case=use_case.name,
+                last_received=last_received)))
     if use_case.outputs.webhooks:
         body = webhook_body(critical)
         key = idempotency_key(study_uid, use_case.name)
         for name in use_case.outputs.webhooks:
-            if outbox.enqueue_message("webhook", name, key, body, kind="webhook", study_key=study_key,
-                                      use_case=use_case.name, last_received=last_received):
-                done.append(f"webhook:{name}")
+            queued.append((f"webhook:{name}", Outgoing("webhook", name, key, body, kind="webhook", study_key=study_key,
+                                                       use_case=use_case.name, last_received=last_received)))
+    new = outbox.enqueue_messages([item for _, item in queued]) if queued else []
+    done = [label for (label, _), is_new in zip(queued, new, strict=True) if is_new]
     if order is not None and orders is not None and orders.mark_ai_critical(order, use_case.name, at.timestamp()):
         done.append("worklist")
     return done
