@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.sr.coding import Code
@@ -39,7 +40,15 @@ from .predecode import Predecoder
 from .results.approvals import Approvals
 from .results.audit import AuditLog
 from .results.export import Outbox
-from .results.reports import Predecessor, ReportSpec, analysed_digest, build_sr, report_uids, tracking_uid
+from .results.reports import (
+    Predecessor,
+    ReportSpec,
+    analysed_digest,
+    complete_sr,
+    draft_sr,
+    report_uids,
+    tracking_uid,
+)
 from .results.review import review_row
 from .results.store import ResultsStore
 from .workflow.alerts import Coded
@@ -138,6 +147,9 @@ class Pipeline:
     external: ExternalSender | None = None
     """Sends a use case with ``external`` to its external AI, de-identified (deid/); set when ``externalAi`` is."""
     predecoder: Predecoder | None = None
+    _drafts: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        1, thread_name_prefix="pacsflow-sr-draft"), init=False, repr=False)
+    """Drafts SRs while the model runs (one at a time: the pipeline runs one use case at a time)."""
     """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
     study is decoded at completion."""
 
@@ -313,28 +325,32 @@ class Pipeline:
                       context: dict[str, object] | None = None) -> str:
         model = use_case.model
         repository = self.config.inference.model_repository
+        spec = report_spec(use_case, manifest, repository)
+        analysed = analysed_instances(series)
+        predecessor = None
+        if previous is not None and previous.sr_sop_uid and previous.sr_series_uid and previous.sr_sop_class_uid:
+            predecessor = Predecessor(study.ref.study_uid, previous.sr_series_uid, previous.sr_sop_class_uid,
+                                      previous.sr_sop_uid)
+        sends_sr = use_case.mode in ("assistive", "triage") and use_case.outputs.structured_report is not None
+        # Most of the SR does not depend on the result: drafted on another thread while the model runs (ONNX Runtime
+        # and DALI leave the interpreter free), completed with the result below.
+        draft = self._drafts.submit(draft_sr, study, series, use_case, software_version=__version__, spec=spec,
+                                    analysed=analysed, predecessor=predecessor) if sends_sr else None
         finding = analyse(series, use_case, self.backend, repository,
                           preprocess_backend=self.preprocess_backend, timings=timings)
         analysed_at = dt.datetime.now(dt.UTC)
         metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(timings["preprocess"])
         metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(timings["inference"])
-        spec = report_spec(use_case, manifest, repository)
         critical = is_critical(use_case, finding.probability, spec.decision_threshold)
-        analysed = analysed_instances(series)
         # The audit's revision counts the use case's records on the study: after an analysed result, the next; after
         # an earlier "not applicable"/"not analysed" record (``recorded``, a late series made the study eligible), 1.
         revision = previous.revision + 1 if previous is not None else int(recorded)
-        predecessor = None
-        if previous is not None and previous.sr_sop_uid and previous.sr_series_uid and previous.sr_sop_class_uid:
-            predecessor = Predecessor(study.ref.study_uid, previous.sr_series_uid, previous.sr_sop_class_uid,
-                                      previous.sr_sop_uid)
         sr_uids: tuple[str | None, str | None, str | None] = (None, None, None)
         result = StudyResult(
             use_case=use_case.name, model_name=model.name, model_version=model.version,
             finding=finding, critical=critical, timings=timings,
         )
         destination = None
-        sends_sr = use_case.mode in ("assistive", "triage") and use_case.outputs.structured_report is not None
         outcome = {"silent": "logged-silent", "assistive": "reported", "triage": "reported"}[use_case.mode]
         if critical:
             outcome = "reported-critical"
@@ -360,9 +376,9 @@ class Pipeline:
         # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
         if sends_sr:
             assert use_case.outputs.structured_report is not None
+            assert draft is not None  # drafted when sends_sr
             t3 = time.monotonic()
-            sr = build_sr(study, result, use_case, software_version=__version__, spec=spec, analysed=analysed,
-                          predecessor=predecessor, contribution_datetime=analysed_at)
+            sr = complete_sr(draft.result(), study, result, use_case, spec=spec, contribution_datetime=analysed_at)
             sr_uids = (str(sr.SeriesInstanceUID), str(sr.SOPClassUID), str(sr.SOPInstanceUID))
             timings["report"] = time.monotonic() - t3
             destination = use_case.outputs.structured_report.destination

@@ -68,6 +68,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DT
 
 from ..config import UseCase
 from ..domain import Finding, Series, Study, StudyResult
@@ -267,65 +268,113 @@ def _evidence(study: Study, series: Series) -> list[Dataset]:
     return [first, *headers[1:]]
 
 
-def build_sr(
+@dataclass
+class SrDraft:
+    """An SR with everything but the result in it: :func:`draft_sr`'s output, :func:`complete_sr`'s input (once).
+
+    The finding-independent part of the document (patient and study modules copied from the evidence, the evidence
+    sequences, UIDs, Contributing Equipment, the predecessor) is most of what building an SR costs, so the pipeline
+    drafts it while the model runs and completes it with the result afterwards.
+    """
+
+    sr: hd.sr.Comprehensive3DSR
+    series_uid: str
+    """The analysed series: the finding must be on it."""
+    evidence_uids: frozenset[str]
+    device_uid: str
+    placeholder_tags: tuple[int, ...]
+    """Root content attributes of the placeholder content, replaced by the result's."""
+
+
+def draft_sr(
     study: Study,
-    result: StudyResult,
+    series: Series,
     use_case: UseCase,
     *,
     software_version: str,
     spec: ReportSpec,
     analysed: Iterable[str] | None = None,
     predecessor: Predecessor | None = None,
-    contribution_datetime: dt.datetime | None = None,
-) -> Dataset:
-    """Build the TID 1500 Comprehensive 3D SR that reports one use case's result on one study.
+) -> SrDraft:
+    """The part of a use case's SR that does not depend on the result (first half of :func:`build_sr`).
 
-    Parameters
-    ----------
-    study : domain.Study
-        The loaded study; patient and study modules are copied from its instances.
-    result : domain.StudyResult
-        The use case's finding (probability, source instance, 2D and 3D location) and critical flag.
-    use_case : config.UseCase
-        The use case (name, mode, pinned model) the result belongs to.
-    software_version : str
-        pacsflow's version, written to Software Versions and Contributing Equipment.
-    spec : ReportSpec
-        Codes, statements, the model's version string and the thresholds (from the model's manifest).
-    analysed : iterable of str, optional
-        SOP Instance UIDs of the analysed instances (default: every slice of the finding's series); they enter
-        the SR's UIDs, so a late instance that changes the series gives a new SR.
-    predecessor : Predecessor, optional
-        The SR this one amends (Predecessor Documents Sequence); the Tracking UID stays the same.
-    contribution_datetime : datetime.datetime, optional
-        When the algorithm produced the result (Contributing Equipment); default now.
-
-    Returns
-    -------
-    pydicom.Dataset
-        A Comprehensive 3D SR instance with deterministic Series/SOP Instance UIDs.
-
-    Raises
-    ------
-    ValueError
-        The finding references a series that is not in ``study``, or the result is flagged critical below the
-        decision threshold (the SR would say "Absent" while the worklist says critical).
+    Parameters are :func:`build_sr`'s, with ``series`` the series the model analyses (the result's).
     """
-    finding = result.finding
-    series = _series_of(study, finding.series_uid)
     study_uid = study.ref.study_uid
     model = use_case.model
-    present = finding.probability >= spec.decision_threshold
-    if result.critical and not present:
-        raise ValueError(f"a critical result must be Present: probability {finding.probability:.3f} is below the "
-                         f"decision threshold {spec.decision_threshold}; the critical threshold must not be lower")
     if analysed is None:
         analysed = [str(s.header.SOPInstanceUID) for s in series.slices]
     series_uid, sop_uid = report_uids(study_uid, use_case, spec, analysed)
     dev_uid = device_uid(model.name, model.version)
     model_label = f"{model.name} v{model.version}"
     algorithm_version = spec.algorithm_version or str(model.version)
+    equipment = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model_label,
+        software_versions=[software_version, f"{model.name} {algorithm_version}"],
+        contribution_datetime=dt.datetime.now(dt.UTC),  # the result's time, set by complete_sr
+        contribution_description=f"AI use case {use_case.name}",
+    )
+    # Device UID (0018,1002) in the Contributing Equipment item is what IHE AIR uses to tell model versions
+    # apart; highdicom has no parameter for it.
+    equipment.DeviceUID = dev_uid
+    # A root container without children stands in for the result: every reference the result can make is to an
+    # instance of the analysed series, which is evidence of the same study, and highdicom sorts evidence into the
+    # Current Requested Procedure Evidence by study alone, so the evidence does not depend on the content.
+    placeholder = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport, template_id="1500")
+    placeholder.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(  # highdicom wants one child
+        name=codes.DCM.Comment, value="-", relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
+    evidence = _evidence(study, series)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=placeholder,
+        series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model_label,
+        software_versions=software_version,
+        series_description=f"AI result {use_case.name}"[:64],
+        is_complete=True,
+        previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
+        contributing_equipment=[equipment],
+    )
+    return SrDraft(sr=sr, series_uid=series.series_uid, evidence_uids=frozenset(str(e.SOPInstanceUID) for e in evidence),
+                   device_uid=dev_uid, placeholder_tags=tuple(int(tag) for tag in placeholder.keys()))
 
+
+def complete_sr(
+    draft: SrDraft,
+    study: Study,
+    result: StudyResult,
+    use_case: UseCase,
+    *,
+    spec: ReportSpec,
+    contribution_datetime: dt.datetime | None = None,
+) -> Dataset:
+    """Put the result into a drafted SR (second half of :func:`build_sr`); the draft is used up.
+
+    Raises
+    ------
+    ValueError
+        The finding is not on the drafted series, or it is flagged critical below the decision threshold.
+    """
+    finding = result.finding
+    series = _series_of(study, finding.series_uid)
+    if finding.series_uid != draft.series_uid:
+        raise ValueError("the finding refers to another series than the one the SR was drafted for")
+    model = use_case.model
+    present = finding.probability >= spec.decision_threshold
+    if result.critical and not present:
+        raise ValueError(f"a critical result must be Present: probability {finding.probability:.3f} is below the "
+                         f"decision threshold {spec.decision_threshold}; the critical threshold must not be lower")
+    if str(finding.sop_instance_uid) not in draft.evidence_uids:
+        raise ValueError("the finding's source image is not among the SR's evidence (the analysed series)")
+    study_uid = study.ref.study_uid
+    model_label = f"{model.name} v{model.version}"
+    algorithm_version = spec.algorithm_version or str(model.version)
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=algorithm_version, manufacturer=MANUFACTURER)
     coordinates: list[hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D] = []
     if present:
@@ -377,7 +426,7 @@ def build_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=dev_uid, name=model_label, manufacturer_name=MANUFACTURER, model_name=model.name,
+            uid=draft.device_uid, name=model_label, manufacturer_name=MANUFACTURER, model_name=model.name,
         ),
     )
     source = next((s.header for s in series.slices if s.header.SOPInstanceUID == finding.sop_instance_uid), None)
@@ -387,31 +436,75 @@ def build_sr(
         imaging_measurements=[group],
         referenced_images=[source] if _describable(source) else None,
     )
-    equipment = hd.ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=model_label,
-        software_versions=[software_version, f"{model.name} {algorithm_version}"],
-        contribution_datetime=contribution_datetime or dt.datetime.now(dt.UTC),
-        contribution_description=f"AI use case {use_case.name}",
-    )
-    # Device UID (0018,1002) in the Contributing Equipment item is what IHE AIR uses to tell model versions
-    # apart; highdicom has no parameter for it.
-    equipment.DeviceUID = dev_uid
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=_evidence(study, series),
-        content=report,
-        series_instance_uid=series_uid,
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=model_label,
-        software_versions=software_version,
-        series_description=f"AI result {use_case.name}"[:64],
-        is_complete=True,
-        previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
-        contributing_equipment=[equipment],
-    )
+    sr = draft.sr
+    # What highdicom's SR constructor does with its content (highdicom 0.28 SR.__init__): the root item's attributes
+    # on the data set, in place of the placeholder's, and the content items behind ``sr.content``. highdicom parses a
+    # deep copy there, to be safe from a caller changing the content later; this content is built here, already of
+    # highdicom's item classes, and never changed again, so it is used as it is (a third of the SR's cost saved).
+    content = report[0]
+    assert isinstance(content, hd.sr.ContentItem)  # MeasurementReport holds highdicom items
+    for tag in draft.placeholder_tags:
+        if tag in sr:
+            del sr[tag]
+    sr._content = hd.sr.ContentSequence([content], is_root=True)  # noqa: SLF001 - where highdicom keeps it
+    for tag, value in content.items():
+        sr[tag] = value
+    when = contribution_datetime or dt.datetime.now(dt.UTC)
+    for item in sr.ContributingEquipmentSequence:
+        if item.get("DeviceUID") == draft.device_uid:
+            item.ContributionDateTime = DT(when)
     apply_character_set(sr, series.slices[0].header if series.slices else study.first_header)
     return sr
+
+
+def build_sr(
+    study: Study,
+    result: StudyResult,
+    use_case: UseCase,
+    *,
+    software_version: str,
+    spec: ReportSpec,
+    analysed: Iterable[str] | None = None,
+    predecessor: Predecessor | None = None,
+    contribution_datetime: dt.datetime | None = None,
+) -> Dataset:
+    """Build the TID 1500 Comprehensive 3D SR that reports one use case's result on one study.
+
+    The same as :func:`draft_sr` then :func:`complete_sr`, which the pipeline calls apart (the draft while the model
+    runs).
+
+    Parameters
+    ----------
+    study : domain.Study
+        The loaded study; patient and study modules are copied from its instances.
+    result : domain.StudyResult
+        The use case's finding (probability, source instance, 2D and 3D location) and critical flag.
+    use_case : config.UseCase
+        The use case (name, mode, pinned model) the result belongs to.
+    software_version : str
+        pacsflow's version, written to Software Versions and Contributing Equipment.
+    spec : ReportSpec
+        Codes, statements, the model's version string and the thresholds (from the model's manifest).
+    analysed : iterable of str, optional
+        SOP Instance UIDs of the analysed instances (default: every slice of the finding's series); they enter
+        the SR's UIDs, so a late instance that changes the series gives a new SR.
+    predecessor : Predecessor, optional
+        The SR this one amends (Predecessor Documents Sequence); the Tracking UID stays the same.
+    contribution_datetime : datetime.datetime, optional
+        When the algorithm produced the result (Contributing Equipment); default now.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A Comprehensive 3D SR instance with deterministic Series/SOP Instance UIDs.
+
+    Raises
+    ------
+    ValueError
+        The finding references a series that is not in ``study``, or the result is flagged critical below the
+        decision threshold (the SR would say "Absent" while the worklist says critical).
+    """
+    series = _series_of(study, result.finding.series_uid)
+    draft = draft_sr(study, series, use_case, software_version=software_version, spec=spec, analysed=analysed,
+                     predecessor=predecessor)
+    return complete_sr(draft, study, result, use_case, spec=spec, contribution_datetime=contribution_datetime)
