@@ -19,6 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from pacsflow_api.app import create_app
 from pacsflow_api.oidc import Oidc, OidcConfig
+from pacsflow_router.results import chain
 from pacsflow_router.results.store import ResultsStore
 from tests.peers import keycloak as kc
 from tests.peers.browser import api_process, chromium
@@ -186,10 +187,14 @@ def test_the_page_signs_in_through_the_idps_own_login_page_and_out_again(setup, 
 
     store = ResultsStore(setup.store_url)
     rows = [(r["identity"], r["role"], r["method"], r["route"], r["status"]) for r in store.access_log()]
+    # The tamper-evident chain's login records: the subs, by single sign-on.
+    logins = [(r["actor"], json.loads(r["detail"])["method"]) for r in chain.records(store.engine)
+              if r["kind"] == "login"]
     store.close()
     reader_sub, lead_sub = idp.user_id("reader1"), idp.user_id("lead1")
     assert (reader_sub, "reader", "GET", "/login/callback", 200) in rows, "the login is audited under the sub"
     assert (reader_sub, "reader", "POST", "/logout", 303) in rows, "so is the logout"
     assert (lead_sub, "clinical-lead", "GET", "/login/callback", 200) in rows
+    assert logins == [(reader_sub, "oidc"), (lead_sub, "oidc")]
     log = (tmp_path / "api.log").read_text()
     assert "reader1" not in log and "Rita" not in log and "@hospital.example" not in log

@@ -3,8 +3,9 @@
 ``GET /login/sso`` sends the browser to the IdP with a fresh ``state``, ``nonce`` and PKCE S256 challenge, kept in a
 short-lived signed cookie (HttpOnly, SameSite=Lax: it must come back on the IdP's cross-site redirect).
 ``GET /login/callback`` checks the state, redeems the code with the verifier, validates the ID token (signature,
-issuer, audience, expiry, nonce), maps its groups to a role and starts the page's usual session. The access audit
-records the login under the token's ``sub`` (the callback's row) and the logout likewise.
+issuer, audience, expiry, nonce), maps its groups to a role and starts the page's usual session. The login is a
+``login`` record of the audit chain and an access-audit row (the callback's) under the token's ``sub``; the logout is
+an access-audit row.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def add_routes(app: FastAPI, templates: Jinja2Templates) -> None:
         request.state.identity = identity  # the access audit's row for this route is the login record
         if identity.role == NO_ROLE:
             return _failed(templates, request, "Your account is in no pacsflow group; ask for access.", 403)
+        shared.store.record_login(identity.subject, method="oidc")  # the tamper-evident chain's login record
         # A page of our own, not a redirect: a SameSite=Strict cookie set during the IdP's cross-site redirect
         # chain would not be sent on its last hop; the refresh below is a same-site navigation.
         response = templates.TemplateResponse(request, "signed_in.html", {"identity": identity})
