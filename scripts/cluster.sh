@@ -2,6 +2,7 @@
 # A real Kubernetes control plane for pacsflow's tests and developers (docs/cluster.md).
 #
 #   scripts/cluster.sh bins   build kube-apiserver + kube-controller-manager (cached, outside the repo)
+#   scripts/cluster.sh node-bins  build kube-scheduler + kubelet + kube-proxy (same cache; docs/pods.md)
 #   scripts/cluster.sh helm   build helm v3 into the same cache
 #   scripts/cluster.sh up     start etcd + kube-apiserver + kube-controller-manager in the background;
 #                             writes .cluster/kubeconfig (PIDs and logs in .cluster/)
@@ -19,6 +20,11 @@ HELM_VERSION=v3.22.0
 CACHE=${PACSFLOW_CACHE:-$HOME/.cache/pacsflow}
 BIN=$CACHE/k8s-$K8S_VERSION/bin
 GO_JOBS=${PACSFLOW_GO_JOBS:-2}
+GO_NICE=10
+CONTROL_PLANE=(kube-apiserver kube-controller-manager)
+# The node's commands (docs/pods.md): built at the lowest priority, one compile at a time, so a
+# shared 2-core machine keeps working while they build (~1 h the first time).
+NODE=(kube-scheduler kubelet kube-proxy)
 CLUSTER_DIR=${CLUSTER_DIR:-$REPO/.cluster}
 PY=${PY:-$REPO/.venv/bin/python}
 
@@ -34,9 +40,10 @@ with_lock() {
   flock 9
 }
 
+# build_bins CMD... : build the named k8s.io/kubernetes/cmd/* commands that are not cached yet.
 build_bins() {
   local missing=()
-  for cmd in kube-apiserver kube-controller-manager; do
+  for cmd in "$@"; do
     [ -x "$BIN/$cmd" ] || missing+=("$cmd")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -57,7 +64,7 @@ build_bins() {
     echo "building $cmd $K8S_VERSION into $BIN (first use only; ~20 min on 2 cores)" >&2
     local start=$SECONDS
     # Build to a temporary name so an interrupted build never leaves a half-written binary.
-    nice -n 10 go build -p "$GO_JOBS" -trimpath -ldflags="$ldflags" -o "$BIN/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+    nice -n "$GO_NICE" go build -p "$GO_JOBS" -trimpath -ldflags="$ldflags" -o "$BIN/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
     mv "$BIN/.$cmd.tmp" "$BIN/$cmd"
     echo "built $cmd in $((SECONDS - start))s" >&2
   done
@@ -79,10 +86,11 @@ build_helm() {
 }
 
 case "${1:-}" in
-  bins) build_bins ;;
+  bins) build_bins "${CONTROL_PLANE[@]}" ;;
+  node-bins) GO_JOBS=1 GO_NICE=19 build_bins "${NODE[@]}" ;;
   helm) build_helm ;;
   up)
-    build_bins
+    build_bins "${CONTROL_PLANE[@]}"
     cd "$REPO"
     exec "$PY" -m tests.peers.cluster up "$CLUSTER_DIR"
     ;;
@@ -92,7 +100,7 @@ case "${1:-}" in
     ;;
   path) echo "$BIN" ;;
   *)
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,13p' "$0" >&2
     exit 2
     ;;
 esac

@@ -19,7 +19,8 @@ Real scanners send more than single-frame images of complete series:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,6 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import pixel_array
 
 from .. import domain
@@ -45,20 +45,29 @@ def slice_normal(header: Dataset) -> np.ndarray | None:
     PS3.3 C.7.6.2.1.1: the cross product of the row and column direction cosines points along
     increasing slice position.
     """
-    iop = header.get("ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
+    iop = _floats(header, "ImageOrientationPatient", 6)
+    if iop is None:
         return None
-    row, col = np.asarray(iop[:3], dtype=float), np.asarray(iop[3:], dtype=float)
+    row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     norm = float(np.linalg.norm(normal))
     return normal / norm if norm > 1e-6 else None
 
 
 def _position(header: Dataset) -> np.ndarray | None:
-    ipp = header.get("ImagePositionPatient")
-    if ipp is None or len(ipp) != 3:
+    return _floats(header, "ImagePositionPatient", 3)
+
+
+def _floats(header: Dataset, keyword: str, count: int) -> np.ndarray | None:
+    """A DS attribute's ``count`` values as floats; None when absent, of another length or not numbers (a received
+    header can hold anything there: fuzzing found b'\\x00.0000', tests/unit/pacsflow_router/test_fuzz_dicom.py)."""
+    try:
+        values = header.get(keyword)
+        if values is None or isinstance(values, (str, bytes)) or len(values) != count:
+            return None
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
         return None
-    return np.asarray(ipp, dtype=float)
 
 
 def sort_slices(slices: list[domain.Slice]) -> list[domain.Slice]:
@@ -110,9 +119,30 @@ _FRAME_GROUPS: dict[str, tuple[str, ...]] = {
 _FRAME_TYPE_GROUPS = ("CTImageFrameTypeSequence", "MRImageFrameTypeSequence")
 
 
+class DecoderPanicError(RuntimeError):
+    """A pixel-data decoder written in Rust (pylibjpeg-rle) panicked on damaged data."""
+
+
+@contextmanager
+def _panics_as_errors() -> Iterator[None]:
+    """Turn pyo3's ``PanicException`` into :class:`DecoderPanicError`.
+
+    pyo3 makes a Rust panic a ``BaseException`` subclass (so ``except Exception`` misses it and it would end the
+    pipeline thread), one class per extension module and not importable by name: it is recognised by its name.
+    Fuzzing found it (tests/unit/pacsflow_router/test_fuzz_dicom.py: RLE segments that index past their end).
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if type(exc).__name__ == "PanicException":
+            raise DecoderPanicError(f"pixel data decoder panicked: {exc}") from None
+        raise
+
+
 def _frames(ds: Dataset) -> list[np.ndarray]:
     """The 2-D stored-value images of a dataset (one per frame), greyscale."""
-    arr = ds.pixel_array  # stored values; HU rescale happens in preprocessing
+    with _panics_as_errors():
+        arr = ds.pixel_array  # stored values; HU rescale happens in preprocessing
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples > 1:
         # Colour images are not what the CT models expect, but must not break loading: use luminance-ish mean.
@@ -124,8 +154,11 @@ def _frames(ds: Dataset) -> list[np.ndarray]:
     raise ValueError(f"unexpected pixel array shape {arr.shape}")
 
 
-# What pydicom's decoders raise on damaged or unsupported pixel data.
-_DECODE_ERRORS = (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError, IndexError, KeyError)
+# What pydicom and its decoder plugins raise on damaged or unsupported pixel data: almost anything (ValueError,
+# RuntimeError, IndexError, KeyError, StopIteration from a frame generator short of fragments, struct.error, ...;
+# fuzzing found StopIteration after this listed seven types). Each means "not decodable" for this instance; a Rust
+# decoder's panic is made a RuntimeError first (_panics_as_errors).
+_DECODE_ERRORS: tuple[type[Exception], ...] = (Exception,)
 
 
 def _frame_by_frame(ds: Dataset) -> list[np.ndarray | None]:
@@ -133,7 +166,8 @@ def _frame_by_frame(ds: Dataset) -> list[np.ndarray | None]:
     out: list[np.ndarray | None] = []
     for index in range(_number_of_frames(ds)):
         try:
-            arr = pixel_array(ds, index=index)
+            with _panics_as_errors():
+                arr = pixel_array(ds, index=index)
         except _DECODE_ERRORS:
             out.append(None)
             continue
@@ -292,7 +326,14 @@ def decode_instance(path: str | Path) -> DecodedInstance:
     """
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        # pydicom converts element values on first access; do it here, so that a damaged element (an unknown VR, a
+        # length past the end, ...) makes the instance unreadable now instead of raising later from whatever reads
+        # it (fuzzing found NotImplementedError from frame_headers and ValueError from sort_slices).
+        for element in ds.iterall():
+            _ = element.value
+    # On hostile header bytes pydicom raises almost anything (InvalidDicomError, EOFError, struct.error,
+    # NotImplementedError, KeyError, ...); each one means this instance is unreadable.
+    except Exception as exc:  # noqa: BLE001
         return DecodedInstance(header=None, error=type(exc).__name__)
     if not any(name in ds for name in _PIXEL_KEYWORDS):
         return DecodedInstance(header=ds)
