@@ -60,7 +60,7 @@ def _position(header: Dataset) -> np.ndarray | None:
 
 def _floats(header: Dataset, keyword: str, count: int) -> np.ndarray | None:
     """A DS attribute's ``count`` values as floats; None when absent, of another length or not numbers (a received
-    header can hold anything there: fuzzing found b'\\x00.0000', tests/unit/pacsflow_router/test_fuzz_dicom.py)."""
+    header can hold anything there: fuzzing found '\\x00.0', tests/unit/pacsflow_router/test_fuzz_dicom.py)."""
     try:
         values = header.get(keyword)
         if values is None or isinstance(values, (str, bytes)) or len(values) != count:
