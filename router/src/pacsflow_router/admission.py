@@ -9,8 +9,9 @@ Each accepted connection goes through two doors, in this order:
    client certificate where one is required: the handshake fails and the socket is closed. A TCP probe that closes
    without sending a byte is not a refusal (as on the DICOM port, ingest/tlsaccept.py).
 
-Both refusals are counted in ``pacsflow_connections_refused_total{listener,reason}`` and logged with the peer's
-address (an address, never patient data). :class:`ServerTls` re-reads the certificate, key and client-CA files when
+Both refusals are counted in ``pacsflow_connections_refused_total{listener,reason}``, logged with the peer's
+address (an address, never patient data) and, when the listener was given an ``on_refused`` hook (the router's
+``AuditLog.record_refusal``), handed to it as a :class:`Refusal`, as the DICOM port's refusals are. :class:`ServerTls` re-reads the certificate, key and client-CA files when
 they change (a rotated Kubernetes Secret): new connections get the new certificate, open ones keep theirs.
 :class:`GuardedHTTPServer` puts both doors in front of a standard-library ``ThreadingHTTPServer``.
 """
@@ -22,7 +23,8 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,7 +36,58 @@ from .tls import address_allowed, server_context
 log = logging.getLogger(__name__)
 
 
-def admit(conn: socket.socket, address: str, listener: str, networks: Sequence[str]) -> bool:
+@dataclass(frozen=True)
+class Refusal:
+    """One refused connection or association on a listener, as audited and logged.
+
+    Attributes
+    ----------
+    listener
+        ``dicom``, ``mllp``, ``hl7-http`` or ``metrics`` (``metrics.LISTENERS``).
+    reason
+        ``not-allowed`` (address outside ``allowedNetworks``), ``tls-handshake`` (old TLS version, weak cipher, no
+        or untrusted client certificate, plaintext on a TLS port), ``unauthorized`` (a metrics scrape without the
+        bearer token); on the DICOM port also ``certificate-ae-title`` (the certificate is not bound to the calling
+        AE title), ``calling-ae-title``, ``called-ae-title`` or ``association-limit``.
+    peer
+        The peer's IP address.
+    detail
+        What TLS or DICOM said, e.g. ``TLSV1_ALERT_PROTOCOL_VERSION`` or ``certificate 'modality-a' may call as
+        ['CT1'], not 'CT2'`` (never patient data: AE titles and certificate names identify devices).
+    calling_ae_title, certificate
+        The calling AE title the peer claimed and its certificate's CN, when known.
+    """
+
+    listener: str
+    reason: str
+    peer: str
+    detail: str = ""
+    calling_ae_title: str | None = None
+    certificate: str | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{self.listener} connection from {self.peer} refused: {self.reason}"]
+        if self.detail:
+            parts.append(self.detail)
+        return "; ".join(parts)
+
+
+RefusalHook = Callable[[Refusal], None]
+"""Where a listener hands its refusals (the router's ``AuditLog.record_refusal``)."""
+
+
+def report(hook: RefusalHook | None, refusal: Refusal) -> None:
+    """Hand ``refusal`` to ``hook``; a failing hook is logged and never takes the listener down."""
+    if hook is None:
+        return
+    try:
+        hook(refusal)
+    except Exception:  # noqa: BLE001 - the audit failing must not stop the listener; it is logged
+        log.exception("refused %s connection from %s could not be audited", refusal.listener, refusal.peer)
+
+
+def admit(conn: socket.socket, address: str, listener: str, networks: Sequence[str],
+          on_refused: RefusalHook | None = None) -> bool:
     """Whether ``address`` may connect to ``listener``; when not, ``conn`` is closed unread and the refusal counted.
 
     Parameters
@@ -47,12 +100,15 @@ def admit(conn: socket.socket, address: str, listener: str, networks: Sequence[s
         The listener's fixed name (``metrics.LISTENERS``), the metric's label.
     networks
         The listener's ``allowedNetworks`` (empty: everyone).
+    on_refused
+        Given the :class:`Refusal` when the peer is refused (the audit).
     """
     if address_allowed(address, networks):
         return True
     metrics.CONNECTIONS_REFUSED.labels(listener, "not-allowed").inc()
     log.warning("%s connection from %s refused: not in allowedNetworks", listener, address)
     _close(conn)
+    report(on_refused, Refusal(listener, "not-allowed", address, "address not in allowedNetworks"))
     return False
 
 
@@ -122,7 +178,8 @@ class ServerTls:
                             self.setting, type(exc).__name__)
             return self._context
 
-    def wrap(self, conn: socket.socket, address: str, listener: str, timeout: float) -> ssl.SSLSocket | None:
+    def wrap(self, conn: socket.socket, address: str, listener: str, timeout: float,
+             on_refused: RefusalHook | None = None) -> ssl.SSLSocket | None:
         """Run the server side of the handshake on ``conn``; ``None`` (socket closed, refusal counted) if it fails.
 
         Parameters
@@ -135,6 +192,8 @@ class ServerTls:
             The listener's fixed name (metric label).
         timeout
             Seconds the whole handshake may take.
+        on_refused
+            Given the :class:`Refusal` when the handshake fails (the audit).
         """
         conn.settimeout(timeout)
         try:
@@ -151,6 +210,7 @@ class ServerTls:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
             log.warning("%s connection from %s refused: TLS handshake failed (%s)", listener, address, reason)
             _close(conn)
+            report(on_refused, Refusal(listener, "tls-handshake", address, str(reason)))
             return None
 
 
@@ -171,9 +231,15 @@ class GuardedHTTPServer(ThreadingHTTPServer):
         The server TLS context, or ``None`` for plain HTTP.
     handshake_timeout
         Seconds a client has to finish the TLS handshake.
+
+    Attributes
+    ----------
+    on_refused
+        Given each :class:`Refusal` (address, TLS handshake, and what the handler refuses); set by the owner.
     """
 
     daemon_threads = True
+    on_refused: RefusalHook | None = None
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, listener: str,
                  networks: Sequence[str] = (), tls: ServerTls | None = None, handshake_timeout: float = 10.0) -> None:
@@ -185,14 +251,15 @@ class GuardedHTTPServer(ThreadingHTTPServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """The allow-list, on the accepting thread: a refused peer is closed unread."""
-        return admit(request, str(client_address[0]), self.listener, self.networks)
+        return admit(request, str(client_address[0]), self.listener, self.networks, self.on_refused)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """The TLS handshake, on the request's own thread, then the handler."""
         if self.tls is None:
             super().finish_request(request, client_address)
             return
-        wrapped = self.tls.wrap(request, str(client_address[0]), self.listener, self.handshake_timeout)
+        wrapped = self.tls.wrap(request, str(client_address[0]), self.listener, self.handshake_timeout,
+                                self.on_refused)
         if wrapped is None:
             return
         try:

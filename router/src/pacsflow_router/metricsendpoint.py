@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client.exposition import MetricsHandler
 
 from . import metrics
-from .admission import GuardedHTTPServer, ServerTls
+from .admission import GuardedHTTPServer, Refusal, RefusalHook, ServerTls, report
 from .config import Metrics
 from .errors import ConfigError
 
@@ -66,6 +66,9 @@ class _Handler(MetricsHandler):
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return True
         metrics.CONNECTIONS_REFUSED.labels("metrics", "unauthorized").inc()
+        # The token itself is never recorded, only whether one was offered.
+        report(self.server.on_refused, Refusal("metrics", "unauthorized", str(self.client_address[0]),
+                                               "wrong bearer token" if given else "no bearer token"))
         self._answer(401, b"a bearer token is required\n", challenge=True)
         return False
 
@@ -90,6 +93,8 @@ class MetricsEndpoint:
     config
         ``metrics``: host, port (0: any free port, see :attr:`port`), ``tls``, ``bearerTokenFile``,
         ``allowedNetworks``.
+    on_refused
+        Given each refused connection or scrape (allow-list, TLS handshake, bearer token): the audit.
 
     Raises
     ------
@@ -97,7 +102,7 @@ class MetricsEndpoint:
         The TLS files or the token file cannot be read (at construction: the router does not start half-open).
     """
 
-    def __init__(self, config: Metrics) -> None:
+    def __init__(self, config: Metrics, on_refused: RefusalHook | None = None) -> None:
         self.config = config
         tls = ServerTls(config.tls, "metrics.tls") if config.tls is not None else None
         if config.bearer_token_file is not None:
@@ -109,6 +114,7 @@ class MetricsEndpoint:
         self._server = _Server((config.host, config.port), _Handler, listener="metrics",
                                networks=config.allowed_networks, tls=tls)
         self._server.token_file = config.bearer_token_file
+        self._server.on_refused = on_refused
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property

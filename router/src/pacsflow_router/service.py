@@ -113,7 +113,8 @@ class RouterService:
             self.results_receiver = ResultsReceiver(config, self.spool, self.pseudonyms, self._deliver_reidentified)
         # Final-report ORU^R01 findings go to the results store as ground truth for the evidence.
         self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders, ground_truth=partial(
-            ResultsStore.on_engine(self.audit.engine).record_ground_truth, source="hl7")) if config.hl7_listener else None
+            ResultsStore.on_engine(self.audit.engine).record_ground_truth, source="hl7"),
+            on_refused=self.audit.record_refusal) if config.hl7_listener else None
         self.mwl_poller = MwlPoller(config.mwl_source, self.orders, config.ae_title) if config.mwl_source else None
         self._orders_expired_at = 0.0
         # Set when a study may have become due before its window (an MPPS step ended): the pipeline looks at once.
@@ -190,7 +191,8 @@ class RouterService:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.metrics_endpoint = MetricsEndpoint(self.config.metrics).start()  # allow-list, HTTPS, bearer token
+        # allow-list, HTTPS, bearer token; refusals to the audit like the DICOM port's
+        self.metrics_endpoint = MetricsEndpoint(self.config.metrics, on_refused=self.audit.record_refusal).start()
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
         _export_modes(None, self.config)
         self.predecoder.start()

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+# The refusal record is shared with the HL7 and metrics listeners (admission.py); re-exported here for the receiver.
+from ..admission import Refusal as Refusal
 
 if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom.association import Association
@@ -34,41 +36,6 @@ log = logging.getLogger(__name__)
 #: A-ASSOCIATE-RJ result, source, diagnostic: rejected-permanent, DICOM UL service-user, calling AE title not
 #: recognised (PS3.8 Table 9-21).
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """One refused connection or association on a listener, as audited and logged.
-
-    Attributes
-    ----------
-    listener
-        ``dicom``.
-    reason
-        ``not-allowed`` (address outside ``allowedNetworks``), ``tls-handshake`` (old TLS version, weak cipher, no
-        or untrusted client certificate, plaintext on a TLS port), ``certificate-ae-title`` (the certificate is not
-        bound to the calling AE title), ``calling-ae-title``, ``called-ae-title`` or ``association-limit``.
-    peer
-        The peer's IP address.
-    detail
-        What TLS or DICOM said, e.g. ``TLSV1_ALERT_PROTOCOL_VERSION`` or ``certificate 'modality-a' may call as
-        ['CT1'], not 'CT2'`` (never patient data: AE titles and certificate names identify devices).
-    calling_ae_title, certificate
-        The calling AE title the peer claimed and its certificate's CN, when known.
-    """
-
-    listener: str
-    reason: str
-    peer: str
-    detail: str = ""
-    calling_ae_title: str | None = None
-    certificate: str | None = None
-
-    def __str__(self) -> str:
-        parts = [f"{self.listener} connection from {self.peer} refused: {self.reason}"]
-        if self.detail:
-            parts.append(self.detail)
-        return "; ".join(parts)
 
 
 def wrap(ctx: ssl.SSLContext, client: socket.socket) -> ssl.SSLSocket:

@@ -133,9 +133,9 @@ class AuditLog:
                      detail={"instances": int(instances), "completion": None if completion is None else str(completion)})
 
     def record_refusal(self, refusal: Any) -> None:
-        """Chain an ``association-refused`` record for a refused DICOM connection or association (the receiver's
-        ``on_refused``: :class:`~pacsflow_router.ingest.tlsaccept.Refusal`; AE titles, addresses, certificate names,
-        never patient data)."""
+        """Chain an ``association-refused`` record for a refused connection or association: the DICOM receiver's,
+        the HL7 listener's and the metrics endpoint's ``on_refused`` (:class:`~pacsflow_router.admission.Refusal`;
+        AE titles, addresses, certificate names, never patient data)."""
         chain.record(self.engine, "association-refused", actor=str(refusal.peer), subject=str(refusal.listener),
                      outcome="failure", detail={"reason": refusal.reason, "detail": str(refusal.detail)[:1024],
                                                 "calling_ae_title": refusal.calling_ae_title,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from ..admission import GuardedHTTPServer, ServerTls
+from ..admission import GuardedHTTPServer, RefusalHook, ServerTls
 
 if TYPE_CHECKING:
     from .listener import Hl7Handler, Hl7Result
@@ -124,11 +124,15 @@ class Hl7HttpServer:
         HTTPS (``hl7Listener.tls``); plain HTTP when ``None``.
     allowed_networks
         ``hl7Listener.allowedNetworks`` (empty: everyone).
+    on_refused
+        Given each refused connection (address, TLS handshake): the audit.
     """
 
     def __init__(self, handler: Hl7Handler, host: str, port: int, *, max_message_bytes: int,
-                 timeout: float, tls: ServerTls | None = None, allowed_networks: Sequence[str] = ()) -> None:
+                 timeout: float, tls: ServerTls | None = None, allowed_networks: Sequence[str] = (),
+                 on_refused: RefusalHook | None = None) -> None:
         self._server = _Server((host, port), handler, max_message_bytes, timeout, tls, allowed_networks)
+        self._server.on_refused = on_refused
         self._thread = threading.Thread(target=self._server.serve_forever, name="hl7-http", daemon=True)
 
     @property

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
-from ..admission import ServerTls
+from ..admission import RefusalHook, ServerTls
 from ..config import Hl7Listener as Hl7ListenerConfig
 from ..errors import Hl7Error, Hl7MessageError, PacsflowError
 from .hl7 import (
@@ -196,11 +196,14 @@ class Hl7Listener:
         The order store the messages are applied to.
     ground_truth
         Where final reports' coded findings go (see :class:`Hl7Handler`).
+    on_refused
+        Given each connection refused on either port (allow-list, TLS handshake): the audit.
     """
 
     def __init__(self, config: Hl7ListenerConfig, store: OrderStore,
-                 ground_truth: GroundTruthSink | None = None) -> None:
+                 ground_truth: GroundTruthSink | None = None, on_refused: RefusalHook | None = None) -> None:
         self.config = config
+        self.on_refused = on_refused
         self.handler = Hl7Handler(store, config, ground_truth)
         self._mllp: MllpServer | None = None
         self._http: Hl7HttpServer | None = None
@@ -218,13 +221,13 @@ class Hl7Listener:
         tls = ServerTls(cfg.tls, "hl7Listener.tls") if cfg.tls is not None else None
         self._mllp = MllpServer(self.handler, cfg.bind_address, cfg.port, max_message_bytes=cfg.max_message_bytes,
                                 idle_timeout=cfg.idle_timeout_seconds, message_timeout=cfg.message_timeout_seconds,
-                                tls=tls, allowed_networks=cfg.allowed_networks)
+                                tls=tls, allowed_networks=cfg.allowed_networks, on_refused=self.on_refused)
         self._mllp.start()
         if cfg.http_port is not None:
             self._http = Hl7HttpServer(self.handler, cfg.bind_address, cfg.http_port,
                                        max_message_bytes=cfg.max_message_bytes,
                                        timeout=cfg.message_timeout_seconds, tls=tls,
-                                       allowed_networks=cfg.allowed_networks)
+                                       allowed_networks=cfg.allowed_networks, on_refused=self.on_refused)
             self._http.start()
 
     def stop(self) -> None:

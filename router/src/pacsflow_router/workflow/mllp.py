@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..admission import ServerTls, admit
+from ..admission import RefusalHook, ServerTls, admit
 from ..errors import MllpFramingError
 
 log = logging.getLogger(__name__)
@@ -216,12 +216,16 @@ class MllpServer:
         MLLP over TLS (``hl7Listener.tls``); plaintext when ``None``.
     allowed_networks
         ``hl7Listener.allowedNetworks``: peers outside are closed before a byte is read (empty: everyone).
+    on_refused
+        Given each refused connection (address, TLS handshake): the audit.
     """
 
     def __init__(self, handler: MessageHandler, host: str, port: int, *, max_message_bytes: int,
                  idle_timeout: float, message_timeout: float, max_connections: int = 64,
-                 tls: ServerTls | None = None, allowed_networks: Sequence[str] = ()) -> None:
+                 tls: ServerTls | None = None, allowed_networks: Sequence[str] = (),
+                 on_refused: RefusalHook | None = None) -> None:
         self._handler = handler
+        self._on_refused = on_refused
         self._tls = tls
         self._networks = list(allowed_networks)
         self._max_message_bytes = max_message_bytes
@@ -278,7 +282,7 @@ class MllpServer:
                 log.warning("MLLP accept failed", exc_info=True)
                 time.sleep(0.1)
                 continue
-            if not admit(conn, str(addr[0]), "mllp", self._networks):
+            if not admit(conn, str(addr[0]), "mllp", self._networks, self._on_refused):
                 continue
             with self._lock:
                 full = len(self._connections) >= self._max_connections
@@ -297,7 +301,7 @@ class MllpServer:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                wrapped = self._tls.wrap(conn, address, "mllp", self._message_timeout)
+                wrapped = self._tls.wrap(conn, address, "mllp", self._message_timeout, self._on_refused)
                 with self._lock:  # stop() must close the TLS socket: the plain one was detached by the wrap
                     self._connections.discard(conn)
                     if wrapped is not None:
