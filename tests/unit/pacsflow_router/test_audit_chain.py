@@ -210,3 +210,26 @@ def test_router_records_a_received_study_a_refusal_and_a_promotion(tmp_path):
         ("promotion", "routing-config", "ich-head-ct", "success")]
     assert '"from":"silent"' in rows[2]["detail"] and '"to":"assistive"' in rows[2]["detail"]
     assert chain.verify(audit.engine)[1] == []
+
+
+def test_the_pipeline_chains_the_received_study_and_its_result(tmp_path):
+    """Through the real pipeline (spool -> tracker -> acceptance -> audit): a study that is not analysed (8 slices)
+    still leaves its study-received and ai-result records, linked, with the result row covered."""
+    import time
+
+    from tests.peers.dicomfiles import part10
+    from tests.peers.inprocess import in_process_router
+    from tests.unit.pacsflow_router.synthetic_ct import datasets
+    from tests.unit.pacsflow_router.test_pipeline_not_analysed import _NoInference
+
+    use_case = {"name": "ich-triage", "model": {"name": "ich_detector", "version": 1}, "mode": "triage",
+                "match": {"modalities": ["CT"]}, "outputs": {"structuredReport": {"destination": "pacs"}}}
+    with in_process_router(tmp_path, [use_case], _NoInference()) as router:  # type: ignore[arg-type]
+        for ds in datasets(31, slices=8, rows=256):
+            router.spool.store(part10(ds))
+        [due] = router.tracker.due(time.time() + 1, 0)
+        assert router.pipeline.process(due)
+        rows = chain.records(router.audit.engine)
+        assert [(r["kind"], r["subject"]) for r in rows] == [("study-received", due.key), ("ai-result", due.key)]
+        assert '"instances":8' in rows[0]["detail"] and '"table":"audit_results"' in rows[1]["detail"]
+        assert chain.verify(router.audit.engine) == (2, [])
