@@ -111,6 +111,7 @@ class RouterService:
                                              read_key_file(config.external_ai.key_file))
             self.pipeline.external = ExternalSender(self.pseudonyms, self.outbox, self.audit)
             self.results_receiver = ResultsReceiver(config, self.spool, self.pseudonyms, self._deliver_reidentified)
+            self.results_receiver.on_refused = self.audit.record_refusal  # same TLS door and audit as the DICOM port
         # Final-report ORU^R01 findings go to the results store as ground truth for the evidence.
         self.hl7_listener = Hl7Listener(config.hl7_listener, self.orders, ground_truth=partial(
             ResultsStore.on_engine(self.audit.engine).record_ground_truth, source="hl7"),
