@@ -2,7 +2,8 @@
 
 Ingress: the DICOM port (and the external AIs' results port) from ``allowedNetworks`` (and the HL7 ports from the
 listener's own ``allowedNetworks``); both empty mean any address, as the router's own allow-lists do. The metrics
-port is open to scrapers. Egress: DNS, the Kubernetes API server (the router watches its ConfigMap), the
+port is open to scrapers (to ``metrics.allowedNetworks`` when set). Egress: DNS, the Kubernetes API server (the
+router watches its ConfigMap), the
 TritonCluster's pods, and each destination, HL7 receiver, worklist source and webhook, on its port; a peer named by an IP address is narrowed to that address
 (a host name cannot be, in a NetworkPolicy: that peer gets its port towards any address).
 """
@@ -46,7 +47,10 @@ def router_network_policy(name: str, spec: DicomRouterSpec, selector: dict[str, 
     dicom: dict[str, Any] = {"ports": [{"port": spec.port, "protocol": "TCP"}]}
     if spec.allowed_networks:
         dicom["from"] = _blocks(list(spec.allowed_networks))
-    ingress = [dicom, {"ports": [{"port": spec.metrics_port, "protocol": "TCP"}]}]
+    scrape: dict[str, Any] = {"ports": [{"port": spec.metrics_port, "protocol": "TCP"}]}
+    if spec.metrics is not None and spec.metrics.allowed_networks:  # the metrics port's own allow-list
+        scrape["from"] = _blocks(list(spec.metrics.allowed_networks))
+    ingress = [dicom, scrape]
     if spec.external_ai is not None:  # the external AIs' results port: the DICOM port's allow-list
         ingress.append({**dicom, "ports": [{"port": spec.external_ai.results_port, "protocol": "TCP"}]})
     if spec.hl7_listener is not None:

@@ -21,6 +21,7 @@ from pacsflow_router.config import (
     Inference,
     Metrics,
     RoutingConfig,
+    TlsServer,
     UseCase,
     parse_config,
     render_config,
@@ -36,6 +37,11 @@ CONFIG_DIR = "/etc/pacsflow"
 DATA_DIR = "/var/lib/pacsflow"
 #: Where ``spec.dicomTls.secretName`` is mounted (tls.crt, tls.key, ca.crt).
 DICOM_TLS_DIR = "/etc/pacsflow-tls/dicom"
+#: Where ``spec.metrics.tlsSecretName`` (tls.crt, tls.key) and ``spec.metrics.bearerTokenSecret`` are mounted.
+METRICS_TLS_DIR = "/etc/pacsflow-tls/metrics"
+METRICS_TOKEN_DIR = "/etc/pacsflow-tls/metrics-token"
+#: Answered 200 without the scrape token (pacsflow_router.metricsendpoint.HEALTH_PATH): the liveness probe's path.
+HEALTH_PATH = "/healthz"
 EMBEDDED_MODEL_REPOSITORY = "/opt/pacsflow/model_repository"
 TRITON_HTTP_PORT = 8000
 # A non-root uid/gid that owns the spool volume (fsGroup) so the router never needs root.
@@ -114,7 +120,7 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         destinations=list(spec.destinations),
         inference=inference,
         audit=Audit(url=f"sqlite:///{DATA_DIR}/audit.db"),
-        metrics=Metrics(port=spec.metrics_port, host="0.0.0.0"),
+        metrics=_metrics(spec),
         hl7_listener=spec.hl7_listener.model_copy(update={"bind_address": "0.0.0.0"}) if spec.hl7_listener else None,
         mwl_source=spec.mwl_source,
         orders=spec.orders,
@@ -138,6 +144,34 @@ def _dicom_tls(spec: DicomRouterSpec) -> DicomTls | None:
         client_certificate=t.client_certificate, min_version=t.min_version,
         ae_titles_by_certificate={cn: list(aets) for cn, aets in t.ae_titles_by_certificate.items()},
     )
+
+
+def _metrics(spec: DicomRouterSpec) -> Metrics:
+    """The routing config's ``metrics``: port, and the files of the mounted ``spec.metrics`` Secrets."""
+    m = spec.metrics
+    if m is None:
+        return Metrics(port=spec.metrics_port, host="0.0.0.0")
+    token = m.bearer_token_secret
+    return Metrics(
+        port=spec.metrics_port, host="0.0.0.0", allowed_networks=list(m.allowed_networks),
+        tls=TlsServer(cert_file=f"{METRICS_TLS_DIR}/tls.crt", key_file=f"{METRICS_TLS_DIR}/tls.key")
+        if m.tls_secret_name else None,
+        bearer_token_file=f"{METRICS_TOKEN_DIR}/{token.key}" if token else None,
+    )
+
+
+def _metrics_secrets(spec: DicomRouterSpec) -> list[tuple[str, str, dict[str, Any]]]:
+    """(volume name, mount path, secret volume source) of the metrics port's Secrets; whole-directory mounts, no
+    subPath, so rotated Secrets reach the pod."""
+    m = spec.metrics
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if m is not None and m.tls_secret_name:
+        out.append(("metrics-tls", METRICS_TLS_DIR, {"secretName": m.tls_secret_name, "defaultMode": 0o440}))
+    if m is not None and m.bearer_token_secret is not None:
+        ref = m.bearer_token_secret
+        out.append(("metrics-token", METRICS_TOKEN_DIR, {"secretName": ref.secret_name, "defaultMode": 0o440,
+                                                         "items": [{"key": ref.key, "path": ref.key}]}))
+    return out
 
 
 def use_case(name: str, spec: AIUseCaseSpec) -> UseCase:
@@ -345,10 +379,12 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "env": [{"name": "PACSFLOW_ROUTER_LOG_FORMAT", "value": "json"}],
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"} for port_name, port in _ports(spec)],
-        # Ready = the DICOM listener accepts connections; alive = the metrics server still answers.
+        # Ready = the DICOM listener accepts connections (a TCP probe is not counted as a refusal); alive = the
+        # metrics server answers /healthz, which needs no scrape token (HTTPS when the metrics port has TLS).
         "readinessProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {
-            "httpGet": {"path": "/metrics", "port": "metrics"},
+            "httpGet": {"path": HEALTH_PATH, "port": "metrics",
+                        "scheme": "HTTPS" if spec.metrics is not None and spec.metrics.tls_secret_name else "HTTP"},
             "initialDelaySeconds": 10,
             "periodSeconds": 10,
             "failureThreshold": 6,
@@ -360,6 +396,7 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             *({"name": f"secret-{i}", "mountPath": m.mount_path, "readOnly": True}
               for i, m in enumerate(spec.secret_mounts)),
             *([{"name": "dicom-tls", "mountPath": DICOM_TLS_DIR, "readOnly": True}] if spec.dicom_tls else []),
+            *({"name": vol, "mountPath": path, "readOnly": True} for vol, path, _ in _metrics_secrets(spec)),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -388,6 +425,7 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             # No subPath: the kubelet refreshes a rotated Secret only in whole-directory mounts.
             *([{"name": "dicom-tls", "secret": {"secretName": spec.dicom_tls.secret_name, "defaultMode": 0o440}}]
               if spec.dicom_tls else []),
+            *({"name": vol, "secret": source} for vol, _, source in _metrics_secrets(spec)),
         ],
     }
     # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).

@@ -159,6 +159,32 @@ class DicomTlsSecret(_Model):
     certificate listed here, and a certificate issued for AE A cannot send as AE B."""
 
 
+class SecretKey(_Model):
+    """One key of a Secret (same namespace), mounted as a file."""
+
+    secret_name: Name
+    """Name of the Secret."""
+    key: str = Field(default="token", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+    """The key whose value is the file's content."""
+
+
+class RouterMetrics(_Model):
+    """The router's metrics port: HTTPS, a scrape token and an allow-list, each from the spec.
+
+    ``GET /healthz`` stays open without the token (the kubelet's liveness probe); the nodes' addresses belong in
+    ``allowedNetworks`` for the probe to reach it.
+    """
+
+    tls_secret_name: Name | None = None
+    """Secret (``kubernetes.io/tls``: ``tls.crt``, ``tls.key``) that puts ``/metrics`` on HTTPS; mounted read-only
+    at ``/etc/pacsflow-tls/metrics`` and re-read on rotation. Plain HTTP when unset."""
+    bearer_token_secret: SecretKey | None = None
+    """Secret key holding the token scrapers must send as ``Authorization: Bearer``; mounted at
+    ``/etc/pacsflow-tls/metrics-token`` and read on every scrape, so a rotation applies at once. Open when unset."""
+    allowed_networks: list[Network] = Field(default_factory=list)
+    """Scraper (and node) address blocks accepted on the metrics port; others are closed unread. Empty: any."""
+
+
 class DicomRouterSpec(_Model):
     """A DICOM router: a C-STORE SCP that runs AI use cases on complete studies and sends results on."""
 
@@ -197,6 +223,8 @@ class DicomRouterSpec(_Model):
     """Durable spool volume."""
     metrics_port: Port = 9108
     """Port of the router's Prometheus /metrics endpoint."""
+    metrics: RouterMetrics | None = None
+    """TLS, bearer token and allow-list of the metrics port (plain, open to any address when unset)."""
     hl7_listener: Hl7Listener | None = None
     """HL7 v2 order listener (MLLP, and ``POST /hl7/orm`` when ``httpPort`` is set); off when unset. The router's
     Service exposes its ports."""
