@@ -63,6 +63,8 @@ PRIORITY = {"triage": 1, "assistive": 2, "silent": 3}
 # A critical result's alerts go out before its SR is built; the SR waits at most this long for them (a receiver that
 # is down does not hold the SR longer).
 ALERT_HEAD_START_SECONDS = 0.25
+# After queueing its SR, the pipeline waits at most this long for the delivery before its bookkeeping writes.
+SR_HEAD_START_SECONDS = 0.25
 
 
 def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_repository: str | Path, *,
@@ -336,6 +338,9 @@ class Pipeline:
         # and DALI leave the interpreter free), completed with the result below.
         draft = self._drafts.submit(draft_sr, study, series, use_case, software_version=__version__, spec=spec,
                                     analysed=analysed, predecessor=predecessor) if sends_sr else None
+        if sends_sr:
+            assert use_case.outputs.structured_report is not None
+            self.outbox.prepare(use_case.outputs.structured_report.destination)  # its association opens meanwhile
         finding = analyse(series, use_case, self.backend, repository,
                           preprocess_backend=self.preprocess_backend, timings=timings)
         analysed_at = dt.datetime.now(dt.UTC)
@@ -384,6 +389,9 @@ class Pipeline:
             destination = use_case.outputs.structured_report.destination
             self.outbox.enqueue(destination, sr, study_key=study.ref.key, use_case=use_case.name,
                                 last_received=study.ref.last_received)
+            # The SR is the result: let the sender thread deliver it before the audit and review writes below take
+            # the interpreter (bounded, like the alerts' head start; the SR is durable in the outbox already).
+            self.outbox.wait_sent(("dicom",), SR_HEAD_START_SECONDS)
         if previous is not None:
             outcome = f"{outcome}-amended"
         self.audit.record_result(

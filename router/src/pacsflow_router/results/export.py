@@ -220,6 +220,7 @@ class Outbox:
         self._db.execute(_TABLE.format(name="outbox"))
         self._db.execute(_INDEX)
         self._wake = threading.Event()
+        self._prepare: set[str] = set()  # DICOM destinations to connect to ahead of an SR (prepare)
         self._progress = threading.Condition()  # notified after each delivery and each round (wait_sent)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -616,9 +617,36 @@ class Outbox:
             self._backoff.clear()
 
     # -- background thread -------------------------------------------------------------------------------------
+    def prepare(self, destination: str) -> None:
+        """An SR for ``destination`` is on its way: open its association now, on the sender thread, so the SR goes
+        out on an association that is already open (a new one costs several round trips). Best effort: a
+        destination that cannot be reached is retried when the SR is due, as always."""
+        with self._db_lock:
+            self._prepare.add(destination)
+        self._wake.set()
+
+    def _connect_prepared(self) -> None:
+        with self._db_lock:
+            destinations, self._prepare = self._prepare, set()
+        for destination in destinations:
+            where = ("dicom", destination)
+            failures, not_before = self._backoff.get(where, (0, 0.0))
+            now = time.time()
+            if not_before > now:
+                continue  # down: its backoff decides when to try again
+            try:
+                connect = getattr(self._sender(*where), "connect", None)
+                if connect is not None:
+                    connect()
+            except Exception as exc:  # noqa: BLE001 - best effort; the send reports the same failure properly
+                # Backed off like a failed send, so a destination that is down costs one attempt per backoff.
+                self._backoff[where] = (failures + 1, now + self._delay(failures + 1))
+                log.debug("outbox: could not connect ahead to %s (%s)", destination, type(exc).__name__)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._connect_prepared()
                 self.deliver_due()
                 for sender in list(self._senders.values()):
                     release = getattr(sender, "release_if_idle", None)

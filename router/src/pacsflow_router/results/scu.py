@@ -204,6 +204,24 @@ class StoreClient:
             return None
         return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
+    def connect(self) -> None:
+        """Open the association now unless one is open, so that the next :meth:`send` finds it ready.
+
+        The outbox calls it while an SR is still being computed (``Outbox.prepare``); it counts as a use for
+        :meth:`release_if_idle`.
+
+        Raises
+        ------
+        ExportError
+            Cannot connect or association rejected (the next send reports it again).
+        """
+        with self._lock:
+            assoc = self._assoc
+            if assoc is None or not assoc.is_established:
+                self._release()
+                self._assoc = self._associate()
+            self._last_used = time.monotonic()
+
     def release_if_idle(self, now: float | None = None) -> bool:
         """Release the association if unused for ``idle_release_seconds``; True when one was released."""
         with self._lock:
