@@ -89,6 +89,22 @@ class AuditForwarder:
             finally:
                 self._sock = None
 
+    @staticmethod
+    def _peer_closed(sock: ssl.SSLSocket) -> bool:
+        """Whether the collector closed (or reset) the connection: it never sends data, so a readable socket holds
+        an EOF, an alert or a TLS 1.3 session ticket, which the non-blocking read tells apart."""
+        if not io_select.select([sock], [], [], 0)[0]:
+            return False
+        sock.setblocking(False)
+        try:
+            return sock.recv(4096) == b""
+        except ssl.SSLWantReadError:
+            return False  # only TLS records (a session ticket) were waiting
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(10)
+
     def forward_once(self) -> int:
         """Send what is after the cursor (at most :data:`BATCH` records) and move the cursor.
 
@@ -103,8 +119,8 @@ class AuditForwarder:
             The collector is unreachable or the TLS handshake or send failed (``ssl.SSLError`` is one); the cursor
             has not moved.
         """
-        if self._sock is not None and io_select.select([self._sock], [], [], 0)[0]:
-            self.close()  # a collector never talks back: readable means it closed (or reset) the connection
+        if self._sock is not None and self._peer_closed(self._sock):
+            self.close()
         cursor = self.cursor()
         fresh = self._sock is None
         rows = chain.records(self.engine, after=max(0, cursor - REPLAY) if fresh else cursor, limit=BATCH)
