@@ -167,7 +167,7 @@ def test_dicom_hl7_and_metrics_all_over_tls_with_one_router_process(make_router,
         wanted = [("dicom", "certificate-ae-title"), ("metrics", "unauthorized"), ("mllp", "tls-handshake"),
                   ("dicom", "tls-handshake"), ("dicom", "certificate-ae-title")]
         wait_for(lambda: len(refusals()) >= len(wanted), 20, f"{len(wanted)} refusal records", router)
-        assert refusals() == wanted
+        assert sorted(refusals()) == sorted(wanted)  # each is written on its own connection's thread
         assert chain.verify(engine)[1] == []
         # No patient data or token in the records or the log.
         dumped = json.dumps(chain.records(engine), default=str) + router.log()

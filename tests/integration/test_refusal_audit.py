@@ -110,11 +110,12 @@ def test_refused_hl7_and_metrics_connections_are_chained_without_phi(edge: Simpl
                 ("metrics", "127.0.0.1", "unauthorized"), ("metrics", "127.0.0.1", "not-allowed")]
     eventually(lambda: len(_refusals(edge.audit)) >= len(expected), "six refusal records", timeout=10,
                context=lambda: str(_refusals(edge.audit)))
-    assert _refusals(edge.audit) == expected
+    # Each is written on its own connection's thread, after the socket is closed: compare without the order.
+    assert sorted(_refusals(edge.audit)) == sorted(expected)
     records = chain.records(edge.audit.engine)
-    details = [json.loads(r["detail"])["detail"] for r in records if r["kind"] == "association-refused"]
-    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in details[1]
-    assert details[3:5] == ["no bearer token", "wrong bearer token"]
+    details = {json.loads(r["detail"])["detail"] for r in records if r["kind"] == "association-refused"}
+    assert any("PEER_DID_NOT_RETURN_A_CERTIFICATE" in d for d in details), details
+    assert {"no bearer token", "wrong bearer token"} <= details
     assert chain.verify(edge.audit.engine)[1] == []
     # No patient data, no token: neither in the records nor in the order store.
     dumped = json.dumps(records, default=str)
