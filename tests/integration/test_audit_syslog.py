@@ -127,3 +127,40 @@ def test_a_collector_with_an_untrusted_certificate_gets_nothing(tmp_path, pki, c
         forwarder.forward_once()
     assert forwarder.cursor() == 0
     assert collector.messages() == []
+
+
+def test_the_router_process_forwards_a_refusal_and_a_promotion(tmp_path, pki, collector, port_factory):
+    """The real pacsflow-router with ``audit.syslog``: an association from an unknown AE title (dcmtk echoscu) and a
+    config reload that promotes a use case reach the collector as DICOM audit messages."""
+    import subprocess
+
+    from tests.peers.router import RouterProcess, router_config, use_case
+
+    config = router_config(workdir=tmp_path / "router", port=port_factory(), metrics_port=port_factory(),
+                           pacs_port=None, use_cases=[use_case(mode="silent", destination=None)])
+    config["audit"]["syslog"] = {"host": "127.0.0.1", "port": collector.port, "tls": {"caFile": str(pki.ca_file)},
+                                 "retrySeconds": 0.5}
+    router = RouterProcess(tmp_path / "router", config).start()
+    try:
+        echo = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "PACSFLOW", "127.0.0.1", str(router.port)],
+                              capture_output=True, text=True, timeout=60)
+        assert echo.returncode != 0  # rejected
+        router.write_config({**config, "useCases": [use_case(mode="assistive", destination=None)]})
+
+        def events() -> dict[str, etree._Element]:
+            found = {}
+            for text in collector.messages():
+                doc = etree.fromstring(text.encode())
+                assert SCHEMA.validate(doc), SCHEMA.error_log.last_error
+                found[doc.find("EventIdentification/EventTypeCode").get("csd-code")
+                      if doc.find("EventIdentification/EventTypeCode") is not None else "-"] = doc
+            return found
+
+        found = eventually(lambda: (e := events()) and {"110126", "110131"} <= set(e) and e,
+                           "the refusal and the promotion at the collector", timeout=60, context=router.log)
+        refused = found["110126"]
+        assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"
+        assert refused.find("ActiveParticipant").get("NetworkAccessPointID") == "127.0.0.1"
+        assert found["110131"].find("ParticipantObjectIdentification").get("ParticipantObjectID") == "ich-head-ct"
+    finally:
+        router.stop()
