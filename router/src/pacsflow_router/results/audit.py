@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import chain
 from .schema import EVENTS, METADATA, RESULTS
@@ -146,11 +146,18 @@ class AuditLog:
         promotion or a step back, as the operator rendered it); returns how many."""
         before = {u.name: u.mode for u in old.use_cases}
         changed = [u for u in new.use_cases if u.name in before and before[u.name] != u.mode]
-        with self.engine.begin() as conn:
-            for use_case in changed:
-                chain.append(conn, "promotion", actor="routing-config", subject=use_case.name,
-                             detail={"from": before[use_case.name], "to": use_case.mode,
-                                     "model": use_case.model.name, "model_version": use_case.model.version})
+        try:
+            with self.engine.begin() as conn:
+                for use_case in changed:
+                    chain.append(conn, "promotion", actor="routing-config", subject=use_case.name,
+                                 detail={"from": before[use_case.name], "to": use_case.mode,
+                                         "model": use_case.model.name, "model_version": use_case.model.version})
+        except SQLAlchemyError as exc:
+            # The reload is applied either way (the operator already changed the mode); a store that is down must
+            # not leave the router half-reloaded. The operator's status.modeHistory still has the change.
+            log.error("audit: mode change(s) of %s not recorded, the results store failed: %s",
+                      ", ".join(u.name for u in changed), type(exc).__name__)
+            return 0
         return len(changed)
 
     def records(self, *, study_key: str | None = None, use_case: str | None = None) -> list[dict[str, Any]]:
