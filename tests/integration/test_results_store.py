@@ -39,7 +39,7 @@ def test_an_empty_database_is_migrated_to_head_and_matches_the_tables_the_code_u
     try:
         assert store.current(engine) is None
         store.upgrade(engine)
-        assert store.current(engine) == store.head() == "0007_audit_chain"
+        assert store.current(engine) == store.head() == "0008_order_match"
         assert set(inspect(engine).get_table_names()) == ALL_TABLES
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), METADATA)

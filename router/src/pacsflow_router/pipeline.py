@@ -290,10 +290,10 @@ class Pipeline:
         if self.orders is None:
             return None
         header = study.first_header
-        order = self.orders.find_for_study(study.ref.study_uid, str(header.get("AccessionNumber", "") or ""),
-                                           str(header.get("PatientID", "") or ""))
-        # Matched by accession + patient ID: remember the study (found by its UID from now on, never expired).
-        return None if order is None else self.orders.link_study(order, study.ref.study_uid)
+        # One transaction: the match is recorded on the order (a later cancel is refused; a cancel committed first
+        # leaves the study unordered), and an order matched by accession + patient ID gets the study's UID.
+        return self.orders.match_study(study.ref.study_uid, str(header.get("AccessionNumber", "") or ""),
+                                       str(header.get("PatientID", "") or ""))
 
     def _record_not_applicable(self, ref: StudyRef, use_case: UseCase, explanation: str,
                                timings: dict[str, float], context: dict[str, object]) -> None:

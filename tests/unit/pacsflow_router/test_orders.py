@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -133,6 +134,74 @@ def test_cancel_after_the_images_arrived_is_refused(spool, store):
     store.apply_hl7("3", "NW", _order("ACC2"), _ack)
     store.set_status("ACC2", "PID1", "in-progress")
     assert store.apply_hl7("4", "CA", _order("ACC2"), _ack).outcome == "rejected"
+
+
+def test_cancel_after_the_match_is_refused_even_without_spooled_images(store):
+    """The match is recorded on the order: a study matched by accession + patient ID (its instances no longer in
+    the spool, or never indexed there) still makes a later CA, or an SC to cancelled, an AE."""
+    store.apply_hl7("1", "NW", _order(), _ack)
+    matched = store.match_study("1.2.840.99", "ACC1", "PID1")
+    assert matched is not None and matched.study_uid == "1.2.840.99" and matched.status == "scheduled"
+    assert store.apply_hl7("2", "CA", _order(), _ack).ack == _ack("AE", REASON_UNABLE_TO_CANCEL)
+    assert store.apply_hl7("3", "SC", _order(status="cancelled"), _ack).outcome == "rejected"
+    assert store.get("ACC1", "PID1").status == "scheduled"
+    # Matching again is a no-op; a discontinue (the procedure stopped part way) is still taken.
+    assert store.match_study("1.2.840.99", "", "") == matched
+    assert store.apply_hl7("4", "DC", _order(), _ack).outcome == "discontinued"
+    assert store.expire(time.time() + 86400, 60) == 0
+
+
+def test_a_cancelled_order_is_not_matched(store):
+    store.apply_hl7("1", "NW", _order(study_uid="1.2.840.98"), _ack)
+    store.apply_hl7("2", "NW", _order("ACC2"), _ack)
+    store.apply_hl7("3", "CA", _order(), _ack)
+    store.apply_hl7("4", "CA", _order("ACC2"), _ack)
+    assert store.match_study("1.2.840.98", "ACC1", "PID1") is None
+    assert store.match_study("1.2.840.97", "ACC2", "PID1") is None
+    assert store.get("ACC2", "PID1").study_uid == ""  # nothing was linked to the cancelled order
+
+
+def _race(cancel: Callable[[], object], match: Callable[[], object]) -> dict[str, object]:
+    """Run ``cancel`` and ``match`` in two threads released together; their results by name."""
+    start, got = threading.Barrier(2), {}
+
+    def run(name: str, call: Callable[[], object]) -> None:
+        start.wait()
+        got[name] = call()
+
+    threads = [threading.Thread(target=run, args=("cancel", cancel)), threading.Thread(target=run, args=("match", match))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
+@pytest.mark.parametrize("with_study_uid", [False, True], ids=["by-accession", "by-study-uid"])
+def test_a_cancel_racing_the_match_has_one_outcome(spool, url, with_study_uid):
+    """A cancel (HL7 listener thread) and the study's match (pipeline thread), each on its own store and connections,
+    released at once, 25 times: either the match wins (the study gets the order, the CA is AE, the order stays
+    open) or the cancel wins (AA, the study gets no order, nothing is linked to the cancelled order); never a
+    cancelled order handed to the pipeline, nor a cancel accepted after the match."""
+    listener, pipeline = OrderStore(spool, url), OrderStore(spool, url)
+    try:
+        for n in range(25):
+            study_uid = f"1.2.840.777.{n}"
+            order = _order(f"RACE{n}", study_uid=study_uid if with_study_uid else "")
+            listener.apply_hl7(f"NW-{n}", "NW", order, _ack)
+            got = _race(lambda: listener.apply_hl7(f"CA-{n}", "CA", order, _ack).outcome,  # noqa: B023
+                        lambda: pipeline.match_study(study_uid, order.accession, order.patient_id))  # noqa: B023
+            stored = listener.get(order.accession, order.patient_id)
+            assert stored is not None and set(got) == {"cancel", "match"}, got
+            if got["match"] is not None:
+                assert (got["cancel"], stored.status, stored.study_uid) == ("rejected", "scheduled", study_uid), n
+                assert got["match"] == stored
+            else:
+                assert (got["cancel"], stored.status) == ("cancelled", "cancelled"), n
+                assert stored.study_uid == (study_uid if with_study_uid else "")
+    finally:
+        listener.close()
+        pipeline.close()
 
 
 def test_discontinue_and_status_change(store):
@@ -276,6 +345,8 @@ def test_expire_counts_and_spares_orders_with_a_study(spool, store):
     store.upsert(_order("OLD-IN-PROGRESS", status="in-progress"))
     store.upsert(_order("OLD-FLAGGED"))  # its study came, matched by accession: the AI flagged it
     store.mark_ai_critical(_order("OLD-FLAGGED"), "ich-head-ct", time.time())
+    store.upsert(_order("OLD-MATCHED"))  # its study came, matched by accession (no instance left in the spool)
+    store.match_study("1.2.840.55", "OLD-MATCHED", "PID1")
     before = metrics.ORDERS_EXPIRED._value.get()
     later = time.time() + 3600
     assert store.expire(later, 7200) == 0
@@ -284,7 +355,8 @@ def test_expire_counts_and_spares_orders_with_a_study(spool, store):
     assert store.get("OLD-WITH-STUDY", "PID1").status == "scheduled"
     assert metrics.ORDERS_EXPIRED._value.get() - before == 1
     assert store.get("OLD-FLAGGED", "PID1").status == "scheduled"
-    assert metrics.ORDERS_OPEN._value.get() == 3
+    assert store.get("OLD-MATCHED", "PID1").status == "scheduled"
+    assert metrics.ORDERS_OPEN._value.get() == 4
     assert store.expire(later, 1800) == 0
 
 

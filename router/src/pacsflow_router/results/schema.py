@@ -262,6 +262,8 @@ ORDERS = Table(
     Column("ai_critical", Boolean, nullable=False, default=False),
     Column("ai_use_cases", Text, nullable=False, default="[]"),
     Column("ai_raised_at", Float, nullable=True),
+    # When an arriving study was matched to the order (0008): a cancel is refused from then on.
+    Column("matched_at", Float, nullable=True),
     Index("orders_study", "study_uid"),
     Index("orders_status", "status", "created_at"),
 )

@@ -10,9 +10,13 @@ Orders are keyed by (accession number, patient ID). Each row keeps the whole :cl
 as JSON next to the few columns the queries need (study UID, status, modality, station, date, priority), so adding a
 field to ``Order`` needs no migration.
 
-Whether an order's study has arrived (a cancel is then refused, the order is never expired) is still asked of the
-spool's instance index, and whether it has an AI result of the spool's result table: that is where the router keeps
-them.
+A cancel and the arrival of the order's study decide on the same row: :meth:`OrderStore.match_study` finds the
+study's order, locks its row and records the match (``matched_at``) in one transaction, and a cancel (ORC-1 CA, or SC
+to cancelled) takes the same row lock before it looks. Whichever commits first wins, and the other sees it: a study
+matched first makes the cancel an AE ("images arrived"); a cancel first leaves the study without an order (processed
+all the same). Besides the match, a cancel is refused while the spool's instance index holds images of the order's
+Study Instance UID (arrived, not yet complete), and whether a study has an AI result is asked of the spool's result
+table: that is where the router keeps them.
 
 On PostgreSQL several routers may write at once: a message control ID or an order key two writers insert at the same
 time ends in a unique violation for one of them, whose transaction is then retried (and finds the other's row).
@@ -32,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
@@ -174,7 +178,8 @@ class OrderStore:
             for table, keys in ((ORDERS, ["accession", "patient_id"]), (HL7_MESSAGES, ["control_id"])):
                 if table.name not in moved:
                     continue
-                names = [c.name for c in table.columns]
+                old = {row[1] for row in self._spool.execute(f"PRAGMA table_info({table.name})")}
+                names = [c.name for c in table.columns if c.name in old]  # a column added since is left empty
                 rows = [dict(zip(names, row, strict=True)) for row in self._spool.execute(
                     f"SELECT {', '.join(names)} FROM {table.name}")]
                 for row in rows:
@@ -240,9 +245,14 @@ class OrderStore:
         return bool(study_uid) and bool(
             self._spool.execute("SELECT 1 FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,)))
 
-    def _images_arrived(self, order: Order) -> bool:
-        """The order's study has started: MPPS or a match moved it on, or instances of its study are spooled."""
-        return order.status in ("in-progress", "completed") or self._study_arrived(order.study_uid)
+    def _images_arrived(self, db: Connection, order: Order) -> bool:
+        """The order's study has started: MPPS moved it on, a study was matched to it (read under the row lock the
+        caller holds), or instances of its study are spooled."""
+        if order.status in ("in-progress", "completed"):
+            return True
+        matched_at = db.execute(select(ORDERS.c.matched_at).where(
+            ORDERS.c.accession == order.accession, ORDERS.c.patient_id == order.patient_id)).scalar_one_or_none()
+        return matched_at is not None or self._study_arrived(order.study_uid)
 
     def _with_results(self, study_uids: set[str]) -> set[str]:
         """Those of ``study_uids`` the spool has an AI result for."""
@@ -277,8 +287,8 @@ class OrderStore:
             merged = _merge(stored, order)
             self._write(db, merged, now, insert_row=False)
             return "updated", merged, None
-        if order_control == "CA":
-            if self._images_arrived(stored):
+        if order_control == "CA" or (order_control == "SC" and order.status == "cancelled"):
+            if self._images_arrived(db, stored):
                 return "rejected", stored, REASON_UNABLE_TO_CANCEL
             cancelled = _merge(stored, order, status="cancelled")
             self._write(db, cancelled, now, insert_row=False)
@@ -307,7 +317,8 @@ class OrderStore:
         order_control
             ORC-1: ``NW`` inserts (an existing key is updated), ``XO`` updates, ``CA`` cancels, ``DC``
             discontinues, ``SC`` sets ``order.status`` (ORC-5 as mapped by the parser). XO/CA/SC/DC for an unknown
-            order, and CA for an order whose images already arrived, are answered AE (outcome ``rejected``).
+            order, and CA (or SC to cancelled) for an order whose images already arrived (matched to a study, in
+            progress, or instances of its Study Instance UID spooled), are answered AE (outcome ``rejected``).
         order
             The order as parsed; empty fields keep the stored values (HL7: empty means "not sent").
         make_ack
@@ -500,33 +511,68 @@ class OrderStore:
         self._refresh_open_gauge()
         return True
 
-    def link_study(self, order: Order, study_uid: str) -> Order:
-        """Record the study an order got, when it was matched by accession number and patient ID only.
+    def match_study(self, study_uid: str, accession: str, patient_id: str) -> Order | None:
+        """The order an arriving study belongs to, matched in one transaction with the order's row locked.
 
-        From then on the order is found by its Study Instance UID, a cancel is refused ("images arrived") and it is
-        never expired. Idempotent; an order that already names a study keeps it. Returns the stored order.
+        Found by Study Instance UID, else by accession number plus patient ID; cancelled orders are never matched.
+        The match is recorded on the row (``matched_at``; an order matched by accession and patient ID also gets the
+        study's UID, so it is found by UID from then on) before the lock is released, so a cancel racing the match
+        has one outcome: committed first, the study finds no order; second, it is refused (see
+        :meth:`apply_hl7`). A matched order is never expired. Idempotent.
+
+        Parameters
+        ----------
+        study_uid, accession, patient_id
+            The arriving study's Study Instance UID, Accession Number and Patient ID; empty ones match nothing.
+
+        Returns
+        -------
+        Order or None
+            The stored order after the match; None for an unordered study, or one whose order was cancelled.
         """
-        if order.study_uid or not study_uid:
-            return order
+        o = ORDERS.c
+        now = time.time()
 
-        def work(db: Connection) -> tuple[Order, bool]:
-            stored = self._row(db, order.accession, order.patient_id)
-            if stored is None or stored.study_uid:
-                return stored or order, False
-            linked = dataclasses.replace(stored, study_uid=study_uid)
-            self._write(db, linked, time.time(), insert_row=False)
-            return linked, True
+        def work(db: Connection) -> tuple[Order | None, bool, bool]:
+            found = None
+            if study_uid:
+                # FOR UPDATE: on PostgreSQL a cancel committed while this waited for the lock is seen (the row is
+                # re-read and no longer qualifies); on SQLite BEGIN IMMEDIATE already holds the write lock.
+                found = db.execute(select(o.accession, o.patient_id).where(o.study_uid == study_uid,
+                                                                           o.status != "cancelled")
+                                   .order_by(o.updated_at.desc()).limit(1).with_for_update()).first()
+            if found is None and accession and patient_id:
+                found = db.execute(select(o.accession, o.patient_id).where(
+                    o.accession == accession, o.patient_id == patient_id, o.status != "cancelled")
+                    .with_for_update()).first()
+            if found is None:
+                keys = ([o.study_uid == study_uid] if study_uid else []) + (
+                    [(o.accession == accession) & (o.patient_id == patient_id)] if accession and patient_id else [])
+                cancelled = bool(keys) and db.execute(select(o.accession).where(
+                    or_(*keys), o.status == "cancelled").limit(1)).first() is not None
+                return None, False, cancelled
+            stored = self._row(db, found.accession, found.patient_id)
+            assert stored is not None  # locked above, in this transaction
+            linked = stored if stored.study_uid or not study_uid else dataclasses.replace(stored, study_uid=study_uid)
+            if linked != stored:
+                self._write(db, linked, now, insert_row=False)
+            first = db.execute(update(ORDERS).where(o.accession == linked.accession, o.patient_id == linked.patient_id,
+                                                    o.matched_at.is_(None)).values(matched_at=now)).rowcount
+            return linked, bool(first), False
 
-        result, linked = self._transaction(work)
-        if linked:
-            log.info("order %s linked to study %s", result.key, study_key(study_uid))
-        return result
+        order, first, cancelled = self._transaction(work)
+        if order is not None and first:
+            log.info("order %s matched to study %s", order.key, study_key(study_uid))
+        elif cancelled:
+            log.info("study %s: its order was cancelled before the study was matched; processed without the order",
+                     study_key(study_uid))
+        return order
 
     def expire(self, now: float, max_age_seconds: float) -> int:
         """Expire scheduled orders received more than ``max_age_seconds`` before ``now`` that never got a study.
 
-        An order whose Study Instance UID has instances in the spool is not expired, nor one an AI result flagged
-        critical (its study arrived, matched by accession and patient ID). Each expired order counts in
+        An order matched to a study (:meth:`match_study`) is not expired, nor one whose Study Instance UID has
+        instances in the spool, nor one an AI result flagged critical. Each expired order counts in
         ``pacsflow_orders_expired_total``.
 
         Returns
@@ -535,7 +581,8 @@ class OrderStore:
             How many orders were expired.
         """
         o = ORDERS.c
-        stale = (o.status == "scheduled") & (o.created_at < now - max_age_seconds) & ~o.ai_critical
+        stale = ((o.status == "scheduled") & (o.created_at < now - max_age_seconds) & ~o.ai_critical
+                 & o.matched_at.is_(None))
         with self.engine.connect() as conn:
             candidates = conn.execute(select(o.accession, o.patient_id, o.study_uid).where(stale)).all()
         # The spool is another database: ask it first, then expire in one transaction whatever is still stale.
