@@ -8,7 +8,7 @@ import pytest
 from pacsflow_router import metrics
 from pacsflow_router.config import Hl7FieldMap, Hl7Listener
 from pacsflow_router.ingest.spool import Spool
-from pacsflow_router.workflow.hl7 import Hl7Refusal, ParsedOrder, build_ack, parse_order
+from pacsflow_router.workflow.hl7 import Hl7Refusal, ParsedOrder, build_ack, parse_order, parse_report
 from pacsflow_router.workflow.listener import Hl7Handler
 from pacsflow_router.workflow.orders import OrderStore
 from tests.peers.hl7msgs import OrderMessage, encode
@@ -119,6 +119,14 @@ def test_segment_ends(ending):
     (lambda t: t.replace("|19560412|", "|1956-04-12|", 1), "AE", 102, "PID^1^7"),
     (lambda t: t.replace("ORC|NW|", "ORC|ZZ|", 1), "AE", 103, "ORC^1^1"),
     (lambda t: t.replace("ORC|NW|", "ORC||", 1), "AE", 101, "ORC^1^1"),
+    # A NUL is no HL7 text character, raw or escaped, wherever it is: 102 at its field (component when not the first).
+    (lambda t: t.replace("|ACC0001|", "|ACC\x000001|", 1), "AE", 102, "OBR^1^18"),
+    (lambda t: t.replace("^José", "^Jo\x00sé", 1), "AE", 102, "PID^1^5^1^2"),
+    (lambda t: t.replace("^José", "^Jo\\X00\\sé", 1), "AE", 102, "PID^1^5^1^2"),
+    (lambda t: t.replace("|MSG00001|", "|MSG\x0000001|", 1), "AE", 102, "MSH^1^10"),
+    (lambda t: t.replace("MSH|^~\\&|", "MSH|^~\x00&|", 1), "AE", 102, "MSH^1^2"),
+    (lambda t: t.replace("|19560412|", "|19560412\x00|", 1), "AE", 102, "PID^1^7"),
+    (lambda t: t.replace("\rPV1|", "\rP\x001|", 1), "AE", 102, ""),
 ])
 def test_refusals_name_the_field_never_its_value(mutate, ack_code, error_code, location):
     msg = OrderMessage()
@@ -127,6 +135,25 @@ def test_refusals_name_the_field_never_its_value(mutate, ack_code, error_code, l
         ack_code, error_code, location)
     for value in (msg.accession, msg.patient_id, "Núñez", msg.study_uid, "19560412", "1956-04-12"):
         assert value not in str(refusal.error)
+
+
+def test_a_nul_in_a_final_report_is_refused_and_never_echoed_raw():
+    oru = (b"MSH|^~\\&|RIS|HOSP|PACSFLOW|HOSP|20260101120000||ORU^R01|MSG\x00|P|2.5.1\r"
+           b"PID|1||PID1^^^HOSP^MR||DOE^JANE\rOBR|1|PLC1|FIL1|CTHEAD^CT Head||||||||||||||ACC1\r"
+           b"OBX|1|CWE|ICH\\X00\\^Intracranial hemorrhage^L||Y||||||F\r")
+    with pytest.raises(Hl7Refusal) as raw:
+        parse_report(oru, Hl7FieldMap())
+    assert (raw.value.error.error_code, raw.value.error.location) == (102, "MSH^1^10")
+    ack = build_ack(raw.value.header, "AE", application="PACSFLOW", facility="HOSP", error=raw.value.error)
+    assert b"\x00" not in ack and _segment(ack, "MSA")[2] == "MSG\\X00\\"
+    with pytest.raises(Hl7Refusal) as escaped:
+        parse_report(oru.replace(b"MSG\x00", b"MSG1"), Hl7FieldMap())
+    assert (escaped.value.error.error_code, escaped.value.error.location) == (102, "OBX^1^3")
+
+
+def test_a_tab_is_still_taken():
+    """Only the NUL is refused: other control characters PostgreSQL and SQLite both keep are left to the sender."""
+    assert _parse(OrderMessage(family="N\tz").encoded("orm231")).order.patient_name.startswith("N\tz^")
 
 
 def test_ack_v23_has_msa3_and_err1():

@@ -19,6 +19,11 @@ Steps, each with its own refusal:
    the field value on a bad sequence (patient data in logs) and reads \\X..\\ bytes as Latin-1 code points whatever
    MSH-18 says, so a UTF-8 ``\\XC3A9\\`` would become two characters.
 
+A NUL (U+0000) is no character of HL7 v2 text (ST/TX/FT/ID hold displayable characters; no character set of table
+0211 gives it a meaning), and neither SQL store could keep it the same way (PostgreSQL refuses it in text, SQLite
+cuts some readers off at it). Anywhere in the message, raw or as ``\\X00\\`` in a field that is read, it is a data type
+error: AE 102 with the ERR naming the field, before anything is stored.
+
 Error texts name fields, never their values.
 """
 
@@ -133,7 +138,8 @@ def read_header(raw: bytes) -> MessageHeader:
     sep = text[3]
     parts = text.split(sep)
     encoding = parts[1] if len(parts) > 1 else ""
-    if (len(encoding) != 4 or len(set(encoding + sep)) != 5 or any(c.isalnum() or c.isspace() for c in encoding + sep)):
+    if (len(encoding) != 4 or len(set(encoding + sep)) != 5
+            or any(c.isalnum() or c.isspace() or not c.isprintable() for c in encoding + sep)):
         raise Hl7MessageError(
             "MSH-2 encoding characters must be four distinct non-alphanumeric characters (normally ^~\\&) that differ "
             "from the field separator MSH-1", error_code=102, location="MSH^1^2")
@@ -177,7 +183,50 @@ def decode_message(raw: bytes, header: MessageHeader) -> str:
                               "declare the character set the sender uses in MSH-18", error_code=102,
                               location="MSH^1^18") from None
     segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
-    return "\r".join(segments)
+    text = "\r".join(segments)
+    if "\x00" in text:
+        location, name = _nul_location(text, header)
+        raise Hl7MessageError(f"{name} holds a NUL character, which HL7 text cannot carry", error_code=102,
+                              location=location)
+    return text
+
+
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _nul_location(text: str, header: MessageHeader) -> tuple[str, str]:
+    """(ERL location, field name) of the first NUL in decoded ER7 ``text`` (segments ended by ``\\r``).
+
+    ``PID^1^5`` / ``PID-5`` for a field; ``PID^1^5^1^2`` / ``PID-5.2`` when it is not in the first repetition and
+    component; ``('', 'a segment ID')`` when the segment has no valid ID to name.
+    """
+    pos = text.index("\x00")
+    start = text.rfind("\r", 0, pos) + 1
+    name, before = text[start:start + 3], text[start:pos]
+    if not _SEGMENT_ID.fullmatch(name) or len(before) < 3:
+        return "", "a segment ID"
+    sequence = 1 + sum(1 for segment in text[:start].split("\r") if segment[:3] == name)
+    fields = before.split(header.field_separator)
+    field_num = len(fields) - 1 + (name == "MSH")  # MSH-1 is the field separator itself
+    component, repetition = header.encoding_characters[0], header.encoding_characters[1]
+    if name == "MSH" and field_num <= 2:
+        return f"MSH^1^{max(field_num, 1)}", f"MSH-{max(field_num, 1)}"
+    repetitions = fields[-1].split(repetition)
+    rep, comp = len(repetitions), repetitions[-1].count(component) + 1
+    if (rep, comp) == (1, 1):
+        return f"{name}^{sequence}^{field_num}", f"{name}-{field_num}"
+    return f"{name}^{sequence}^{field_num}^{rep}^{comp}", f"{name}-{field_num}.{comp}"
+
+
+def _no_nul(value: str, location: str) -> str:
+    """``value``, refused (AE 102 at ``location``, an ERL) when an escape sequence decoded to a NUL."""
+    if "\x00" in value:
+        seg, sequence, field_num, *rest = location.split("^")
+        name = f"{seg}-{field_num}" + (f".{rest[1]}" if len(rest) > 1 and rest[1] != "1" else "")
+        raise Hl7MessageError(f"{name} holds \\X00\\, a NUL character, which HL7 text cannot carry", error_code=102,
+                              location=location)
+    return value
 
 
 class _Reader:
@@ -205,8 +254,9 @@ class _Reader:
         return ""
 
     def value(self, segment: str, field_num: int, component: int = 1, sub: int = 1) -> str:
-        return unescape(self.raw(segment, field_num, component, sub), self.header.field_separator,
+        text = unescape(self.raw(segment, field_num, component, sub), self.header.field_separator,
                         self.header.encoding_characters, self.codec).strip()
+        return _no_nul(text, f"{segment}^1^{field_num}" + (f"^1^{component}" if component > 1 else ""))
 
     def first(self, locations: list[str]) -> tuple[str, str]:
         """(value, location) of the first non-empty location; ('', first location) when all are empty."""
@@ -295,9 +345,11 @@ def unescape(value: str, field_separator: str, encoding_characters: str, codec: 
 def escape_text(text: str, header: MessageHeader) -> str:
     """Escape ``text`` for an ER7 field with the header's separators (the escape character first)."""
     component, repetition, esc, subcomponent = (header.encoding_characters[i] for i in range(4))
-    return (text.replace(esc, f"{esc}E{esc}").replace(header.field_separator, f"{esc}F{esc}")
-            .replace(component, f"{esc}S{esc}").replace(subcomponent, f"{esc}T{esc}")
-            .replace(repetition, f"{esc}R{esc}").replace("\r", " ").replace("\n", " "))
+    escaped = (text.replace(esc, f"{esc}E{esc}").replace(header.field_separator, f"{esc}F{esc}")
+               .replace(component, f"{esc}S{esc}").replace(subcomponent, f"{esc}T{esc}")
+               .replace(repetition, f"{esc}R{esc}").replace("\r", " ").replace("\n", " "))
+    # Other control characters (a NUL echoed from a refused message's MSH-10) go out as \\Xhh\\, never raw.
+    return _CONTROL.sub(lambda m: f"{esc}X{ord(m.group()):02X}{esc}", escaped)
 
 
 def _date(value: str, loc: str, length: int) -> str:
@@ -517,10 +569,11 @@ def parse_report(raw: bytes, field_map: Hl7FieldMap) -> ParsedReport:
 def _coded_findings(reader: _Reader, header: MessageHeader) -> tuple[tuple[str, bool], ...]:
     found: list[tuple[str, bool]] = []
     for index, segment in enumerate(seg for seg in reader.message if seg[0][0] == "OBX"):
-        def value(num: int, comp: int = 1, segment: object = segment) -> str:
+        def value(num: int, comp: int = 1, segment: object = segment, index: int = index) -> str:
             tree = _normalise(segment[num]) if num < len(segment) else [[[""]]]  # type: ignore[index, arg-type]
             raw = tree[0][comp - 1][0] if comp <= len(tree[0]) else ""
-            return unescape(raw, header.field_separator, header.encoding_characters, reader.codec).strip()
+            text = unescape(raw, header.field_separator, header.encoding_characters, reader.codec).strip()
+            return _no_nul(text, f"OBX^{index + 1}^{num}" + (f"^1^{comp}" if comp > 1 else ""))
 
         if value(2) not in ("CE", "CWE"):
             continue  # report text (TX, FT, ST): not a coded finding

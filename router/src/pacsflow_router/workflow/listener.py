@@ -126,7 +126,7 @@ class Hl7Handler:
             outcome = self._store.apply_hl7(parsed.store_key, parsed.order_control, parsed.order, make_ack)
         except (SQLAlchemyError, sqlite3.Error, OSError, PacsflowError) as exc:
             # Nothing was stored (the transaction rolled back), not even the control ID: a resend is processed anew.
-            # (The results store is down, or refused a value, e.g. PostgreSQL a NUL byte in a field.)
+            # (The results store is down or refused the change; a NUL, which PostgreSQL refuses, is AE 102 above.)
             log.error("HL7 order %s not stored: %s", parsed.order.key, type(exc).__name__)
             error = Hl7MessageError("the order could not be stored; resend the message later", error_code=207)
             metrics.HL7_MESSAGES.labels(_kind(parsed.message_type), "AE").inc()
