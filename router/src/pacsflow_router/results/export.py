@@ -569,6 +569,8 @@ class Outbox:
         thread then gets the interpreter to itself for the few milliseconds an ACK takes, instead of waiting for the
         GIL behind the SR (bench/worklist.py). A receiver that is down costs each critical study ``timeout`` at most.
         """
+        if self._thread is None:
+            return not any(self.pending(channel) for channel in channels)  # no sender thread: nothing would change
         deadline = time.monotonic() + timeout
         with self._progress:
             while any(self.pending(channel) for channel in channels):
