@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from pacsflow_router.errors import SpoolFullError, UnparseableInstanceError
-from pacsflow_router.ingest.spool import Spool
+from pacsflow_router.ingest.spool import Spool, parse_index_attributes
 from pacsflow_router.models import phantom
 from tests.peers.dicomfiles import part10
 
@@ -91,6 +91,31 @@ def test_recovery_drops_partial_files_and_indexes_complete_ones(tmp_path, study)
     assert {i.sop_instance_uid for i in reopened.instances(study[0].StudyInstanceUID)} == {
         study[0].SOPInstanceUID, study[1].SOPInstanceUID}
     assert not list((tmp_path / "instances").glob("*.part"))
+
+
+def test_an_index_commit_lost_to_power_loss_is_rebuilt_from_the_file(tmp_path, study):
+    """The instance's index commit skips the WAL fsync (synchronous=NORMAL): the fdatasync'ed file is the durable
+    copy, and a commit that power loss took back is as if it never happened; start-up re-indexes the file."""
+    spool = Spool(tmp_path, 0.999)
+    kept, lost = spool.store(part10(study[0])), spool.store(part10(study[1]))
+    assert spool.execute("PRAGMA synchronous") == [(2,)]  # FULL again for everything that is not an instance index
+    with spool.transaction() as db:  # undo the second instance's commit, as a lost WAL tail would
+        db.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (lost.sop_instance_uid,))
+        db.execute("UPDATE studies SET instance_count = 1")
+    spool.close()
+    reopened = Spool(tmp_path, 0.999)
+    assert [i.sop_instance_uid for i in reopened.instances(kept.study_uid)] == [
+        kept.sop_instance_uid, lost.sop_instance_uid]
+    assert reopened.instances(kept.study_uid)[1].path.read_bytes() == part10(study[1])
+    assert reopened.execute("SELECT instance_count FROM studies") == [(2,)]
+
+
+def test_store_received_writes_the_parts_in_order(tmp_path, study):
+    encoded = part10(study[2])
+    cut = 1000
+    stored = Spool(tmp_path, 0.999).store_received((encoded[:cut], memoryview(encoded)[cut:]),
+                                                   parse_index_attributes(encoded))
+    assert stored.path.read_bytes() == encoded and stored.size == len(encoded)
 
 
 def test_concurrent_stores_from_many_threads(tmp_path):

@@ -1,9 +1,14 @@
 """Durable on-disk staging of received instances: the C-STORE success status waits for :meth:`Spool.store`.
 
 Every instance is written exactly as received (Part-10 bytes: preamble, file meta, data set; never re-encoded) to a
-temporary file, fsync'ed, renamed to a random name, and the directory fsync'ed; only then is it indexed in SQLite
-(``state.db``: WAL, ``synchronous=FULL``) in the same transaction that moves its study's "last received" clock.
-When ``store`` returns, the instance survives ``kill -9`` and power loss, so the SCP may answer 0x0000.
+temporary file, fdatasync'ed, renamed to a random name, and the directory fsync'ed; only then is it indexed in SQLite
+(``state.db``, WAL) in the same transaction that moves its study's "last received" clock. When ``store`` returns,
+the instance survives ``kill -9`` and power loss, so the SCP may answer 0x0000.
+
+The instance's index commit runs with ``synchronous=NORMAL`` (no WAL fsync of its own): the file and its directory
+entry are already durable, and :meth:`Spool._recover` indexes every complete file the index lacks, so a commit lost
+to power loss is rebuilt from the files at start-up. Every other transaction on ``state.db`` (study state, results,
+MPPS, orders) stays ``synchronous=FULL``, and its WAL fsync also makes every earlier commit durable.
 
 File names are uuid4 hex, never derived from UIDs or tags (STYLE.md: no path built from received values).
 
@@ -36,7 +41,7 @@ from ..errors import SpoolFullError, UnparseableInstanceError
 log = logging.getLogger(__name__)
 
 # Only the attributes the index needs; parsing stops before Pixel Data so a 512 KB slice costs microseconds.
-_INDEX_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
+INDEX_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -126,15 +131,15 @@ def parse_index_attributes(encoded: bytes) -> tuple[str, str, str, str]:
         The bytes are not a DICOM file or lack one of the UIDs the spool indexes by.
     """
     try:
-        ds = pydicom.dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-        values = [ds.get(k) for k in _INDEX_TAGS]
+        ds = pydicom.dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
+        values = [ds.get(k) for k in INDEX_TAGS]
     # On hostile bytes pydicom raises almost anything (struct.error, ValueError, KeyError, EOFError, ...); every one
     # of them means "unparseable" and must become a 0xC000-range status, never a crashed association.
     except Exception as exc:  # noqa: BLE001
         raise UnparseableInstanceError(
             f"received data is not a parseable DICOM instance ({type(exc).__name__}); nothing was stored"
         ) from None
-    missing = [k for k, v in zip(_INDEX_TAGS[:3], values[:3], strict=True) if not v]
+    missing = [k for k, v in zip(INDEX_TAGS[:3], values[:3], strict=True) if not v]
     if missing:
         raise UnparseableInstanceError(f"received instance lacks {', '.join(missing)}; the spool cannot index it")
     return str(values[0]), str(values[1]), str(values[2]), str(values[3] or "")
@@ -174,9 +179,12 @@ class Spool:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def transaction(self) -> _Transaction:
-        """A locked ``BEGIN IMMEDIATE ... COMMIT`` block yielding the connection."""
-        return _Transaction(self._lock, self._db)
+    def transaction(self, *, durable: bool = True) -> _Transaction:
+        """A locked ``BEGIN IMMEDIATE ... COMMIT`` block yielding the connection.
+
+        ``durable=False`` commits with ``synchronous=NORMAL`` (only for what :meth:`_recover` rebuilds from files).
+        """
+        return _Transaction(self._lock, self._db, durable)
 
     def _migrate(self) -> None:
         """Bring a spool written by an older pacsflow up to the current schema (each step guarded, idempotent)."""
@@ -241,7 +249,8 @@ class Spool:
 
     def _index(self, attrs: tuple[str, str, str, str], path: Path, size: int, received_at: float) -> StoredInstance:
         study, series, sop, modality = attrs
-        with self.transaction() as db:
+        # Not durable on its own: the file is, and _recover re-indexes a file whose commit was lost (module doc).
+        with self.transaction(durable=False) as db:
             row = db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop,)).fetchone()
             if row is not None:
                 duplicate = True
@@ -296,7 +305,34 @@ class Spool:
             ``encoded`` does not parse as DICOM or lacks Study/Series/SOP Instance UID; nothing is stored.
         """
         self._check_watermark()
-        attrs = parse_index_attributes(encoded)
+        return self.store_received((encoded,), parse_index_attributes(encoded))
+
+    def store_received(self, parts: tuple[bytes | memoryview, ...], attributes: tuple[str, str, str, str]
+                       ) -> StoredInstance:
+        """Durably store one received instance given as consecutive byte strings and its index attributes.
+
+        The DICOM receiver's path (:mod:`.scp`): the Part-10 header it built and the data set as received, written
+        with one ``writev`` (no joined copy), and the attributes it read (:func:`.part10.index_attributes`).
+
+        Parameters
+        ----------
+        parts
+            The Part-10 file in pieces, written in order.
+        attributes
+            Study, series, SOP Instance UID and modality (as :func:`parse_index_attributes` returns them).
+
+        Returns
+        -------
+        StoredInstance
+            As :meth:`store`.
+
+        Raises
+        ------
+        SpoolFullError
+            As :meth:`store`.
+        """
+        self._check_watermark()
+        attrs = attributes
         existing = self._existing(attrs[2])
         if existing is not None:
             # Keep the first copy: it is already durable, and whatever used it (a running study) stays consistent.
@@ -305,11 +341,14 @@ class Spool:
         name = uuid.uuid4().hex
         part = self.instance_dir / (name + _TMP_SUFFIX)
         final = self.instance_dir / (name + _DATA_SUFFIX)
+        size = sum(len(p) for p in parts)
         try:
-            with open(part, "wb") as fh:
-                fh.write(encoded)
-                fh.flush()
-                os.fsync(fh.fileno())
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, parts)
+                os.fdatasync(fd)  # the data and the size; the name is made durable by the directory fsync below
+            finally:
+                os.close(fd)
             os.replace(part, final)
             _fsync_dir(self.instance_dir)
         except OSError as exc:
@@ -318,7 +357,7 @@ class Spool:
                 # The watermark was passed between the check and the write: same answer, 0xA700.
                 raise SpoolFullError("spool file system is full; free space in the spool directory") from None
             raise
-        stored = self._index(attrs, final, len(encoded), time.time())
+        stored = self._index(attrs, final, size, time.time())
         if stored.duplicate:
             # Another association raced us with the same SOP Instance UID; its copy won.
             final.unlink(missing_ok=True)
@@ -349,23 +388,48 @@ class Spool:
             self._db.close()
 
 
+def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:
+    """``writev`` until every byte of ``parts`` is written (a regular file may take fewer bytes per call)."""
+    pending = [memoryview(p) for p in parts if len(p)]
+    while pending:
+        written = os.writev(fd, pending)
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending.pop(0)
+        if pending and written:
+            pending[0] = pending[0][written:]
+
+
 class _Transaction:
-    def __init__(self, lock: threading.RLock, db: sqlite3.Connection) -> None:
+    def __init__(self, lock: threading.RLock, db: sqlite3.Connection, durable: bool = True) -> None:
         self._lock = lock
         self._db = db
+        self._durable = durable
 
     def __enter__(self) -> sqlite3.Connection:
         self._lock.acquire()
         try:
+            if not self._durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
         except BaseException:
-            self._lock.release()
+            try:
+                self._restore()
+            finally:
+                self._lock.release()
             raise
         return self._db
+
+    def _restore(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
             self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
-            self._lock.release()
+            try:
+                self._restore()
+            finally:
+                self._lock.release()
