@@ -472,6 +472,10 @@ def run(args: argparse.Namespace) -> dict:
             "non_sr_cstores_at_pacs": ledger.other,
             "last_image_to_sr_p50_s": _pct(latencies, 0.5),
             "last_image_to_sr_p95_s": _pct(latencies, 0.95),
+            "last_image_to_sr_p95_by_kind_s": {
+                kind: round(_pct([ledger.first[s.study_uid] - s.last_image for s in sent
+                                  if s.kind == kind and s.study_uid in ledger.first], 0.95), 3)
+                for kind in sorted(EXPECTS_SR)},
             "studies_with_errors": sum(1 for s in sent if s.errors),
             "first_errors": [f"{s.kind} #{s.number % 1_000_000}: {'; '.join(s.errors)}" for s in sent if s.errors][:5],
         }
