@@ -4,7 +4,8 @@ Ingress: the DICOM port (and the external AIs' results port) from ``allowedNetwo
 listener's own ``allowedNetworks``); both empty mean any address, as the router's own allow-lists do. The metrics
 port is open to scrapers (to ``metrics.allowedNetworks`` when set). Egress: DNS, the Kubernetes API server (the
 router watches its ConfigMap), the
-TritonCluster's pods, and each destination, HL7 receiver, worklist source and webhook, on its port; a peer named by an IP address is narrowed to that address
+TritonCluster's pods, and each destination, HL7 receiver, worklist source, webhook and the audit syslog collector, on
+its port; a peer named by an IP address is narrowed to that address
 (a host name cannot be, in a NetworkPolicy: that peer gets its port towards any address).
 """
 
@@ -73,6 +74,8 @@ def router_network_policy(name: str, spec: DicomRouterSpec, selector: dict[str, 
     if spec.mwl_source is not None:
         peers.append((spec.mwl_source.host, spec.mwl_source.port))
     peers += [_webhook_port(w.url) for w in spec.webhooks]
+    if spec.audit_syslog is not None:  # the audit collector (syslog over TLS)
+        peers.append((spec.audit_syslog.host, spec.audit_syslog.port))
     for host, port in dict.fromkeys(peers):  # in spec order, once each
         egress.append(_to_host(host, port))
     return {

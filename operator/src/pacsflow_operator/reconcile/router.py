@@ -15,12 +15,14 @@ from typing import Any
 # Only the config module of the router (import-linter contract); ConfigError is re-exported by it.
 from pacsflow_router.config import (
     Audit,
+    AuditSyslog,
     ConfigError,
     ConfigMapRef,
     DicomTls,
     Inference,
     Metrics,
     RoutingConfig,
+    TlsClient,
     TlsServer,
     UseCase,
     parse_config,
@@ -40,6 +42,8 @@ DICOM_TLS_DIR = "/etc/pacsflow-tls/dicom"
 #: Where ``spec.metrics.tlsSecretName`` (tls.crt, tls.key) and ``spec.metrics.bearerTokenSecret`` are mounted.
 METRICS_TLS_DIR = "/etc/pacsflow-tls/metrics"
 METRICS_TOKEN_DIR = "/etc/pacsflow-tls/metrics-token"
+#: Where ``spec.auditSyslog.tlsSecretName`` (ca.crt; tls.crt, tls.key for mutual TLS) is mounted.
+AUDIT_SYSLOG_TLS_DIR = "/etc/pacsflow-tls/audit-syslog"
 #: Answered 200 without the scrape token (pacsflow_router.metricsendpoint.HEALTH_PATH): the liveness probe's path.
 HEALTH_PATH = "/healthz"
 EMBEDDED_MODEL_REPOSITORY = "/opt/pacsflow/model_repository"
@@ -119,7 +123,7 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         completion=spec.completion,
         destinations=list(spec.destinations),
         inference=inference,
-        audit=Audit(url=f"sqlite:///{DATA_DIR}/audit.db"),
+        audit=Audit(url=f"sqlite:///{DATA_DIR}/audit.db", syslog=_audit_syslog(name, spec)),
         metrics=_metrics(spec),
         hl7_listener=spec.hl7_listener.model_copy(update={"bind_address": "0.0.0.0"}) if spec.hl7_listener else None,
         mwl_source=spec.mwl_source,
@@ -160,9 +164,23 @@ def _metrics(spec: DicomRouterSpec) -> Metrics:
     )
 
 
-def _metrics_secrets(spec: DicomRouterSpec) -> list[tuple[str, str, dict[str, Any]]]:
-    """(volume name, mount path, secret volume source) of the metrics port's Secrets; whole-directory mounts, no
-    subPath, so rotated Secrets reach the pod."""
+def _audit_syslog(name: str, spec: DicomRouterSpec) -> AuditSyslog | None:
+    """The routing config's ``audit.syslog``: the collector, the files of the mounted ``spec.auditSyslog`` Secret, and
+    the DicomRouter's name as the AuditSourceID unless the spec names one."""
+    a = spec.audit_syslog
+    if a is None:
+        return None
+    return AuditSyslog(
+        host=a.host, port=a.port, audit_source_id=a.audit_source_id or name[:64], retry_seconds=a.retry_seconds,
+        tls=TlsClient(ca_file=f"{AUDIT_SYSLOG_TLS_DIR}/ca.crt", server_name=a.server_name, min_version=a.min_version,
+                      cert_file=f"{AUDIT_SYSLOG_TLS_DIR}/tls.crt" if a.client_certificate else None,
+                      key_file=f"{AUDIT_SYSLOG_TLS_DIR}/tls.key" if a.client_certificate else None),
+    )
+
+
+def _tls_secrets(spec: DicomRouterSpec) -> list[tuple[str, str, dict[str, Any]]]:
+    """(volume name, mount path, secret volume source) of the metrics port's and the audit collector's Secrets;
+    whole-directory mounts, no subPath, so rotated Secrets reach the pod."""
     m = spec.metrics
     out: list[tuple[str, str, dict[str, Any]]] = []
     if m is not None and m.tls_secret_name:
@@ -171,6 +189,9 @@ def _metrics_secrets(spec: DicomRouterSpec) -> list[tuple[str, str, dict[str, An
         ref = m.bearer_token_secret
         out.append(("metrics-token", METRICS_TOKEN_DIR, {"secretName": ref.secret_name, "defaultMode": 0o440,
                                                          "items": [{"key": ref.key, "path": ref.key}]}))
+    if spec.audit_syslog is not None:
+        out.append(("audit-syslog-tls", AUDIT_SYSLOG_TLS_DIR,
+                    {"secretName": spec.audit_syslog.tls_secret_name, "defaultMode": 0o440}))
     return out
 
 
@@ -396,7 +417,7 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             *({"name": f"secret-{i}", "mountPath": m.mount_path, "readOnly": True}
               for i, m in enumerate(spec.secret_mounts)),
             *([{"name": "dicom-tls", "mountPath": DICOM_TLS_DIR, "readOnly": True}] if spec.dicom_tls else []),
-            *({"name": vol, "mountPath": path, "readOnly": True} for vol, path, _ in _metrics_secrets(spec)),
+            *({"name": vol, "mountPath": path, "readOnly": True} for vol, path, _ in _tls_secrets(spec)),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -425,7 +446,7 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
             # No subPath: the kubelet refreshes a rotated Secret only in whole-directory mounts.
             *([{"name": "dicom-tls", "secret": {"secretName": spec.dicom_tls.secret_name, "defaultMode": 0o440}}]
               if spec.dicom_tls else []),
-            *({"name": vol, "secret": source} for vol, _, source in _metrics_secrets(spec)),
+            *({"name": vol, "secret": source} for vol, _, source in _tls_secrets(spec)),
         ],
     }
     # Recreate: a rolling update would run two pods at once (split studies, RWO spool on two nodes).

@@ -185,6 +185,34 @@ class RouterMetrics(_Model):
     """Scraper (and node) address blocks accepted on the metrics port; others are closed unread. Empty: any."""
 
 
+class RouterAuditSyslog(_Model):
+    """The router's tamper-evident audit chain forwarded to the hospital's ATNA audit record repository (a syslog
+    collector) as DICOM audit messages (PS3.15 A.5), RFC 5424 over TLS (RFC 5425), from a durable cursor.
+
+    The Secret (``tlsSecretName``) holds ``ca.crt``, the CA bundle that verifies the collector, and for mutual TLS
+    ``tls.crt`` and ``tls.key`` (cert-manager's layout). It is mounted read-only as a whole directory at
+    ``/etc/pacsflow-tls/audit-syslog``; each new connection to the collector reads it again, so a rotation applies
+    from the next reconnect.
+    """
+
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
+    """Collector host name or IP address (the router's NetworkPolicy allows egress to it on ``port``)."""
+    port: Port = 6514
+    """Collector port (6514: syslog over TLS)."""
+    tls_secret_name: Name
+    """Secret with ``ca.crt`` (and ``tls.crt``/``tls.key`` when ``clientCertificate``), same namespace."""
+    client_certificate: bool = False
+    """Present the Secret's ``tls.crt``/``tls.key`` to the collector (mutual TLS)."""
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    """Name the collector's certificate must carry (default: ``host``)."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Oldest TLS version offered."""
+    audit_source_id: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$")
+    """AuditSourceID of the messages (and the syslog HOSTNAME); the DicomRouter's name when unset."""
+    retry_seconds: float = Field(default=5.0, gt=0)
+    """Wait after a failed send before the next try (records wait in the results store meanwhile)."""
+
+
 class DicomRouterSpec(_Model):
     """A DICOM router: a C-STORE SCP that runs AI use cases on complete studies and sends results on."""
 
@@ -225,6 +253,8 @@ class DicomRouterSpec(_Model):
     """Port of the router's Prometheus /metrics endpoint."""
     metrics: RouterMetrics | None = None
     """TLS, bearer token and allow-list of the metrics port (plain, open to any address when unset)."""
+    audit_syslog: RouterAuditSyslog | None = None
+    """Forward the audit chain to a syslog collector (ATNA) over TLS; the audit stays in the pod only when unset."""
     hl7_listener: Hl7Listener | None = None
     """HL7 v2 order listener (MLLP, and ``POST /hl7/orm`` when ``httpPort`` is set); off when unset. The router's
     Service exposes its ports."""
