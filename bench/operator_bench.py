@@ -4,7 +4,9 @@
 
 1. Starts etcd + kube-apiserver + kube-controller-manager v1.34 (tests/peers/cluster.py; or uses
    ``--kubeconfig``), applies the generated CRDs, runs ``pacsflow-operator`` as its own process.
-2. Creates the routers and use cases; time until every router's ConfigMap holds all its use cases.
+2. Creates the routers and use cases; time until every router's ConfigMap holds all its use cases (from the first
+   create, and after the last create returned), the operator's CPU seconds and the requests the burst cost the API
+   server (its own ``apiserver_request_total``, the bench's creates excluded).
 3. Mode edits one at a time (silent <-> assistive): time from the PATCH returning to the router's
    ConfigMap carrying the new mode, seen through a watch (p50/p95). The peer run in the same process is
    a plain ConfigMap PATCH round trip on the same API server: the ratio says how much the operator adds.
