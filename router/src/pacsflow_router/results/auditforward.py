@@ -9,7 +9,15 @@ nothing moves and the next try comes ``retrySeconds`` later.
 Syslog over TLS has no application acknowledgement (RFC 5425), so bytes the kernel accepted just before the
 collector died can be lost in flight; on every new connection the forwarder therefore sends again the last
 :data:`REPLAY` records before the cursor. Delivery is at least once: a collector deduplicates by the chain record
-id (``ParticipantObjectID`` ``audit-chain:<id>``), the same id two routers on one database may both send.
+id (``ParticipantObjectID`` ``audit-chain:<id>``).
+
+One chain, one cursor, one sender: routers that share a PostgreSQL results store share its chain and its cursor, so
+only the holder of a session advisory lock (:data:`LOCK_KEY`, on a connection kept for it) forwards; the others
+stand by and try for the lock every ``retrySeconds``. Without it every router sent every record (and raced on the
+cursor). The owner gives the lock up when it stops, when the collector fails (another router may reach it) and when
+its database session is lost (the server frees the lock; the owner notices on its next round, before it sends); the
+next owner's first connection replays as above, so a handover costs at most :data:`REPLAY` duplicates. A SQLite store
+belongs to one router pod (its volume is ReadWriteOnce), so there is nothing to share and no lock.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ import select as io_select
 import socket
 import ssl
 import threading
+import zlib
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import AuditSyslog
@@ -37,6 +46,8 @@ BATCH = 500
 #: Records sent again on each new connection (see the module docstring).
 REPLAY = 50
 POLL_SECONDS = 0.5
+#: ``pg_try_advisory_lock(key1, key2)`` of the syslog forwarder: "pacs" and the CRC-32 of the cursor's name.
+LOCK_KEY = (0x70616373, zlib.crc32(b"audit_forward:" + NAME.encode()) & 0x7FFFFFFF)
 
 
 class AuditForwarder:
@@ -56,6 +67,55 @@ class AuditForwarder:
         self._context = client_context(cfg.tls)
         self._sock: ssl.SSLSocket | None = None
         self._thread: threading.Thread | None = None
+        self._shared = engine.dialect.name == "postgresql"
+        self._lock_conn: Connection | None = None
+        self._lock_pid: int | None = None
+
+    @property
+    def owner(self) -> bool:
+        """Whether this forwarder holds the store's forwarding lock (always, on a store that is not shared)."""
+        return not self._shared or self._lock_conn is not None
+
+    def _own(self) -> bool:
+        """Keep or take the forwarding lock; False while another router holds it.
+
+        The lock is a PostgreSQL session advisory lock on a connection of its own (autocommit: no transaction stays
+        open). A kept lock is checked by the backend PID of that connection: a new PID means the session, and with
+        it the lock, was lost.
+        """
+        if not self._shared:
+            return True
+        if self._lock_conn is not None:
+            try:
+                if self._lock_conn.execute(text("SELECT pg_backend_pid()")).scalar() == self._lock_pid:
+                    return True
+            except SQLAlchemyError:
+                pass
+            log.warning("audit forwarding lost its database session and with it the forwarding lock")
+            self.close()  # another router may be sending by now: reconnect (and replay) only as the owner again
+            self.release()
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k1, :k2), pg_backend_pid()"),
+                               {"k1": LOCK_KEY[0], "k2": LOCK_KEY[1]}).one()
+        except BaseException:
+            conn.close()
+            raise
+        if not got[0]:
+            conn.close()
+            return False
+        self._lock_conn, self._lock_pid = conn, int(got[1])
+        log.info("audit forwarding to %s:%d: this router now sends the shared audit chain", self.cfg.host,
+                 self.cfg.port)
+        return True
+
+    def release(self) -> None:
+        """Give the forwarding lock up: the lock's connection is discarded, not pooled, so its session (and the
+        lock) ends even when the database cannot be reached."""
+        conn, self._lock_conn, self._lock_pid = self._lock_conn, None, None
+        if conn is not None:
+            conn.invalidate()
+            conn.close()
 
     def cursor(self) -> int:
         """The last chain id sent (0: none)."""
@@ -73,6 +133,8 @@ class AuditForwarder:
                 conn.execute(insert(AUDIT_FORWARD).values(name=NAME, last_id=last_id, updated_at=now))
 
     def _connect(self) -> ssl.SSLSocket:
+        # The CA bundle and client certificate are read again for each connection: a rotated Secret applies.
+        self._context = client_context(self.cfg.tls)
         raw = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -111,7 +173,8 @@ class AuditForwarder:
         Returns
         -------
         int
-            Records sent (replayed ones included); 0 when there was nothing to send.
+            Records sent (replayed ones included); 0 when there was nothing to send or another router holds the
+            forwarding lock (see :attr:`owner`).
 
         Raises
         ------
@@ -121,17 +184,20 @@ class AuditForwarder:
         """
         if self._sock is not None and self._peer_closed(self._sock):
             self.close()
+        if not self._own():
+            return 0
         cursor = self.cursor()
         fresh = self._sock is None
         rows = chain.records(self.engine, after=max(0, cursor - REPLAY) if fresh else cursor, limit=BATCH)
         if not rows or rows[-1]["id"] <= cursor:
             return 0  # nothing new: a replay alone is not worth a connection
-        if self._sock is None:
-            self._sock = self._connect()
         try:
+            if self._sock is None:
+                self._sock = self._connect()
             self._sock.sendall(b"".join(atna.syslog_frame(r, source_id=self.cfg.audit_source_id) for r in rows))
         except OSError:
             self.close()
+            self.release()  # another router may reach the collector
             raise
         self._advance(int(rows[-1]["id"]))
         return len(rows)
@@ -152,9 +218,12 @@ class AuditForwarder:
             if failing:
                 log.info("audit syslog collector %s:%d reachable again", self.cfg.host, self.cfg.port)
                 failing = False
-            if sent < BATCH:
+            if not self.owner:
+                stop.wait(self.cfg.retry_seconds)  # standby: another router sends
+            elif sent < BATCH:
                 stop.wait(POLL_SECONDS)
         self.close()
+        self.release()
 
     def start(self, stop: threading.Event) -> AuditForwarder:
         """Run :meth:`run` on a daemon thread; returns self."""
