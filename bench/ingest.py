@@ -3,9 +3,12 @@
 ``python -m bench ingest`` (or ``python -m bench.ingest``):
 
 1. N (default 300) 512x512 int16 CT instances (512 KB each, from :mod:`pacsflow_router.models.phantom`) sent by dcmtk
-   ``storescu`` over ONE association to (a) the router's :class:`~pacsflow_router.ingest.scp.DicomReceiver` writing the
-   durable spool (fsync per instance + SQLite WAL commit), (b) dcmtk ``storescp`` writing files (no fsync),
-   (c) Orthanc (SQLite index, ``SyncStorageArea`` on). Instances/s, MB/s and the router's ratio to each peer.
+   ``storescu`` over ONE association, then split over 4 concurrent associations (4 ``storescu`` at once), to (a) the
+   router's :class:`~pacsflow_router.ingest.scp.DicomReceiver` writing the durable spool (fdatasync per instance and
+   its directory entry, before Success), (b) dcmtk ``storescp`` writing files (no fsync; ``--fork`` for the
+   concurrent run), (c) Orthanc with ``SyncStorageArea`` pinned on (it fsyncs every instance before Success, so it
+   makes the router's promise). Instances/s, MB/s and the router's ratio to each peer, per round (``--rounds``:
+   the machine may be shared; the spread between rounds says how far to trust one).
 2. Router RSS while one association delivers a 2,000-instance study (64x64, small on purpose): RSS at 25/50/75/100 %
    and the peak. It must stay flat (nothing per instance is kept in memory).
 
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -120,6 +125,8 @@ class OrthancProcess:
             "Name": "pacsflow-bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
             "DicomAet": self.ae_title, "DicomPort": self.port, "HttpPort": self.http_port,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
+            # Pinned, not left to the default of the installed version: Success only once the file is fsync'ed.
+            "SyncStorageArea": True,
         }))
         self._log = open(self.workdir / "orthanc.log", "wb")  # closed in __exit__
         self.proc = subprocess.Popen(["Orthanc", str(config)], env=dcmtk_env(), stdout=self._log,
@@ -172,16 +179,51 @@ def send(port: int, called: str, files: list[Path], progress: dict[int, Callable
     return elapsed
 
 
-def throughput(files: list[Path], work: Path) -> list[tuple[str, float]]:
-    """Seconds to receive ``files`` for each receiver."""
-    results = []
+def send_concurrently(port: int, called: str, files: list[Path], associations: int) -> float:
+    """``files`` split over ``associations`` storescu processes started together; seconds until the last is done."""
+    shares = [files[i::associations] for i in range(associations)]
+    with ThreadPoolExecutor(associations) as pool:
+        started = time.perf_counter()
+        for future in [pool.submit(send, port, called, share) for share in shares]:
+            future.result()  # raises what a sender raised
+        return time.perf_counter() - started
+
+
+ROUTER = "router (durable spool)"
+STORESCP = "dcmtk storescp (no fsync)"
+ORTHANC = "Orthanc (SyncStorageArea on)"
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()  # children: storescp --fork's association processes, once reaped
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def throughput(files: list[Path], work: Path, associations: int) -> dict[str, tuple[float, float]]:
+    """(seconds, receiver CPU seconds) to receive ``files`` for each receiver, over ``associations`` associations.
+
+    CPU time depends far less on what else the machine runs than wall time does: on a shared machine it says
+    more about the cost per instance.
+    """
+    def deliver(pid: int, port: int, called: str) -> tuple[float, float]:
+        proc = psutil.Process(pid)
+        cpu = _cpu_seconds(proc)
+        if associations == 1:
+            seconds = send(port, called, files)
+        else:
+            seconds = send_concurrently(port, called, files, associations)
+        return seconds, _cpu_seconds(proc) - cpu
+
+    results = {}
     with RouterProcess(work / "router-spool") as router:
-        results.append(("router (fsync'ed spool + SQLite)", send(router.port, router.ae_title, files)))
+        results[ROUTER] = deliver(router.proc.pid, router.port, router.ae_title)
     port = _free_port()
-    with StoreSCP(work / "storescp", port):
-        results.append(("dcmtk storescp (files, no fsync)", send(port, "STORESCP", files)))
+    with StoreSCP(work / "storescp", port, fork=associations > 1) as storescp:
+        assert storescp.proc is not None
+        results[STORESCP] = deliver(storescp.proc.pid, port, "STORESCP")
     with OrthancProcess(work / "orthanc") as orthanc:
-        results.append(("Orthanc 1.x (SQLite index)", send(orthanc.port, orthanc.ae_title, files)))
+        assert orthanc.proc is not None
+        results[ORTHANC] = deliver(orthanc.proc.pid, orthanc.port, orthanc.ae_title)
     return results
 
 
@@ -213,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300, help="512 KB instances per receiver")
     parser.add_argument("--rss-instances", type=int, default=2000, help="instances of the RSS study")
+    parser.add_argument("--associations", type=int, default=4, help="concurrent associations of the second run")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the throughput runs (spread on a busy machine)")
     parser.add_argument("--serve", metavar="SPOOL_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.serve:
@@ -223,17 +267,32 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         files = make_instances(work / "ct512", args.instances, 512)
         mb = sum(os.path.getsize(f) for f in files) / 1e6
-        results = throughput(files, work)
+        runs = []
+        for round_ in range(args.rounds):
+            for associations in (1, args.associations):
+                runs.append((round_ + 1, associations, throughput(files, work / f"r{round_}-a{associations}",
+                                                                  associations)))
         small = make_instances(work / "ct64", args.rss_instances, 64)
         marks, peak, start = rss_profile(small, work)
 
-    router_rate = args.instances / results[0][1]
-    print(f"\nIngest: {args.instances} CT instances of {mb / args.instances:.2f} MB over one association "
-          "(storescu, TCP_NODELAY=1)")
-    print(f"{'receiver':36} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'router/this':>12}")
-    for name, seconds in results:
-        rate = args.instances / seconds
-        print(f"{name:36} {seconds:8.2f} {rate:8.1f} {mb / seconds:8.1f} {router_rate / rate:12.2f}")
+    print(f"\nIngest: {args.instances} CT instances of {mb / args.instances:.2f} MB (storescu, TCP_NODELAY=1); "
+          "router/this > 1 means the router is faster")
+    print(f"{'round':>5} {'assocs':>6}  {'receiver':30} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'router/this':>12}"
+          f" {'CPU ms/inst':>12}")
+    ratios: dict[tuple[int, str], list[float]] = {}
+    for round_, associations, results in runs:
+        router_seconds = results[ROUTER][0]
+        for name, (seconds, cpu) in results.items():
+            rate = args.instances / seconds
+            ratio = seconds / router_seconds
+            ratios.setdefault((associations, name), []).append(ratio)
+            print(f"{round_:5} {associations:6}  {name:30} {seconds:8.2f} {rate:8.1f} {mb / seconds:8.1f} "
+                  f"{ratio:12.2f} {cpu * 1000 / args.instances:12.2f}")
+    print("\nrouter/peer throughput over the rounds (min / median / max):")
+    for (associations, name), values in ratios.items():
+        if name != ROUTER:
+            print(f"  {associations} association(s) vs {name:30} {min(values):5.2f} / {statistics.median(values):5.2f}"
+                  f" / {max(values):5.2f}")
     print(f"\nRouter RSS while receiving a {args.rss_instances}-instance study (64x64) over one association")
     print(f"{'progress':36} {'RSS MB':>8}")
     print(f"{'start':36} {start / 2**20:8.1f}")

@@ -102,16 +102,18 @@ class StoreSCP:
     Use as a context manager; the process is stopped by its PID on exit.
     """
 
-    def __init__(self, out_dir: Path, port: int, ae_title: str = "STORESCP") -> None:
+    def __init__(self, out_dir: Path, port: int, ae_title: str = "STORESCP", *, fork: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.port = port
         self.ae_title = ae_title
+        self.fork = fork  # --fork: one child process per association (several at once); else one at a time
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> StoreSCP:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # storescp (dcmtk 3.6.7) writes files without fsync and cannot bind to one address: it listens on all.
-        cmd = ["storescp", "-aet", self.ae_title, "-od", str(self.out_dir), "--accept-all", str(self.port)]
+        cmd = ["storescp", "-aet", self.ae_title, "-od", str(self.out_dir), "--accept-all",
+               *(["--fork"] if self.fork else []), str(self.port)]
         self.proc = subprocess.Popen(cmd, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for_port(self.port)
         return self
