@@ -21,6 +21,7 @@ not decoded ahead (an amendment loads them itself).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from . import metrics
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 #: Decoded pixels held at most (bytes): about 4,000 512x512 16-bit slices, a dozen large head CTs.
 DEFAULT_MAX_BYTES = 1 << 31
+# Decoding is pydicom's Python code, which holds the interpreter lock; an association thread coming back from a
+# socket read or an fsync waits for it (up to sys.getswitchinterval(), 5 ms) before it can answer the next C-STORE.
+# A pause after each instance (about 1 ms of decoding) gives the lock back at once; the decoder still keeps up with
+# several hundred instances a second.
+PAUSE_SECONDS = float(os.environ.get("PACSFLOW_PREDECODE_PAUSE", "0.002"))
 # Index rows read per query.
 _BATCH = 64
 
@@ -47,12 +53,17 @@ class Predecoder:
         Most decoded pixel bytes held; beyond it instances are left to the pipeline.
     poll_seconds : float
         How often the index is read when no store woke the thread (:meth:`wake`).
+    pause_seconds : float
+        Sleep after each decoded instance (:data:`PAUSE_SECONDS`), so that the association threads get the
+        interpreter back at once.
     """
 
-    def __init__(self, tracker: StudyTracker, *, max_bytes: int = DEFAULT_MAX_BYTES, poll_seconds: float = 1.0):
+    def __init__(self, tracker: StudyTracker, *, max_bytes: int = DEFAULT_MAX_BYTES, poll_seconds: float = 1.0,
+                 pause_seconds: float = PAUSE_SECONDS):
         self._tracker = tracker
         self.max_bytes = max_bytes
         self.poll_seconds = poll_seconds
+        self.pause_seconds = pause_seconds
         self._lock = threading.Lock()
         self._ready: dict[str, tuple[str, DecodedInstance]] = {}  # path -> (study UID, decoded instance)
         self._bytes = 0
@@ -131,6 +142,8 @@ class Predecoder:
                     self._ready[path] = (study_uid, item)
                     self._set_bytes(self._bytes + item.nbytes)
                 decoded += 1
+                if self.pause_seconds:
+                    self._stop.wait(self.pause_seconds)
         return decoded
 
     def _run(self) -> None:
