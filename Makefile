@@ -68,13 +68,27 @@ cluster-bins:
 helm:
 	scripts/cluster.sh helm
 
-## A real control plane in the background for development: writes .cluster/kubeconfig
-cluster-up: venv system-deps cluster-bins
+## A real control plane and one node (containerd, kubelet; the images of `make images`) in the background: writes .cluster/kubeconfig
+cluster-up: venv system-deps node-deps cluster-bins
 	scripts/cluster.sh up
 
-## Stops the control plane started by cluster-up (by PID)
+## Stops the node and the control plane started by cluster-up (by PID) and removes what the node made
 cluster-down:
 	scripts/cluster.sh down
+
+.PHONY: node-deps images node-bins
+## Debian's buildah, debootstrap, containerd, runc, CNI plugins, iptables, conntrack (images and the node, docs/pods.md)
+node-deps:
+	scripts/install-node-deps.sh
+
+## Router, operator and Triton-CPU images: buildah bud of the Dockerfiles on a local debootstrap'd bookworm base,
+## version-tagged, cached layers, exported for `ctr images import` under ${PACSFLOW_CACHE:-~/.cache/pacsflow}/images
+images: node-deps
+	scripts/images.sh archive
+
+## kube-scheduler, kubelet and kube-proxy built from the Go module proxy into the control plane's cache (nice 19, -p 1)
+node-bins:
+	scripts/cluster.sh node-bins
 
 .PHONY: node-peers
 ## The independent DIMSE peer playing the modality's MPPS SCU: npm dcmjs-dimse into the cache (tests/peers/modality.js)

@@ -4,9 +4,10 @@
 #   scripts/cluster.sh bins   build kube-apiserver + kube-controller-manager (cached, outside the repo)
 #   scripts/cluster.sh node-bins  build kube-scheduler + kubelet + kube-proxy (same cache; docs/pods.md)
 #   scripts/cluster.sh helm   build helm v3 into the same cache
-#   scripts/cluster.sh up     start etcd + kube-apiserver + kube-controller-manager in the background;
+#   scripts/cluster.sh up     start etcd + kube-apiserver + kube-controller-manager in the background, then a
+#                             node (containerd, kubelet, kube-scheduler, kube-proxy; images from scripts/images.sh);
 #                             writes .cluster/kubeconfig (PIDs and logs in .cluster/)
-#   scripts/cluster.sh down   stop them by the recorded PIDs
+#   scripts/cluster.sh down   stop them by the recorded PIDs and remove what the node made
 #   scripts/cluster.sh path   print the binary cache directory
 #
 # Environment: PACSFLOW_CACHE (default ~/.cache/pacsflow), PACSFLOW_GO_JOBS (default 2: the build
@@ -91,16 +92,22 @@ case "${1:-}" in
   helm) build_helm ;;
   up)
     build_bins "${CONTROL_PLANE[@]}"
+    GO_JOBS=1 GO_NICE=19 build_bins "${NODE[@]}"
     cd "$REPO"
-    exec "$PY" -m tests.peers.cluster up "$CLUSTER_DIR"
+    mapfile -t archives < <(scripts/images.sh archive)
+    # The control plane on the node's bridge address, then the node: containerd + CNI bridge, the images in
+    # containerd's k8s.io namespace, kubelet, kube-scheduler, kube-proxy (docs/pods.md).
+    exec "$PY" -m tests.peers.node up "$CLUSTER_DIR" "${archives[@]}"
     ;;
   down)
     cd "$REPO"
+    # The node first (pods, mounts, netns, bridge, iptables, containerd state), then the control plane.
+    "$PY" -m tests.peers.node down "$CLUSTER_DIR"
     exec "$PY" -m tests.peers.cluster down "$CLUSTER_DIR"
     ;;
   path) echo "$BIN" ;;
   *)
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,15p' "$0" >&2
     exit 2
     ;;
 esac

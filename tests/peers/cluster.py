@@ -204,7 +204,7 @@ def _name(common_name: str, organization: str | None = None) -> x509.Name:
     return x509.Name(attributes)
 
 
-def generate_pki(directory: Path) -> Pki:
+def generate_pki(directory: Path, address: str = "127.0.0.1") -> Pki:
     """Write a throwaway CA, serving and client certificates and a service-account key pair.
 
     ECDSA P-256 throughout: generated in milliseconds, accepted by every component.
@@ -232,7 +232,7 @@ def generate_pki(directory: Path) -> Pki:
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        *{x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", address)},
         x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
         x509.DNSName("localhost"),
         x509.DNSName("kubernetes"),
@@ -490,7 +490,7 @@ class ControlPlane:
 
 
 def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None,
-          timeout: float = 120.0) -> ControlPlane:
+          timeout: float = 120.0, address: str = "127.0.0.1") -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager on free loopback ports.
 
     Parameters
@@ -505,6 +505,9 @@ def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None
         the cached ones (:func:`ensure_binaries`). etcd is Debian's ``etcd`` from ``PATH``.
     timeout : float
         Seconds each component gets to become ready.
+    address : str
+        Where kube-apiserver listens and what it advertises. Loopback by default; a node's bridge address
+        (``tests.peers.node.NODE_IP``) when pods must reach it through the ``kubernetes`` Service.
 
     Returns
     -------
@@ -520,12 +523,12 @@ def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None
     workdir = workdir.resolve()
     for sub in ("logs", "pids"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
-    pki = generate_pki(workdir / "pki")
+    pki = generate_pki(workdir / "pki", address)
     etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
     cp = ControlPlane(
         workdir=workdir,
         kubeconfig=workdir / "kubeconfig",
-        server_url=f"https://127.0.0.1:{api_port}",
+        server_url=f"https://{address}:{api_port}",
         etcd_url=f"http://127.0.0.1:{etcd_port}",
     )
     write_kubeconfig(cp.kubeconfig, cp.server_url, pki)
@@ -551,8 +554,8 @@ def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None
 
         cp._spawn("kube-apiserver", [
             str(binaries / "kube-apiserver"),
-            "--advertise-address=127.0.0.1",
-            "--bind-address=127.0.0.1",
+            f"--advertise-address={address}",
+            f"--bind-address={address}",
             f"--secure-port={api_port}",
             f"--etcd-servers={cp.etcd_url}",
             f"--cert-dir={workdir / 'pki'}",
@@ -567,7 +570,7 @@ def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None
             "--allow-privileged=true",
             # The `kubernetes` Service cannot point at a loopback address (the Endpoints would be
             # invalid and the reconciler logs an error every 10 s); nothing here runs in a Pod.
-            "--endpoint-reconciler-type=none",
+            "--endpoint-reconciler-type=none" if address == "127.0.0.1" else "--endpoint-reconciler-type=lease",
             "--profiling=false",
             "--v=1",
         ], detached=detached)
@@ -632,8 +635,8 @@ def _read_pids(workdir: Path) -> dict[str, int]:
     return pids
 
 
-def up(workdir: Path) -> int:
-    """``make cluster-up``: start a detached control plane in ``workdir`` unless one runs there."""
+def up(workdir: Path, address: str = "127.0.0.1") -> int:
+    """``make cluster-up``: start a detached control plane in ``workdir`` unless one runs there (see :func:`start`)."""
     running = {c: p for c, p in _read_pids(workdir).items() if pid_alive(p, c)}
     if len(running) == len(COMPONENTS):
         print(f"control plane already running; KUBECONFIG={workdir.resolve() / 'kubeconfig'}")
@@ -645,7 +648,7 @@ def up(workdir: Path) -> int:
         path = workdir / stale
         if path.exists():
             subprocess.run(["rm", "-rf", "--", str(path)], check=True)
-    cp = start(workdir, detached=True)
+    cp = start(workdir, detached=True, address=address)
     print(f"kube-apiserver {K8S_VERSION} ready at {cp.server_url}")
     print(f"export KUBECONFIG={cp.kubeconfig}")
     print(f"logs: {workdir.resolve() / 'logs'}; stop with: make cluster-down")
