@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import stat
 import subprocess
 import threading
 
@@ -16,6 +15,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from pacsflow_router.config import parse_config
+from pacsflow_router.ingest import reactor
 from pacsflow_router.ingest.reactor import EventDrivenSocket
 from pacsflow_router.ingest.scp import DicomReceiver
 from pacsflow_router.ingest.spool import Spool
@@ -29,18 +29,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _pipes() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += stat.S_ISFIFO(os.stat(f"/proc/self/fd/{fd}").st_mode)
-        except OSError:
-            pass  # the listing's own descriptor, closed already
-    return count
+def _same_open_file(fd: int, inode: int) -> bool:
+    try:
+        return os.fstat(fd).st_ino == inode
+    except OSError:
+        return False  # closed
 
 
-def _association_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("AcceptorThread") or "run_reactor" in t.name]
+def _association_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("AcceptorThread") or "run_reactor" in t.name}
 
 
 @pytest.fixture
@@ -55,21 +52,32 @@ def receiver(tmp_path):
     spool.close()
 
 
-def test_many_associations_store_release_and_leave_nothing_behind(receiver, tmp_path):
+def test_many_associations_store_release_and_leave_nothing_behind(receiver, tmp_path, monkeypatch):
     rx, spool = receiver
     paths, _ = phantom.write_study(tmp_path / "src", 5, lesion=False, slices=12, rows=16, cols=16)
-    pipes_before = _pipes()
+    # Each association's wake-up pipe, as (descriptor, inode): kept as numbers so the pipes can be collected.
+    pipes: list[tuple[int, int]] = []
+    make_waker = reactor._Waker.__init__
+
+    def recording_init(self: reactor._Waker) -> None:
+        make_waker(self)
+        pipes.extend((fd, os.fstat(fd).st_ino) for fd in (self.read_fd, self.write_fd))
+
+    monkeypatch.setattr(reactor._Waker, "__init__", recording_init)
+    threads_before = _association_threads()
     for i in range(6):
         result = storescu(rx.port, paths[2 * i:2 * i + 2])
         assert result.returncode == 0 and len(result.acknowledged) == 2, result.output
     assert spool.count() == 12
+    assert len(pipes) == 12  # one pipe (two descriptors) per association: all six were event-driven
 
     def settled() -> bool:
         gc.collect()
-        return not _association_threads() and _pipes() <= pipes_before
+        return not (_association_threads() - threads_before) and not any(_same_open_file(*p) for p in pipes)
 
     eventually(settled, "association threads ended and their wake-up pipes closed", timeout=15,
-               context=lambda: f"threads {_association_threads()}, pipes {_pipes()} (before: {pipes_before})")
+               context=lambda: f"threads {_association_threads() - threads_before}, open pipes "
+                               f"{[p for p in pipes if _same_open_file(*p)]}")
 
 
 def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_path):
@@ -86,7 +94,7 @@ def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_pat
         # Idle now: the receiver's reactors wait on events; stop() must still get through to them.
         rx.stop()
         eventually(lambda: assoc.is_aborted, "the receiver's stop aborted the idle association", timeout=15)
-        eventually(lambda: not _association_threads(), "the receiver's association threads ended", timeout=15)
+        eventually(lambda: live.dul not in threading.enumerate(), "the receiver's DUL thread ended", timeout=15)
     finally:
         if assoc.is_established:
             assoc.abort()
