@@ -11,8 +11,8 @@
 #   scripts/images.sh names    print the image references, one a line
 #
 # Images: localhost/pacsflow/{router,operator,triton-cpu}:<version from pyproject.toml>.
-# buildah runs with --isolation chroot and the vfs storage driver (no overlay mounts, no user namespaces
-# needed), storage under $CACHE/buildah so the layers are reused across builds and clones.
+# buildah runs with --isolation chroot (no user namespaces, no daemon) and the overlay storage driver (vfs with
+# PACSFLOW_BUILDAH_DRIVER=vfs), storage under $CACHE/buildah/<driver> so layers are reused across builds and clones.
 # Environment: PACSFLOW_CACHE (default ~/.cache/pacsflow).
 set -euo pipefail
 
@@ -26,9 +26,13 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_PACKAGES=python3,python3-venv,libpython3.11,ca-certificates,passwd
 IMAGES=(router operator triton-cpu)
 ARCHIVES=(router operator triton-cpu pause)
-STORE=$CACHE/buildah
-export BUILDAH_ISOLATION=chroot STORAGE_DRIVER=vfs
-BUILDAH=(buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs)
+# overlay stores each layer once, as a diff (the CI machine's / is ext4); vfs, which copies the whole filesystem
+# for every step and layer (tens of GB for these images), only where overlay mounts are impossible (PACSFLOW_BUILDAH_DRIVER=vfs,
+# e.g. inside an overlayfs container).
+DRIVER=${PACSFLOW_BUILDAH_DRIVER:-overlay}
+STORE=$CACHE/buildah/$DRIVER
+export BUILDAH_ISOLATION=chroot STORAGE_DRIVER=$DRIVER
+BUILDAH=(buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver "$DRIVER")
 
 dockerfile() {
   case "$1" in

@@ -28,10 +28,9 @@ import yaml
 
 from pacsflow_operator.reconcile.router import deployment_name, pvc_name, render_router
 from pacsflow_operator.resources.v1alpha1 import DicomRouterSpec
-from tests.peers.cluster import control_plane
 from tests.peers.dcmtk import echoscu
 from tests.peers.net import eventually
-from tests.peers.node import NODE_IP, NODE_NAME, Node, prepare_host, start_node, teardown
+from tests.peers.node import NODE_NAME, Node, node_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -50,17 +49,8 @@ def archives() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, archives: list[Path]) -> Iterator[Node]:
-    workdir = tmp_path_factory.mktemp("node-cluster")
-    prepare_host(workdir)
-    try:
-        # kube-apiserver on the node's bridge address: pods reach it through the kubernetes Service.
-        with control_plane(workdir, address=NODE_IP) as cp:
-            try:
-                yield start_node(cp, archives=archives)
-            finally:
-                print("\n".join(teardown(workdir)))  # the node before the control plane stops
-    finally:
-        teardown(workdir)  # the bridge and sysctls when the control plane did not start
+    with node_cluster(tmp_path_factory.mktemp("node-cluster"), archives) as started:
+        yield started
 
 
 def apply(node: Node, *manifests: dict) -> None:

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -446,6 +447,25 @@ def teardown(cluster_dir: Path) -> list[str]:
         subprocess.run(["rm", "-rf", "--one-file-system", "--", str(workdir)], capture_output=True, check=False)
         done.append(f"removed {workdir}")
     return done
+
+
+@contextlib.contextmanager
+def node_cluster(workdir: Path, archives: list[Path]) -> Iterator[Node]:
+    """A control plane on the node's address plus a Ready node, for one ``with`` block (tests).
+
+    The host is prepared first (bridge, sysctls) so kube-apiserver can listen on ``NODE_IP``; on exit the node
+    is torn down before the control plane stops, and the host is restored even if the control plane never
+    started.
+    """
+    prepare_host(workdir)
+    try:
+        with cluster.control_plane(workdir, address=NODE_IP) as cp:
+            try:
+                yield start_node(cp, archives=archives)
+            finally:
+                print("\n".join(teardown(workdir)))
+    finally:
+        teardown(workdir)
 
 
 # ------------------------------------------------------------------------------------------- CLI
