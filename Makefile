@@ -24,7 +24,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer node-peers identity-peer
+test: venv system-deps lint check-crds cluster-bins helm triton-venv hl7-peer node-peers identity-peer node-deps node-bins images
 	$(VENV)/bin/pytest
 
 demo: venv system-deps hl7-peer node-peers
