@@ -12,6 +12,8 @@ removes its Deployment and keeps the spool claim.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -142,6 +144,23 @@ def _run(node: Node, archives: list[Path], tmp_path: Path, pacs: Orthanc, studie
     assert check.errors == [], check.errors
     print(f"\nhelm install -> operator available {operator_ready:.1f}s, router Ready {router_ready:.1f}s, "
           f"first SR stored {first_sr:.1f}s (study sent -> SR {time.monotonic() - sent:.1f}s)")
+
+    # SIGKILL the router container right after the next study is acknowledged (before its stable window ends):
+    # the kubelet restarts it, the spool volume still holds the instances, and the study gets exactly one SR.
+    paths, truth = studies(32, lesion=False)
+    result = storescu(11112, paths, host=service["spec"]["clusterIP"])
+    assert len(result.acknowledged) == len(paths), result.output[-2000:]
+    pod = json.loads(node.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/instance=ed",
+                                  "-o", "json"))["items"][0]
+    os.kill(node.container_pid(pod["status"]["containerStatuses"][0]["containerID"]), signal.SIGKILL)
+    eventually(lambda: json.loads(node.kubectl("get", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "-o",
+                                               "json"))["status"]["containerStatuses"][0]["restartCount"] >= 1,
+               "the kubelet restarting the killed router container", 120)
+    eventually(lambda: srs(), "the SR of the study acknowledged before the kill", 300,
+               context=lambda: node.kubectl("logs", "deployment/ed-router", "-n", NAMESPACE, "--tail=40"))
+    time.sleep(10)  # a duplicate would come from the restarted router re-running the study: give it the time
+    assert len(pacs.received(modality="SR", study_uid=truth.study_instance_uid)) == 1, \
+        "exactly one SR C-STORE request at Orthanc for the study acknowledged before the kill"
 
     # The operator's status tells the truth about the router it runs.
     router = json.loads(node.kubectl("get", "dicomrouter", "ed", "-n", NAMESPACE, "-o", "json"))

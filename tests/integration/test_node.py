@@ -116,7 +116,7 @@ def test_router_runs_as_a_pod_behind_its_service_and_survives_a_killed_container
 
     # SIGKILL the container's main process (what an OOM kill does); the kubelet restarts it in place.
     status = pod["status"]["containerStatuses"][0]
-    pid = _container_pid(status["containerID"].split("://", 1)[1])
+    pid = node.container_pid(status["containerID"])
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: (s := router_pod(node).get("status", {}).get("containerStatuses", [{}])[0]).get(
         "restartCount", 0) >= 1 and s.get("ready"), "the kubelet restarting the router and the pod Ready again",
@@ -130,9 +130,3 @@ def test_router_runs_as_a_pod_behind_its_service_and_survives_a_killed_container
     assert claim["status"]["phase"] == "Bound"
     assert volume_dir.joinpath(spool_before[0]).exists()
 
-
-def _container_pid(container_id: str) -> int:
-    """The host PID of a running container's init process (its runc state, under the node's runc root)."""
-    for state in Path("/run").glob(f"pfctrd-*/runc/k8s.io/{container_id}/state.json"):
-        return int(json.loads(state.read_text())["init_process_pid"])
-    raise AssertionError(f"no runc state for container {container_id}")

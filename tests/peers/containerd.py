@@ -79,11 +79,14 @@ class Containerd:
     cri: str | None = None
     proc: subprocess.Popen | None = None
     run_dir: Path = field(init=False)
+    _made_run_containerd: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         # Unix socket paths are limited to 108 bytes and runc's shim sockets nest under the state dir: keep
         # the socket and state in a short directory of their own.
         self.run_dir = Path(tempfile.mkdtemp(prefix="pfctrd-", dir="/run"))
+        # containerd 1.6 puts shim sockets and ctr's FIFOs under /run/containerd whatever its state dir is.
+        self._made_run_containerd = not Path("/run/containerd").exists()
 
     @property
     def socket(self) -> Path:
@@ -171,3 +174,5 @@ class Containerd:
             for mount in sorted(mounts, key=len, reverse=True):
                 subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._made_run_containerd:
+            shutil.rmtree("/run/containerd", ignore_errors=True)

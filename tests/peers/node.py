@@ -206,6 +206,14 @@ class Node:
         ready = conditions.get("Ready", {})
         return ready.get("status") == "True", f"Ready={ready.get('status')}: {ready.get('message', '')}"
 
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a running container's main process (from runc's state under the node's runc root).
+
+        ``container_id`` is a pod's ``status.containerStatuses[].containerID`` (``containerd://<id>``) or ``<id>``.
+        """
+        state = self.containerd.run_dir / "runc" / "k8s.io" / container_id.split("://", 1)[-1] / "state.json"
+        return int(json.loads(state.read_text())["init_process_pid"])
+
     def stop(self) -> None:
         """Everything :func:`teardown` does, for a node started in this process."""
         teardown(self.cp.workdir)
@@ -397,6 +405,19 @@ def teardown(cluster_dir: Path) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             done.append(f"killed shim {pid}")
+    # The containers' own processes: runc starts each in its own session, so killing a shim does not reach
+    # them; every process in the cgroups kubelet made for pods (the pids controller lists them) is ours.
+    before_file = workdir / "before.json"
+    if before_file.is_file():
+        known = set(json.loads(before_file.read_text())["cgroups"])
+        for top in _kubepods_cgroups():
+            if str(top) in known or top.parent.name != "pids":
+                continue
+            for procs in top.rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                        done.append(f"killed container process {pid}")
     pid_file = pids_dir / "containerd.pid"
     if pid_file.is_file():
         _stop(int(pid_file.read_text()), "containerd")
@@ -408,17 +429,20 @@ def teardown(cluster_dir: Path) -> list[str]:
         for name in sorted(set(_netns()) - set(before["netns"])):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
             done.append(f"removed netns {name}")
-        # kubelet's QoS/pod cgroups, deepest first (empty once every container is gone).
-        for top in _kubepods_cgroups():
-            if str(top) in before["cgroups"]:
-                continue
-            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                                    reverse=True):
+        # kubelet's QoS/pod cgroups, deepest first; a killed container's cgroup empties a moment after its
+        # processes are reaped, so retry for a few seconds.
+        deadline = time.monotonic() + 15
+        while (left := [t for t in _kubepods_cgroups() if str(t) not in before["cgroups"]]) and \
+                time.monotonic() < deadline:
+            for top in left:
+                for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                                        reverse=True):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-        done.append("removed kubepods cgroups")
+                    top.rmdir()
+            time.sleep(0.2)
+        done.append("removed kubepods cgroups" if not left else f"kubepods cgroups still busy: {left}")
         # containerd 1.6 puts shim sockets and ctr's FIFOs under /run/containerd whatever its state dir is.
         if not before["run_containerd"]:
             shutil.rmtree("/run/containerd", ignore_errors=True)
