@@ -135,7 +135,7 @@ def _run(node: Node, archives: list[Path], tmp_path: Path, pacs: Orthanc, studie
                 for i in pacs.instances(modality="SR", study_uid=truth.study_instance_uid)]
 
     eventually(lambda: srs(), "the SR at Orthanc", 300,
-               context=lambda: node.kubectl("logs", "deployment/ed-router", "-n", NAMESPACE, "--tail=40"))
+               context=lambda: node.pod_logs(NAMESPACE, "ed-router")[-4000:])
     first_sr = time.monotonic() - start
     found = srs()
     assert len(found) == 1
@@ -157,10 +157,26 @@ def _run(node: Node, archives: list[Path], tmp_path: Path, pacs: Orthanc, studie
                                                "json"))["status"]["containerStatuses"][0]["restartCount"] >= 1,
                "the kubelet restarting the killed router container", 120)
     eventually(lambda: srs(), "the SR of the study acknowledged before the kill", 300,
-               context=lambda: node.kubectl("logs", "deployment/ed-router", "-n", NAMESPACE, "--tail=40"))
+               context=lambda: node.pod_logs(NAMESPACE, "ed-router")[-4000:])
     time.sleep(10)  # a duplicate would come from the restarted router re-running the study: give it the time
     assert len(pacs.received(modality="SR", study_uid=truth.study_instance_uid)) == 1, \
         "exactly one SR C-STORE request at Orthanc for the study acknowledged before the kill"
+
+    # Demotion to silent (the kill switch): the operator re-renders the ConfigMap and the router pod, watching it
+    # through the API, applies it; time from the patch to the router's "reloaded" log line.
+    demote = time.monotonic()
+    node.kubectl("patch", "aiusecase", "ich-head-ct", "-n", NAMESPACE, "--type", "merge", "-p", json.dumps({
+        "metadata": {"annotations": {"pacsflow.io/changed-by": "pacsflow-admin"}}, "spec": {"mode": "silent"}}))
+    eventually(lambda: "ich-head-ct=silent" in node.pod_logs(NAMESPACE, "ed-router"),
+               "the router pod applying the demotion", 120,
+               context=lambda: node.pod_logs(NAMESPACE, "ed-router")[-3000:])
+    demoted = time.monotonic() - demote
+    paths, truth = studies(33, lesion=True)
+    result = storescu(11112, paths, host=service["spec"]["clusterIP"])
+    assert len(result.acknowledged) == len(paths), result.output[-2000:]
+    time.sleep(15)  # stable window (2 s) + analysis: an assistive router would have sent the SR by now
+    assert srs() == [], "a silent use case sends no SR"
+    print(f"demotion -> router applied it {demoted:.1f}s")
 
     # The operator's status tells the truth about the router it runs.
     router = json.loads(node.kubectl("get", "dicomrouter", "ed", "-n", NAMESPACE, "-o", "json"))

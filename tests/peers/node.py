@@ -41,6 +41,7 @@ POD_CIDR = "10.88.0.0/24"
 NODE_IP = "10.88.0.1"
 """The bridge's gateway address: the node's InternalIP, where NodePorts and (for pods) the host answer."""
 CNI_BIN = Path("/usr/lib/cni")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
 NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy")
 NODE_COMPONENTS = ("containerd", "kube-scheduler", "kubelet", "kube-proxy")
 SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet", "net/bridge/bridge-nf-call-iptables")
@@ -104,7 +105,7 @@ def cni_conflist(ipam_dir: Path) -> dict:
     }
 
 
-def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_file: Path) -> dict:
+def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_file: Path, pod_logs: Path) -> dict:
     """KubeletConfiguration for a single test node on cgroup v1 with the cgroupfs driver."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -135,6 +136,8 @@ def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_fil
         "maxPods": 30,
         "protectKernelDefaults": False,
         "staticPodPath": "",
+        # Containers' logs in the node's directory, not the host's /var/log/pods (read by Node.pod_logs).
+        "podLogsDir": str(pod_logs),
     }
 
 
@@ -206,6 +209,16 @@ class Node:
         ready = conditions.get("Ready", {})
         return ready.get("status") == "True", f"Ready={ready.get('status')}: {ready.get('message', '')}"
 
+    def pod_logs(self, namespace: str, pod_prefix: str) -> str:
+        """Every log line the kubelet wrote for the containers of pods named ``pod_prefix*`` (all restarts).
+
+        Read from the node's ``podLogsDir``: ``kubectl logs`` would need kube-apiserver to authenticate to the
+        kubelet, which this throwaway cluster does not set up.
+        """
+        root = self.workdir / "pod-logs"
+        files = sorted(root.glob(f"{namespace}_{pod_prefix}*/*/*.log")) if root.is_dir() else []
+        return "".join(f.read_text(errors="replace") for f in files)
+
     def container_pid(self, container_id: str) -> int:
         """The host PID of a running container's main process (from runc's state under the node's runc root).
 
@@ -233,6 +246,7 @@ def prepare_host(cluster_dir: Path) -> None:
     (workdir / "before.json").write_text(json.dumps({
         "netns": _netns(), "cgroups": [str(p) for p in _kubepods_cgroups()],
         "run_containerd": Path("/run/containerd").exists(),
+        "var_log_containers": CONTAINER_LOG_LINKS.exists(),
     }))
     # Sysctls: remember what they were so teardown puts them back.
     original = {name: _sysctl_path(name).read_text().strip() for name in SYSCTLS if _sysctl_path(name).exists()}
@@ -311,7 +325,8 @@ def start_node(cp: ControlPlane, *, archives: list[Path], detached: bool = False
 
         config = workdir / "kubelet.yaml"
         config.write_text(yaml.safe_dump(kubelet_config(
-            port=free_port(), healthz_port=free_port(), runtime_socket=containerd.socket, ca_file=cp.pki.ca_crt)))
+            port=free_port(), healthz_port=free_port(), runtime_socket=containerd.socket, ca_file=cp.pki.ca_crt,
+            pod_logs=workdir / "pod-logs")))
         node.spawn("kubelet", [
             str(binaries / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={workdir / 'kubelet'}", f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}",
@@ -446,6 +461,13 @@ def teardown(cluster_dir: Path) -> list[str]:
         # containerd 1.6 puts shim sockets and ctr's FIFOs under /run/containerd whatever its state dir is.
         if not before["run_containerd"]:
             shutil.rmtree("/run/containerd", ignore_errors=True)
+        # The kubelet links every container log into /var/log/containers whatever its podLogsDir.
+        if CONTAINER_LOG_LINKS.is_dir():
+            for link in CONTAINER_LOG_LINKS.iterdir():
+                if link.is_symlink() and os.readlink(link).startswith(str(workdir / "pod-logs")):
+                    link.unlink()
+            if not before.get("var_log_containers", True) and not any(CONTAINER_LOG_LINKS.iterdir()):
+                CONTAINER_LOG_LINKS.rmdir()
     for base in [workdir, *([run_dir] if run_dir else [])]:
         mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
                   if line.split()[1].startswith(str(base) + "/")]
