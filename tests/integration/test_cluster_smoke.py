@@ -201,12 +201,16 @@ def test_make_cluster_up_and_down_run_a_control_plane_for_developers(tmp_path):
         kubeconfig = cluster_dir / "kubeconfig"
         assert f"KUBECONFIG={kubeconfig}" in up.stdout
         pids = {p.stem: int(p.read_text()) for p in (cluster_dir / "pids").glob("*.pid")}
-        assert sorted(pids) == ["etcd", "kube-apiserver", "kube-controller-manager"]
+        # The control plane and the node (docs/pods.md).
+        assert sorted(pids) == ["containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy",
+                                "kube-scheduler", "kubelet"]
 
         # The command has exited; the control plane it left behind answers with the kubeconfig.
         with kubernetes.config.new_client_from_config(config_file=str(kubeconfig)) as api:
             names = [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items]
+            nodes = client.CoreV1Api(api).list_node().items
         assert "kube-system" in names
+        assert [c.status for n in nodes for c in n.status.conditions if c.type == "Ready"] == ["True"]
     finally:
         down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
