@@ -97,6 +97,7 @@ def test_router_deployment():
     secret_volume = {v["name"]: v for v in pod["volumes"]}[mounts["/etc/pacsflow-secrets/sectra"]["name"]]
     assert secret_volume["secret"]["secretName"] == "sectra-webhook-hmac"
     assert c["readinessProbe"]["tcpSocket"]["port"] == "dicom"
+    assert c["startupProbe"]["tcpSocket"]["port"] == "dicom"
     assert all("subPath" not in m for m in c["volumeMounts"])  # subPath mounts never see ConfigMap updates
     assert {v["name"]: v for v in pod["volumes"]}["spool"]["persistentVolumeClaim"]["claimName"] == "ed-router-spool"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()

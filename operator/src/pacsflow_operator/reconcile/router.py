@@ -402,6 +402,9 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"} for port_name, port in _ports(spec)],
         # Ready = the DICOM listener accepts connections (a TCP probe is not counted as a refusal); alive = the
         # metrics server answers /healthz, which needs no scrape token (HTTPS when the metrics port has TLS).
+        # Startup: the DICOM listener opens only once the process has imported its stack and read the spool's
+        # index (StudyTracker), minutes on a slow node or a large spool; liveness waits up to 5 min for it.
+        "startupProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 2, "failureThreshold": 150},
         "readinessProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {
             "httpGet": {"path": HEALTH_PATH, "port": "metrics",
