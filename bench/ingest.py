@@ -94,13 +94,16 @@ class RouterProcess:
             self.proc.wait()
 
 
-def _serve(spool_dir: str) -> None:
+def serve_receiver(spool_dir: str, **config: object) -> None:
+    """Child process: the router's DICOM receiver on a free port (``config`` adds routing-config keys, e.g.
+    ``tls``); prints its port, stops when stdin closes."""
     from pacsflow_router.config import parse_config
     from pacsflow_router.ingest.scp import DicomReceiver
     from pacsflow_router.ingest.spool import Spool
 
-    config = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir})
-    receiver = DicomReceiver(config, Spool(spool_dir, 0.99), port=0)
+    routing = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir,
+                            **config})
+    receiver = DicomReceiver(routing, Spool(spool_dir, 0.99), port=0)
     receiver.start()
     print(receiver.port, flush=True)
     sys.stdin.read()
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", metavar="SPOOL_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.serve:
-        _serve(args.serve)
+        serve_receiver(args.serve)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="pacsflow-bench-ingest-") as tmp:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ingest import make_instances
+from bench.ingest import make_instances, serve_receiver
 from tests.peers.certs import Issued, Pki
 from tests.peers.dcmtk import dcmtk_env, storescu_command, wait_for_port
 from tests.peers.net import free_port, stop_process
@@ -31,19 +31,11 @@ HOST = "127.0.0.1"
 
 def _serve(spool_dir: str, cert: str, key: str, ca: str) -> None:
     """Child process: the router's receiver, plaintext when ``cert`` is ``-``; prints its port, stops on EOF."""
-    from pacsflow_router.config import parse_config
-    from pacsflow_router.ingest.scp import DicomReceiver
-    from pacsflow_router.ingest.spool import Spool
-
-    tls = None if cert == "-" else {"certFile": cert, "keyFile": key, "clientCaFile": ca,
-                                      "clientCertificate": "required"}
-    config = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir,
-                           **({"tls": tls} if tls else {})})
-    receiver = DicomReceiver(config, Spool(spool_dir, 0.99), port=0)
-    receiver.start()
-    print(receiver.port, flush=True)
-    sys.stdin.read()
-    receiver.stop()
+    if cert == "-":
+        serve_receiver(spool_dir)
+    else:
+        serve_receiver(spool_dir, tls={"certFile": cert, "keyFile": key, "clientCaFile": ca,
+                                       "clientCertificate": "required"})
 
 
 class Router:

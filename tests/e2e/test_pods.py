@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.peers.cluster import helm_path
+from tests.peers.containerd import image_archives
 from tests.peers.dcmtk import storescu
 from tests.peers.net import eventually
 from tests.peers.node import NODE_IP, NODE_NAME, Node, node_cluster
@@ -39,10 +40,7 @@ NAMESPACE = "pacsflow"
 
 @pytest.fixture(scope="module")
 def archives() -> list[Path]:
-    result = subprocess.run([str(REPO / "scripts" / "images.sh"), "archive"], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, f"scripts/images.sh archive failed:\n{result.stderr[-3000:]}"
-    return [Path(line) for line in result.stdout.split()]
+    return image_archives()
 
 
 @pytest.fixture(scope="module")

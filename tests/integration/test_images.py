@@ -19,23 +19,20 @@ import pytest
 import yaml
 
 from tests.peers.containerd import Containerd
+from tests.peers.containerd import image_archives as build_archives
 from tests.peers.dcmtk import echoscu
 from tests.peers.net import eventually, free_port, wait_port
 
 pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES_SCRIPT = REPO / "scripts" / "images.sh"
 UID = 10001
 
 
 @pytest.fixture(scope="module")
 def image_archives() -> dict[str, Path]:
     """``scripts/images.sh archive``: builds what changed, returns {router|operator|triton-cpu: archive}."""
-    result = subprocess.run([str(IMAGES_SCRIPT), "archive"], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"scripts/images.sh archive failed:\n{result.stderr[-3000:]}"
-    paths = [Path(line) for line in result.stdout.split()]
-    return {path.name.rsplit("-", 1)[0]: path for path in paths}
+    return {path.name.rsplit("-", 1)[0]: path for path in build_archives()}
 
 
 @pytest.fixture(scope="module")

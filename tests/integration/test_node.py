@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,23 +27,20 @@ import yaml
 
 from pacsflow_operator.reconcile.router import deployment_name, pvc_name, render_router
 from pacsflow_operator.resources.v1alpha1 import DicomRouterSpec
+from tests.peers.containerd import image_archives
 from tests.peers.dcmtk import echoscu
 from tests.peers.net import eventually
 from tests.peers.node import NODE_NAME, Node, node_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
 ROUTER = "ed"
 
 
 @pytest.fixture(scope="module")
 def archives() -> list[Path]:
-    result = subprocess.run([str(REPO / "scripts" / "images.sh"), "archive"], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, f"scripts/images.sh archive failed:\n{result.stderr[-3000:]}"
-    return [Path(line) for line in result.stdout.split()]
+    return image_archives()
 
 
 @pytest.fixture(scope="module")

@@ -345,7 +345,8 @@ def pid_alive(pid: int, binary: str) -> bool:
     return state != "Z" and os.path.basename(cmdline.decode(errors="replace")) == binary
 
 
-def _stop_pid(pid: int, binary: str, timeout: float = 20.0) -> None:
+def stop_pid(pid: int, binary: str, timeout: float = 20.0) -> None:
+    """SIGTERM the process ``pid`` if it still runs ``binary``; SIGKILL it after ``timeout`` seconds."""
     if not pid_alive(pid, binary):
         return
     os.kill(pid, signal.SIGTERM)
@@ -409,7 +410,7 @@ class ControlPlane:
             pid = self.pids.get(component)
             if pid is None:
                 continue
-            _stop_pid(pid, component)
+            stop_pid(pid, component)
             proc = self._procs.pop(component, None)
             if proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -660,7 +661,7 @@ def down(workdir: Path) -> int:
     pids = _read_pids(workdir)
     for component in reversed(COMPONENTS):
         if component in pids:
-            _stop_pid(pids[component], component)
+            stop_pid(pids[component], component)
             (workdir / "pids" / f"{component}.pid").unlink(missing_ok=True)
     print("control plane stopped" if pids else "no control plane recorded in " + str(workdir))
     return 0

@@ -20,6 +20,16 @@ from pathlib import Path
 from .net import stop_process
 
 NAMESPACE = "pacsflow"
+IMAGES_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "images.sh"
+
+
+def image_archives() -> list[Path]:
+    """``scripts/images.sh archive``: builds the images whose inputs changed (cached layers otherwise) and returns
+    their docker-archives (``<name>-<version>.tar``); a failed build fails the calling test with its output."""
+    result = subprocess.run([str(IMAGES_SCRIPT), "archive"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"scripts/images.sh archive failed:\n{result.stderr[-3000:]}")
+    return [Path(line) for line in result.stdout.split()]
 
 
 class ContainerdError(RuntimeError):

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from . import cluster
-from .cluster import CLUSTER_SCRIPT, ControlPlane, ControlPlaneError, bin_dir, pid_alive
+from .cluster import CLUSTER_SCRIPT, ControlPlane, ControlPlaneError, bin_dir, pid_alive, stop_pid
 from .containerd import Containerd
 from .net import free_port
 
@@ -366,20 +366,6 @@ def _kubepods_cgroups() -> list[Path]:
     return sorted(Path("/sys/fs/cgroup").glob("*/kubepods"))
 
 
-def _stop(pid: int, binary: str, timeout: float = 30.0) -> None:
-    if not pid_alive(pid, binary):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not pid_alive(pid, binary):
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-
-
 def _container_pids(run_dir: Path) -> list[int]:
     """PIDs of the containerd shims of this node (their sockets/bundles live under our state dir)."""
     pids = []
@@ -409,7 +395,7 @@ def teardown(cluster_dir: Path) -> list[str]:
     for component in ("kubelet", "kube-proxy", "kube-scheduler"):
         pid_file = pids_dir / f"{component}.pid"
         if pid_file.is_file():
-            _stop(int(pid_file.read_text()), component)
+            stop_pid(int(pid_file.read_text()), component, timeout=30.0)
             pid_file.unlink()
             done.append(f"stopped {component}")
     run_dir = Path((workdir / "containerd.run").read_text()) if (workdir / "containerd.run").is_file() else None
@@ -435,7 +421,7 @@ def teardown(cluster_dir: Path) -> list[str]:
                         done.append(f"killed container process {pid}")
     pid_file = pids_dir / "containerd.pid"
     if pid_file.is_file():
-        _stop(int(pid_file.read_text()), "containerd")
+        stop_pid(int(pid_file.read_text()), "containerd", timeout=30.0)
         pid_file.unlink()
         done.append("stopped containerd")
     before = json.loads((workdir / "before.json").read_text()) if (workdir / "before.json").is_file() else None

@@ -24,7 +24,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from ..errors import UnparseableInstanceError
-from .spool import INDEX_TAGS, parse_index_attributes
+from .spool import INDEX_TAGS, index_values, parse_index_attributes
 
 #: 128-byte preamble and the "DICM" prefix (PS3.10 7.1).
 PREAMBLE = b"\0" * 128 + b"DICM"
@@ -120,7 +120,4 @@ def index_attributes(dataset: bytes | memoryview, transfer_syntax_uid: str, head
         raise UnparseableInstanceError(
             f"received data is not a parseable DICOM instance ({type(exc).__name__}); nothing was stored"
         ) from None
-    missing = [k for k, v in zip(INDEX_TAGS[:3], values[:3], strict=True) if not v]
-    if missing:
-        raise UnparseableInstanceError(f"received instance lacks {', '.join(missing)}; the spool cannot index it")
-    return str(values[0]), str(values[1]), str(values[2]), str(values[3] or "")
+    return index_values(values)

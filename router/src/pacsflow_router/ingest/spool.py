@@ -139,6 +139,17 @@ def parse_index_attributes(encoded: bytes) -> tuple[str, str, str, str]:
         raise UnparseableInstanceError(
             f"received data is not a parseable DICOM instance ({type(exc).__name__}); nothing was stored"
         ) from None
+    return index_values(values)
+
+
+def index_values(values: list[object]) -> tuple[str, str, str, str]:
+    """The spool's index key from the values of :data:`INDEX_TAGS`, in order.
+
+    Raises
+    ------
+    UnparseableInstanceError
+        One of the three UIDs is missing or empty.
+    """
     missing = [k for k, v in zip(INDEX_TAGS[:3], values[:3], strict=True) if not v]
     if missing:
         raise UnparseableInstanceError(f"received instance lacks {', '.join(missing)}; the spool cannot index it")
