@@ -28,6 +28,9 @@ class OperatorSettings(BaseSettings):
     """API key (role ``integration``) for ``evidence_url``."""
     evidence_refresh_seconds: float = 300.0
     """How often each AIUseCase's ``status.evidence`` is re-read from ``evidence_url``."""
+    triton_url: str = ""
+    """Triton HTTP endpoint (``host:port``) asked about every TritonCluster's model readiness instead of the
+    cluster's Service (empty: the Service; set it for an operator running outside the cluster)."""
     create_settle_seconds: float = 0.3
     """How long a new AIUseCase waits before its router's config is rendered, so that a burst of creations
     costs one render per router per interval (edits of existing use cases render at once)."""

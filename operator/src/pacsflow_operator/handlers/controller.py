@@ -16,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -27,11 +28,12 @@ from .. import API_VERSION
 from ..errors import InvalidSpecError, KubeApiError
 from ..evidence import EvidenceSource
 from ..evidence import evidence as evidence_of
+from ..health import deployment_available, model_version_ready
 from ..kube import Kube
 from ..metrics import RECONCILE_DURATION, RECONCILIATIONS
 from ..reconcile import router as router_rc
 from ..reconcile import triton as triton_rc
-from ..reconcile.conditions import merge_conditions
+from ..reconcile.conditions import merge_conditions, ready
 from ..reconcile.usecase import Binding, use_case_status
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec, TritonClusterSpec
 from ..settings import OperatorSettings
@@ -42,6 +44,7 @@ Key = tuple[str, str]  # (namespace, name)
 Entry = dict[str, Any]  # one indexed object (see .indexes)
 SpecT = TypeVar("SpecT", bound=BaseModel)
 T = TypeVar("T")
+ModelKey = tuple[str, str, str, int]  # (namespace, TritonCluster, model, version)
 
 
 @contextmanager
@@ -112,6 +115,13 @@ class Controller:
         self._written: dict[tuple[str, str, str], tuple[int, dict[str, Any]]] = {}
         self._status_locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._owned: dict[tuple[str, str, str], set[tuple[str, str, str]]] = defaultdict(set)
+        # What each TritonCluster's Triton last answered per pinned model version, and when it was asked: the
+        # use cases' ModelAvailable reads this; the probes run in their own two threads so an unreachable Triton
+        # never holds up the API calls in the default pool.
+        self.model_ready: dict[ModelKey, bool | None] = {}
+        self._probed_at: dict[ModelKey, float] = {}
+        self._probe_locks: dict[ModelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._probe_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="triton-probe")
 
     async def _apply_all(self, children: list[dict[str, Any]], namespace: str, owner_body: dict[str, Any],
                          force: bool) -> int:
@@ -199,10 +209,15 @@ class Controller:
                 )
                 written = await self._apply_all(plan.children, namespace,
                                                 owner("DicomRouter", namespace, name, entry["uid"]), force)
+                # Ready means the router runs: its Deployment is available, not merely applied.
+                deployment = router_rc.deployment_name(name)
+                found = await asyncio.to_thread(self.kube.get, "Deployment", namespace, deployment)
+                conds = [c for c in plan.conditions if c.type != "Ready"] + [deployment_available(found, deployment)]
+                conds.insert(0, ready(conds, f"Deployment {deployment} available with {len(plan.accepted)} use case(s)"))
                 base = self.base_status("DicomRouter", namespace, entry)
                 status = {
                     "observedGeneration": entry["generation"],
-                    "conditions": merge_conditions(base.get("conditions"), plan.conditions, entry["generation"]),
+                    "conditions": merge_conditions(base.get("conditions"), conds, entry["generation"]),
                     "useCases": len(plan.accepted),
                     "configMap": router_rc.config_map_name(name),
                 }
@@ -238,6 +253,24 @@ class Controller:
 
         await self._serialised(("TritonCluster", namespace, name), force, work)
 
+    # ------------------------------------------------------------------------------ model probes
+    async def probe_model(self, namespace: str, cluster: str, model: str, version: int, max_age: float) -> bool | None:
+        """Ask the TritonCluster's Triton whether ``model`` ``version`` is READY (at most once per ``max_age`` s).
+
+        Triton is asked at ``settings.triton_url`` when set (an operator outside the cluster), else at the
+        cluster's Service. The answer is kept in :attr:`model_ready` for the use cases' ``ModelAvailable``.
+        """
+        key = (namespace, cluster, model, version)
+        async with self._probe_locks[key]:
+            if time.monotonic() - self._probed_at.get(key, float("-inf")) < max_age:
+                return self.model_ready.get(key)
+            url = self.settings.triton_url or router_rc.triton_url(cluster, namespace)
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self._probe_pool, model_version_ready, url, model, version)
+            self.model_ready[key] = answer
+            self._probed_at[key] = time.monotonic()
+            return answer
+
     # ------------------------------------------------------------------------------- use cases
     def use_case_status(self, namespace: str, name: str, spec: AIUseCaseSpec, generation: int | None,
                         stored: Mapping[str, Any] | None, idx: Indexes,
@@ -247,6 +280,7 @@ class Controller:
         router_entry = idx.router(namespace, spec.router)
         router_spec = None
         triton_exists = None
+        model_ready = None
         rejected = None
         if router_entry is not None:
             try:
@@ -255,6 +289,8 @@ class Controller:
                 router_spec = None
             if router_spec is not None and router_spec.triton_cluster:
                 triton_exists = idx.triton(namespace, router_spec.triton_cluster) is not None
+                model_ready = self.model_ready.get(
+                    (namespace, router_spec.triton_cluster, spec.model.name, spec.model.version))
             if plan is not None and name not in plan.rejected and name not in plan.accepted:
                 plan = None  # rendered before this use case was indexed: its verdict is not in the plan
             if plan is None and router_spec is not None:
@@ -268,7 +304,7 @@ class Controller:
             counts = self.evidence_source(namespace, name, spec.model.version)
             fresh = evidence_of(counts, spec.model.version) if counts is not None else None
         return use_case_status(namespace, spec, generation, stored,
-                               Binding(router_spec, triton_exists, rejected),
+                               Binding(router_spec, triton_exists, rejected, model_ready),
                                annotations=annotations, evidence=fresh)
 
     async def write_use_case_status(self, namespace: str, router: str, name: str, idx: Indexes,
@@ -304,6 +340,11 @@ class Controller:
         """Re-write the status of every use case bound to a router (after the router or its Triton changed)."""
         for uc_name in idx.use_cases(namespace, router_name):
             await self.write_use_case_status(namespace, router_name, uc_name, idx, plan)
+
+    def close(self) -> None:
+        """Release the API connection pool and the Triton probes' threads."""
+        self.kube.close()
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop the caches of a deleted object, so one re-created with the same name is written in full."""

@@ -70,7 +70,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: An
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    """Release the API connection pool."""
+    """Release the API connection pool and the Triton probes' threads."""
     controller = memo.get("controller")
     if controller is not None:
-        controller.kube.close()
+        controller.close()

@@ -5,6 +5,8 @@ Who re-renders what:
 * a DicomRouter changes -> its children, its bound use cases' status, its TritonCluster(s);
 * a TritonCluster changes or goes -> its children, the routers that name it and their use cases' status;
 * an AIUseCase changes or goes -> its router's ConfigMap, the router's TritonCluster, its own status;
+* every 10 s -> a DicomRouter's Deployment availability (Ready) and each AIUseCase's model READY in Triton
+  (ModelAvailable);
 * every ``evidenceRefreshSeconds`` (``PACSFLOW_OPERATOR_EVIDENCE_REFRESH_SECONDS``, default 300) -> an AIUseCase's
   ``status.evidence``, when the operator has an evidence source (verdicts and labels arrive all the time, not as
   edits of the use case).
@@ -164,6 +166,36 @@ async def use_case_evidence(namespace: str | None, name: str, spec: Any, memo: k
         return
     last[(namespace, name)] = now
     await ctl.write_use_case_status(namespace, router, name, _idx(kwargs), None)
+
+
+# How often the conditions that report running things are re-read: a router's Deployment becoming available
+# (DicomRouter Ready) and Triton loading or unloading a pinned model version (AIUseCase ModelAvailable).
+HEALTH_TICK_SECONDS = 10.0
+
+
+@kopf.timer(GROUP, VERSION, "dicomrouters", interval=HEALTH_TICK_SECONDS, initial_delay=HEALTH_TICK_SECONDS)
+async def router_health(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Re-check that the router's Deployment is available (status written only when it changed)."""
+    assert namespace is not None
+    await _ctl(memo).sync_router(namespace, name, _idx(kwargs))
+
+
+@kopf.timer(GROUP, VERSION, "aiusecases", interval=HEALTH_TICK_SECONDS, initial_delay=1.0)
+async def use_case_model_ready(namespace: str | None, name: str, spec: Any, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Ask the router's Triton whether the pinned model version is READY; rewrite ModelAvailable if that changed."""
+    assert namespace is not None
+    ctl, idx = _ctl(memo), _idx(kwargs)
+    router_name = str((spec or {}).get("router") or "")
+    router = idx.router(namespace, router_name) if router_name else None
+    cluster = ((router or {}).get("spec") or {}).get("tritonCluster")
+    model = (spec or {}).get("model") or {}
+    if not cluster or idx.triton(namespace, cluster) is None or "name" not in model or "version" not in model:
+        return
+    before = ctl.model_ready.get((namespace, cluster, model["name"], int(model["version"])))
+    now = await ctl.probe_model(namespace, cluster, model["name"], int(model["version"]),
+                                max_age=HEALTH_TICK_SECONDS - 1.0)
+    if now != before:  # unchanged: no status write (and no evidence read, which has its own interval)
+        await ctl.write_use_case_status(namespace, router_name, name, idx, None)
 
 
 @kopf.on.delete(GROUP, VERSION, "aiusecases")

@@ -21,6 +21,9 @@ class Binding:
     router: DicomRouterSpec | None
     triton_cluster_exists: bool | None = None
     rejected_message: str | None = None
+    #: What the TritonCluster's Triton last answered for the pinned version (True: READY, False: not ready,
+    #: None: not asked yet or unreachable).
+    model_ready: bool | None = None
 
 
 def use_case_conditions(namespace: str, spec: AIUseCaseSpec, binding: Binding) -> list[Cond]:
@@ -62,9 +65,16 @@ def use_case_conditions(namespace: str, spec: AIUseCaseSpec, binding: Binding) -
         conds.append(Cond("ModelAvailable", "Unknown", "EmbeddedInference",
                           f"the router runs {model} in-process from its own model repository and reports a "
                           "missing model in its metrics and audit trail"))
+    elif binding.triton_cluster_exists and binding.model_ready:
+        conds.append(Cond("ModelAvailable", "True", "ModelReady", f"Triton of TritonCluster {cluster} reports {model} READY"))
+    elif binding.triton_cluster_exists and binding.model_ready is False:
+        conds.append(Cond("ModelAvailable", "False", "ModelNotReady",
+                          f"Triton of TritonCluster {cluster} reports {model} not ready: check that the version "
+                          "exists in the model repository and the Triton pod's log for why it did not load"))
     elif binding.triton_cluster_exists:
-        conds.append(Cond("ModelAvailable", "True", "ModelConfigured",
-                          f"TritonCluster {cluster} is configured to load {model}"))
+        conds.append(Cond("ModelAvailable", "Unknown", "TritonNotAsked",
+                          f"TritonCluster {cluster} is configured to load {model}, but its Triton has not answered "
+                          "(not running or unreachable) whether that version is READY"))
     else:
         conds.append(Cond("ModelAvailable", "False", "TritonClusterNotFound",
                           f"the router's TritonCluster {cluster!r} does not exist in namespace {namespace!r}: "
