@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -188,9 +190,10 @@ def test_kopf_operator_connects_through_the_kubeconfig(kube_cluster, core, kube_
     assert runner.exit_code == 0
 
 
-def test_make_cluster_up_and_down_run_a_control_plane_for_developers(tmp_path):
+def test_make_cluster_up_and_down_run_a_control_plane_for_developers():
     # Same entry point as `make cluster-up`/`cluster-down` (scripts/cluster.sh), in a private dir.
-    cluster_dir = tmp_path / "cluster"
+    # A short directory: the kubelet's unix sockets live under it and a socket path is at most 107 bytes.
+    cluster_dir = Path(tempfile.mkdtemp(prefix="pfc-"))
     script = str(REPO / "scripts" / "cluster.sh")
     env = {**os.environ, "CLUSTER_DIR": str(cluster_dir), "PY": sys.executable}
     env.pop("KUBECONFIG", None)
@@ -213,6 +216,8 @@ def test_make_cluster_up_and_down_run_a_control_plane_for_developers(tmp_path):
         assert [c.status for n in nodes for c in n.status.conditions if c.type == "Ready"] == ["True"]
     finally:
         down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
+        if down.returncode == 0:
+            shutil.rmtree(cluster_dir, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert pids and not any(pid_alive(pid, component) for component, pid in pids.items())
 

@@ -291,6 +291,12 @@ def start_node(cp: ControlPlane, *, archives: list[Path], detached: bool = False
         if shutil.which(tool) is None:
             raise NodeError(f"{tool} is missing: run scripts/install-node-deps.sh (make cluster-up does it)")
     workdir = cp.workdir / "node"
+    # The kubelet binds unix sockets under its root dir (pod-resources/<10 digits>); a socket path is at most 107
+    # bytes, and past that the kubelet exits with "bind: invalid argument".
+    longest_socket = str(workdir / "kubelet" / "pod-resources" / ("0" * 10))
+    if len(longest_socket.encode()) > 107:
+        raise NodeError(f"the node's directory {workdir} is too deep for the kubelet's unix sockets "
+                        f"({len(longest_socket.encode())} > 107 bytes): use a shorter CLUSTER_DIR")
     workdir.mkdir(parents=True, exist_ok=True)
     for sub in ("logs", "pids"):
         (cp.workdir / sub).mkdir(parents=True, exist_ok=True)
