@@ -124,8 +124,12 @@ def _run(node: Node, archives: list[Path], tmp_path: Path, pacs: Orthanc, studie
     service = json.loads(node.kubectl("get", "service", "ed-router", "-n", NAMESPACE, "-o", "json"))
 
     paths, truth = studies(31, lesion=True)
+    # The rollout is complete once the pod is Ready; kube-proxy programs the Service's rules from the endpoints a
+    # moment later, so the first association is retried until the ClusterIP answers (a refused connection stores
+    # nothing, so a retry cannot duplicate).
     sent = time.monotonic()
-    result = storescu(11112, paths, host=service["spec"]["clusterIP"])
+    result = eventually(lambda: (r := storescu(11112, paths, host=service["spec"]["clusterIP"])).acknowledged and r,
+                        "the router's ClusterIP accepting the study", 60)
     assert len(result.acknowledged) == len(paths), result.output[-2000:]
 
     def srs() -> list[pydicom.Dataset]:
