@@ -104,7 +104,9 @@ def test_orthanc_forwards_a_study_and_gets_exactly_one_sr_back(make_router, stud
         wait_for(lambda: _srs(pacs, truth), TIMEOUT, "the SR in Orthanc", router)
         # The router received the study from Orthanc, not from storescu.
         assert metric_value(router, "pacsflow_instances_received_total") >= len(paths)
-        records = audit_records(router, truth)
+        # The pipeline writes the result's audit record right after it hands the SR over (it may reach Orthanc
+        # first): wait for the record, then check there is exactly one.
+        records = wait_for(lambda: audit_records(router, truth), TIMEOUT, "the result's audit record", router)
         assert len(records) == 1, "one result per study and use case"  # what it says is the model tests' concern
         wait_for(lambda: records and audit_records(router, truth)[0]["destination_status"] == "delivered",
                  30, "delivery recorded", router)
