@@ -73,8 +73,8 @@ def make_instances(out_dir: Path, count: int, size: int, seed: int = 2026, disti
 class RouterProcess:
     """The router's DicomReceiver + Spool in a child process (``--serve``), stopped by closing its stdin."""
 
-    def __init__(self, spool_dir: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.ingest", "--serve", str(spool_dir)],
+    def __init__(self, spool_dir: Path, module: str = "bench.ingest", serve_args: tuple[str, ...] = ()) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "--serve", str(spool_dir), *serve_args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
         self.ae_title = "PACSFLOW"

@@ -26,13 +26,13 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.worklist import Broken, _wait  # noqa: E402
 from pacsflow_router.domain import study_key  # noqa: E402
 from pacsflow_router.models import phantom  # noqa: E402
 from pacsflow_router.results.audit import AuditLog  # noqa: E402
@@ -48,10 +48,6 @@ TIMEOUT = 180.0
 STAGES = ("load", "acceptance", "domain", "preprocess", "inference", "report")
 
 
-class Broken(RuntimeError):
-    """Something that is not a timing went wrong (the bench exits non-zero)."""
-
-
 @dataclass
 class Row:
     """One study's timings (seconds)."""
@@ -62,16 +58,6 @@ class Row:
     parts: dict[str, float]
 
 
-def _wait(check, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise Broken(f"{what} did not happen within {TIMEOUT:.0f} s")
-
-
 def _measure(router: RouterProcess, pacs: Orthanc, audit: AuditLog, paths: list[Path], study_uid: str,
              slices: int) -> Row:
     storescu(router.port, paths)
@@ -80,12 +66,12 @@ def _measure(router: RouterProcess, pacs: Orthanc, audit: AuditLog, paths: list[
     try:
         last_received, enqueued, delivered = _wait(lambda: outbox.execute(
             "SELECT last_received, enqueued_at, delivered_at FROM outbox WHERE channel = 'dicom' AND study_key = ?"
-            " AND state = 'delivered'", (key,)).fetchone(), f"study {key}: SR delivered")
+            " AND state = 'delivered'", (key,)).fetchone(), f"study {key}: SR delivered", TIMEOUT)
     finally:
         outbox.close()
     if not pacs.instances(modality="SR", study_uid=study_uid):
         raise Broken(f"study {key}: the outbox says delivered but Orthanc has no SR")
-    record = _wait(lambda: audit.records(study_key=key), f"study {key}: audit record")[0]
+    record = _wait(lambda: audit.records(study_key=key), f"study {key}: audit record", TIMEOUT)[0]
     timings = {s: float(record["timings"].get(s, 0.0)) for s in STAGES}
     completion = last_received + STABLE_SECONDS
     # "other": completion to the SR's outbox row, less the stages: the pipeline taking the study, the order lookup,

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ingest import make_instances, serve_receiver
+from bench.ingest import RouterProcess, make_instances, serve_receiver
 from tests.peers.certs import Issued, Pki
 from tests.peers.dcmtk import dcmtk_env, storescu_command, wait_for_port
 from tests.peers.net import free_port, stop_process
@@ -38,27 +38,10 @@ def _serve(spool_dir: str, cert: str, key: str, ca: str) -> None:
                                        "clientCertificate": "required"})
 
 
-class Router:
-    """The receiver in a child process (``--serve``), stopped by closing its stdin."""
-
-    def __init__(self, spool: Path, server: Issued | None) -> None:
-        args = [str(server.cert), str(server.key), str(server.ca)] if server else ["-", "-", "-"]
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.tls", "--serve", str(spool), *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-
-    def __enter__(self) -> Router:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def start_router(spool: Path, server: Issued | None) -> RouterProcess:
+    """The receiver in a child process (``--serve``), TLS with ``server``'s certificate or plaintext."""
+    args = (str(server.cert), str(server.key), str(server.ca)) if server else ("-", "-", "-")
+    return RouterProcess(spool, module="bench.tls", serve_args=args)
 
 
 class StoreScp:
@@ -120,7 +103,7 @@ def run(count: int, size: int, repeats: int) -> int:
         for r in range(repeats):
             for use_tls in (False, True):
                 key = ("router", use_tls)
-                with Router(work / f"spool-{r}-{use_tls}", server if use_tls else None) as router:
+                with start_router(work / f"spool-{r}-{use_tls}", server if use_tls else None) as router:
                     best[key] = min(best.get(key, 1e9), send(router.port, "PACSFLOW", files,
                                                              client if use_tls else None))
                     if use_tls and r == 0:

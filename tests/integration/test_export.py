@@ -15,13 +15,12 @@ from pacsflow_router.results.export import Outbox, OutboxItem
 from pacsflow_router.results.reports import build_sr
 from pacsflow_router.results.scu import StoreClient, StoreError
 from tests.conftest import free_port
-from tests.peers import orthanc as orthanc_peer
 from tests.peers.dcmtk import dcmtk_env, wait_for_port
 from tests.peers.orthanc import Orthanc
 from tests.peers.srcheck import check_sr
 from tests.unit.pacsflow_router.test_reports import SPEC, USE_CASE, phantom_study_and_result
 
-pytestmark = pytest.mark.skipif(not orthanc_peer.available(), reason="Orthanc not installed (make system-deps)")
+# Orthanc is required, not optional: make system-deps installs it and a missing Orthanc fails the tests.
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

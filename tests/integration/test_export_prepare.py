@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.integration.test_export import _outbox, _Recorder, _sr, _wait, pacs  # noqa: F401 - pacs is a fixture
-from tests.peers import orthanc as orthanc_peer
 from tests.unit.pacsflow_router.test_reports import USE_CASE
 
-pytestmark = pytest.mark.skipif(not orthanc_peer.available(), reason="Orthanc not installed (make system-deps)")
+# Orthanc is required, not optional: make system-deps installs it and a missing Orthanc fails the tests.
 
 
 def test_prepare_opens_the_association_the_sr_then_goes_out_on(tmp_path, pacs):  # noqa: F811 - the fixture

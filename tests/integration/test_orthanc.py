@@ -6,19 +6,17 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from pacsflow_router.config import Destination
 from pacsflow_router.models.phantom import generate_study
 from pacsflow_router.results.reports import build_sr
 from pacsflow_router.results.scu import StoreClient
 from tests.conftest import free_port
-from tests.peers import orthanc as orthanc_peer
 from tests.peers.dcmtk import StoreSCP, storescu
 from tests.peers.orthanc import Orthanc, forward_script
 from tests.unit.pacsflow_router.test_reports import SPEC, USE_CASE, phantom_study_and_result
 
-pytestmark = pytest.mark.skipif(not orthanc_peer.available(), reason="Orthanc not installed (make system-deps)")
+# Orthanc is required, not optional: make system-deps installs it and a missing Orthanc fails the tests.
 
 
 def _received(directory: Path) -> set[str]:

@@ -19,7 +19,6 @@ they change (a rotated Kubernetes Secret): new connections get the new certifica
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -31,7 +30,7 @@ from typing import Any
 from . import metrics
 from .config import TlsServer
 from .errors import ConfigError
-from .tls import address_allowed, server_context
+from .tls import address_allowed, file_stamp, server_context
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +119,6 @@ def _close(conn: socket.socket) -> None:
     conn.close()
 
 
-def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
-    # stat() follows symlinks: a Secret's atomic ..data swap changes the inode even if size and mtime match.
-    out = []
-    for path in paths:
-        st = os.stat(path)
-        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(out)
-
-
 class ServerTls:
     """The server-side TLS context of one listener, rebuilt when its files change (certificate rotation).
 
@@ -152,7 +142,7 @@ class ServerTls:
         self._files = [p for p in (config.cert_file, config.key_file, config.client_ca_file) if p]
         self._lock = threading.Lock()
         try:
-            self._stamped = _stamp(self._files)
+            self._stamped = file_stamp(self._files)
             self._context = server_context(config)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"{setting}: cannot load the certificate, key or client CA "
@@ -165,7 +155,7 @@ class ServerTls:
         """The current context: rebuilt first if a file changed since it was built."""
         with self._lock:
             try:
-                stamped = _stamp(self._files)
+                stamped = file_stamp(self._files)
                 if stamped != self._stamped:
                     self._context = server_context(self.config)
                     self._stamped = stamped

@@ -40,8 +40,8 @@ def set_nodelay_on_connect(event: evt.Event) -> None:
 def tls_args(tls: TlsClient | None, host: str) -> tuple[ssl.SSLContext, str] | None:
     """pynetdicom's ``tls_args`` for an association to ``host`` (``None``: plaintext when ``tls`` is unset).
 
-    The context is built per association, so a rotated client certificate or CA bundle is used by the next
-    association; the server's certificate is always verified, against ``tls.serverName`` or else ``host``.
+    The context is :func:`~pacsflow_router.tls.client_context`'s, rebuilt when its files change, so a rotated client
+    certificate or CA bundle is used by the next association; the server's certificate is always verified, against ``tls.serverName`` or else ``host``.
 
     Raises
     ------

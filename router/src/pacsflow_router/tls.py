@@ -8,8 +8,10 @@ The stdlib :mod:`ssl` does the work; this module only sets it up the same way ev
 
 from __future__ import annotations
 
+import os
 import ssl
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
 from ipaddress import ip_address, ip_network
 
 from .config import Network, TlsClient, TlsServer
@@ -46,13 +48,42 @@ def server_context(cfg: TlsServer) -> ssl.SSLContext:
     return ctx
 
 
+def file_stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """(inode, mtime, size) of each file: it changes when a file is rotated.
+
+    ``stat`` follows symlinks, so a Kubernetes Secret's atomic ``..data`` swap changes the inode even when size and
+    mtime match.
+    """
+    out = []
+    for path in paths:
+        st = os.stat(path)
+        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+_client_contexts: dict[TlsClient, tuple[tuple[tuple[int, int, int], ...], ssl.SSLContext]] = {}
+_client_contexts_lock = threading.Lock()
+
+
 def client_context(cfg: TlsClient) -> ssl.SSLContext:
-    """A client-side context for ``cfg``: the server's certificate and host name always verified."""
+    """A client-side context for ``cfg``: the server's certificate and host name always verified.
+
+    Built once per setting and reused by every connection (loading a CA bundle, the system's above all, costs
+    milliseconds); rebuilt when one of its files changes, so a rotated client certificate or CA bundle applies to the
+    next connection.
+    """
+    stamp = file_stamp([p for p in (cfg.ca_file, cfg.cert_file, cfg.key_file) if p])
+    with _client_contexts_lock:
+        cached = _client_contexts.get(cfg)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     ctx = _harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ca_file), cfg.min_version)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     if cfg.cert_file and cfg.key_file:
         ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    with _client_contexts_lock:
+        _client_contexts[cfg] = (stamp, ctx)
     return ctx
 
 

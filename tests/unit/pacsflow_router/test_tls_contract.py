@@ -38,3 +38,17 @@ def test_client_context_verifies_and_refuses_old_versions() -> None:
     assert ctx.maximum_version == ssl.TLSVersion.TLSv1_3
     tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
     assert tls12 and all(n.startswith("ECDHE-") and ("GCM" in n or "CHACHA20" in n) for n in tls12)
+
+
+def test_client_context_is_reused_until_a_file_rotates(tmp_path) -> None:
+    from tests.peers.certs import Pki
+
+    pki = Pki(tmp_path / "pki")
+    client = pki.client("ct1")
+    cfg = TlsClient(ca_file=str(pki.ca_file), cert_file=str(client.cert), key_file=str(client.key))
+    first = client_context(cfg)
+    assert client_context(cfg) is first  # no CA bundle or key re-read per connection
+    rotated = pki.client("ct1", stem="rotated")
+    client.cert.write_bytes(rotated.cert.read_bytes())
+    client.key.write_bytes(rotated.key.read_bytes())
+    assert client_context(cfg) is not first  # a rotated certificate applies to the next connection

@@ -133,7 +133,7 @@ class AuditForwarder:
                 conn.execute(insert(AUDIT_FORWARD).values(name=NAME, last_id=last_id, updated_at=now))
 
     def _connect(self) -> ssl.SSLSocket:
-        # The CA bundle and client certificate are read again for each connection: a rotated Secret applies.
+        # client_context rebuilds when the CA bundle or client certificate changes: a rotated Secret applies.
         self._context = client_context(self.cfg.tls)
         raw = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
         try:

@@ -146,7 +146,7 @@ class MllpSender:
         tls = self.destination.tls
         if tls is not None:
             try:
-                # The context is built per connection: a rotated CA bundle or client certificate is read anew.
+                # client_context rebuilds when its files change: a rotated CA bundle or client certificate applies.
                 sock = client_context(tls).wrap_socket(sock, server_hostname=tls.server_name or self.destination.host)
             except (OSError, ssl.SSLError) as exc:
                 sock.close()
@@ -297,7 +297,7 @@ class WebhookSender:
         timeout = self.webhook.timeout_seconds
         conn: http.client.HTTPConnection
         if self._https:
-            # Verification always on (BCP 195 client context); caFile read per send, so a rotated bundle applies.
+            # Verification always on (BCP 195 client context), rebuilt when caFile changes (rotation).
             try:
                 context = client_context(TlsClient(ca_file=self.webhook.ca_file))
             except (OSError, ssl.SSLError) as exc:
