@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from pacsflow_router.config import served_model_name
+
 from .reconcile.conditions import Cond
 
 #: Seconds one readiness request to Triton may take (the probe runs off the event loop, in its own thread).
@@ -47,16 +49,6 @@ def deployment_available(deployment: Mapping[str, Any] | None, name: str) -> Con
                 f"Deployment {name}: {why}; see `kubectl describe deployment {name}` and its pods' events")
 
 
-def served_name(model: str, version: int) -> str:
-    """The Triton model that serves ``model`` ``version`` in a repository rendered by the router's image.
-
-    Must equal ``pacsflow_router.models.repository.served_name`` (the TritonCluster's init container renders the
-    repository with it); repeated here because the operator may import only the router's config model
-    (import-linter contract), and the integration test asks a repository rendered by that function.
-    """
-    return f"{model}_v{int(version)}"
-
-
 def model_version_ready(url: str, model: str, version: int, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool | None:
     """Ask Triton whether one model version is READY.
 
@@ -65,7 +57,7 @@ def model_version_ready(url: str, model: str, version: int, timeout: float = PRO
     url
         Triton's HTTP endpoint, ``host:port``.
     model, version
-        The source model and pinned version (asked as :func:`served_name` at ``version``).
+        The source model and pinned version (asked as ``config.served_model_name`` at ``version``).
     timeout
         Seconds for the request.
 
@@ -75,7 +67,7 @@ def model_version_ready(url: str, model: str, version: int, timeout: float = PRO
         True: Triton answered 200; False: Triton answered that the version is not ready (4xx); None: Triton could
         not be asked (unreachable, 5xx), so nothing is known.
     """
-    path = f"/v2/models/{urllib.parse.quote(served_name(model, version), safe='')}/versions/{int(version)}/ready"
+    path = f"/v2/models/{urllib.parse.quote(served_model_name(model, version), safe='')}/versions/{int(version)}/ready"
     try:
         with urllib.request.urlopen(f"http://{url}{path}", timeout=timeout) as response:  # noqa: S310 - fixed scheme
             return bool(response.status == 200)

@@ -226,6 +226,12 @@ class ModelRef(_Model):
     """Pinned model version (numbered folder in the model repository)."""
 
 
+def served_model_name(model: str, version: int) -> str:
+    """The Triton model that serves ``model`` pinned to ``version`` (``ich_detector_v2``): the repository renderer
+    names each pinned version's ensemble so, and the operator asks Triton for it."""
+    return f"{model}_v{int(version)}"
+
+
 class NumberRange(_Model):
     """A closed interval; either bound may be left open."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pacsflow_operator.health import deployment_available, model_version_ready, served_name
+from pacsflow_operator.health import deployment_available, model_version_ready
+from pacsflow_router.config import served_model_name
+from pacsflow_router.models.repository import ensemble_name
 
 
 @pytest.mark.parametrize(("deployment", "status", "reason"), [
@@ -22,7 +24,7 @@ def test_deployment_available(deployment, status, reason):
 
 
 def test_served_name_and_unreachable_triton_is_unknown():
-    assert served_name("ich_detector", 2) == "ich_detector_v2"
+    assert served_model_name("ich_detector", 2) == ensemble_name("ich_detector", 2) == "ich_detector_v2"
     assert model_version_ready("127.0.0.1:9", "ich_detector", 2, timeout=1) is None  # port 9: nothing listens
 
 

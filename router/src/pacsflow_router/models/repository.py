@@ -57,6 +57,8 @@ from typing import cast
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..config import served_model_name
+
 TARGETS = ("cpu-python", "gpu")
 
 #: Triton priority levels of every rendered model: 1 triage, 2 assistive, 3 silent (the default, also for 0).
@@ -158,7 +160,7 @@ def ensemble_name(model: str, version: int) -> str:
     str
         e.g. ``ich_detector_v2``; ask Triton for this name at version ``version``.
     """
-    return f"{model}_v{version}"
+    return served_model_name(model, version)
 
 
 def version_models(model: str, version: int) -> list[str]:
