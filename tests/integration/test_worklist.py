@@ -15,7 +15,11 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from pacsflow_router import metrics
 from pacsflow_router.config import MwlSource, parse_config
@@ -26,7 +30,7 @@ from pacsflow_router.workflow.mwl import MwlPoller
 from pacsflow_router.workflow.orders import OrderStore
 from pacsflow_router.workflow.worklist import AI_PREFIX, worklist_service
 from tests.peers.net import eventually
-from tests.peers.worklist import RisItem, RisWorklist, findscu_worklist, ris_worklist
+from tests.peers.worklist import RisItem, RisWorklist, findscu_worklist, ris_item_file, ris_worklist
 
 # dcmtk (wlmscpfs, findscu) is required, not optional: make system-deps installs it and a missing tool fails.
 
@@ -115,6 +119,35 @@ def test_poller_stores_new_items_and_updates_changed_ones(ris: RisWorklist, stor
 
     assert mwl.poll_once().items == {"unchanged": 2}
     assert sample("pacsflow_mwl_polls_total", outcome="success") == successes + 3
+
+
+def test_an_item_with_a_nul_in_a_value_is_skipped_and_the_rest_of_the_poll_is_stored(
+        tmp_path: Path, store: OrderStore, caplog: pytest.LogCaptureFixture):
+    # dcmtk's wlmscpfs cuts a value at a NUL (C strings), so this RIS is a pynetdicom C-FIND SCP answering the
+    # identifiers as given: a broken RIS export with a NUL inside the reason for study, then a good item.
+    good = pydicom.dcmread(ris_item_file(tmp_path, RisItem("ACC-2001", "PID-21")))
+    bad = pydicom.dcmread(ris_item_file(tmp_path, RisItem("ACC-2002", "PID-22")))
+    bad.ReasonForTheRequestedProcedure = "Fall\x00PRIVATE-NOTE"
+
+    def answer(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, bad
+        yield 0xFF00, good
+        yield 0x0000, None
+
+    ae = AE(ae_title="RISMWL")
+    ae.add_supported_context(ModalityWorklistInformationFind)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, answer)])
+    try:
+        with caplog.at_level(logging.WARNING, logger="pacsflow_router.workflow.mwl"):
+            result = poller(server.server_address[1], store).poll_once()
+    finally:
+        server.shutdown()
+
+    assert result.outcome == "success"
+    assert result.items == {"skipped": 1, "created": 1}
+    assert store.get("ACC-2001", "PID-21") is not None and store.get("ACC-2002", "PID-22") is None
+    assert "ReasonForTheRequestedProcedure holds a NUL character" in caplog.text
+    assert "PRIVATE-NOTE" not in caplog.text and "ACC-2002" not in caplog.text
 
 
 def test_poller_counts_a_ris_that_is_down_and_recovers_when_it_is_back(tmp_path: Path, store: OrderStore):

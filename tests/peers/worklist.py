@@ -99,6 +99,15 @@ class RisItem:
 RIS_ITEM_FIELDS = tuple(f.name for f in fields(RisItem))
 
 
+def ris_item_file(directory: Path, item: RisItem, name: str = "item") -> Path:
+    """``item`` as a worklist file ``<directory>/<name>.wl.tmp``, written by dcmtk ``dump2dcm`` from its text dump."""
+    dump = directory / f"{name}.dump"
+    dump.write_text(item.dump(), encoding="utf-8")
+    path = directory / f"{name}.wl.tmp"
+    subprocess.run(["dump2dcm", "-q", str(dump), str(path)], check=True, capture_output=True, timeout=30)
+    return path
+
+
 class RisWorklist:
     """A running ``wlmscpfs`` serving ``.wl`` files from ``root/<ae_title>/`` on ``127.0.0.1:port``."""
 
@@ -114,12 +123,8 @@ class RisWorklist:
 
     def write(self, name: str, item: RisItem) -> Path:
         """Write (or replace) ``<name>.wl`` from ``item`` with ``dump2dcm``."""
-        dump = self.root / f"{name}.dump"
-        dump.write_text(item.dump(), encoding="utf-8")
         target = self.directory / f"{name}.wl"
-        tmp = self.root / f"{name}.wl.tmp"
-        subprocess.run(["dump2dcm", "-q", str(dump), str(tmp)], check=True, capture_output=True, timeout=30)
-        tmp.replace(target)  # atomically: wlmscpfs never reads a half-written file
+        ris_item_file(self.root, item, name).replace(target)  # atomically: wlmscpfs never reads a half-written file
         return target
 
     def remove(self, name: str) -> None:

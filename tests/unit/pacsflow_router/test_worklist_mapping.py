@@ -11,7 +11,7 @@ from pydicom.sequence import Sequence
 
 from pacsflow_router.config import MwlSource
 from pacsflow_router.domain import Order
-from pacsflow_router.workflow.mwl import build_query, order_from_item
+from pacsflow_router.workflow.mwl import NulInValueError, build_query, order_from_item
 from pacsflow_router.workflow.orders import WorklistEntry
 from pacsflow_router.workflow.worklist import (
     AI_PREFIX,
@@ -65,6 +65,14 @@ def test_a_ris_item_becomes_an_order_from_the_worklist():
 @pytest.mark.parametrize("missing", ["AccessionNumber", "PatientID"])
 def test_an_item_without_its_key_is_skipped(missing: str):
     assert order_from_item(_item(**{missing: ""})) is None
+
+
+def test_an_item_with_a_nul_inside_a_value_is_refused_naming_the_field_not_the_value():
+    with pytest.raises(NulInValueError, match="^ReasonForTheRequestedProcedure holds a NUL character$"):
+        order_from_item(_item(ReasonForTheRequestedProcedure="Fall\x00secret"))
+    # Trailing NUL padding is padding, not content.
+    order = order_from_item(_item(RequestedProcedureID="RP7\x00"))
+    assert order is not None and order.requested_procedure_id == "RP7"
 
 
 ORDER = Order(accession="A1", patient_id="P1", modality="CT", priority="R", patient_name="Ærø^Åse",

@@ -106,13 +106,22 @@ def build_query(source: MwlSource, today: datetime.date) -> Dataset:
     return ds
 
 
+class NulInValueError(ValueError):
+    """A worklist value holds a NUL (U+0000) inside it: no DICOM text VR carries one, and the order store (PostgreSQL
+    text) cannot hold it, so the item is skipped rather than failing every poll."""
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
     if isinstance(value, MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value).strip().rstrip("\x00")  # trailing NUL padding (as UIDs are padded) is tolerated
+    if "\x00" in text:
+        raise NulInValueError(f"{keyword} holds a NUL character")  # the keyword only: never the value
+    return text
 
 
 def _first_item(ds: Dataset, keyword: str) -> Dataset:
@@ -183,6 +192,9 @@ def _read_item(identifier: Dataset) -> Order | None:
     """:func:`order_from_item`, with an item that cannot be read skipped instead of ending the poll."""
     try:
         return order_from_item(identifier)
+    except NulInValueError as exc:
+        log.warning("worklist item skipped: %s", exc)
+        return None
     except Exception as exc:  # noqa: BLE001  # pydicom raises many types for values it cannot decode
         log.warning("worklist item cannot be read (%s); skipped", type(exc).__name__)
         return None
