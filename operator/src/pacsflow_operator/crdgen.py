@@ -51,7 +51,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
         # Siblings of $ref (the field's own description, validations) override the referenced model's.
         node = {**copy.deepcopy(target), **node}
-    if "anyOf" in node:
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        # (int-or-string keeps its anyOf of integer and string: the one union a structural schema allows.)
         branches = [b for b in node.pop("anyOf") if b != {"type": "null"}]
         if len(branches) != 1:
             raise ValueError(f"cannot express a union of {len(branches)} types structurally: {branches}")

@@ -7,7 +7,9 @@ Bearer <token>`` or with another token is answered 401 (the comparison is consta
 the file is read on every request, so a rotated Secret applies at once. A token file that cannot be read answers 503
 rather than opening the endpoint. ``GET /healthz`` answers 200 without a token (it tells nothing but that the router
 is up), so a kubelet liveness probe (``httpGet``, ``scheme: HTTPS`` when TLS is on) needs no secret; the allow-list
-still applies to it, so the nodes' addresses belong in ``allowedNetworks``.
+still applies to it, so the nodes' addresses belong in ``allowedNetworks``. ``GET /readyz``, also without a token,
+answers 200 when the router can take studies and 503 with the reason otherwise (:mod:`.readiness`: DICOM listener
+accepting, spool writable): the startup and readiness probes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Answered 200 without a bearer token (liveness probes).
 HEALTH_PATH = "/healthz"
+#: Answered 200 or 503 (with the reason) without a bearer token (startup and readiness probes).
+READY_PATH = "/readyz"
 
 
 def _read_token(path: str) -> bytes:
@@ -40,6 +45,7 @@ def _read_token(path: str) -> bytes:
 
 class _Server(GuardedHTTPServer):
     token_file: str | None = None
+    ready: Callable[[], tuple[bool, str]] | None = None
 
 
 class _Handler(MetricsHandler):
@@ -47,8 +53,13 @@ class _Handler(MetricsHandler):
     registry = metrics.REGISTRY
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path.split("?", 1)[0] == HEALTH_PATH:
+        path = self.path.split("?", 1)[0]
+        if path == HEALTH_PATH:
             self._answer(200, b"ok\n")
+            return
+        if path == READY_PATH and self.server.ready is not None:
+            ok, reason = self.server.ready()
+            self._answer(200 if ok else 503, reason.encode() + b"\n")
             return
         token_file = self.server.token_file
         if token_file is not None and not self._authorized(token_file):
@@ -95,6 +106,9 @@ class MetricsEndpoint:
         ``allowedNetworks``.
     on_refused
         Given each refused connection or scrape (allow-list, TLS handshake, bearer token): the audit.
+    ready
+        Answers ``GET /readyz``: ``(ready, reason)`` (:meth:`.readiness.Readiness.check`); without it ``/readyz`` is
+        served like any other path (metrics).
 
     Raises
     ------
@@ -102,7 +116,8 @@ class MetricsEndpoint:
         The TLS files or the token file cannot be read (at construction: the router does not start half-open).
     """
 
-    def __init__(self, config: Metrics, on_refused: RefusalHook | None = None) -> None:
+    def __init__(self, config: Metrics, on_refused: RefusalHook | None = None,
+                 ready: Callable[[], tuple[bool, str]] | None = None) -> None:
         self.config = config
         tls = ServerTls(config.tls, "metrics.tls") if config.tls is not None else None
         if config.bearer_token_file is not None:
@@ -115,6 +130,7 @@ class MetricsEndpoint:
                                networks=config.allowed_networks, tls=tls)
         self._server.token_file = config.bearer_token_file
         self._server.on_refused = on_refused
+        self._server.ready = ready
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property

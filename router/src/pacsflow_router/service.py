@@ -32,6 +32,7 @@ from .ingest.studies import StudyTracker
 from .metricsendpoint import MetricsEndpoint
 from .pipeline import Pipeline
 from .predecode import Predecoder
+from .readiness import Readiness
 from .results.approvals import Approvals
 from .results.audit import AuditLog
 from .results.auditforward import start_forwarder
@@ -129,6 +130,8 @@ class RouterService:
         self.receiver.on_stored = self.predecoder.wake  # each store wakes the decoder (it never blocks)
         self._threads: list[threading.Thread] = []
         self.metrics_endpoint: MetricsEndpoint | None = None
+        # GET /readyz on the metrics port: the DICOM listener accepts and the spool takes a durable write.
+        self.readiness = Readiness(self.spool.instance_dir, lambda: self.receiver.listening)
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         # Config versions the API watch delivered (digests): while the watch is open, the lagging mounted file
@@ -193,7 +196,8 @@ class RouterService:
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
         # allow-list, HTTPS, bearer token; refusals to the audit like the DICOM port's
-        self.metrics_endpoint = MetricsEndpoint(self.config.metrics, on_refused=self.audit.record_refusal).start()
+        self.metrics_endpoint = MetricsEndpoint(self.config.metrics, on_refused=self.audit.record_refusal,
+                                                ready=self.readiness.check).start()
         metrics.BUILD_INFO.info({"version": __import__("pacsflow_router").__version__})
         _export_modes(None, self.config)
         self.predecoder.start()

@@ -44,9 +44,10 @@ def test_metrics_tls_token_and_allow_list_are_mounted_and_rendered():
                                        "readOnly": True}
     # The token is a file, never an environment variable or config text.
     assert "scrape" not in str(container.get("env")) and "prom-token" not in str(container.get("env"))
-    # Liveness on /healthz (no token needed) over HTTPS; readiness still on the DICOM port.
+    # Liveness on /healthz, startup and readiness on /readyz (no token needed), all over HTTPS.
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}
-    assert container["readinessProbe"]["tcpSocket"] == {"port": "dicom"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics", "scheme": "HTTPS"}
+    assert container["startupProbe"]["httpGet"] == container["readinessProbe"]["httpGet"]
     # The NetworkPolicy narrows the metrics port to the same blocks.
     policy = router_network_policy("r", spec, {"app": "r"}, {})
     [scrape] = [rule for rule in policy["spec"]["ingress"] if rule["ports"] == [{"port": 9443, "protocol": "TCP"}]]

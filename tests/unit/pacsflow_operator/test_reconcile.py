@@ -96,8 +96,10 @@ def test_router_deployment():
     assert mounts["/etc/pacsflow-secrets/sectra"]["readOnly"] is True
     secret_volume = {v["name"]: v for v in pod["volumes"]}[mounts["/etc/pacsflow-secrets/sectra"]["name"]]
     assert secret_volume["secret"]["secretName"] == "sectra-webhook-hmac"
-    assert c["readinessProbe"]["tcpSocket"]["port"] == "dicom"
-    assert c["startupProbe"]["tcpSocket"]["port"] == "dicom"
+    # Startup and readiness on /readyz (DICOM listener accepting, spool writable), liveness on /healthz.
+    ready = {"path": "/readyz", "port": "metrics", "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"] == ready and c["startupProbe"]["httpGet"] == ready
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert all("subPath" not in m for m in c["volumeMounts"])  # subPath mounts never see ConfigMap updates
     assert {v["name"]: v for v in pod["volumes"]}["spool"]["persistentVolumeClaim"]["claimName"] == "ed-router-spool"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()

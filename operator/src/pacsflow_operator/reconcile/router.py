@@ -29,7 +29,7 @@ from pacsflow_router.config import (
     render_config,
 )
 
-from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec
+from ..resources.v1alpha1 import ROUTER_DEFAULT_RESOURCES, AIUseCaseSpec, DicomRouterSpec
 from .conditions import Cond, ready
 from .manifests import cluster_ip_service, deployment
 from .netpol import router_network_policy
@@ -46,6 +46,9 @@ METRICS_TOKEN_DIR = "/etc/pacsflow-tls/metrics-token"
 AUDIT_SYSLOG_TLS_DIR = "/etc/pacsflow-tls/audit-syslog"
 #: Answered 200 without the scrape token (pacsflow_router.metricsendpoint.HEALTH_PATH): the liveness probe's path.
 HEALTH_PATH = "/healthz"
+#: 200 when the DICOM listener accepts and the spool takes a durable write, else 503 with the reason, without the
+#: scrape token (pacsflow_router.metricsendpoint.READY_PATH): the startup and readiness probes' path.
+READY_PATH = "/readyz"
 EMBEDDED_MODEL_REPOSITORY = "/opt/pacsflow/model_repository"
 TRITON_HTTP_PORT = 8000
 # A non-root uid/gid that owns the spool volume (fsGroup) so the router never needs root.
@@ -393,6 +396,18 @@ def _service(name: str, spec: DicomRouterSpec) -> dict[str, Any]:
     return cluster_ip_service(deployment_name(name), labels(name), _selector(name), _ports(spec))
 
 
+def _resources(spec: DicomRouterSpec) -> dict[str, dict[str, str]]:
+    """The router container's requests and limits: ``spec.resources`` as written, else the measured defaults."""
+    if spec.resources is None:
+        return {part: dict(values) for part, values in ROUTER_DEFAULT_RESOURCES.items()}
+    return {part: dict(values) for part, values in spec.resources.model_dump().items() if values}
+
+
+def _http_probe(spec: DicomRouterSpec, path: str) -> dict[str, Any]:
+    scheme = "HTTPS" if spec.metrics is not None and spec.metrics.tls_secret_name else "HTTP"
+    return {"httpGet": {"path": path, "port": "metrics", "scheme": scheme}}
+
+
 def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
     container = {
         "name": "router",
@@ -400,19 +415,16 @@ def _deployment(name: str, spec: DicomRouterSpec, image: str) -> dict[str, Any]:
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "env": [{"name": "PACSFLOW_ROUTER_LOG_FORMAT", "value": "json"}],
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"} for port_name, port in _ports(spec)],
-        # Ready = the DICOM listener accepts connections (a TCP probe is not counted as a refusal); alive = the
-        # metrics server answers /healthz, which needs no scrape token (HTTPS when the metrics port has TLS).
+        # Ready = /readyz on the metrics port: the DICOM listener accepts connections and the spool takes a
+        # durable write (a full or read-only spool volume takes the pod out of the Service, where a TCP probe
+        # would keep it in); no scrape token needed, HTTPS when the metrics port has TLS. Alive = /healthz.
         # Startup: the DICOM listener opens only once the process has imported its stack and read the spool's
         # index (StudyTracker), minutes on a slow node or a large spool; liveness waits up to 5 min for it.
-        "startupProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 2, "failureThreshold": 150},
-        "readinessProbe": {"tcpSocket": {"port": "dicom"}, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {
-            "httpGet": {"path": HEALTH_PATH, "port": "metrics",
-                        "scheme": "HTTPS" if spec.metrics is not None and spec.metrics.tls_secret_name else "HTTP"},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
+        "startupProbe": {**_http_probe(spec, READY_PATH), "periodSeconds": 2, "failureThreshold": 150},
+        "readinessProbe": {**_http_probe(spec, READY_PATH), "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**_http_probe(spec, HEALTH_PATH), "initialDelaySeconds": 10, "periodSeconds": 10,
+                          "failureThreshold": 6},
+        "resources": _resources(spec),
         "volumeMounts": [
             {"name": "spool", "mountPath": DATA_DIR},
             # No subPath: kubelet only refreshes whole-directory ConfigMap mounts, and hot reload needs that.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 from pacsflow_router.config import (
@@ -120,6 +120,44 @@ class Spool(_Model):
 _RESERVED = ("/var/lib/pacsflow", "/etc/pacsflow", "/etc/pacsflow-tls")
 _RESERVED_MESSAGE = "mountPath may not be under /var/lib/pacsflow, /etc/pacsflow or /etc/pacsflow-tls"
 _RESERVED_PATHS_RULE = " && ".join(f"self != '{p}' && !self.startsWith('{p}/')" for p in _RESERVED)
+
+
+#: The pattern kube-apiserver gives ``resource.Quantity`` in its own OpenAPI schema.
+_K8S_QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+                         r"|(\.[0-9]+))))?$")
+
+
+def _quantity_text(value: object) -> object:
+    # ``cpu: 2`` in YAML arrives as an integer: Kubernetes quantities are int-or-string, the pod spec gets the text.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: A container resource quantity (``500m``, ``2``, ``1536Mi``), int-or-string as in the core API.
+ResourceQuantity = Annotated[
+    str,
+    BeforeValidator(_quantity_text),
+    Field(pattern=_K8S_QUANTITY_PATTERN),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": _K8S_QUANTITY_PATTERN,
+                    "x-kubernetes-int-or-string": True}),
+]
+
+#: The router container's resources when ``spec.resources`` is unset, measured on a real router (docs/pods.md):
+#: about 160 MiB idle, 0.55 GiB after a 32-slice head CT, 1.25 GiB peak and 1 GiB resident after 300-slice ones,
+#: about 4 CPU-seconds per 300-slice study. No CPU limit: CFS throttling would stall the DICOM association threads
+#: and lengthen time to result; the memory limit leaves room for about 1500-slice studies.
+ROUTER_DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "1", "memory": "1536Mi"},
+    "limits": {"memory": "4Gi"},
+}
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of a container (the ``requests`` and ``limits`` of Kubernetes' ResourceRequirements)."""
+
+    requests: dict[str, ResourceQuantity] = Field(default_factory=dict)
+    """Resources the scheduler reserves (``cpu``, ``memory``, ``ephemeral-storage``)."""
+    limits: dict[str, ResourceQuantity] = Field(default_factory=dict)
+    """Most the container may use: above its ``memory`` limit it is OOM-killed, above ``cpu`` throttled."""
 
 
 class SecretMount(_Model):
@@ -230,6 +268,11 @@ class DicomRouterSpec(_Model):
     instances may arrive over several associations and two pods would split studies."""
     image: str | None = Field(default=None, min_length=1)
     """Router container image (the operator's default router image when unset)."""
+    resources: ResourceRequirements | None = Field(default=None, description=(
+        "Requests and limits of the router container, used as written (requests/limits not given are not set). "
+        "Unset: requests cpu " + ROUTER_DEFAULT_RESOURCES["requests"]["cpu"] + ", memory "
+        + ROUTER_DEFAULT_RESOURCES["requests"]["memory"] + "; limits memory " + ROUTER_DEFAULT_RESOURCES["limits"]["memory"]
+        + ", no CPU limit (measured on a router running 300-slice head CTs: docs/pods.md)."))
     # Same spelling as the routing config (DICOM writes "AE Title", not "Ae Title").
     allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list, alias="allowedCallingAETitles")
     """Calling AE titles accepted; associations from any other AE title are rejected."""

@@ -327,6 +327,17 @@ class DicomReceiver:
             raise RuntimeError("DicomReceiver is not started")
         return self.server.server_address[1]
 
+    @property
+    def listening(self) -> bool:
+        """Whether the port accepts connections: the socket is open and listening, and its accept thread runs."""
+        server, thread = self.server, self._thread
+        if server is None or thread is None or not thread.is_alive() or server.socket is None:
+            return False
+        try:
+            return bool(server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        except OSError:  # closed under us (stop() racing a probe)
+            return False
+
     def start(self) -> None:
         """Listen and serve in a background thread; returns once the port accepts connections."""
         server = self._ae.make_server(
