@@ -123,6 +123,22 @@ def test_the_api_is_its_own_deployment_reading_the_store_url_from_a_secret(helm:
     assert missing.returncode != 0 and "api.storeUrlSecret.name is required" in missing.stderr
 
 
+def test_the_operator_pod_is_what_the_triton_network_policies_admit(helm: str):
+    """The TritonClusters' policies (operator reconcile/triton.py) admit the operator's pods by the labels and the
+    namespace the chart gives them, and the operator's own policy lets its readiness request out to Triton."""
+    from pacsflow_operator.reconcile import triton as triton_rc
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _template(helm, [])}
+    template = docs["Deployment", "pacsflow"]["spec"]["template"]
+    assert triton_rc.OPERATOR_POD_LABELS.items() <= template["metadata"]["labels"].items()
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    assert env["PACSFLOW_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    egress = docs["NetworkPolicy", "pacsflow-operator"]["spec"]["egress"]
+    assert {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": triton_rc.labels("x")["app.kubernetes.io/name"]}}}],
+        "ports": [{"port": triton_rc.HTTP_PORT, "protocol": "TCP"}]} in egress
+
+
 def test_rbac_is_least_privilege(helm: str):
     for doc in _template(helm, []):
         if doc["kind"] != "ClusterRole":

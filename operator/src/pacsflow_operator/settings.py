@@ -31,6 +31,9 @@ class OperatorSettings(BaseSettings):
     triton_url: str = ""
     """Triton HTTP endpoint (``host:port``) asked about every TritonCluster's model readiness instead of the
     cluster's Service (empty: the Service; set it for an operator running outside the cluster)."""
+    namespace: str = ""
+    """The operator pod's own namespace (the chart sets it from the downward API): the TritonClusters'
+    NetworkPolicies admit the operator's pods from it (empty: from any namespace, by the pods' labels)."""
     create_settle_seconds: float = 0.3
     """How long a new AIUseCase waits before its router's config is rendered, so that a burst of creations
     costs one render per router per interval (edits of existing use cases render at once)."""

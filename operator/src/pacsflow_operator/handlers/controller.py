@@ -240,7 +240,8 @@ class Controller:
                 use_cases: dict[str, AIUseCaseSpec] = {}
                 for router_name in idx.routers_of_triton(namespace, name):
                     use_cases.update(idx.use_case_specs(namespace, router_name))
-                plan = triton_rc.render_triton(name, spec, use_cases, render_image=self.settings.router_image)
+                plan = triton_rc.render_triton(name, spec, use_cases, render_image=self.settings.router_image,
+                                               operator_namespace=self.settings.namespace)
                 await self._apply_all(plan.children, namespace,
                                       owner("TritonCluster", namespace, name, entry["uid"]), force)
                 base = self.base_status("TritonCluster", namespace, entry)

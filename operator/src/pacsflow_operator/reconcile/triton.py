@@ -21,6 +21,9 @@ from .conditions import Cond, ready
 from .manifests import cluster_ip_service, deployment
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "pacsflow-operator", "app.kubernetes.io/component": "operator"}
+"""Labels the chart gives the operator's pod (charts/pacsflow/templates/_helpers.tpl): the Triton policy admits
+those pods' model readiness requests (AIUseCase ``ModelAvailable``)."""
 REPO_MOUNT, MODELS_DIR = "/repository", "/models"
 
 
@@ -90,7 +93,8 @@ class TritonPlan:
 
 
 def render_triton(
-    name: str, spec: TritonClusterSpec, use_cases: Mapping[str, AIUseCaseSpec], *, render_image: str
+    name: str, spec: TritonClusterSpec, use_cases: Mapping[str, AIUseCaseSpec], *, render_image: str,
+    operator_namespace: str = "",
 ) -> TritonPlan:
     """Every child of a TritonCluster and its conditions.
 
@@ -104,6 +108,9 @@ def render_triton(
         AIUseCase name -> spec, every use case whose router names this cluster.
     render_image
         Image with the ``pacsflow`` command (the router image) for the repository-render init container.
+    operator_namespace
+        The operator pod's namespace (``PACSFLOW_OPERATOR_NAMESPACE``, from the downward API in the chart), whose
+        operator pods the NetworkPolicy admits on Triton's HTTP port; empty: operator pods in any namespace.
 
     Returns
     -------
@@ -111,7 +118,7 @@ def render_triton(
         Service, NetworkPolicy and Deployment, the served models and conditions.
     """
     versions = pinned_versions(use_cases.values())
-    children = [_service(name), _network_policy(name),
+    children = [_service(name), network_policy(name, operator_namespace=operator_namespace),
                 _deployment(name, spec, render_args(spec, versions), render_image)]
     models = [{"name": model, "versions": vs} for model, vs in versions.items()]
     conds = [Cond("ModelsPinned", "True", "Rendered",
@@ -121,9 +128,28 @@ def render_triton(
     return TritonPlan(children, models, conds)
 
 
-def _network_policy(name: str) -> dict[str, Any]:
-    """Triton answers the namespace's routers (HTTP, gRPC) and scrapers (metrics); it connects to nothing but DNS."""
+def network_policy(name: str, *, operator_namespace: str = "") -> dict[str, Any]:
+    """The TritonCluster's NetworkPolicy: who may reach its Triton pods.
+
+    Triton answers the namespace's routers (HTTP, gRPC), the operator's pods (HTTP: the model readiness request
+    behind AIUseCase ``ModelAvailable``) and scrapers (metrics); it connects to nothing but DNS.
+
+    Parameters
+    ----------
+    name
+        The TritonCluster's name.
+    operator_namespace
+        Namespace of the operator's pods; empty admits the operator's pods (by label) in any namespace.
+
+    Returns
+    -------
+    dict
+        A ``networking.k8s.io/v1`` NetworkPolicy.
+    """
     routers = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "pacsflow-router"}}}
+    namespaces = ({"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}} if operator_namespace
+                  else {})
+    operator = {"namespaceSelector": namespaces, "podSelector": {"matchLabels": dict(OPERATOR_POD_LABELS)}}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -133,6 +159,7 @@ def _network_policy(name: str) -> dict[str, Any]:
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [{"from": [routers], "ports": [{"port": HTTP_PORT, "protocol": "TCP"},
                                                       {"port": GRPC_PORT, "protocol": "TCP"}]},
+                        {"from": [operator], "ports": [{"port": HTTP_PORT, "protocol": "TCP"}]},
                         {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}],
             "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}],
         },
