@@ -6,8 +6,10 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 
 import pydicom
+import pynetdicom.association
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -87,6 +89,8 @@ def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_pat
         assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
         (live,) = rx._ae.active_associations
         assert isinstance(live.dul.socket, EventDrivenSocket) and live.dul._run_loop_delay == 0
+        assert getattr(live, reactor._MARK) is True  # its association loop skips pynetdicom's 1 ms sleep
+        assert pynetdicom.association.time is reactor._LOOP_TIME
         # Idle now: the receiver's reactors wait on events; stop() must still get through to them.
         rx.stop()
         eventually(lambda: assoc.is_aborted, "the receiver's stop aborted the idle association", timeout=15)
@@ -95,3 +99,28 @@ def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_pat
         if assoc.is_established:
             assoc.abort()
     assert spool.count() == 1
+
+
+def test_only_the_association_loop_sleep_of_a_marked_thread_is_skipped(monkeypatch):
+    assert reactor._LOOP_TIME.monotonic is time.monotonic  # everything but sleep is the time module's own
+    slept: list[float] = []
+
+    class _RecordingTime:
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+    monkeypatch.setattr(reactor, "time", _RecordingTime)
+
+    def sleeps_on(marked: bool) -> None:
+        if marked:
+            setattr(threading.current_thread(), reactor._MARK, True)
+        for seconds in (reactor._ASSOCIATION_LOOP_SLEEP, 0.01, 0.0001):
+            reactor._LOOP_TIME.sleep(seconds)
+
+    for marked in (True, False):
+        thread = threading.Thread(target=sleeps_on, args=(marked,))
+        thread.start()
+        thread.join()
+    # The marked thread skipped only the 1 ms loop sleep; the unmarked one slept every time, as pynetdicom asked.
+    assert slept == [0.01, 0.0001, reactor._ASSOCIATION_LOOP_SLEEP, 0.01, 0.0001]

@@ -62,6 +62,7 @@ from ..errors import ConfigError, SpoolFullError, UnparseableInstanceError
 from . import part10, tlsaccept
 from .reactor import EventDrivenSocket, make_event_driven
 from .spool import Spool, StoredInstance
+from .store_response import send_store_responses_directly
 from .tlsaccept import Refusal
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class _RequestHandler(RequestHandler):
         # connection indication), so the guard is installed by re-classing the instance it created.
         assoc.dul.socket.__class__ = _PduGuardSocket
         make_event_driven(assoc)  # no 1 ms polling sleeps per C-STORE (reactor.py)
+        send_store_responses_directly(assoc)  # C-STORE-RSP encoded without pydicom (store_response.py)
         tls_config = self.server.receiver.config.tls
         if isinstance(self.request, ssl.SSLSocket):
             certificate = tlsaccept.certificate_name(self.request)
