@@ -4,9 +4,10 @@
 
 1. Starts etcd + kube-apiserver + kube-controller-manager v1.34 (tests/peers/cluster.py; or uses
    ``--kubeconfig``), applies the generated CRDs, runs ``pacsflow-operator`` as its own process.
-2. Creates the routers and use cases; time until every router's ConfigMap holds all its use cases (from the first
-   create, and after the last create returned), the operator's CPU seconds and the requests the burst cost the API
-   server (its own ``apiserver_request_total``, the bench's creates excluded).
+2. Creates the routers and use cases; time until every router's ConfigMap holds all its use cases and every use
+   case's status says so for its generation (from the first create, and after the last create returned), the
+   operator's CPU seconds and the requests the burst cost the API server (its own ``apiserver_request_total``, the
+   bench's creates excluded).
 3. Mode edits one at a time (silent <-> assistive): time from the PATCH returning to the router's
    ConfigMap carrying the new mode, seen through a watch (p50/p95). The peer run in the same process is
    a plain ConfigMap PATCH round trip on the same API server: the ratio says how much the operator adds.
@@ -148,6 +149,40 @@ class ConfigWatcher(threading.Thread):
         self._watch.stop()
 
 
+class StatusWatcher(threading.Thread):
+    """Watches the AIUseCases; ``rendered`` holds the names whose status says, for their current generation,
+    that they are in their router's routing config (``observedGeneration`` = ``metadata.generation`` and
+    ``ConfigRendered`` True)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(daemon=True)
+        self.custom = client.CustomObjectsApi(api)
+        self.rendered: set[str] = set()
+        self._watch = watch.Watch()
+        self._stopping = False
+
+    def run(self) -> None:
+        try:
+            for event in self._watch.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, NS,
+                                            "aiusecases"):
+                uc = event["object"]
+                name, status = uc["metadata"]["name"], uc.get("status") or {}
+                rendered = any(c.get("type") == "ConfigRendered" and c.get("status") == "True"
+                               for c in status.get("conditions") or ())
+                if event["type"] != "DELETED" and rendered and \
+                        status.get("observedGeneration") == uc["metadata"].get("generation"):
+                    self.rendered.add(name)
+                else:
+                    self.rendered.discard(name)
+        except (ProtocolError, ApiException):
+            if not self._stopping:
+                raise
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._watch.stop()
+
+
 def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operator_log: str | None = None) -> dict:
     api = config.new_client_from_config(config_file=kubeconfig)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
@@ -160,8 +195,9 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
     log_file = open(operator_log, "wb") if operator_log else subprocess.PIPE  # noqa: SIM115 - closed below
     op = subprocess.Popen([sys.executable, "-m", "pacsflow_operator", "--namespace", NS, "--liveness", ""],
                           env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    watcher = ConfigWatcher(api)
+    watcher, statuses = ConfigWatcher(api), StatusWatcher(api)
     watcher.start()
+    statuses.start()
     try:
         routers = [f"router-{i}" for i in range(n_routers)]
         server_start = _apiserver_writes(api)
@@ -186,11 +222,16 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
         t_last_create = time.perf_counter()
         per_router = {r: sum(1 for v in owner.values() if v == r) for r in routers}
         deadline = time.monotonic() + 600
-        while any(len(watcher.latest.get(r, {})) < per_router[r] for r in routers):
+        configs_at = None
+        # Converged: every router's ConfigMap holds all its use cases AND every use case's status says it is
+        # rendered (the ConfigMaps alone are full while up to a third of the statuses are still unwritten).
+        while configs_at is None or len(statuses.rendered) < n_use_cases:
             if op.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("operator did not converge" + (
                     "" if operator_log else ":\n" + op.stderr.read().decode()[-3000:]))
-            time.sleep(0.05)
+            if configs_at is None and all(len(watcher.latest.get(r, {})) >= per_router[r] for r in routers):
+                configs_at = time.perf_counter()
+            time.sleep(0.02)
         converged_at = time.perf_counter()
         converge, lag = converged_at - t0, converged_at - t_last_create
         converge_cpu = _cpu_seconds(op.pid)
@@ -237,6 +278,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
             "use_cases": n_use_cases, "routers": n_routers, "edits": n_edits,
             "create_all_objects_s": created,
             "initial_convergence_s": converge,
+            "configmaps_full_s": configs_at - t0,
             "converged_after_last_create_s": lag,
             "operator_api_requests_during_convergence": converge_requests,
             "operator_cpu_s_during_convergence": converge_cpu,
@@ -252,6 +294,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
         }
     finally:
         watcher.stop()
+        statuses.stop()
         stop_process(op, 30)
         if operator_log:
             log_file.close()

@@ -242,13 +242,16 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
                                          {"kind": kind, "outcome": "success"}) > 0
     assert REGISTRY.get_sample_value("pacsflow_operator_reconcile_duration_seconds_count", {"kind": "DicomRouter"}) > 0
     assert REGISTRY.get_sample_value("pacsflow_operator_api_requests_total", {"verb": "apply"}) > 0
-    # kopf's bookkeeping uses pacsflow names, and the use case carries the pacsflow finalizer. (kopf writes its
-    # annotations after the create handler returns, which may be after another handler already wrote Ready.)
-    uc = eventually(lambda: (u := cluster.get("AIUseCase", "ich-head-ct")) and u["metadata"].get("annotations") and u,
-                    "kopf's bookkeeping annotations on the use case")
+    # kopf's bookkeeping uses pacsflow names (on the router: kopf writes its annotations after the create handler
+    # returns, which may be after another handler already wrote Ready); a use case's lives in the operator's
+    # memory (handlers.bookkeeping: no PATCH per handled change), and it carries the pacsflow finalizer.
+    router = eventually(lambda: (r := cluster.get("DicomRouter", "ed-router")) and r["metadata"].get("annotations")
+                        and r, "kopf's bookkeeping annotations on the router")
+    assert any(k.startswith("pacsflow.io/") for k in router["metadata"]["annotations"])
+    uc = cluster.get("AIUseCase", "ich-head-ct")
     assert uc["metadata"]["finalizers"] == ["pacsflow.io/finalizer"]
-    assert any(k.startswith("pacsflow.io/") for k in uc["metadata"]["annotations"])
-    assert not any(k.startswith("kopf.zalando.org") for k in uc["metadata"]["annotations"])
+    assert not any(k.startswith("kopf.zalando.org") for k in router["metadata"]["annotations"])
+    assert not any(k.startswith(("kopf.zalando.org", "pacsflow.io/")) for k in uc["metadata"].get("annotations") or {})
 
 
 def test_mode_rollout_is_enforced_by_the_api_server(cluster: Cluster, run_operator):

@@ -53,6 +53,27 @@ def test_render_round_trips():
     assert parse_config(yaml.safe_load(render_config(cfg))) == cfg
 
 
+@pytest.mark.parametrize("n_use_cases", [0, 1, 3])
+def test_render_is_one_dump_of_the_whole_document(n_use_cases):
+    """render_config keeps each use case's YAML block; the text is still exactly one yaml.dump of the document,
+    also after a use case changed (its block is not reused) and with no use cases (``useCases: []``)."""
+    import yaml
+
+    doc = yaml.safe_load(ISSUE_EXAMPLE)
+    first = doc["useCases"][0]
+    doc["useCases"] = [{**first, "name": f"uc-{i}", "mode": "silent" if i % 2 else "assistive",
+                        "match": {"modalities": ["CT"], "bodyPartsExamined": ["HEAD", "yes", "1.0", "a: b"]}}
+                       for i in range(n_use_cases)]
+    for mode in ("silent", "triage"):
+        if doc["useCases"]:
+            doc["useCases"][0]["mode"] = mode
+        cfg = parse_config(doc)
+        whole = yaml.dump(cfg.model_dump(by_alias=True, mode="json", exclude_none=True), Dumper=yaml.SafeDumper,
+                          sort_keys=False)
+        assert render_config(cfg) == whole
+        assert parse_config(yaml.safe_load(render_config(cfg))) == cfg
+
+
 def _bad(mutate):
     import yaml
 

@@ -33,7 +33,7 @@ from ..kube import Kube
 from ..metrics import RECONCILE_DURATION, RECONCILIATIONS
 from ..reconcile import router as router_rc
 from ..reconcile import triton as triton_rc
-from ..reconcile.conditions import merge_conditions, ready
+from ..reconcile.conditions import Cond, merge_conditions, ready
 from ..reconcile.usecase import Binding, use_case_status
 from ..resources.v1alpha1 import AIUseCaseSpec, DicomRouterSpec, TritonClusterSpec
 from ..settings import OperatorSettings
@@ -115,6 +115,8 @@ class Controller:
         self._written: dict[tuple[str, str, str], tuple[int, dict[str, Any]]] = {}
         self._status_locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._owned: dict[tuple[str, str, str], set[tuple[str, str, str]]] = defaultdict(set)
+        # Each router's DeploymentAvailable condition as last read (see sync_router's check_deployment).
+        self._deployment: dict[tuple[str, str, str], Cond] = {}
         # What each TritonCluster's Triton last answered per pinned model version, and when it was asked: the
         # use cases' ModelAvailable reads this; the probes run in their own two threads so an unreachable Triton
         # never holds up the API calls in the default pool.
@@ -177,11 +179,16 @@ class Controller:
 
     # --------------------------------------------------------------------------------- routers
     async def sync_router(self, namespace: str, name: str, idx: Indexes, *, force: bool = False,
-                          settle: float = 0.0) -> router_rc.RouterPlan | None:
+                          settle: float = 0.0, check_deployment: bool = False) -> router_rc.RouterPlan | None:
         """Render and apply one DicomRouter's children and status from the current indexes.
 
         Parameters
         ----------
+        force
+            Re-apply every child (the router's own create/update/resume); also re-reads its Deployment.
+        check_deployment
+            Re-read the Deployment's availability (the health timer); otherwise a render for a use case reuses
+            the last answer, so a burst of use cases costs no GET per render.
         settle
             Seconds to wait before rendering, so that a burst (200 use cases applied at once) costs one
             render per router per ``settle`` instead of one per use case. Edits pass 0: a mode change or
@@ -209,10 +216,14 @@ class Controller:
                 )
                 written = await self._apply_all(plan.children, namespace,
                                                 owner("DicomRouter", namespace, name, entry["uid"]), force)
-                # Ready means the router runs: its Deployment is available, not merely applied.
+                # Ready means the router runs: its Deployment is available, not merely applied. Read when the
+                # router itself changed and on the health timer; a use case's render reuses the last answer.
                 deployment = router_rc.deployment_name(name)
-                found = await asyncio.to_thread(self.kube.get, "Deployment", namespace, deployment)
-                conds = [c for c in plan.conditions if c.type != "Ready"] + [deployment_available(found, deployment)]
+                key = ("DicomRouter", namespace, name)
+                if force or check_deployment or key not in self._deployment:
+                    found = await asyncio.to_thread(self.kube.get, "Deployment", namespace, deployment)
+                    self._deployment[key] = deployment_available(found, deployment)
+                conds = [c for c in plan.conditions if c.type != "Ready"] + [self._deployment[key]]
                 conds.insert(0, ready(conds, f"Deployment {deployment} available with {len(plan.accepted)} use case(s)"))
                 base = self.base_status("DicomRouter", namespace, entry)
                 status = {
@@ -327,7 +338,7 @@ class Controller:
             if entry is None:
                 return None
             try:
-                spec = AIUseCaseSpec.model_validate(dict(entry["spec"]))
+                spec = use_case_spec(entry)
             except ValidationError:
                 return None
             base = self.base_status("AIUseCase", namespace, entry)
@@ -352,6 +363,7 @@ class Controller:
         for child in self._owned.pop((kind, namespace, name), ()):
             self._applied.pop(child, None)
         self._written.pop((kind, namespace, name), None)
+        self._deployment.pop((kind, namespace, name), None)
         self._status_locks.pop((kind, namespace, name), None)
 
 
@@ -398,7 +410,7 @@ class Indexes:
         out = {}
         for uc_name, entry in self.use_cases(namespace, router).items():
             try:
-                out[uc_name] = AIUseCaseSpec.model_validate(dict(entry["spec"]))
+                out[uc_name] = use_case_spec(entry)
             except ValidationError:
                 log.warning("AIUseCase %s/%s has a spec the operator cannot read; left out", namespace, uc_name)
         return out
@@ -409,3 +421,24 @@ class Indexes:
             key[1] for key, store in self._routers.items()
             if key[0] == namespace and any(e["spec"].get("tritonCluster") == triton for e in store)
         )
+
+
+# Parsed AIUseCase specs by (uid, generation): the spec of one generation never changes, and every render of a
+# router parses all of its use cases (a burst of 40 creations parsed the first ones 40 times).
+_SPECS: dict[tuple[str, int], AIUseCaseSpec] = {}
+_SPECS_LIMIT = 10_000
+
+
+def use_case_spec(entry: Mapping[str, Any]) -> AIUseCaseSpec:
+    """The indexed AIUseCase's spec, parsed (raises pydantic's ValidationError when it cannot be read)."""
+    generation = entry.get("generation")
+    if generation is None:
+        return AIUseCaseSpec.model_validate(dict(entry["spec"]))
+    key = (str(entry["uid"]), int(generation))
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = AIUseCaseSpec.model_validate(dict(entry["spec"]))
+        if len(_SPECS) >= _SPECS_LIMIT:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    return spec

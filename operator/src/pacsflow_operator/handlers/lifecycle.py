@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 from ..apievidence import api_evidence_source
 from ..kube import Kube, load_client_configuration
 from ..settings import OperatorSettings
+from .bookkeeping import HandledEssence, HandlerProgress
 from .controller import Controller
 
 FINALIZER = "pacsflow.io/finalizer"
@@ -40,11 +41,11 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     """Name kopf's bookkeeping after pacsflow and build the controller once per process."""
     settings.persistence.finalizer = FINALIZER
-    # Annotations only: the CRD status schema is structural and would prune kopf's default status.kopf.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    # Not kopf's default status.kopf: the CRD status schema is structural and would prune it. AIUseCases keep
+    # kopf's bookkeeping in memory (no PATCH per handled change), the other kinds in annotations (.bookkeeping).
+    settings.persistence.progress_storage = HandlerProgress(prefix=PREFIX)
+    memo.handled = HandledEssence(prefix=PREFIX, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = memo.handled
     # kopf would post every handler log line >= INFO as an Event: one API request each. Events are posted
     # explicitly (kopf.event, unfiltered; kopf.warn) where a user learns something; handler logs go to the log only.
     settings.posting.level = logging.WARNING

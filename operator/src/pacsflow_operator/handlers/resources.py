@@ -177,7 +177,7 @@ HEALTH_TICK_SECONDS = 10.0
 async def router_health(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Re-check that the router's Deployment is available (status written only when it changed)."""
     assert namespace is not None
-    await _ctl(memo).sync_router(namespace, name, _idx(kwargs))
+    await _ctl(memo).sync_router(namespace, name, _idx(kwargs), check_deployment=True)
 
 
 @kopf.timer(GROUP, VERSION, "aiusecases", interval=HEALTH_TICK_SECONDS, initial_delay=1.0)
@@ -210,3 +210,6 @@ async def use_case_deleted(namespace: str | None, name: str, spec: Any, memo: ko
         if cluster:
             await ctl.sync_triton(namespace, cluster, idx)
     ctl.forget("AIUseCase", namespace, name)
+    handled = memo.get("handled")
+    if handled is not None:  # kopf's in-memory bookkeeping of it (.bookkeeping)
+        handled.forget(str(kwargs["uid"]))
