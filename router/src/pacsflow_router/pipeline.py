@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pydicom.sr.coding import Code
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, metrics
-from .analysis.acceptance import Selection, screen
+from .analysis.acceptance import Selection, check_chosen, screen
 from .analysis.findings import summarize
 from .analysis.inference import InferenceBackend
 from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, load_manifest
@@ -68,19 +69,25 @@ SR_HEAD_START_SECONDS = 0.25
 
 
 def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_repository: str | Path, *,
-            preprocess_backend: Backend = "dali", timings: dict[str, float] | None = None) -> Finding:
+            preprocess_backend: Backend = "dali", timings: dict[str, float] | None = None,
+            before_inference: Callable[[], None] | None = None) -> Finding:
     """The AI step of one use case on one series: preprocess (the model's spec) -> infer -> study-level finding.
 
     ``timings``, when given, receives ``preprocess`` and ``inference`` seconds. Triage requests get a higher
-    Triton priority than assistive and silent ones (:data:`PRIORITY`).
+    Triton priority than assistive and silent ones (:data:`PRIORITY`). ``before_inference``, when given, runs
+    between the two (the pipeline waits there for the domain check that ran beside preprocessing); whatever it
+    raises propagates and the model is never asked.
     """
     model = use_case.model
     t0 = time.monotonic()
     batch = preprocess_series(series, load_spec(model_repository, model), backend=preprocess_backend)
     t1 = time.monotonic()
+    if before_inference is not None:
+        before_inference()
+    t2 = time.monotonic()
     output = backend.infer(model, batch, priority=PRIORITY[use_case.mode])
     if timings is not None:
-        timings.update(preprocess=t1 - t0, inference=time.monotonic() - t1)
+        timings.update(preprocess=t1 - t0, inference=time.monotonic() - t2)
     return summarize(series, output, critical_threshold=use_case.triage.critical_threshold)
 
 
@@ -122,6 +129,15 @@ def report_spec(use_case: UseCase, manifest: ModelManifest, model_repository: st
     )
 
 
+class OutOfDomain(Exception):
+    """The domain check, run beside preprocessing, found the chosen series outside the model's domain: the model is
+    not asked and the study is "not analysed" (``selection`` says why)."""
+
+    def __init__(self, selection: Selection) -> None:
+        super().__init__(selection.explanation)
+        self.selection = selection
+
+
 def analysed_instances(series: Series) -> list[str]:
     """What a result on a series covers: the analysed instances' SOP Instance UIDs, and markers for the instances
     skipped and the images missing (the SR states those too, so a late instance that changes them changes the SR)."""
@@ -152,6 +168,9 @@ class Pipeline:
     _drafts: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         1, thread_name_prefix="pacsflow-sr-draft"), init=False, repr=False)
     """Drafts SRs while the model runs (one at a time: the pipeline runs one use case at a time)."""
+    _checks: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        1, thread_name_prefix="pacsflow-domain-check"), init=False, repr=False)
+    """Runs the input-domain check beside preprocessing (DALI and ONNX Runtime leave the interpreter free)."""
     """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
     study is decoded at completion."""
 
@@ -192,12 +211,14 @@ class Pipeline:
                     "error"):
                 continue
             timings = dict(timings_base)
-            # The order criteria (patient class, priority, procedure, location), then the acceptance criteria and
-            # the domain check (analysis/acceptance.py): which series, or why none.
+            # The order criteria (patient class, priority, procedure, location), then the acceptance criteria
+            # (analysis/acceptance.py): which series, or why none. The domain check on the chosen series runs beside
+            # its preprocessing, and the model is asked only once it passed (_run_use_case); a study sent out
+            # (externalAi) is checked first.
             mismatch = order_mismatch(use_case.match, order)
             manifest = load_manifest(self.config.inference.model_repository, use_case.model)
             selection = None if mismatch else screen(manifest, use_case.match, study, procedure_codes=procedure_codes,
-                                                     timings=timings)
+                                                     timings=timings, domain=False)
             if mismatch or selection is None or not selection.applicable:
                 # Audited too, so that a reader of the audit can tell "did not apply" from "never ran".
                 explanation = mismatch or (selection.explanation if selection is not None else "")
@@ -205,13 +226,15 @@ class Pipeline:
                 self.tracker.mark_done(ref.study_uid, use_case.name, "not-applicable")
                 continue
             if selection.series is None:
-                if previous is None:  # a study already reported keeps its result; no SR ever says "not analysed"
-                    self._record_not_analysed(ref, use_case, selection, timings, context)
-                    self.tracker.mark_done(ref.study_uid, use_case.name, "not-analysed", replace=done)
+                self._not_analysed(ref, use_case, selection, timings, context, previous=previous, done=done)
                 continue
             series = selection.series
             if previous is not None and previous.analysed == analysed_digest(analysed_instances(series)):
                 continue  # unchanged (a late instance in another series, or a repeat): no amendment
+            if use_case.external is not None and (selection := check_chosen(manifest, selection,
+                                                                            timings=timings)).series is None:
+                self._not_analysed(ref, use_case, selection, timings, context, previous=previous, done=done)
+                continue
             if use_case.external is not None:
                 # The model runs at the external AI: the series goes out de-identified, its SR comes back to the
                 # results port (deid/results_scp.py). Recorded like a report so an unchanged series is not resent.
@@ -226,23 +249,39 @@ class Pipeline:
                     sr_sop_uid=None))
                 self.tracker.mark_done(ref.study_uid, use_case.name, outcome, replace=done)
                 continue
+            domain = self._checks.submit(check_chosen, manifest, selection, timings=timings)
             try:
                 outcome = self._run_use_case(study, series, use_case, manifest, timings, previous=previous,
                                              recorded=done, selection=selection.explanation, order=order,
-                                             context=context)
-            except InferenceUnavailableError as exc:
-                log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
-                metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
-                return False
+                                             context=context, domain=domain)
+            except OutOfDomain as exc:
+                self._not_analysed(ref, use_case, exc.selection, timings, context, previous=previous, done=done)
+                continue
             except InferenceError as exc:
-                # Permanent for this study (e.g. a pinned version the repository does not have): audit, move on.
-                log.error("study %s use case %s failed: %s", ref.key, use_case.name, exc)
-                self._record_error(ref, use_case, str(exc))
-                outcome = "error"
+                # Preprocessing can fail before the domain check's verdict is asked for: an out-of-domain series is
+                # "not analysed" all the same.
+                if (checked := domain.result()).series is None:
+                    self._not_analysed(ref, use_case, checked, timings, context, previous=previous, done=done)
+                    continue
+                failed = self._inference_failed(ref, use_case, exc)
+                if failed is None:
+                    return False
+                outcome = failed
             self.tracker.mark_done(ref.study_uid, use_case.name, outcome, replace=done)
         # Finished only if nothing arrived since processing started; otherwise due again, and amended.
         self.tracker.finish(ref.study_uid, ref.last_received)
         return True
+
+    def _inference_failed(self, ref: StudyRef, use_case: UseCase, exc: InferenceError) -> str | None:
+        """None when the study waits for the inference backend; else ``error``, audited (permanent for this study)."""
+        if isinstance(exc, InferenceUnavailableError):
+            log.warning("study %s use case %s waits: %s", ref.key, use_case.name, exc)
+            metrics.INFERENCE_UNAVAILABLE.labels(use_case.name).inc()
+            return None
+        # Permanent for this study (e.g. a pinned version the repository does not have): audit, move on.
+        log.error("study %s use case %s failed: %s", ref.key, use_case.name, exc)
+        self._record_error(ref, use_case, str(exc))
+        return "error"
 
     def give_up(self, ref: StudyRef, reason: str) -> None:
         """Finish a study that keeps failing (e.g. undecodable pixel data): one audited error per use case.
@@ -305,6 +344,12 @@ class Pipeline:
             destination=None, destination_status=None, selection=explanation, inputs=context,
         )
 
+    def _not_analysed(self, ref: StudyRef, use_case: UseCase, selection: Selection, timings: dict[str, float],
+                      context: dict[str, object], *, previous: ReportRecord | None, done: bool) -> None:
+        if previous is None:  # a study already reported keeps its result; no SR ever says "not analysed"
+            self._record_not_analysed(ref, use_case, selection, timings, context)
+            self.tracker.mark_done(ref.study_uid, use_case.name, "not-analysed", replace=done)
+
     def _record_not_analysed(self, ref: StudyRef, use_case: UseCase, selection: Selection,
                              timings: dict[str, float], context: dict[str, object]) -> None:
         assert selection.failure is not None
@@ -324,7 +369,7 @@ class Pipeline:
                       timings: dict[str, float], *,
                       previous: ReportRecord | None = None, recorded: bool = False,
                       selection: str | None = None, order: Order | None = None,
-                      context: dict[str, object] | None = None) -> str:
+                      context: dict[str, object] | None = None, domain: Future[Selection] | None = None) -> str:
         model = use_case.model
         repository = self.config.inference.model_repository
         spec = report_spec(use_case, manifest, repository)
@@ -338,11 +383,17 @@ class Pipeline:
         # and DALI leave the interpreter free), completed with the result below.
         draft = self._drafts.submit(draft_sr, study, series, use_case, software_version=__version__, spec=spec,
                                     analysed=analysed, predecessor=predecessor) if sends_sr else None
-        if sends_sr:
-            assert use_case.outputs.structured_report is not None
-            self.outbox.prepare(use_case.outputs.structured_report.destination)  # its association opens meanwhile
-        finding = analyse(series, use_case, self.backend, repository,
-                          preprocess_backend=self.preprocess_backend, timings=timings)
+
+        def before_inference() -> None:
+            # The domain check ran beside preprocessing: an out-of-domain series never reaches the model.
+            if domain is not None and (checked := domain.result()).series is None:
+                raise OutOfDomain(checked)
+            if sends_sr:
+                assert use_case.outputs.structured_report is not None
+                self.outbox.prepare(use_case.outputs.structured_report.destination)  # it opens during inference
+
+        finding = analyse(series, use_case, self.backend, repository, preprocess_backend=self.preprocess_backend,
+                          timings=timings, before_inference=before_inference)
         analysed_at = dt.datetime.now(dt.UTC)
         metrics.PREPROCESS_SECONDS.labels(use_case.name).observe(timings["preprocess"])
         metrics.INFERENCE_SECONDS.labels(use_case.name, model.name, str(model.version)).observe(timings["inference"])

@@ -55,7 +55,7 @@ from .matching import is_candidate
 
 __all__ = [
     "Reason", "REASONS", "Failure", "Requirements", "SeriesVerdict", "Selection", "effective_requirements",
-    "evaluate_series", "select_series", "series_geometry", "Geometry", "screen",
+    "evaluate_series", "select_series", "series_geometry", "Geometry", "screen", "check_chosen",
 ]
 
 log = logging.getLogger(__name__)
@@ -626,26 +626,41 @@ def select_series(manifest: ModelManifest, match: Match, study: Study, *,
 
 
 def screen(manifest: ModelManifest, match: Match, study: Study, *, procedure_codes: Sequence[str] = (),
-           timings: dict[str, float] | None = None) -> Selection:
+           timings: dict[str, float] | None = None, domain: bool = True) -> Selection:
     """Everything that decides whether a use case may analyse a study, before any inference: the acceptance
     criteria (:func:`select_series`), then the model's input-domain check on the chosen series
-    (:func:`.domaincheck.check_domain`).
+    (:func:`check_chosen`). ``timings``, when given, receives ``acceptance`` and ``domain`` seconds.
 
-    A chosen series outside the domain makes the study "not analysed" with reason ``out-of-domain`` (the domain
-    check runs on the chosen series only: the other candidates failed their criteria, or are smaller
-    reconstructions of the same acquisition). ``timings``, when given, receives ``acceptance`` and ``domain``
-    seconds.
+    ``domain=False`` stops after the acceptance criteria: the pipeline runs the domain check beside preprocessing
+    and asks the model only once it passed, so the verdict is the same.
     """
     t0 = time.monotonic()
     selection = select_series(manifest, match, study, procedure_codes=procedure_codes)
-    t1 = time.monotonic()
     if timings is not None:
-        timings["acceptance"] = t1 - t0
+        timings["acceptance"] = time.monotonic() - t0
+    return check_chosen(manifest, selection, timings=timings) if domain else selection
+
+
+def check_chosen(manifest: ModelManifest, selection: Selection, *,
+                 timings: dict[str, float] | None = None) -> Selection:
+    """The model's input-domain check (:func:`.domaincheck.check_domain`) on the series the acceptance criteria chose.
+
+    A chosen series outside the domain makes the study "not analysed" with reason ``out-of-domain`` (the domain
+    check runs on the chosen series only: the other candidates failed their criteria, or are smaller
+    reconstructions of the same acquisition). A selection without a chosen series is returned as it is.
+    ``timings``, when given, receives ``domain`` seconds.
+
+    Returns
+    -------
+    Selection
+        ``selection`` itself when its series is in the domain, else the ``out-of-domain`` failure.
+    """
     if selection.series is None:
         return selection
+    t0 = time.monotonic()
     result = check_domain(selection.series, manifest.domain)
     if timings is not None:
-        timings["domain"] = time.monotonic() - t1
+        timings["domain"] = time.monotonic() - t0
     if result.in_domain:
         return selection
     assert result.message is not None
