@@ -52,6 +52,7 @@ from pynetdicom import (
 )
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -232,6 +233,27 @@ class _Server(ThreadedAssociationServer):
         return False
 
 
+class _ContextsCopiedCheaply(list[PresentationContext]):
+    """The server's supported presentation contexts, deep-copied per association without ``copy.deepcopy``.
+
+    pynetdicom's ``RequestHandler._create_association`` gives every association ``deepcopy(server.contexts)``
+    (negotiation sets results and roles on the copies). For the 171 contexts here (every storage SOP class times 15
+    transfer syntaxes) the generic deepcopy took 30-70 ms of CPU per association, holding the GIL on the path of
+    every C-STORE of the other associations. A context holds only immutable values (ints, bools, ``UID`` strings)
+    and one list of transfer syntaxes, so a copy of its attributes with that list copied is a complete deep copy
+    (the unit test compares it with ``copy.deepcopy``).
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            copy = PresentationContext.__new__(PresentationContext)
+            copy.__dict__.update({name: list(value) if isinstance(value, list) else value
+                                  for name, value in vars(context).items()})
+            copies.append(copy)
+        return copies
+
+
 class _AcceptorAE(AE):
     """AE whose calling AE title allow-list may be empty meaning "nobody" (pynetdicom: empty means anybody)."""
 
@@ -357,6 +379,7 @@ class DicomReceiver:
         )
         assert isinstance(server, _Server)
         server.receiver = self
+        server.contexts = _ContextsCopiedCheaply(server.contexts)
         # make_server binds and listens in its constructor, so the port is live before the thread starts.
         self._ae._servers.append(server)  # so AE.shutdown() also aborts its associations
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-receiver", daemon=True)
