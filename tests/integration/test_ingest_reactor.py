@@ -4,6 +4,7 @@ normally, and leaves nothing behind (wake-up pipes closed, association threads e
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from pacsflow_router.config import parse_config
-from pacsflow_router.ingest import reactor
+from pacsflow_router.ingest import reactor, scp
 from pacsflow_router.ingest.reactor import EventDrivenSocket
 from pacsflow_router.ingest.scp import DicomReceiver
 from pacsflow_router.ingest.spool import Spool
@@ -78,8 +79,17 @@ def test_many_associations_store_release_and_leave_nothing_behind(receiver, tmp_
                                f"{[p for p in pipes if _same_open_file(*p)]}")
 
 
-def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_path):
+@pytest.fixture
+def pynetdicom_logger():
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    yield logger
+    logger.setLevel(level)  # setLevel, not the attribute: it also clears the logger's isEnabledFor cache
+
+
+def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_path, pynetdicom_logger):
     rx, spool = receiver
+    pynetdicom_logger.setLevel(logging.WARNING)  # as the router's __main__ sets it
     (path,), _ = phantom.write_study(tmp_path / "src", 6, lesion=False, slices=1, rows=16, cols=16)
     requestor = AE("STORESCU")
     requestor.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -91,6 +101,8 @@ def test_a_live_association_is_event_driven_and_stop_aborts_it(receiver, tmp_pat
         assert isinstance(live.dul.socket, EventDrivenSocket) and live.dul._run_loop_delay == 0
         assert getattr(live, reactor._MARK) is True  # its association loop skips pynetdicom's 1 ms sleep
         assert pynetdicom.association.time is reactor._LOOP_TIME
+        # pynetdicom's logging handlers would format every PDU and message for records nobody sees: unbound.
+        assert not any(live.get_handlers(event) for event, _ in scp._STANDARD_LOG_HANDLERS)
         # Idle now: the receiver's reactors wait on events; stop() must still get through to them.
         rx.stop()
         eventually(lambda: assoc.is_aborted, "the receiver's stop aborted the idle association", timeout=15)
@@ -124,3 +136,17 @@ def test_only_the_association_loop_sleep_of_a_marked_thread_is_skipped(monkeypat
         thread.join()
     # The marked thread skipped only the 1 ms loop sleep; the unmarked one slept every time, as pynetdicom asked.
     assert slept == [0.01, 0.0001, reactor._ASSOCIATION_LOOP_SLEEP, 0.01, 0.0001]
+
+
+def test_pynetdicoms_log_handlers_stay_when_its_logger_is_enabled(receiver, pynetdicom_logger):
+    rx, _ = receiver
+    pynetdicom_logger.setLevel(logging.INFO)
+    requestor = AE("STORESCU")
+    requestor.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = requestor.associate("127.0.0.1", rx.port, ae_title="PACSFLOW")
+    assert assoc.is_established
+    try:
+        (live,) = rx._ae.active_associations
+        assert all(live.get_handlers(event) for event, _ in scp._STANDARD_LOG_HANDLERS)
+    finally:
+        assoc.release()

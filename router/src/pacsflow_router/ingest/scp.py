@@ -50,6 +50,12 @@ from pynetdicom import (
     AllStoragePresentationContexts,
     evt,
 )
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
@@ -189,6 +195,7 @@ class _RequestHandler(RequestHandler):
         assoc.dul.socket.__class__ = _PduGuardSocket
         make_event_driven(assoc)  # no 1 ms polling sleeps per C-STORE (reactor.py)
         send_store_responses_directly(assoc)  # C-STORE-RSP encoded without pydicom (store_response.py)
+        _drop_silent_log_handlers(assoc)
         tls_config = self.server.receiver.config.tls
         if isinstance(self.request, ssl.SSLSocket):
             certificate = tlsaccept.certificate_name(self.request)
@@ -197,6 +204,23 @@ class _RequestHandler(RequestHandler):
                 permitted = tls_config.ae_titles_by_certificate.get(certificate, []) if certificate else []
                 assoc.acse = tlsaccept.CertificateBoundAcse(assoc, certificate, frozenset(permitted))
         return assoc
+
+
+#: pynetdicom's per-PDU and per-message logging handlers, bound to every association by default.
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler), (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler), (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def _drop_silent_log_handlers(assoc: Association) -> None:
+    # They format every PDU and DIMSE message (C-STORE UIDs looked up by name, "Received Store Request") for records
+    # at INFO and DEBUG, on the DUL and association threads of every instance. The router keeps pynetdicom's logger at
+    # WARNING (__main__: no patient data in logs), so their work is thrown away: unbind them then, keep them otherwise.
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event, handler in _STANDARD_LOG_HANDLERS:
+        assoc.unbind(event, handler)
 
 
 def _close(sock: socket.socket) -> None:
