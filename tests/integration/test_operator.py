@@ -154,8 +154,7 @@ def run_operator(kube_cluster: ControlPlane, kube_namespace: str, admin: client.
     start.stop = stop
     yield start
     if runners:
-        # Delete the use cases while the operator still runs, so their finalizers are released and the
-        # namespace can go (nothing else here carries a finalizer).
+        # Delete the use cases while the operator still runs (their routers' configs drop them).
         custom = client.CustomObjectsApi(admin)
         custom.delete_collection_namespaced_custom_object(GROUP, VERSION, kube_namespace, "aiusecases")
         eventually(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, kube_namespace,
@@ -244,12 +243,14 @@ def test_examples_apply_and_children_appear_with_owners(cluster: Cluster, run_op
     assert REGISTRY.get_sample_value("pacsflow_operator_api_requests_total", {"verb": "apply"}) > 0
     # kopf's bookkeeping uses pacsflow names (on the router: kopf writes its annotations after the create handler
     # returns, which may be after another handler already wrote Ready); a use case's lives in the operator's
-    # memory (handlers.bookkeeping: no PATCH per handled change), and it carries the pacsflow finalizer.
+    # memory (handlers.bookkeeping: no PATCH per handled change), and it carries no finalizer (the router carries
+    # kopf's, for its timers).
     router = eventually(lambda: (r := cluster.get("DicomRouter", "ed-router")) and r["metadata"].get("annotations")
                         and r, "kopf's bookkeeping annotations on the router")
     assert any(k.startswith("pacsflow.io/") for k in router["metadata"]["annotations"])
     uc = cluster.get("AIUseCase", "ich-head-ct")
-    assert uc["metadata"]["finalizers"] == ["pacsflow.io/finalizer"]
+    assert not uc["metadata"].get("finalizers")
+    assert router["metadata"]["finalizers"] == ["pacsflow.io/finalizer"]
     assert not any(k.startswith("kopf.zalando.org") for k in router["metadata"]["annotations"])
     assert not any(k.startswith(("kopf.zalando.org", "pacsflow.io/")) for k in uc["metadata"].get("annotations") or {})
 
@@ -317,14 +318,24 @@ def test_missing_triton_cluster_is_a_condition(cluster: Cluster, run_operator):
 
 
 def test_delete_cascades_and_deleted_use_case_leaves_the_config(cluster: Cluster, run_operator):
-    run_operator()
+    first = run_operator()
     cluster.create(example("DicomRouter"))
     cluster.create(example("AIUseCase"))
-    eventually(lambda: "ich-head-ct" in (cluster.routing_config() or ""), "use case rendered")
+    other = copy.deepcopy(example("AIUseCase"))
+    other["metadata"]["name"] = "ich-head-ct-b"
+    cluster.create(other)
+    eventually(lambda: "name: ich-head-ct-b\n" in (cluster.routing_config() or ""), "use cases rendered")
 
     cluster.delete("AIUseCase", "ich-head-ct")
-    eventually(lambda: cluster.get("AIUseCase", "ich-head-ct") is None, "use case deleted (finalizer released)")
-    assert "useCases: []" in cluster.routing_config()
+    eventually(lambda: cluster.get("AIUseCase", "ich-head-ct") is None, "use case deleted")
+    eventually(lambda: "name: ich-head-ct\n" not in cluster.routing_config(), "deleted use case left the config")
+    assert "name: ich-head-ct-b\n" in cluster.routing_config()
+    # Deleted while no operator runs (nothing blocks it): the next operator's render at start-up leaves it out.
+    run_operator.stop(first)
+    cluster.delete("AIUseCase", "ich-head-ct-b")
+    eventually(lambda: cluster.get("AIUseCase", "ich-head-ct-b") is None, "use case deleted with no operator")
+    run_operator()
+    eventually(lambda: "useCases: []" in cluster.routing_config(), "use case deleted while down left the config")
 
     cluster.delete("DicomRouter", "ed-router")
     for kind, name in ROUTER_CHILDREN.items():
