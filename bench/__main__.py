@@ -17,6 +17,7 @@ MODULES = [
     "bench.triton",
     "bench.operator_bench",
     "bench.killswitch",
+    "bench.pods",  # a node cluster (one per host): images, bring-up, helm install -> SR, demotion p95
     "bench.hl7",
     "bench.worklist",
     "bench.review_api",
