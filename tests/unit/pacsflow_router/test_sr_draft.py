@@ -10,6 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pacsflow_router.results import reports
+from pacsflow_router.results.patient_modules import apply_character_set
 from pacsflow_router.results.reports import Predecessor, build_sr, complete_sr, draft_sr
 from tests.unit.pacsflow_router.test_reports import SPEC, USE_CASE, phantom_study_and_result
 
@@ -38,7 +39,7 @@ def _one_go(study, result, sr: Dataset, when: dt.datetime, predecessor: Predeces
         manufacturer=reports.MANUFACTURER, manufacturer_model_name=f"{model.name} v{model.version}",
         software_versions="test", series_description=f"AI result {USE_CASE.name}"[:64], is_complete=True,
         previous_versions=[predecessor.as_dataset()] if predecessor else None, contributing_equipment=[equipment])
-    reports.apply_character_set(reference, series.slices[0].header)
+    apply_character_set(reference, series.slices[0].header)
     return reference
 
 

@@ -32,7 +32,7 @@ from pydicom.valuerep import PersonName
 
 __all__ = [
     "DEFINED_CHARACTER_SETS", "UNSPECIFIED_DEIDENTIFICATION_METHOD", "UTF8", "apply_character_set",
-    "character_set_of", "prepare_first_evidence", "sr_character_set",
+    "character_set_of", "fitting_character_set", "prepare_first_evidence", "set_character_set", "sr_character_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,24 @@ def apply_character_set(sr: Dataset, source: Dataset) -> None:
     source : pydicom.Dataset
         The header the patient/study modules were copied from.
     """
-    terms = sr_character_set(source)
-    if not _representable(sr, terms):
-        # Logged without the value: the text that did not fit may be a patient's name.
-        log.info("SR text does not fit the source's Specific Character Set; writing the SR in UTF-8")
-        terms = [UTF8]
+    set_character_set(sr, fitting_character_set(sr, sr_character_set(source)))
+
+
+def fitting_character_set(ds: Dataset, terms: Sequence[str]) -> list[str]:
+    """``terms`` when every text value in ``ds`` (and its sequences) can be written in them, else UTF-8.
+
+    :func:`apply_character_set` in two steps, for an SR written in parts: the draft's text is checked against the
+    source's terms while the model runs, the result's against what that gave (the same verdict as the whole SR's).
+    """
+    if _representable(ds, terms):
+        return list(terms)
+    # Logged without the value: the text that did not fit may be a patient's name.
+    log.info("SR text does not fit the source's Specific Character Set; writing the SR in UTF-8")
+    return [UTF8]
+
+
+def set_character_set(sr: Dataset, terms: Sequence[str]) -> None:
+    """Set (0008,0005) Specific Character Set to ``terms`` (removed for the default repertoire, ``[]``)."""
     if not terms:
         if "SpecificCharacterSet" in sr:
             del sr.SpecificCharacterSet

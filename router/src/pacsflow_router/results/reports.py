@@ -72,7 +72,14 @@ from pydicom.valuerep import DT
 
 from ..config import UseCase
 from ..domain import Finding, Series, Study, StudyResult
-from .patient_modules import apply_character_set, prepare_first_evidence
+from .patient_modules import (
+    UTF8,
+    fitting_character_set,
+    prepare_first_evidence,
+    set_character_set,
+    sr_character_set,
+)
+from .preencode import Preencoded, preencode, ready_to_write
 
 MANUFACTURER = "pacsflow"
 
@@ -284,6 +291,10 @@ class SrDraft:
     device_uid: str
     placeholder_tags: tuple[int, ...]
     """Root content attributes of the placeholder content, replaced by the result's."""
+    character_set: tuple[str, ...] = ()
+    """The Specific Character Set terms the draft's text fits in (the source's, else UTF-8)."""
+    preencoded: Preencoded | None = None
+    """The draft's attributes already encoded (:mod:`.preencode`)."""
 
 
 def draft_sr(
@@ -341,8 +352,19 @@ def draft_sr(
         previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
         contributing_equipment=[equipment],
     )
+    # The character set the draft's text fits in, then the draft's attributes encoded in it (results/preencode.py):
+    # this runs while the model does, so writing the completed SR encodes only the result.
+    terms = fitting_character_set(sr, sr_character_set(_charset_source(study, series)))
+    set_character_set(sr, terms)
+    placeholder_tags = tuple(int(tag) for tag in placeholder.keys())
     return SrDraft(sr=sr, series_uid=series.series_uid, evidence_uids=frozenset(str(e.SOPInstanceUID) for e in evidence),
-                   device_uid=dev_uid, placeholder_tags=tuple(int(tag) for tag in placeholder.keys()))
+                   device_uid=dev_uid, placeholder_tags=placeholder_tags, character_set=tuple(terms),
+                   preencoded=preencode(sr, changing=placeholder_tags))
+
+
+def _charset_source(study: Study, series: Series) -> Dataset:
+    """The header whose Specific Character Set the SR follows (:func:`.patient_modules.sr_character_set`)."""
+    return series.slices[0].header if series.slices else study.first_header
 
 
 def complete_sr(
@@ -453,7 +475,12 @@ def complete_sr(
     for item in sr.ContributingEquipmentSequence:
         if item.get("DeviceUID") == draft.device_uid:
             item.ContributionDateTime = DT(when)
-    apply_character_set(sr, series.slices[0].header if series.slices else study.first_header)
+    # The draft's text fits draft.character_set; the whole SR does when the result's text does too, else UTF-8 (what
+    # patient_modules.apply_character_set decides on the whole SR, without reading the pre-encoded draft again).
+    terms = fitting_character_set(content, draft.character_set) if draft.character_set != (UTF8,) else [UTF8]
+    set_character_set(sr, terms)
+    if draft.preencoded is not None:
+        ready_to_write(sr, draft.preencoded)
     return sr
 
 
