@@ -5,9 +5,10 @@
 #                              `--variant=minbase bookworm` rootfs with python3 (cached, built once)
 #   scripts/images.sh build    base + router, operator and triton-cpu images from Dockerfile.router,
 #                              Dockerfile.operator and Dockerfile.triton (buildah bud --build-arg BASE_IMAGE=...)
-#   scripts/images.sh archive  build + docker-archive tarballs under $CACHE/images/<name>-<version>.tar (for
-#                              `ctr images import`); prints their paths
-#                              (plus localhost/pacsflow/pause, the node's pod sandbox image, cluster/pause)
+#   scripts/images.sh archive  build + docker-archive tarballs under build/images/<name>-<version>.tar in this
+#                              checkout (for `ctr images import`); prints their paths
+#                              (plus localhost/pacsflow/pause, the node's pod sandbox image, cluster/pause, and
+#                              localhost/pacsflow/coredns:<CoreDNS version>, the node's cluster DNS)
 #   scripts/images.sh names    print the image references, one a line
 #
 # Images: localhost/pacsflow/{router,operator,triton-cpu}:<version from pyproject.toml>.
@@ -25,11 +26,17 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # backend stub, the CA store, passwd for useradd.
 BASE_PACKAGES=python3,python3-venv,libpython3.11,ca-certificates,passwd
 IMAGES=(router operator triton-cpu)
-ARCHIVES=(router operator triton-cpu pause)
+ARCHIVES=(router operator triton-cpu pause coredns)
+# The cluster DNS of the test node (docs/pods.md): upstream CoreDNS, built from the Go module proxy.
+COREDNS_VERSION=v1.12.4
 # overlay stores each layer once, as a diff (the CI machine's / is ext4); vfs, which copies the whole filesystem
 # for every step and layer (tens of GB for these images), only where overlay mounts are impossible (PACSFLOW_BUILDAH_DRIVER=vfs,
 # e.g. inside an overlayfs container).
 DRIVER=${PACSFLOW_BUILDAH_DRIVER:-overlay}
+# The archives belong to this checkout: the buildah store (and its tags) is shared by every checkout on the machine
+# (a CI clone builds its own sources under the same tags), so a shared archive path could be re-exported from
+# another tree's sources between this tree's export and its `ctr images import`.
+ARCHIVE_DIR=$REPO/build/images
 STORE=$CACHE/buildah/$DRIVER
 export BUILDAH_ISOLATION=chroot STORAGE_DRIVER=$DRIVER
 BUILDAH=(buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver "$DRIVER")
@@ -42,7 +49,9 @@ dockerfile() {
   esac
 }
 
-ref() { echo "localhost/pacsflow/$1:$VERSION"; }
+ref() {
+  if [ "$1" = coredns ]; then echo "localhost/pacsflow/coredns:${COREDNS_VERSION#v}"; else echo "localhost/pacsflow/$1:$VERSION"; fi
+}
 
 need() {
   for tool in buildah debootstrap; do
@@ -109,10 +118,39 @@ build_pause() {
   echo "$ref.$(sha256sum <"$REPO/cluster/pause/main.go" | cut -c1-12)" >"$STORE/pause.stamp"
 }
 
+# CoreDNS for the node's cluster DNS: the upstream command (every in-tree plugin) built from the Go module proxy,
+# static and stripped like the release binaries, cached under $CACHE/coredns-<version>; a FROM-scratch image
+# running as 65532 (upstream's nonroot user) with the binary alone.
+build_coredns() {
+  local ref bin_dir=$CACHE/coredns-$COREDNS_VERSION ctr
+  ref=$(ref coredns)
+  "${BUILDAH[@]}" inspect --type image "$ref" >/dev/null 2>&1 && return 0
+  if [ ! -x "$bin_dir/coredns" ]; then
+    command -v go >/dev/null || { echo "go is not installed; CoreDNS is built from the Go module proxy" >&2; exit 1; }
+    local start=$SECONDS
+    mkdir -p "$bin_dir"
+    echo "building coredns $COREDNS_VERSION into $bin_dir (first use only; ~6 min on 2 cores)" >&2
+    # `go install pkg@version` builds CoreDNS's own module with its own go.sum (it has no replace directives).
+    CGO_ENABLED=0 GOBIN="$bin_dir/.tmp" nice -n 10 go install -p 2 -buildvcs=false -trimpath \
+      -ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+      "github.com/coredns/coredns@$COREDNS_VERSION"
+    mv "$bin_dir/.tmp/coredns" "$bin_dir/coredns"
+    rmdir "$bin_dir/.tmp"
+    echo "built coredns in $((SECONDS - start))s" >&2
+  fi
+  ctr=$("${BUILDAH[@]}" from scratch)
+  "${BUILDAH[@]}" copy "$ctr" "$bin_dir/coredns" /coredns >/dev/null
+  "${BUILDAH[@]}" config --entrypoint '["/coredns"]' --user 65532:65532 \
+    --label org.opencontainers.image.version="$COREDNS_VERSION" \
+    --label org.opencontainers.image.source=https://github.com/coredns/coredns "$ctr"
+  "${BUILDAH[@]}" commit --rm "$ctr" "$ref" >/dev/null
+}
+
 archive() {
-  mkdir -p "$CACHE/images"
+  mkdir -p "$ARCHIVE_DIR"
   for name in "${ARCHIVES[@]}"; do
-    local out=$CACHE/images/$name-$VERSION.tar id
+    local out id
+    out=$ARCHIVE_DIR/$name-$(ref "$name" | cut -d: -f2).tar
     id=$("${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "$(ref "$name")")
     # Re-export only when the image changed.
     if [ ! -f "$out" ] || [ "$(cat "$out.id" 2>/dev/null)" != "$id" ]; then
@@ -130,12 +168,14 @@ case "${1:-}" in
     need; lock; build_base
     for name in "${IMAGES[@]}"; do build_image "$name"; done
     build_pause
+    build_coredns
     "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep pacsflow >&2
     ;;
   archive)
     need; lock; build_base
     for name in "${IMAGES[@]}"; do build_image "$name"; done
     build_pause
+    build_coredns
     archive
     ;;
   names) for name in "${ARCHIVES[@]}"; do ref "$name"; done ;;

@@ -3,7 +3,9 @@
 containerd (Debian's 1.6, CRI plugin, ``runc``) with a CNI bridge (Debian's containernetworking-plugins:
 bridge + host-local + portmap + loopback), kubelet, kube-scheduler and kube-proxy (iptables mode) at the API
 server's version, built from the Go module proxy by ``scripts/cluster.sh node-bins``. The images made by
-``scripts/images.sh archive`` are imported into containerd's ``k8s.io`` namespace; no registry is needed.
+``scripts/images.sh archive`` are imported into containerd's ``k8s.io`` namespace; no registry is needed. When the
+archives include CoreDNS, the node gets cluster DNS (``tests.peers.coredns``: Service ``kube-dns`` in
+``kube-system``, the kubelet's ``clusterDNS``), so pods find Services by ``<svc>.<ns>.svc.cluster.local``.
 
 Everything the node makes is recorded so that :func:`teardown` (``make cluster-down``) removes it: processes
 by the PIDs in ``pids/``, pods' mounts and network namespaces, the bridge, the iptables chains kube-proxy and
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from . import cluster
+from . import cluster, coredns
 from .cluster import CLUSTER_SCRIPT, ControlPlane, ControlPlaneError, bin_dir, pid_alive, stop_pid
 from .containerd import Containerd
 from .net import free_port
@@ -105,9 +107,14 @@ def cni_conflist(ipam_dir: Path) -> dict:
     }
 
 
-def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_file: Path, pod_logs: Path) -> dict:
-    """KubeletConfiguration for a single test node on cgroup v1 with the cgroupfs driver."""
-    return {
+def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_file: Path, pod_logs: Path,
+                   cluster_dns: str | None = None) -> dict:
+    """KubeletConfiguration for a single test node on cgroup v1 with the cgroupfs driver.
+
+    ``cluster_dns`` is the ``kube-dns`` Service's ClusterIP that ``ClusterFirst`` pods get as their nameserver
+    (None: no cluster DNS, pods get the host's resolver).
+    """
+    config = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "address": NODE_IP,
@@ -139,6 +146,9 @@ def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_fil
         # Containers' logs in the node's directory, not the host's /var/log/pods (read by Node.pod_logs).
         "podLogsDir": str(pod_logs),
     }
+    if cluster_dns is not None:
+        config["clusterDNS"] = [cluster_dns]
+    return config
 
 
 def _sysctl_path(name: str) -> Path:
@@ -208,6 +218,17 @@ class Node:
         conditions = {c["type"]: c for c in node["status"].get("conditions", [])}
         ready = conditions.get("Ready", {})
         return ready.get("status") == "True", f"Ready={ready.get('status')}: {ready.get('message', '')}"
+
+    def wait_dns(self, timeout: float = 120) -> None:
+        """Wait until CoreDNS (deployed by :func:`start_node` when the archives include it) is Ready.
+
+        Raises
+        ------
+        NodeError
+            Not Ready within ``timeout`` seconds (the message has kubectl's answer).
+        """
+        self.kubectl("rollout", "status", f"deployment/{coredns.NAME}", "-n", coredns.NAMESPACE,
+                     f"--timeout={timeout:.0f}s", timeout=timeout + 20)
 
     def pod_logs(self, namespace: str, pod_prefix: str) -> str:
         """Every log line the kubelet wrote for the containers of pods named ``pod_prefix*`` (all restarts).
@@ -301,6 +322,7 @@ def start_node(cp: ControlPlane, *, archives: list[Path], detached: bool = False
     for sub in ("logs", "pids"):
         (cp.workdir / sub).mkdir(parents=True, exist_ok=True)
     pause = next(a for a in archives if a.name.startswith("pause-"))
+    dns_image = coredns.image_of(archives) if any(a.name.startswith("coredns-") for a in archives) else None
     sandbox_image = "localhost/pacsflow/pause:" + pause.name.removeprefix("pause-").removesuffix(".tar")
 
     prepare_host(cp.workdir)
@@ -332,7 +354,7 @@ def start_node(cp: ControlPlane, *, archives: list[Path], detached: bool = False
         config = workdir / "kubelet.yaml"
         config.write_text(yaml.safe_dump(kubelet_config(
             port=free_port(), healthz_port=free_port(), runtime_socket=containerd.socket, ca_file=cp.pki.ca_crt,
-            pod_logs=workdir / "pod-logs")))
+            pod_logs=workdir / "pod-logs", cluster_dns=coredns.DNS_SERVICE_IP if dns_image else None)))
         node.spawn("kubelet", [
             str(binaries / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={workdir / 'kubelet'}", f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}",
@@ -353,6 +375,11 @@ def start_node(cp: ControlPlane, *, archives: list[Path], detached: bool = False
             node.check_running()
             ok, last = node.ready()
             if ok:
+                if dns_image is not None:
+                    # Applied, not waited for: a caller that needs names calls Node.wait_dns().
+                    dns = workdir / "coredns.yaml"
+                    dns.write_text(yaml.safe_dump_all(coredns.manifests(dns_image), sort_keys=False))
+                    node.kubectl("apply", "-f", str(dns))
                 return node
             time.sleep(1)
         raise NodeError(f"node {NODE_NAME} not Ready after {timeout:.0f}s ({last}); see "
@@ -370,6 +397,17 @@ def _netns() -> list[str]:
 def _kubepods_cgroups() -> list[Path]:
     """kubelet's cgroup v1 hierarchy (cgroupfs driver): /sys/fs/cgroup/<controller>/kubepods."""
     return sorted(Path("/sys/fs/cgroup").glob("*/kubepods"))
+
+
+def _walk(top: Path, pattern: str) -> list[Path]:
+    """``top.rglob(pattern)``, tolerating directories removed during the walk (the kubelet, or the kernel once a
+    killed container's cgroup empties, removes them while teardown runs); retried until a walk completes."""
+    for _ in range(20):
+        try:
+            return list(top.rglob(pattern))
+        except FileNotFoundError:
+            continue
+    return []
 
 
 def _container_pids(run_dir: Path) -> list[int]:
@@ -405,6 +443,10 @@ def teardown(cluster_dir: Path) -> list[str]:
             pid_file.unlink()
             done.append(f"stopped {component}")
     run_dir = Path((workdir / "containerd.run").read_text()) if (workdir / "containerd.run").is_file() else None
+    # This node's containers (pods' and sandboxes'), by runc's state under our containerd: another node on the
+    # host (a CI run) has its own containers in the same kubepods cgroups, and they are not ours to kill.
+    runc_states = run_dir / "runc" / "k8s.io" if run_dir is not None else None
+    ours = {p.name for p in runc_states.iterdir()} if runc_states is not None and runc_states.is_dir() else set()
     if run_dir is not None:
         for pid in _container_pids(run_dir):
             # The shim's own children (the containers' init processes) are in their own pid namespaces:
@@ -413,18 +455,24 @@ def teardown(cluster_dir: Path) -> list[str]:
                 os.killpg(pid, signal.SIGKILL)
             done.append(f"killed shim {pid}")
     # The containers' own processes: runc starts each in its own session, so killing a shim does not reach
-    # them; every process in the cgroups kubelet made for pods (the pids controller lists them) is ours.
+    # them; the pids controller lists them in each container's cgroup (kubepods/<qos>/pod<uid>/<container id>).
     before_file = workdir / "before.json"
     if before_file.is_file():
         known = set(json.loads(before_file.read_text())["cgroups"])
         for top in _kubepods_cgroups():
             if str(top) in known or top.parent.name != "pids":
                 continue
-            for procs in top.rglob("cgroup.procs"):
-                for pid in procs.read_text().split():
+            for procs in _walk(top, "cgroup.procs"):
+                if procs.parent.name not in ours:
+                    continue
+                try:
+                    pids = procs.read_text().split()
+                except OSError:  # the cgroup went away meanwhile
+                    continue
+                for listed in pids:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-                        done.append(f"killed container process {pid}")
+                        os.kill(int(listed), signal.SIGKILL)
+                        done.append(f"killed container process {listed}")
     pid_file = pids_dir / "containerd.pid"
     if pid_file.is_file():
         stop_pid(int(pid_file.read_text()), "containerd", timeout=30.0)
@@ -442,7 +490,7 @@ def teardown(cluster_dir: Path) -> list[str]:
         while (left := [t for t in _kubepods_cgroups() if str(t) not in before["cgroups"]]) and \
                 time.monotonic() < deadline:
             for top in left:
-                for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                for directory in sorted((p for p in _walk(top, "*") if p.is_dir()), key=lambda p: len(p.parts),
                                         reverse=True):
                     with contextlib.suppress(OSError):
                         directory.rmdir()
@@ -548,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         # kube-apiserver on the bridge's address, so pods (the operator) reach it through the kubernetes Service.
         if cluster.up(workdir, address=NODE_IP) != 0:
             return 1
-        start_node(_control_plane_of(workdir), archives=args.archives, detached=True)
+        node = start_node(_control_plane_of(workdir), archives=args.archives, detached=True)
+        if any(a.name.startswith("coredns-") for a in args.archives):
+            node.wait_dns()
     except NodeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
