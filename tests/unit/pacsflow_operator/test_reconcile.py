@@ -162,7 +162,9 @@ def test_triton_loads_every_pinned_version():
     assert init["args"][-3:] == ["--versions", f"ich_detector:{PINNED},{other}", "other:2"]
     [c] = pod["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--model-repository=/models" in c["args"]
+    assert f"--model-repository={triton_rc.MODELS_DIR}" in c["args"]
+    # The renderer stages beside the repository: its parent must be the writable emptyDir, not the read-only root.
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["models"] == str(Path(triton_rc.MODELS_DIR).parent)
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     claim = {v["name"]: v for v in pod["volumes"]}["repository"]["persistentVolumeClaim"]
     assert claim == {"claimName": "model-repo", "readOnly": True}

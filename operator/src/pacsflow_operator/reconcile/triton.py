@@ -24,7 +24,11 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "pacsflow-operator", "app.kubernetes.io/component": "operator"}
 """Labels the chart gives the operator's pod (charts/pacsflow/templates/_helpers.tpl): the Triton policy admits
 those pods' model readiness requests (AIUseCase ``ModelAvailable``)."""
-REPO_MOUNT, MODELS_DIR = "/repository", "/models"
+REPO_MOUNT, MODELS_MOUNT = "/repository", "/models"
+MODELS_DIR = f"{MODELS_MOUNT}/repository"
+"""The rendered repository Triton serves: a folder in the ``models`` emptyDir, not its mount point, because the
+renderer stages each model beside the repository (in its parent) and renames it into place, and the parent of the
+mount point is the read-only root filesystem."""
 
 
 def deployment_name(cluster: str) -> str:
@@ -203,7 +207,7 @@ def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_im
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
         "resources": resources,
         "volumeMounts": [
-            {"name": "models", "mountPath": MODELS_DIR},
+            {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
             {"name": "repository", "mountPath": REPO_MOUNT, "readOnly": True},
             # ONNX Runtime / TensorRT and DALI need more than the container runtime's 64 MiB /dev/shm.
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -217,7 +221,7 @@ def _deployment(name: str, spec: TritonClusterSpec, render: list[str], render_im
         "command": ["pacsflow"],
         "args": render,
         "volumeMounts": [
-            {"name": "models", "mountPath": MODELS_DIR},
+            {"name": "models", "mountPath": MODELS_MOUNT},
             {"name": "repository", "mountPath": REPO_MOUNT, "readOnly": True},
         ],
         "securityContext": _CONTAINER_SECURITY,
