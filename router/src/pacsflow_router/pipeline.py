@@ -170,7 +170,8 @@ class Pipeline:
     """Drafts SRs while the model runs (one at a time: the pipeline runs one use case at a time)."""
     _checks: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         1, thread_name_prefix="pacsflow-domain-check"), init=False, repr=False)
-    """Runs the input-domain check beside preprocessing (DALI and ONNX Runtime leave the interpreter free)."""
+    """Runs the input-domain check beside preprocessing (DALI and ONNX Runtime leave the interpreter free), and a
+    result's audit record beside its SR's durable write."""
     """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
     study is decoded at completion."""
 
@@ -429,6 +430,23 @@ class Pipeline:
                               result=found, order=order, orders=self.orders, last_received=study.ref.last_received)
                 # Let the alerts reach the RIS and the webhook before the SR build holds the interpreter (bounded).
                 self.outbox.wait_sent(("hl7", "webhook"), ALERT_HEAD_START_SECONDS)
+        if previous is not None:
+            outcome = f"{outcome}-amended"
+
+        def record() -> bool:
+            return self.audit.record_result(
+                study_key=study.ref.key, use_case=use_case.name, mode=use_case.mode,
+                model_name=model.name, model_version=model.version, probability=finding.probability,
+                critical=critical, outcome=outcome, timings=timings,
+                destination=destination, destination_status="queued" if destination else None,
+                revision=revision, sr_key=study_key(sr_uids[2]) if sr_uids[2] else None,
+                selection=selection,
+                amends_sr_key=study_key(predecessor.sop_instance_uid) if predecessor else None,
+                # analysed of expected images, skipped instances (hashed) and why; how the study completed; its order
+                # key
+                inputs={**series.inputs(), **(context or {})},
+            )
+
         # The mode gate (ARCHITECTURE.md "What each mode does"): silent never sends anything anywhere.
         if sends_sr:
             assert use_case.outputs.structured_report is not None
@@ -438,24 +456,17 @@ class Pipeline:
             sr_uids = (str(sr.SeriesInstanceUID), str(sr.SOPClassUID), str(sr.SOPInstanceUID))
             timings["report"] = time.monotonic() - t3
             destination = use_case.outputs.structured_report.destination
+            # The audit record is written beside the SR's durable write and committed before the SR's outbox row: no
+            # SR leaves without its record. A crash in between re-runs the study; its repeated record is a no-op.
+            audited = self._checks.submit(record)
             self.outbox.enqueue(destination, sr, study_key=study.ref.key, use_case=use_case.name,
-                                last_received=study.ref.last_received)
-            # The SR is the result: let the sender thread deliver it before the audit and review writes below take
+                                last_received=study.ref.last_received, before_commit=audited.result)
+            audited.result()  # also when the SR was queued already (a repeat): the record's failure is this study's
+            # The SR is the result: let the sender thread deliver it before the review and tracker writes below take
             # the interpreter (bounded, like the alerts' head start; the SR is durable in the outbox already).
             self.outbox.wait_sent(("dicom",), SR_HEAD_START_SECONDS)
-        if previous is not None:
-            outcome = f"{outcome}-amended"
-        self.audit.record_result(
-            study_key=study.ref.key, use_case=use_case.name, mode=use_case.mode,
-            model_name=model.name, model_version=model.version, probability=finding.probability,
-            critical=critical, outcome=outcome, timings=timings,
-            destination=destination, destination_status="queued" if destination else None,
-            revision=revision, sr_key=study_key(sr_uids[2]) if sr_uids[2] else None,
-            selection=selection,
-            amends_sr_key=study_key(predecessor.sop_instance_uid) if predecessor else None,
-            # analysed of expected images, skipped instances (hashed) and why; how the study completed; its order key
-            inputs={**series.inputs(), **(context or {})},
-        )
+        else:
+            record()
         self._record_review(study, series, use_case, finding, spec, critical, revision, sr_uids[2], order)
         # After the SR is queued and audited: a crash before this line repeats both as no-ops (same UIDs, revision).
         self.tracker.record_report(study.ref.study_uid, use_case.name, ReportRecord(

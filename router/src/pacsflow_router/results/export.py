@@ -261,11 +261,14 @@ class Outbox:
         os.replace(tmp, self._files / name)
         return name
 
-    def _store_many(self, items: Sequence[tuple[str, str, str, Callable[[Path], object], Outgoing]]) -> list[bool]:
+    def _store_many(self, items: Sequence[tuple[str, str, str, Callable[[Path], object], Outgoing]], *,
+                    before_commit: Callable[[], object] | None = None) -> list[bool]:
         """Store items durably: every new item's file, one directory fsync, then one transaction with every row.
 
         Each ``(channel, destination, key, write, outgoing)``; returns, per item, whether it was new. A crash before
         the commit leaves files without rows (rewritten by a repeat, never sent); after it, every item is queued.
+        ``before_commit`` runs after the files are durable and before the rows are written, when any item is new;
+        what it raises propagates and nothing is queued.
         """
         for channel, *_ in items:
             if channel not in CHANNELS:
@@ -284,6 +287,8 @@ class Outbox:
             names = [self._write(channel, destination, key, write) if is_new else ""
                      for (channel, destination, key, write, _item), is_new in zip(items, new, strict=True)]
             _fsync_dir(self._files)
+            if before_commit is not None:
+                before_commit()
             now = time.time()
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -307,10 +312,11 @@ class Outbox:
         return new
 
     def _store(self, channel: str, destination: str, key: str, write: Callable[[Path], object], *, kind: str | None,
-               study_key: str | None, use_case: str | None, last_received: float | None) -> bool:
+               study_key: str | None, use_case: str | None, last_received: float | None,
+               before_commit: Callable[[], object] | None = None) -> bool:
         item = Outgoing(channel, destination, key, b"", kind=kind, study_key=study_key, use_case=use_case,
                         last_received=last_received)
-        return self._store_many([(channel, destination, key, write, item)])[0]
+        return self._store_many([(channel, destination, key, write, item)], before_commit=before_commit)[0]
 
     def enqueue(
         self,
@@ -320,6 +326,7 @@ class Outbox:
         study_key: str | None = None,
         use_case: str | None = None,
         last_received: float | None = None,
+        before_commit: Callable[[], object] | None = None,
     ) -> bool:
         """Store ``ds`` durably for delivery to ``destination``.
 
@@ -331,6 +338,10 @@ class Outbox:
             The SR, with file meta information.
         study_key, use_case, last_received : optional
             Carried to ``on_result`` for the audit trail and the time-to-result metric.
+        before_commit : callable, optional
+            Runs once the SR's file is durable and before its row is written (the pipeline waits there for the
+            result's audit record, written meanwhile, so that no SR leaves without one); what it raises propagates
+            and the SR is not queued. Not called when nothing is new.
 
         Returns
         -------
@@ -340,7 +351,7 @@ class Outbox:
         """
         return self._store("dicom", destination, str(ds.SOPInstanceUID),
                            lambda path: ds.save_as(path, enforce_file_format=True), kind="sr", study_key=study_key,
-                           use_case=use_case, last_received=last_received)
+                           use_case=use_case, last_received=last_received, before_commit=before_commit)
 
     def enqueue_message(
         self,
