@@ -237,7 +237,19 @@ def load_manifest(model_repository: str | Path, model: ModelRef) -> ModelManifes
     """The manifest of a pinned model: ``<repo>/<name>/<version>/model.json``, else ``<repo>/<name>/model.json``."""
     root = Path(model_repository) / model.name
     versioned = root / str(model.version) / MANIFEST_FILE
-    return read_manifest(versioned if versioned.is_file() else root / MANIFEST_FILE)
+    path = versioned if versioned.is_file() else root / MANIFEST_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_manifest(path)  # says what is missing
+    return _cached_manifest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_manifest(path: str, mtime_ns: int, size: int) -> ModelManifest:
+    # Read once per version of the file (the pipeline asks per study and use case; parsing and validating costs about
+    # a millisecond); mtime and size in the key: a manifest edited in place is read again. ModelManifest is frozen.
+    return read_manifest(path)
 
 
 #: ONNX ``metadata_props`` key holding the model's own version string (written by the training script).
