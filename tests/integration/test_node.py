@@ -8,7 +8,10 @@ dynamic provisioner on one node, docs/pods.md). Shown:
 
 * the node is Ready and the Deployment becomes available through the router's real readiness probe, under
   the chart's pod security (non-root 10001, read-only root, no capabilities, RuntimeDefault seccomp);
+* ``kubectl logs`` of the router pod works (kube-apiserver reaches the kubelet with certificates of the cluster CA);
 * dcmtk's echoscu on the host reaches the router through its ClusterIP Service (kube-proxy's iptables rules);
+* a spool the router cannot write makes ``/readyz`` answer 503: the pod goes NotReady, without a restart, and
+  Ready again once the spool is writable;
 * SIGKILL to the router container: the kubelet restarts it (restartCount 1), it answers again, and what it
   wrote on the spool volume is still there;
 * deleting the Deployment leaves the spool claim and its volume bound.
@@ -100,6 +103,8 @@ def test_router_runs_as_a_pod_behind_its_service_and_survives_a_killed_container
     container = pod["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+    # kube-apiserver reaches the kubelet (a serving certificate from the cluster CA, its own client certificate).
+    assert "DICOM receiver PACSFLOW listening" in node.kubectl("logs", "-n", NAMESPACE, pod["metadata"]["name"])
     service = json.loads(node.kubectl("get", "service", deployment, "-n", NAMESPACE, "-o", "json"))
     cluster_ip = service["spec"]["clusterIP"]
 
@@ -109,6 +114,20 @@ def test_router_runs_as_a_pod_behind_its_service_and_survives_a_killed_container
     spool_before = sorted(p.relative_to(volume_dir) for p in volume_dir.rglob("*"))
     assert spool_before, "the router wrote nothing on its spool volume"
     assert all(p.stat().st_uid == 10001 for p in volume_dir.rglob("*"))
+
+    # /readyz: a spool the router cannot write takes the pod out of its Service, and does not restart it. (The router
+    # runs as uid 10001 with no capabilities, so a mode stops it, as a full or read-only volume would.)
+    instances = volume_dir / "spool" / "instances"
+    mode = instances.stat().st_mode & 0o7777
+    instances.chmod(0o555)
+    try:
+        eventually(lambda: not router_pod(node)["status"]["containerStatuses"][0]["ready"],
+                   "the router pod NotReady with an unwritable spool", 60)
+        assert "statuscode: 503" in node.kubectl("get", "events", "-n", NAMESPACE)
+        assert router_pod(node)["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        instances.chmod(mode)
+    eventually(lambda: router_pod(node)["status"]["containerStatuses"][0]["ready"], "the router pod Ready again", 60)
 
     # SIGKILL the container's main process (what an OOM kill does); the kubelet restarts it in place.
     status = pod["status"]["containerStatuses"][0]

@@ -213,7 +213,8 @@ def generate_pki(directory: Path, address: str = "127.0.0.1") -> Pki:
     ----------
     directory : Path
         Created if missing; receives ``ca.crt/key``, ``apiserver.crt/key``, ``admin.crt/key``
-        (``O=system:masters``), ``kube-controller-manager.crt/key`` and ``sa.key/pub``.
+        (``O=system:masters``), ``kube-controller-manager.crt/key``, ``kube-apiserver-kubelet-client.crt/key``,
+        ``kubelet.crt/key`` (a node's serving certificate) and ``sa.key/pub``.
 
     Returns
     -------
@@ -252,11 +253,21 @@ def generate_pki(directory: Path, address: str = "127.0.0.1") -> Pki:
     for stem, subject in (
         ("admin", _name("pacsflow-admin", "system:masters")),
         ("kube-controller-manager", _name("system:kube-controller-manager", "system:masters")),
+        # kube-apiserver's own client certificate towards the kubelets (logs, exec, port-forward).
+        ("kube-apiserver-kubelet-client", _name("kube-apiserver-kubelet-client", "system:masters")),
     ):
         client_key = ec.generate_private_key(ec.SECP256R1())
         client = _issue(subject, client_key, ca_name, ca_key, usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
         _write_key(directory / f"{stem}.key", client_key)
         (directory / f"{stem}.crt").write_bytes(client.public_bytes(pem))
+
+    # A node's kubelet serves on the control plane's address (tests.peers.node): its serving certificate comes from
+    # the same CA, and kube-apiserver verifies it (--kubelet-certificate-authority).
+    kubelet_key = ec.generate_private_key(ec.SECP256R1())
+    kubelet = _issue(_name("kubelet"), kubelet_key, ca_name, ca_key, usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+                     sans=[x509.IPAddress(ipaddress.ip_address(ip)) for ip in sorted({"127.0.0.1", address})])
+    _write_key(pki.kubelet_key, kubelet_key)
+    pki.kubelet_crt.write_bytes(kubelet.public_bytes(pem))
 
     sa_key = ec.generate_private_key(ec.SECP256R1())
     _write_key(pki.sa_key, sa_key)
@@ -563,6 +574,12 @@ def start(workdir: Path, *, detached: bool = False, binaries: Path | None = None
             f"--tls-cert-file={pki.apiserver_crt}",
             f"--tls-private-key-file={pki.apiserver_key}",
             f"--client-ca-file={pki.ca_crt}",
+            # To a node's kubelet (kubectl logs/exec): authenticate with a CA-signed client certificate, verify its
+            # serving certificate, and dial its InternalIP (the node's hostname resolves nowhere).
+            f"--kubelet-client-certificate={pki.kube_apiserver_kubelet_client_crt}",
+            f"--kubelet-client-key={pki.kube_apiserver_kubelet_client_key}",
+            f"--kubelet-certificate-authority={pki.ca_crt}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--authorization-mode=RBAC",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

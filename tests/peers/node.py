@@ -125,6 +125,10 @@ def kubelet_config(*, port: int, healthz_port: int, runtime_socket: Path, ca_fil
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                            "x509": {"clientCAFile": str(ca_file)}},
         "authorization": {"mode": "AlwaysAllow"},
+        # Serving certificate from the cluster CA (tests.peers.cluster.generate_pki writes it beside ca.crt), which
+        # kube-apiserver verifies when it proxies kubectl logs/exec/port-forward to this kubelet.
+        "tlsCertFile": str(ca_file.with_name("kubelet.crt")),
+        "tlsPrivateKeyFile": str(ca_file.with_name("kubelet.key")),
         "cgroupDriver": "cgroupfs",
         "containerRuntimeEndpoint": f"unix://{runtime_socket}",
         # The CI machine has no swap today, but a developer's laptop may.
@@ -233,8 +237,7 @@ class Node:
     def pod_logs(self, namespace: str, pod_prefix: str) -> str:
         """Every log line the kubelet wrote for the containers of pods named ``pod_prefix*`` (all restarts).
 
-        Read from the node's ``podLogsDir``: ``kubectl logs`` would need kube-apiserver to authenticate to the
-        kubelet, which this throwaway cluster does not set up.
+        Read from the node's ``podLogsDir`` (``kubectl logs`` works too, but shows one container instance at a time).
         """
         root = self.workdir / "pod-logs"
         files = sorted(root.glob(f"{namespace}_{pod_prefix}*/*/*.log")) if root.is_dir() else []
