@@ -4,10 +4,11 @@
 
 1. Starts etcd + kube-apiserver + kube-controller-manager v1.34 (tests/peers/cluster.py; or uses
    ``--kubeconfig``), applies the generated CRDs, runs ``pacsflow-operator`` as its own process.
-2. Creates the routers and use cases; time until every router's ConfigMap holds all its use cases and every use
-   case's status says so for its generation (from the first create, and after the last create returned), the
-   operator's CPU seconds and the requests the burst cost the API server (its own ``apiserver_request_total``, the
-   bench's creates excluded).
+2. Creates the routers and waits until the operator has rendered them; then creates the use cases and times until
+   every router's ConfigMap holds all its use cases and every use case's status says so for its generation (from
+   the first use case's create, and after the last create returned), the operator's CPU seconds over that time
+   and the requests the burst cost the API server (its own ``apiserver_request_total``, the bench's creates
+   excluded).
 3. Mode edits one at a time (silent <-> assistive): time from the PATCH returning to the router's
    ConfigMap carrying the new mode, seen through a watch (p50/p95). The peer run in the same process is
    a plain ConfigMap PATCH round trip on the same API server: the ratio says how much the operator adds.
@@ -30,13 +31,14 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import HTTPError
 
 from tests.conftest import free_port
 from tests.peers.net import stop_process
@@ -112,75 +114,91 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-class ConfigWatcher(threading.Thread):
-    """Watches the routers' ConfigMaps; records (time, router, {use case: mode}) for each change."""
+class _Watcher(threading.Thread):
+    """A watch that starts again (from a fresh list) when its stream breaks, so a dropped connection under load
+    costs a re-list instead of a bench that waits for events that never come. ``restarts`` counts them."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.core = client.CoreV1Api(api)
-        self.events: queue.Queue = queue.Queue()
-        self.latest: dict[str, dict[str, str]] = {}
+        self.restarts = 0
         self._watch = watch.Watch()
         self._stopping = False
 
     def run(self) -> None:
-        try:
-            self._run()
-        except (ProtocolError, ApiException):
+        while not self._stopping:
+            self._watch = watch.Watch()
+            try:
+                for event in self._stream(self._watch):
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: the resourceVersion expired
+                        raise ApiException(reason=str(event["object"].get("message")))
+                    self.handle(event)
+            except (HTTPError, ApiException, OSError):
+                if self._stopping:
+                    return
             if not self._stopping:
-                raise
+                self.restarts += 1
+                time.sleep(0.1)
 
-    def _run(self) -> None:
-        # Plain JSON events and libyaml's parser: model deserialisation and the pure-Python YAML parser cost the
-        # bench seconds of CPU per run (200+ configs of up to 40 use cases), taken from the same process, and the
-        # same two cores, that create the objects being timed.
-        for event in self._watch.stream(self.core.list_namespaced_config_map, NS, deserialize=False,
-                                        label_selector="app.kubernetes.io/component=routing-config"):
-            t = time.perf_counter()
-            cm = event["object"]
-            doc = yaml.load((cm.get("data") or {}).get("routing.yaml") or "{}", Loader=_LOADER) or {}
-            modes = {u["name"]: u.get("mode", "silent") for u in doc.get("useCases", [])}
-            router = cm["metadata"]["labels"]["app.kubernetes.io/instance"]
-            self.latest[router] = modes
-            self.events.put((t, router, modes))
+    def _stream(self, w: watch.Watch) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def handle(self, event: dict) -> None:
+        raise NotImplementedError
 
     def stop(self) -> None:
         self._stopping = True
         self._watch.stop()
 
 
-class StatusWatcher(threading.Thread):
+class ConfigWatcher(_Watcher):
+    """Watches the routers' ConfigMaps; records (time, router, {use case: mode}) for each change."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__()
+        self.core = client.CoreV1Api(api)
+        self.events: queue.Queue = queue.Queue()
+        self.latest: dict[str, dict[str, str]] = {}
+
+    def _stream(self, w: watch.Watch) -> Iterator[dict]:
+        # Plain JSON events and libyaml's parser: model deserialisation and the pure-Python YAML parser cost the
+        # bench seconds of CPU per run (200+ configs of up to 40 use cases), taken from the same process, and the
+        # same two cores, that create the objects being timed.
+        return w.stream(self.core.list_namespaced_config_map, NS, deserialize=False,
+                        label_selector="app.kubernetes.io/component=routing-config")
+
+    def handle(self, event: dict) -> None:
+        t = time.perf_counter()
+        cm = event["object"]
+        doc = yaml.load((cm.get("data") or {}).get("routing.yaml") or "{}", Loader=_LOADER) or {}
+        modes = {u["name"]: u.get("mode", "silent") for u in doc.get("useCases", [])}
+        router = cm["metadata"]["labels"]["app.kubernetes.io/instance"]
+        self.latest[router] = modes
+        self.events.put((t, router, modes))
+
+
+class StatusWatcher(_Watcher):
     """Watches the AIUseCases; ``rendered`` holds the names whose status says, for their current generation,
     that they are in their router's routing config (``observedGeneration`` = ``metadata.generation`` and
     ``ConfigRendered`` True)."""
 
     def __init__(self, api: client.ApiClient) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.custom = client.CustomObjectsApi(api)
         self.rendered: set[str] = set()
-        self._watch = watch.Watch()
-        self._stopping = False
 
-    def run(self) -> None:
-        try:
-            for event in self._watch.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, NS,
-                                            "aiusecases"):
-                uc = event["object"]
-                name, status = uc["metadata"]["name"], uc.get("status") or {}
-                rendered = any(c.get("type") == "ConfigRendered" and c.get("status") == "True"
-                               for c in status.get("conditions") or ())
-                if event["type"] != "DELETED" and rendered and \
-                        status.get("observedGeneration") == uc["metadata"].get("generation"):
-                    self.rendered.add(name)
-                else:
-                    self.rendered.discard(name)
-        except (ProtocolError, ApiException):
-            if not self._stopping:
-                raise
+    def _stream(self, w: watch.Watch) -> Iterator[dict]:
+        return w.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, NS, "aiusecases")
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._watch.stop()
+    def handle(self, event: dict) -> None:
+        uc = event["object"]
+        name, status = uc["metadata"]["name"], uc.get("status") or {}
+        rendered = any(c.get("type") == "ConfigRendered" and c.get("status") == "True"
+                       for c in status.get("conditions") or ())
+        if event["type"] != "DELETED" and rendered and \
+                status.get("observedGeneration") == uc["metadata"].get("generation"):
+            self.rendered.add(name)
+        else:
+            self.rendered.discard(name)
 
 
 def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operator_log: str | None = None) -> dict:
@@ -198,16 +216,32 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
     watcher, statuses = ConfigWatcher(api), StatusWatcher(api)
     watcher.start()
     statuses.start()
+
+    def failed(what: str) -> RuntimeError:
+        if op.poll() is None:
+            op.kill()  # its stderr is read to the end below
+            op.wait()
+        return RuntimeError(what + ("" if operator_log else ":\n" + op.stderr.read().decode()[-3000:]))
+
     try:
         routers = [f"router-{i}" for i in range(n_routers)]
-        server_start = _apiserver_writes(api)
-        t0 = time.perf_counter()
         for r in routers:
             custom.create_namespaced_custom_object(GROUP, VERSION, NS, "dicomrouters", {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "DicomRouter", "metadata": {"name": r},
                 "spec": {"aeTitle": r.upper().replace("-", "_"),
                          "destinations": [{"name": "pacs", "aeTitle": "PACS", "host": "pacs", "port": 104}]},
             })
+        # The clock starts with the first AIUseCase, once the operator runs and has rendered every router: its
+        # start-up (imports, first lists; 1.5-3 s of CPU) otherwise lands in the burst by chance, competing with
+        # the creates or not depending on how long it takes.
+        deadline = time.monotonic() + 120
+        while not all(r in watcher.latest for r in routers):
+            if op.poll() is not None or time.monotonic() > deadline:
+                raise failed("operator did not render the routers")
+            time.sleep(0.05)
+        time.sleep(1)
+        server_start, cpu_start = _apiserver_writes(api), _cpu_seconds(op.pid)
+        t0 = time.perf_counter()
         owner = {}
         for i in range(n_use_cases):
             name, router = f"uc-{i:03d}", routers[i % n_routers]
@@ -227,17 +261,16 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
         # rendered (the ConfigMaps alone are full while up to a third of the statuses are still unwritten).
         while configs_at is None or len(statuses.rendered) < n_use_cases:
             if op.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("operator did not converge" + (
-                    "" if operator_log else ":\n" + op.stderr.read().decode()[-3000:]))
+                raise failed("operator did not converge")
             if configs_at is None and all(len(watcher.latest.get(r, {})) >= per_router[r] for r in routers):
                 configs_at = time.perf_counter()
             time.sleep(0.02)
         converged_at = time.perf_counter()
         converge, lag = converged_at - t0, converged_at - t_last_create
-        converge_cpu = _cpu_seconds(op.pid)
+        converge_cpu = _cpu_seconds(op.pid) - cpu_start
         # Everything the bench and the operator sent to the operator's resources until convergence, minus the
         # bench's own creates: what the burst cost the API server.
-        converge_requests = _apiserver_writes(api) - server_start - n_routers - n_use_cases
+        converge_requests = _apiserver_writes(api) - server_start - n_use_cases
         time.sleep(2)  # let status writes of the initial burst drain before counting requests
         before = _scrape(metrics_port)
         server_before = _apiserver_writes(api)
@@ -252,7 +285,10 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
             custom.patch_namespaced_custom_object(GROUP, VERSION, NS, "aiusecases", name, {"spec": {"mode": new}})
             t_edit = time.perf_counter()
             while True:
-                t, r, modes = watcher.events.get(timeout=60)
+                try:
+                    t, r, modes = watcher.events.get(timeout=60)
+                except queue.Empty:
+                    raise failed(f"edit {k}: no ConfigMap change within 60 s") from None
                 if r == router and modes.get(name) == new:
                     latencies.append(t - t_edit)
                     break
@@ -287,6 +323,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
             "peer_configmap_patch_p50_s": statistics.median(peer),
             "ratio_p50_vs_peer": statistics.median(latencies) / statistics.median(peer),
             "operator_peak_rss_bytes": _peak_rss(op.pid),
+            "watch_restarts": watcher.restarts + statuses.restarts,
             "reconciler_api_requests_per_edit": requests / n_edits,
             "all_operator_api_requests_per_edit": server_requests / n_edits,
             "api_requests_per_reconcile": requests / reconciles if reconciles else None,

@@ -34,6 +34,8 @@ class OperatorSettings(BaseSettings):
     namespace: str = ""
     """The operator pod's own namespace (the chart sets it from the downward API): the TritonClusters'
     NetworkPolicies admit the operator's pods from it (empty: from any namespace, by the pods' labels)."""
-    create_settle_seconds: float = 0.3
-    """How long a new AIUseCase waits before its router's config is rendered, so that a burst of creations
-    costs one render per router per interval (edits of existing use cases render at once)."""
+    create_settle_seconds: float = 0.15
+    """A new AIUseCase's router config is rendered once no other new use case of that router came for this long,
+    so that a burst of creations costs one render per router per quiet moment (edits render at once)."""
+    create_settle_max_seconds: float = 1.0
+    """The longest a new AIUseCase waits for its render while a burst of creations goes on."""

@@ -85,6 +85,9 @@ class _Serial:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     requested: int = 0
     done: int = 0
+    # Settling requests not yet covered by a render: when the first arrived and when the last did.
+    pending_since: float | None = None
+    last_request: float = 0.0
 
 
 class Controller:
@@ -162,24 +165,40 @@ class Controller:
         return True
 
     async def _serialised(self, key: tuple[str, str, str], force: bool, work: Callable[[], Awaitable[T]],
-                          settle: float = 0.0) -> T | None:
+                          settle: float = 0.0, settle_max: float | None = None) -> T | None:
+        """Run ``work`` for ``key`` one at a time, coalescing requests that a later run covers.
+
+        A settling request (``settle`` > 0, not ``force``) waits until no new settling request came for
+        ``settle`` s, or until ``settle_max`` s (default ``settle``) after the first uncovered one: a burst is
+        rendered once per quiet moment, and at least every ``settle_max`` s while it lasts.
+        """
         state = self._serial[key]
         state.requested += 1
         mine = state.requested
         if settle > 0 and not force:
-            # Let a burst gather: every request that arrives meanwhile is covered by the one render that follows.
-            await asyncio.sleep(settle)
+            loop = asyncio.get_running_loop()
+            state.last_request = loop.time()
+            if state.pending_since is None:
+                state.pending_since = state.last_request
+            longest = settle if settle_max is None else max(settle, settle_max)
+            while state.done < mine and state.pending_since is not None:
+                due = min(state.last_request + settle, state.pending_since + longest)
+                if loop.time() >= due:
+                    break
+                await asyncio.sleep(due - loop.time())
         async with state.lock:
             if not force and state.done >= mine:
                 return None  # a render that started after our change was indexed already covered it
             snapshot = state.requested
+            state.pending_since = None  # every request so far is covered by this run
             result = await work()
             state.done = snapshot
             return result
 
     # --------------------------------------------------------------------------------- routers
     async def sync_router(self, namespace: str, name: str, idx: Indexes, *, force: bool = False,
-                          settle: float = 0.0, check_deployment: bool = False) -> router_rc.RouterPlan | None:
+                          settle: float = 0.0, settle_max: float | None = None,
+                          check_deployment: bool = False) -> router_rc.RouterPlan | None:
         """Render and apply one DicomRouter's children and status from the current indexes.
 
         Parameters
@@ -189,10 +208,11 @@ class Controller:
         check_deployment
             Re-read the Deployment's availability (the health timer); otherwise a render for a use case reuses
             the last answer, so a burst of use cases costs no GET per render.
-        settle
-            Seconds to wait before rendering, so that a burst (200 use cases applied at once) costs one
-            render per router per ``settle`` instead of one per use case. Edits pass 0: a mode change or
-            a kill switch reaches the ConfigMap at once (and carries any creation still settling).
+        settle, settle_max
+            A new use case's render waits until no other one came for ``settle`` s, or at most ``settle_max`` s
+            while a burst goes on (200 use cases applied at once cost one render per router per quiet moment,
+            not one per use case). Edits pass 0: a mode change or a kill switch reaches the ConfigMap at once
+            (and carries any creation still settling).
 
         Returns
         -------
@@ -237,7 +257,7 @@ class Controller:
                          len(plan.accepted), written)
                 return plan
 
-        return await self._serialised(("DicomRouter", namespace, name), force, work, settle)
+        return await self._serialised(("DicomRouter", namespace, name), force, work, settle, settle_max)
 
     # --------------------------------------------------------------------------------- tritons
     async def sync_triton(self, namespace: str, name: str, idx: Indexes, *, force: bool = False) -> None:

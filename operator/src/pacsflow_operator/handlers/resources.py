@@ -123,7 +123,8 @@ async def use_case_changed(namespace: str | None, name: str, body: Any, spec: An
         uc = parse_spec(AIUseCaseSpec, spec, f"AIUseCase {name}")
     # A new use case (or one found at start-up) waits for the rest of its burst; an edit renders at once.
     settle = ctl.settings.create_settle_seconds if reason in ("create", "resume") else 0.0
-    plan = await ctl.sync_router(namespace, uc.router, idx, settle=settle)
+    plan = await ctl.sync_router(namespace, uc.router, idx, settle=settle,
+                                 settle_max=ctl.settings.create_settle_max_seconds)
     router = idx.router(namespace, uc.router)
     cluster = (router or {}).get("spec", {}).get("tritonCluster")
     if cluster:
