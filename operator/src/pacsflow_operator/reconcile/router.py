@@ -112,7 +112,10 @@ class RouterPlan:
 def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConfig:
     """The routing config of a router with no use cases (what the pod needs from the router spec)."""
     if spec.triton_cluster:
-        inference = Inference(backend="triton", url=triton_url(spec.triton_cluster, namespace))
+        # The router still reads each model's manifest (model.json, preprocess.json) for its own preprocessing and
+        # postprocessing: the copy in its image, as the embedded backend does.
+        inference = Inference(backend="triton", url=triton_url(spec.triton_cluster, namespace),
+                              model_repository=EMBEDDED_MODEL_REPOSITORY)
     else:
         inference = Inference(backend="embedded", model_repository=EMBEDDED_MODEL_REPOSITORY)
     return RoutingConfig(
