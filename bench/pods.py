@@ -14,8 +14,9 @@ benchmark refuses to start while another kubelet runs):
    assistive AIUseCase applied, the router pod Ready (``/readyz``), a 16-slice phantom head CT sent with
    ``storescu`` to the router's ClusterIP, the SR at an Orthanc on the host.
 5. **Demotion -> last output**, ``--cycles`` times: a study is sent, the use case demoted to silent (a PATCH with the
-   promotion policy's ``changed-by``) after a delay that moves from 0 to ``DELAY_MAX_S`` over the cycles, so that
-   some demotions land before the study's SR is made and some while or after; then promoted back (not timed).
+   promotion policy's ``changed-by``) after a delay that moves from ``DELAY_MIN_S`` to ``DELAY_MAX_S`` over the
+   cycles, so that some demotions land before the study's SR is made and some while or after; then promoted back
+   (not timed).
    Timed per cycle, from the PATCH: the router pod's "routing config reloaded ... =silent" log line (the kubelet's
    timestamp of the line) and the last SR that reached Orthanc after the PATCH (0 when none did). The ratio
    pod demotion / kill switch compares the pod's reload with step 3's in-process router.
@@ -63,9 +64,11 @@ from tests.peers.pods import (  # noqa: E402
 
 ROUTER, USE_CASE = "ed", "ich-head-ct"
 POD_PREFIX = f"{ROUTER}-router"
-#: Demotion delays after the study's acknowledgement spread over [0, DELAY_MAX_S]: the study's stable window (2 s)
-#: plus its analysis, so the demotion lands before, during and after the SR is made.
-DELAY_MAX_S = 5.0
+#: Demotion delays after the study's acknowledgement, spread over [DELAY_MIN_S, DELAY_MAX_S] across the cycles:
+#: around the end of the study's stable window (2 s), when it is analysed and its SR made and sent (about 0.2 s for
+#: 16 slices here), so that demotions land before, while and after the SR goes out. A first run spread over 0-5 s
+#: stepped over that moment: every SR was either held or already stored at the PATCH.
+DELAY_MIN_S, DELAY_MAX_S = 1.5, 3.0
 SLICES = 16
 
 
@@ -221,7 +224,8 @@ def _demotions(node: Node, custom: Any, watch: SrWatch,
         sent = storescu(11112, paths, host=host)
         if len(sent.acknowledged) != len(paths):
             raise Broken(f"cycle {i}: the study was not acknowledged: {sent.output[-1000:]}")
-        time.sleep(DELAY_MAX_S * i / max(1, len(studies) - 1))
+        delay = DELAY_MIN_S + (DELAY_MAX_S - DELAY_MIN_S) * i / max(1, len(studies) - 1)
+        time.sleep(delay)
         patched = time.time()
         _set_mode(custom, "silent", {"pacsflow.io/changed-by": ADMIN_USER})
         reloaded = _wait(lambda p=patched: _reload_after(node, p, "silent"), "the router pod applying the demotion",
@@ -232,7 +236,7 @@ def _demotions(node: Node, custom: Any, watch: SrWatch,
             # Analysed before the demotion applied: its SR went out before it, or is held by the outbox (never sent).
             time.sleep(10)
         seen = watch.first_seen.get(truth.study_instance_uid)
-        rows.append({"delay_s": DELAY_MAX_S * i / max(1, len(studies) - 1), "reload_s": reloaded - patched,
+        rows.append({"delay_s": delay, "reload_s": reloaded - patched,
                      "analysed_in": mode, "sr_after_patch_s": None if seen is None else seen - patched,
                      "last_output_s": max(0.0, seen - patched) if seen is not None else 0.0,
                      "sr_after_reload": seen is not None and seen > reloaded})
