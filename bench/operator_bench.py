@@ -8,7 +8,8 @@
    every router's ConfigMap holds all its use cases and every use case's status says so for its generation (from
    the first use case's create, and after the last create returned), the operator's CPU seconds over that time
    and the requests the burst cost the API server (its own ``apiserver_request_total``, the bench's creates
-   excluded).
+   excluded). The peer: the same creates in a namespace no operator watches (``ratio_convergence_vs_peer_creates``
+   is how much longer convergence takes than creating the objects alone).
 3. Mode edits one at a time (silent <-> assistive): time from the PATCH returning to the router's
    ConfigMap carrying the new mode, seen through a watch (p50/p95). The peer run in the same process is
    a plain ConfigMap PATCH round trip on the same API server: the ratio says how much the operator adds.
@@ -46,6 +47,7 @@ from tests.peers.net import stop_process
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "pacsflow.io", "v1alpha1"
 NS = "bench"
+PEER_NS = "bench-peer"  # not watched by the operator
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -201,6 +203,21 @@ class StatusWatcher(_Watcher):
             self.rendered.discard(name)
 
 
+def _create_use_cases(custom: client.CustomObjectsApi, namespace: str, n: int, routers: list[str]) -> dict[str, str]:
+    """Create ``n`` AIUseCases spread over ``routers`` one after another; use case -> router."""
+    owner = {}
+    for i in range(n):
+        name, router = f"uc-{i:03d}", routers[i % len(routers)]
+        owner[name] = router
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "aiusecases", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "AIUseCase", "metadata": {"name": name},
+            "spec": {"router": router, "model": {"name": f"model_{i % 7}", "version": 1 + i % 3},
+                     "match": {"modalities": ["CT"]},
+                     "outputs": {"structuredReport": {"destination": "pacs"}}},
+        })
+    return owner
+
+
 def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operator_log: str | None = None) -> dict:
     api = config.new_client_from_config(config_file=kubeconfig)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
@@ -242,16 +259,7 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
         time.sleep(1)
         server_start, cpu_start = _apiserver_writes(api), _cpu_seconds(op.pid)
         t0 = time.perf_counter()
-        owner = {}
-        for i in range(n_use_cases):
-            name, router = f"uc-{i:03d}", routers[i % n_routers]
-            owner[name] = router
-            custom.create_namespaced_custom_object(GROUP, VERSION, NS, "aiusecases", {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "AIUseCase", "metadata": {"name": name},
-                "spec": {"router": router, "model": {"name": f"model_{i % 7}", "version": 1 + i % 3},
-                         "match": {"modalities": ["CT"]},
-                         "outputs": {"structuredReport": {"destination": "pacs"}}},
-            })
+        owner = _create_use_cases(custom, NS, n_use_cases, routers)
         created = time.perf_counter() - t0
         t_last_create = time.perf_counter()
         per_router = {r: sum(1 for v in owner.values() if v == r) for r in routers}
@@ -306,6 +314,12 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
             core.patch_namespaced_config_map("peer", NS, {"data": {"k": str(k)}})
             peer.append(time.perf_counter() - t)
 
+        # Peer: the same creates in a namespace no operator watches, same API server and client.
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=PEER_NS)))
+        t = time.perf_counter()
+        _create_use_cases(custom, PEER_NS, n_use_cases, routers)
+        peer_creates = time.perf_counter() - t
+
         requests = after.get("pacsflow_operator_api_requests_total", 0) - before.get(
             "pacsflow_operator_api_requests_total", 0)
         reconciles = after.get("pacsflow_operator_reconciliations_total", 0) - before.get(
@@ -315,6 +329,8 @@ def run(kubeconfig: str, n_use_cases: int, n_routers: int, n_edits: int, operato
             "create_all_objects_s": created,
             "initial_convergence_s": converge,
             "configmaps_full_s": configs_at - t0,
+            "peer_same_creates_no_operator_s": peer_creates,
+            "ratio_convergence_vs_peer_creates": converge / peer_creates,
             "converged_after_last_create_s": lag,
             "operator_api_requests_during_convergence": converge_requests,
             "operator_cpu_s_during_convergence": converge_cpu,
@@ -345,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routers", type=int, default=5)
     parser.add_argument("--edits", type=int, default=60)
     parser.add_argument("--operator-log", help="write the operator's INFO log here")
-    parser.add_argument("--kubeconfig", help="use this cluster instead of starting one (namespace 'bench' must not exist)")
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting one (namespaces 'bench' and 'bench-peer' must not exist)")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         kubeconfig = args.kubeconfig
