@@ -212,7 +212,9 @@ def test_make_cluster_up_and_down_run_a_control_plane_for_developers():
         with kubernetes.config.new_client_from_config(config_file=str(kubeconfig)) as api:
             names = [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items]
             nodes = client.CoreV1Api(api).list_node().items
+            dns = client.AppsV1Api(api).read_namespaced_deployment("coredns", "kube-system")
         assert "kube-system" in names
+        assert dns.status.available_replicas == 1  # make cluster-up waits for the cluster DNS (docs/pods.md)
         assert [c.status for n in nodes for c in n.status.conditions if c.type == "Ready"] == ["True"]
     finally:
         down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
