@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.peers.cluster import REPO, ControlPlane, ControlPlaneError, helm_path, pid_alive, start
 from tests.peers.net import eventually
+from tests.peers.node import host_node_lock
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -197,6 +198,11 @@ def test_make_cluster_up_and_down_run_a_control_plane_for_developers():
     script = str(REPO / "scripts" / "cluster.sh")
     env = {**os.environ, "CLUSTER_DIR": str(cluster_dir), "PY": sys.executable}
     env.pop("KUBECONFIG", None)
+    with host_node_lock():  # make cluster-up starts a node too: one per host
+        _cluster_up_and_down(script, cluster_dir, env)
+
+
+def _cluster_up_and_down(script: str, cluster_dir: Path, env: dict[str, str]) -> None:
     up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=300)
     pids = {}
     try:

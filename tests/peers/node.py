@@ -19,6 +19,7 @@ authorizer).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -538,14 +539,49 @@ def teardown(cluster_dir: Path) -> list[str]:
     return done
 
 
+#: One node per host: its bridge, address and iptables chains are host-wide, so a second node would take them over.
+NODE_LOCK = Path("/run/lock/pacsflow-node.lock")
+
+
+@contextlib.contextmanager
+def host_node_lock(timeout: float = 1800.0) -> Iterator[None]:
+    """Hold the host's node lock (``flock`` on :data:`NODE_LOCK`) for one ``with`` block, waiting for another
+    checkout's node (a second test run, a benchmark) to finish first; :class:`NodeError` after ``timeout`` seconds.
+    """
+    NODE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with NODE_LOCK.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        said = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeError(f"another node held {NODE_LOCK} for {timeout:.0f} s") from None
+                if not said:
+                    print(f"waiting for another node on this host ({NODE_LOCK})", flush=True)
+                    said = True
+                time.sleep(2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def node_cluster(workdir: Path, archives: list[Path]) -> Iterator[Node]:
     """A control plane on the node's address plus a Ready node, for one ``with`` block (tests).
 
-    The host is prepared first (bridge, sysctls) so kube-apiserver can listen on ``NODE_IP``; on exit the node
-    is torn down before the control plane stops, and the host is restored even if the control plane never
-    started.
+    The host's node lock is held throughout (:func:`host_node_lock`). The host is prepared first (bridge,
+    sysctls) so kube-apiserver can listen on ``NODE_IP``; on exit the node is torn down before the control plane
+    stops, and the host is restored even if the control plane never started.
     """
+    with host_node_lock():
+        yield from _node_cluster(workdir, archives)
+
+
+def _node_cluster(workdir: Path, archives: list[Path]) -> Iterator[Node]:
     prepare_host(workdir)
     try:
         with cluster.control_plane(workdir, address=NODE_IP) as cp:
