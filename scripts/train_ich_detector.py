@@ -26,6 +26,24 @@ until small), ``--extra-calcification-slices`` (negative studies give the slices
         --extra-calcification-slices 3 --extra-plain-fraction 0.4 --extra-cache /tmp/ich/extra.npz \
         --epochs 4 --full-epochs 2 --lr 6e-4
 
+The sixth try (version 3 candidate, not shipped: model card) trains a stride-4 heatmap (``--heatmap-stride 4``) on
+the fifth try's 2.5-D data, its trunk started from that try's weights, drawing small clots 3x as often and re-weighting
+hard examples (``--small-clot-weight 3 --mine-at 2,4``), then fine-tunes it with 240 more studies of small clots and
+calcification slices (seeds 3 500 000+, ``--more-data``)::
+
+    PYTHONPATH=router/src .venv-train/bin/python scripts/train_ich_detector.py --version 3 --repository /tmp/repo \
+        --out /tmp/ich/b.onnx --cache /tmp/ich/base3.npz --extra-studies 300 --extra-cache /tmp/ich/extra3.npz \
+        --init /tmp/ich/v3.pt --heatmap-stride 4 --crop 96 --centre-crops 0.3 --small-clot-weight 3 --mine-at 2,4 \
+        --epochs 6 --full-epochs 1 --lr 1.5e-3 --seed 6
+    PYTHONPATH=router/src .venv-train/bin/python scripts/train_ich_detector.py --version 3 --repository /tmp/repo \
+        --out /tmp/ich/c.onnx --cache /tmp/ich/base3.npz --extra-studies 300 --extra-cache /tmp/ich/extra3.npz \
+        --more-data /tmp/ich/gen*.npz --init /tmp/ich/b.pt --heatmap-stride 4 --crop 96 --centre-crops 0.3 \
+        --small-clot-weight 3 --mine-at 0 --epochs 1 --full-epochs 2 --lr 1e-3 --seed 6
+
+(``/tmp/ich/v3.pt``: the fifth try's weights; ``gen<k>.npz``, k = 0..7: ``make_dataset(30, 3_500_000 + 30 * k, spec,
+4, 2, 1, ["intraparenchymal"], ["calcifications", "normal", "calcifications", "dense_falx", "streaks"],
+max_clot_mm=8.0, calcification_slices=3, plain_fraction=0.5)`` saved as ``--cache`` does.)
+
 Data: phantom studies (:mod:`pacsflow_router.models.phantom`, ``varied=True``: random field of view, slice
 thickness, gantry tilt, dose and matrix; seeds from ``--seed``, far from the seeds the tests use), preprocessed by
 the numpy reference of :mod:`pacsflow_router.analysis.preprocess` with the version's own ``preprocess.json`` --
@@ -96,10 +114,16 @@ _RESCALE = (1.0, -1024.0)
 
 
 class IchDetector(nn.Module):
-    """Heatmap net: conv stem (stride 8) + dilated context + 1x1 head; slice logit = max, location = soft-argmax."""
+    """Heatmap net: conv stem (stride 8) + dilated context + 1x1 head; slice logit = max, location = soft-argmax.
 
-    def __init__(self, channels: int, width: int = 40, full_resolution_stem: bool = False):
+    ``heatmap_stride=4`` (version 3): the stride-8 context trunk's features, upsampled, are fused with the stem's
+    stride-4 features into a 64 x 64 heatmap (detect, then pool): a clot of 3-6 pixels fills a quarter of a cell
+    instead of a sixteenth. The trunk keeps the stride-8 layout (``--init`` from a stride-8 model reuses it).
+    """
+
+    def __init__(self, channels: int, width: int = 40, full_resolution_stem: bool = False, heatmap_stride: int = 8):
         super().__init__()
+        self.grid = 256 // heatmap_stride
 
         def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
             return nn.Sequential(
@@ -109,17 +133,32 @@ class IchDetector(nn.Module):
 
         # A full-resolution first convolution sees small clots before any downsampling (about 1.7x the compute).
         stem = [block(channels, 16), block(16, 16, 2)] if full_resolution_stem else [block(channels, 16, 2)]
-        self.features = nn.Sequential(
-            *stem, block(16, 32, 2), block(32, width, 2),
-            block(width, width, dilation=2), block(width, width, dilation=4), block(width, width, dilation=8),
-            block(width, width),
-        )
-        self.head = nn.Conv2d(width, 1, 1)
-        centres = (torch.arange(GRID, dtype=torch.float32) + 0.5) / GRID
+        stem.append(block(16, 32, 2))
+        context = [block(32, width, 2), block(width, width, dilation=2), block(width, width, dilation=4),
+                   block(width, width, dilation=8), block(width, width)]
+        if heatmap_stride == 4:
+            self.fine = nn.Sequential(*stem)
+            self.context = nn.Sequential(*context)
+            self.fuse = block(32 + width, 32)
+            self.head = nn.Conv2d(32, 1, 1)
+        elif heatmap_stride == 8:
+            self.features = nn.Sequential(*stem, *context)
+            self.head = nn.Conv2d(width, 1, 1)
+        else:
+            raise ValueError(f"heatmap stride 4 or 8, not {heatmap_stride}")
+        centres = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
         self.register_buffer("centres", centres)
 
     def heatmap(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(image))[:, 0]  # (N, GRID, GRID) logits
+        if self.grid == GRID:
+            return self.head(self.features(image))[:, 0]  # (N, GRID, GRID) logits
+        fine = self.fine(image)
+        context = F.interpolate(self.context(fine), scale_factor=2.0, mode="nearest")
+        return self.head(self.fuse(torch.cat([fine, context], dim=1)))[:, 0]  # (N, 2 GRID, 2 GRID) logits
+
+    def cell_logits(self, heat: torch.Tensor) -> torch.Tensor:
+        """The heatmap at the targets' GRID x GRID cells (a stride-4 heatmap max-pooled 2 x 2)."""
+        return heat if heat.shape[-1] == GRID else F.max_pool2d(heat[:, None], 2)[:, 0]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.outputs(self.heatmap(image))
@@ -127,7 +166,7 @@ class IchDetector(nn.Module):
     def outputs(self, heat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = heat.flatten(1)
         logit = flat.max(dim=1, keepdim=True).values
-        weights = torch.softmax(flat * 2.0, dim=1).view(-1, GRID, GRID)
+        weights = torch.softmax(flat * 2.0, dim=1).view(-1, self.grid, self.grid)
         row = (weights.sum(dim=2) * self.centres).sum(dim=1)
         col = (weights.sum(dim=1) * self.centres).sum(dim=1)
         loc = torch.stack([row, col], dim=1).clamp(1e-4, 1 - 1e-4)
@@ -317,19 +356,48 @@ def _crops(xb: torch.Tensor, cb: torch.Tensor, yb: torch.Tensor, size: int, g: t
     return torch.stack(xs), torch.stack(cs), torch.stack(ys)
 
 
+def slice_logits(model: IchDetector, x: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """Whole-slice logits (the heatmap's maximum) of stored inputs, in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model.heatmap(_load(torch.from_numpy(x[s:s + batch]))).flatten(1).max(dim=1).values
+                          for s in range(0, len(x), batch)])
+
+
 def train(model: IchDetector, data: tuple[np.ndarray, ...], epochs: int, full_epochs: int, crop: int, batch: int,
-          lr: float, seed: int, centre_crops: float = 0.0, brain_channel: int = 0) -> None:
+          lr: float, seed: int, centre_crops: float = 0.0, brain_channel: int = 0, small_weight: float = 1.0,
+          mine_at: tuple[int, ...] = ()) -> None:
     """``epochs`` on random crops, then ``full_epochs`` on whole slices (calibrates the max over the full
-    heatmap and trains the location). ``brain_channel``: the slice's own brain window (2.5-D: the middle slice's)."""
+    heatmap and trains the location). ``brain_channel``: the slice's own brain window (2.5-D: the middle slice's).
+
+    Slices are drawn with replacement by weight: positives with at most 3 blood cells (small clots) ``small_weight``
+    times as often; before each epoch in ``mine_at`` every slice is scored whole and the weights become half the
+    base weight plus half the base weight times the slice's loss over the mean loss (hard examples: missed small
+    clots, calcifications and falx the model calls blood); slices below the visibility floor 0.3. Without either,
+    every slice once per epoch."""
     x, y, loc, cells = (torch.from_numpy(a) for a in data)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = (epochs + full_epochs) * math.ceil(len(x) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    base = torch.ones(len(x))
+    base[(y == 1) & (cells.flatten(1).sum(dim=1) <= 3)] = small_weight
+    base[y < 0] = 0.3  # below the visibility floor: out of the slice loss, still crops of the head
+    weights = base.clone()
     for epoch in range(epochs + full_epochs):
+        if epoch in mine_at:
+            lg = slice_logits(model, data[0])
+            loss_of = F.binary_cross_entropy_with_logits(lg, y.clamp(min=0), reduction="none")
+            loss_of[y < 0] = 0.0
+            weights = base * (0.5 + 0.5 * (loss_of / loss_of[y >= 0].mean()).clamp(max=20.0))
+            print(f"  mined: negatives called {int((lg[y == 0] > 0).sum())}/{int((y == 0).sum())}, positives missed "
+                  f"{int((lg[y == 1] < 0).sum())}/{int((y == 1).sum())}", flush=True)
         full = epoch >= epochs
         model.train()
-        order = torch.randperm(len(x), generator=g)
+        if small_weight == 1.0 and not mine_at:
+            order = torch.randperm(len(x), generator=g)
+        else:
+            order = torch.multinomial(weights, len(x), replacement=True, generator=g)
         total, t0 = 0.0, time.monotonic()
         for start in range(0, len(x), batch):
             idx = order[start:start + batch]
@@ -344,7 +412,8 @@ def train(model: IchDetector, data: tuple[np.ndarray, ...], epochs: int, full_ep
             heat = model.heatmap(xb)
             logit = heat.flatten(1).max(dim=1).values
             keep = yb >= 0
-            cell_loss = F.binary_cross_entropy_with_logits(heat[keep], cb[keep], pos_weight=torch.tensor(20.0))
+            cell_loss = F.binary_cross_entropy_with_logits(model.cell_logits(heat)[keep], cb[keep],
+                                                           pos_weight=torch.tensor(20.0))
             slice_loss = F.binary_cross_entropy_with_logits(logit[keep], yb[keep])
             loss = cell_loss + 2.0 * slice_loss
             pos = yb == 1
@@ -434,10 +503,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-plain-fraction", type=float, default=0.0,
                         help="share of extra studies acquired as whole untilted 5 mm heads")
     parser.add_argument("--extra-cache", type=Path, help="keep the extra studies in this .npz (reused when present)")
+    parser.add_argument("--more-data", type=Path, nargs="*", default=[],
+                        help="more stored data sets (.npz as --cache writes) appended to the training data")
     parser.add_argument("--centre-crops", type=float, default=0.0,
                         help="share of negative slices cropped around the middle of the head (calcifications)")
     parser.add_argument("--init", type=Path, help="start from these weights (a .pt the script saved beside its .onnx)")
     parser.add_argument("--full-resolution-stem", action="store_true", help="a stride-1 first convolution")
+    parser.add_argument("--heatmap-stride", type=int, choices=(4, 8), default=8,
+                        help="4: a 64x64 heatmap from stride-4 features fused with the stride-8 context (version 3)")
+    parser.add_argument("--small-clot-weight", type=float, default=1.0,
+                        help="draw positive slices with at most 3 blood cells this many times as often")
+    parser.add_argument("--mine-at", type=lambda v: tuple(int(e) for e in v.split(",") if e), default=(),
+                        help="comma-separated epochs (0-based) before which every slice is scored and hard ones "
+                             "drawn more often")
     parser.add_argument("--logit-offset", type=float, default=0.0,
                         help="added to the head's bias before export: moves the operating point (the slice logit is "
                              "the heatmap max, so it shifts by exactly this; the soft-argmax location is unchanged)")
@@ -473,18 +551,34 @@ def main(argv: list[str] | None = None) -> int:
             if args.extra_cache is not None:
                 np.savez(args.extra_cache, x=extra[0], y=extra[1], loc=extra[2], cells=extra[3])
         data = tuple(np.concatenate([a, b]) for a, b in zip(data, extra, strict=True))
+    for path in args.more_data:
+        with np.load(path) as more:
+            data = tuple(np.concatenate([a, more[k]]) for a, k in zip(data, ("x", "y", "loc", "cells"), strict=True))
     print(f"{len(data[0])} slices ({int((data[1] == 1).sum())} positive, {int((data[1] == -1).sum())} ignored), "
           f"{time.monotonic() - t0:.0f} s", flush=True)
-    model = IchDetector(spec.channels, full_resolution_stem=args.full_resolution_stem)
+    model = IchDetector(spec.channels, full_resolution_stem=args.full_resolution_stem,
+                        heatmap_stride=args.heatmap_stride)
     if args.init is not None:
-        model.load_state_dict(torch.load(args.init))
+        state = torch.load(args.init)
+        if args.heatmap_stride == 4 and "features.0.0.weight" in state:
+            # A stride-8 model's trunk: features 0-1 are the stem (fine), 2-6 the context; fuse and head start new.
+            own = model.state_dict()
+            stem = 3 if args.full_resolution_stem else 2  # blocks in ``fine``
+            for key, value in state.items():
+                if key.startswith("features."):
+                    _, i, rest = key.split(".", 2)
+                    own[f"fine.{i}.{rest}" if int(i) < stem else f"context.{int(i) - stem}.{rest}"] = value
+            state = own
+        model.load_state_dict(state)
     print(f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
     if args.epochs + args.full_epochs > 0:
         train(model, data, args.epochs, args.full_epochs, args.crop, args.batch, args.lr, args.seed, args.centre_crops,
-              brain_channel=spec.slice_channels * spec.neighbours)
+              brain_channel=spec.slice_channels * spec.neighbours, small_weight=args.small_clot_weight,
+              mine_at=args.mine_at)
     with torch.no_grad():
         model.head.bias += args.logit_offset
     version = f"ich_detector {args.version}.0.0 (synthetic phantoms, {dt.date.today().isoformat()})"
+    out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out.with_suffix(".pt"))
     export(model, spec.channels, out, version)
     print(f"wrote {out} ({out.stat().st_size} bytes), algorithm_version {version!r}", flush=True)
