@@ -118,10 +118,13 @@ def test_chart_pods_run_with_least_privilege_and_get_secrets_as_files(args):
 def test_the_charts_network_policies_name_only_the_declared_peers():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in _helm_template(FULL)}
     operator = docs["NetworkPolicy", "pacsflow-operator"]["spec"]
-    # Out: DNS, the API server's CIDR on 443/6443, the API's pods; in: its metrics and health ports only.
-    assert [sorted(p["port"] for p in r["ports"]) for r in operator["egress"]] == [[53, 53], [443, 6443], [8080]]
+    # Out: DNS, the API server's CIDR on 443/6443, Triton's HTTP port (model readiness), the API's pods;
+    # in: its metrics and health ports only.
+    assert [sorted(p["port"] for p in r["ports"]) for r in operator["egress"]] == [[53, 53], [443, 6443], [8000], [8080]]
     assert operator["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}]
-    assert operator["egress"][2]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "pacsflow-api"
+    assert operator["egress"][2]["to"] == [{"namespaceSelector": {},
+                                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "pacsflow-triton"}}}]
+    assert operator["egress"][3]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "pacsflow-api"
     assert [sorted(p["port"] for p in r["ports"]) for r in operator["ingress"]] == [["health", "metrics"]]
     api = docs["NetworkPolicy", "pacsflow-api"]["spec"]
     http = api["ingress"][0]
@@ -166,9 +169,14 @@ def test_operator_rendered_pods_and_the_routers_network_policy():
     assert pacs == {"ports": [{"port": 104, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.50.0.9/32"}}]}
     assert ris == {"ports": [{"port": 2576, "protocol": "TCP"}]}  # a host name: its port, any address
     assert webhook == {"ports": [{"port": 8443, "protocol": "TCP"}]}
-    # Triton: HTTP and gRPC from the namespace's routers only, metrics to scrapers, nothing out but DNS.
+    # Triton: HTTP and gRPC from the namespace's routers only, HTTP (model readiness) from the operator's pods,
+    # metrics to scrapers, nothing out but DNS.
     [triton_policy] = _selected(policies, next(labels for name, _, labels in pods if name == "gpu-triton"))
-    served, scraped = triton_policy["spec"]["ingress"]
+    served, operator, scraped = triton_policy["spec"]["ingress"]
     assert served["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "pacsflow-router"}}}]
     assert [p["port"] for p in served["ports"]] == [8000, 8001] and [p["port"] for p in scraped["ports"]] == [8002]
+    assert operator == {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "pacsflow-operator", "app.kubernetes.io/component": "operator"}}}],
+        "ports": [{"port": 8000, "protocol": "TCP"}]}
+    assert "from" not in scraped
     assert [[p["port"] for p in r["ports"]] for r in triton_policy["spec"]["egress"]] == [[53, 53]]

@@ -136,11 +136,11 @@ def _split(ds: Dataset, selected: list[str], phi: set[object], kept: set[object]
             for item in elem.value:
                 _split(item, selected, phi, kept)
             continue
-        if elem.VR not in _TEXT_VRS:
-            continue
         action = "X" if elem.tag.is_private else action_for(int(elem.tag), elem.VR, selected)
-        target = kept if action in (None, "K", "C") else phi
-        target.update(_values(elem))
+        if action in (None, "K", "C"):
+            kept.update(_values(elem))  # every VR: a kept SL 1 may equal a removed DS '1' as text
+        elif elem.VR in _TEXT_VRS:
+            phi.update(_values(elem))
 
 
 def _encode(ds: Dataset) -> bytes:
