@@ -88,7 +88,8 @@ def analyse(series: Series, use_case: UseCase, backend: InferenceBackend, model_
     output = backend.infer(model, batch, priority=PRIORITY[use_case.mode])
     if timings is not None:
         timings.update(preprocess=t1 - t0, inference=time.monotonic() - t2)
-    return summarize(series, output, critical_threshold=use_case.triage.critical_threshold)
+    return summarize(series, output, critical_threshold=use_case.triage.critical_threshold,
+                     slice_weights=load_manifest(model_repository, model).output.slice_weights)
 
 
 def _code(concept: CodedConcept) -> Code:

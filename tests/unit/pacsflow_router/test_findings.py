@@ -89,3 +89,32 @@ def test_output_that_does_not_match_the_series_is_an_inference_error():
         findings.summarize(series, all_nan, critical_threshold=None)
     with pytest.raises(ValueError, match="critical_threshold"):
         findings.summarize(series, _output(3, 0, 0.5, (0.5, 0.5)), critical_threshold=1.5)
+
+
+def test_slice_weights_take_the_most_likely_neighbourhood():
+    """model.json output.sliceWeights: a lone bright slice counts with its neighbours' evidence."""
+    series, _ = _series(slices=6)
+    probability = np.array([0.1, 0.9, 0.1, 0.6, 0.7, 0.6], dtype=np.float32)
+    output = domain.ModelOutput(probability, np.full((6, 2), 0.5, dtype=np.float32))
+    plain = findings.summarize(series, output, critical_threshold=None)
+    assert (plain.slice_index, plain.probability) == (1, pytest.approx(0.9))
+    smoothed = findings.summarize(series, output, critical_threshold=None, slice_weights=[0.25, 0.5, 0.25])
+    # slice 1: 0.25 * 0.1 + 0.5 * 0.9 + 0.25 * 0.1 = 0.5; slice 4: 0.25 * 0.6 + 0.5 * 0.7 + 0.25 * 0.6 = 0.65
+    assert (smoothed.slice_index, smoothed.probability) == (4, pytest.approx(0.65))
+    # The series' end slices repeat: slice 5 is 0.25 * 0.7 + 0.75 * 0.6 (slice 4: 0.5).
+    end = domain.ModelOutput(np.array([0, 0, 0, 0, 0.7, 0.6], dtype=np.float32), output.location)
+    last = findings.summarize(series, end, critical_threshold=None, slice_weights=[0.25, 0.5, 0.25])
+    assert (last.slice_index, last.probability) == (5, pytest.approx(0.625))
+    assert findings.summarize(series, output, critical_threshold=None, slice_weights=[1.0]).probability \
+        == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.3, 0.3, 0.3], [-0.25, 1.5, -0.25], []])
+def test_slice_weights_in_the_manifest_must_be_a_centred_mean(weights):
+    from pydantic import ValidationError
+
+    from pacsflow_router.analysis.manifest import OutputSpec
+
+    assert OutputSpec.model_validate({"sliceWeights": [0.25, 0.5, 0.25]}).slice_weights == [0.25, 0.5, 0.25]
+    with pytest.raises(ValidationError, match="slice_weights|sliceWeights"):
+        OutputSpec.model_validate({"sliceWeights": weights})

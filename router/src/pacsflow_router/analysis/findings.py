@@ -18,6 +18,7 @@ the frame (``Finding.frame_number``) for the SR's Referenced Frame Number.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -59,7 +60,8 @@ def pixel_to_patient(header: Dataset, column: float, row: float) -> tuple[float,
 
 
 def summarize(
-    series: domain.Series, output: domain.ModelOutput, *, critical_threshold: float | None
+    series: domain.Series, output: domain.ModelOutput, *, critical_threshold: float | None,
+    slice_weights: Sequence[float] | None = None,
 ) -> domain.Finding:
     """The finding of one series: the slice with the highest lesion probability and the lesion's location.
 
@@ -72,6 +74,11 @@ def summarize(
     critical_threshold : float or None
         The use case's triage threshold; checked for range here. Whether the study is critical is the
         mode gate's decision (only triage flags), made on ``Finding.probability``.
+    slice_weights : sequence of float, optional
+        The model's study-level aggregation (``model.json`` ``output.sliceWeights``): each slice's probability is
+        replaced by the weighted mean of it and its neighbours' (centred, odd length, the series' end slices
+        repeat; a slice without a finite probability counts as 0) before the most likely slice is taken, so the
+        finding's probability is that mean. None: the most likely slice's own probability.
 
     Returns
     -------
@@ -95,6 +102,11 @@ def summarize(
     finite = np.isfinite(probability)
     if not finite.any():
         raise InferenceError("model output holds no finite probability (NaN/inf for every slice)")
+    if slice_weights is not None and len(slice_weights) > 1:
+        half = len(slice_weights) // 2
+        padded = np.pad(np.where(finite, probability, 0.0), half, mode="edge")
+        probability = np.sum([w * padded[j:j + n] for j, w in enumerate(slice_weights)], axis=0)
+        finite = np.ones(n, dtype=bool)
     k = int(np.argmax(np.where(finite, probability, -np.inf)))
     image = series.slices[k]
     rows, cols = image.pixels.shape[:2]

@@ -191,6 +191,22 @@ class OutputSpec(_Spec):
     geometry: Literal["volume", "image"] = "volume"
     """``volume``: per-slice outputs over a 3D series (SR with SCOORD and SCOORD3D); ``image``: one 2D image
     (SR with SCOORD only)."""
+    slice_weights: list[float] | None = Field(default=None, min_length=1, max_length=9)
+    """Study-level aggregation of a ``volume`` model's per-slice probabilities: the study's probability is the
+    maximum over slices of this weighted mean of each slice's probability and its neighbours' (centred; an odd
+    number of non-negative weights summing to 1; the series' end slices repeat), e.g. ``[0.25, 0.5, 0.25]``: a
+    slice counts with half of its neighbours' evidence. Absent: the most likely slice's own probability."""
+
+    @field_validator("slice_weights")
+    @classmethod
+    def _centred_mean(cls, weights: list[float] | None) -> list[float] | None:
+        if weights is None:
+            return None
+        if len(weights) % 2 == 0:
+            raise ValueError(f"an odd number of weights (centred on the slice), got {len(weights)}")
+        if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+            raise ValueError(f"non-negative weights summing to 1, got {weights}")
+        return weights
 
 
 class ModelManifest(_Spec):
