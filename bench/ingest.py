@@ -103,11 +103,16 @@ def serve_receiver(spool_dir: str, **config: object) -> None:
 
     routing = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir,
                             **config})
-    receiver = DicomReceiver(routing, Spool(spool_dir, 0.99), port=0)
+    # The router's write-ahead spool (ingest/wal.py); PACSFLOW_BENCH_DIRECT_SPOOL=1: a file per instance, as before.
+    spool = Spool(spool_dir, 0.99, write_ahead=os.environ.get("PACSFLOW_BENCH_DIRECT_SPOOL") != "1")
+    receiver = DicomReceiver(routing, spool, port=0)
     receiver.start()
     print(receiver.port, flush=True)
     sys.stdin.read()
     receiver.stop()
+    if spool.wal is not None and os.environ.get("PACSFLOW_BENCH_WAL_STATS") == "1":
+        print(f"write-ahead: {spool.wal.appended} appended, {spool.wal.fallbacks} stored directly", file=sys.stderr)
+    spool.close()
 
 
 class OrthancProcess:

@@ -26,6 +26,8 @@ class RouterProcess:
     config: dict
     proc: subprocess.Popen | None = None
     log_path: Path = field(init=False)
+    #: More environment for the process (e.g. PACSFLOW_ROUTER_TEST_PAUSE_CHECKPOINTER=1).
+    env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ class RouterProcess:
         os.replace(tmp, self.config_path)  # atomic, like a ConfigMap volume's symlink swap
 
     def start(self, timeout: float = 120.0) -> RouterProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PACSFLOW_ROUTER_CONFIG_POLL_SECONDS="0.5")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PACSFLOW_ROUTER_CONFIG_POLL_SECONDS="0.5", **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pacsflow_router", "--config", str(self.config_path)],

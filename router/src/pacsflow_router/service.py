@@ -9,6 +9,7 @@ into a ConfigMap (use cases, modes, destinations) without dropping associations 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from functools import partial
@@ -90,7 +91,10 @@ class RouterService:
         self._poll = config_poll_seconds
         spool_dir = Path(config.spool_dir)
         spool_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(spool_dir, config.spool_max_disk_usage)
+        # Write-ahead: Success after one fdatasync of a pre-written segment (ingest/wal.py). The checkpointer pause is
+        # test-only (docs/operations.md): acknowledged instances then wait in the segments for a restart's replay.
+        self.spool = Spool(spool_dir, config.spool_max_disk_usage, write_ahead=True,
+                           checkpoint_paused=os.environ.get("PACSFLOW_ROUTER_TEST_PAUSE_CHECKPOINTER") == "1")
         self.tracker = StudyTracker(self.spool, config.completion.stable_seconds,
                                     by_modality=config.completion.stable_seconds_by_modality)
         self.audit = AuditLog(config.audit.url)
@@ -128,6 +132,7 @@ class RouterService:
             services.append(worklist_service(self.orders))
         self.receiver = DicomReceiver(config, self.spool, services=services, on_refused=self.audit.record_refusal)
         self.receiver.on_stored = self.predecoder.wake  # each store wakes the decoder (it never blocks)
+        self.spool.on_indexed += [self.predecoder.wake, self._wake.set]  # write-ahead instances indexed: look again
         self._threads: list[threading.Thread] = []
         self.metrics_endpoint: MetricsEndpoint | None = None
         # GET /readyz on the metrics port: the DICOM listener accepts and the spool takes a durable write.
@@ -238,6 +243,8 @@ class RouterService:
             self.config_watcher.stop()
         for thread in self._threads:
             thread.join(timeout=30)
+        if self.spool.wal is not None:
+            self.spool.wal.stop()  # index what the segments hold (nothing is received any more)
         self.predecoder.stop()
         self.outbox.stop()
 

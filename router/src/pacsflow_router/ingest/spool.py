@@ -10,6 +10,12 @@ entry are already durable, and :meth:`Spool._recover` indexes every complete fil
 to power loss is rebuilt from the files at start-up. Every other transaction on ``state.db`` (study state, results,
 MPPS, orders) stays ``synchronous=FULL``, and its WAL fsync also makes every earlier commit durable.
 
+With ``write_ahead=True`` (the router's setting) :meth:`Spool.store_received` appends the instance to a
+pre-written segment file instead, fdatasync'ed before it returns, and a checkpointer thread materialises it into
+exactly the file and index row above, one directory fsync per batch (:mod:`.wal`, which says why). The readers see
+an instance once it is indexed; until then its study is not due (:meth:`Spool.pending_studies`), and the study's
+clock is the instance's receipt time, not its indexing.
+
 File names are uuid4 hex, never derived from UIDs or tags (STYLE.md: no path built from received values).
 
 The index schema is shared with :mod:`pacsflow_router.ingest.studies` (study state lives in the same database so that one
@@ -27,6 +33,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -37,6 +45,7 @@ import pydicom
 
 from ..domain import study_key
 from ..errors import SpoolFullError, UnparseableInstanceError
+from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,8 @@ CREATE TABLE IF NOT EXISTS reports (
 """
 
 _TMP_SUFFIX = ".part"
+#: Write-ahead checkpoints write this many instance files at once (:meth:`Spool._materialise`).
+MATERIALISE_THREADS = 4
 _DATA_SUFFIX = ".dcm"
 
 
@@ -166,9 +177,18 @@ class Spool:
     max_disk_usage
         Fraction (0, 1] of the spool's file system in use above which :meth:`store` raises
         :class:`~pacsflow_router.errors.SpoolFullError` (the SCP answers 0xA700).
+    write_ahead
+        Acknowledge received instances once appended to the write-ahead segments (:mod:`.wal`); replays them at
+        construction, before anything can be received.
+    checkpoint_paused
+        Test-only (with ``write_ahead``): never materialise appended instances while running.
+    wal_segment_bytes, wal_max_segments
+        Size and most number of write-ahead segments (:data:`.wal.SEGMENT_BYTES`, :data:`.wal.MAX_SEGMENTS`).
     """
 
-    def __init__(self, spool_dir: str | Path, max_disk_usage: float = 0.95) -> None:
+    def __init__(self, spool_dir: str | Path, max_disk_usage: float = 0.95, *, write_ahead: bool = False,
+                 checkpoint_paused: bool = False, wal_segment_bytes: int = SEGMENT_BYTES,
+                 wal_max_segments: int = MAX_SEGMENTS) -> None:
         self.spool_dir = Path(spool_dir)
         self.max_disk_usage = max_disk_usage
         self.instance_dir = self.spool_dir / "instances"
@@ -181,7 +201,15 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._migrate()
+        #: Called on the checkpointer thread after write-ahead instances were indexed (wake the readers).
+        self.on_indexed: list[Callable[[], None]] = []
+        self._writers: ThreadPoolExecutor | None = None
+        self.wal = WriteAheadLog(self.spool_dir / "wal", self._materialise, on_indexed=self._indexed,
+                                 paused=checkpoint_paused, segment_bytes=wal_segment_bytes,
+                                 max_segments=wal_max_segments) if write_ahead else None
         self._recover()
+        if self.wal is not None:
+            self.wal.start()
 
     # -- internals shared with studies.StudyTracker -------------------------------------------------------------
 
@@ -231,6 +259,8 @@ class Spool:
                 path.unlink(missing_ok=True)
         if orphans:
             log.info("spool recovery: %d unindexed instance file(s) handled", len(orphans))
+        if self.wal is not None:
+            self.wal.replay()  # before the unfinished studies' windows restart below, so replayed ones restart too
         # A restart may have cut a sender off mid-study; it will usually resend. Restart the completion window of
         # every unfinished study so the resent instances join it instead of arriving late after a partial result.
         with self.transaction() as db:
@@ -350,6 +380,10 @@ class Spool:
             self._touch_study(existing)
             return existing
         name = uuid.uuid4().hex
+        if self.wal is not None:
+            appended = self._append(parts, attrs, name)
+            if appended is not None:
+                return appended
         part = self.instance_dir / (name + _TMP_SUFFIX)
         final = self.instance_dir / (name + _DATA_SUFFIX)
         size = sum(len(p) for p in parts)
@@ -374,11 +408,90 @@ class Spool:
             final.unlink(missing_ok=True)
         return stored
 
-    def _touch_study(self, existing: StoredInstance) -> None:
+    def _touch_study(self, existing: StoredInstance, when: float | None = None) -> None:
         # A re-send means the sender is still busy with the study: restart its stable window (unless finished).
         with self.transaction() as db:
             db.execute("UPDATE studies SET last_received = max(last_received, ?) "
-                       "WHERE study_uid = ? AND finished_at IS NULL", (time.time(), existing.study_uid))
+                       "WHERE study_uid = ? AND finished_at IS NULL",
+                       (time.time() if when is None else when, existing.study_uid))
+
+    # -- write-ahead path (wal.py) ----------------------------------------------------------------------------------
+
+    def _append(self, parts: tuple[bytes | memoryview, ...], attrs: tuple[str, str, str, str], name: str
+                ) -> StoredInstance | None:
+        # The instance as a record in a segment, durable when this returns; None: store it directly.
+        assert self.wal is not None
+        received_at = time.time()
+        try:
+            appended = self.wal.append(parts, attrs, name, received_at)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError("spool file system is full; free space in the spool directory") from None
+            raise
+        if appended is None:
+            return None
+        study, series, sop, modality = attrs
+        if isinstance(appended, tuple):
+            # Re-sent while its first copy waits for the checkpointer: keep that copy, move the clock when indexed.
+            record = appended[0]
+            self.wal.touch(record, received_at)
+            return StoredInstance(sop, study, series, modality, self.instance_dir / (record.name + _DATA_SUFFIX),
+                                  record.size, record.received_at, duplicate=True)
+        return StoredInstance(sop, study, series, modality, self.instance_dir / (name + _DATA_SUFFIX),
+                              appended.size, received_at)
+
+    def _materialise(self, records: list[WalRecord]) -> None:
+        """Write-ahead records -> instance files and index rows, as :meth:`store_received` writes them directly.
+
+        Each file is written and fdatasync'ed, renamed into place, then the directory is fsync'ed once for the
+        batch, then each is indexed (with its receipt time). SOP Instance UIDs already indexed are skipped (a
+        replay). Raises OSError when a write fails; nothing of the batch is lost (the records stay in the segments).
+        """
+        todo = [r for r in records if self._existing(r.attributes[2]) is None]
+        if not todo:
+            return
+        # Several files at once: their fdatasyncs then share journal commits (one each, one after the other, else).
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(MATERIALISE_THREADS, thread_name_prefix="spool-materialise")
+        futures = [self._writers.submit(self._write_instance, record) for record in todo]
+        written = [(record, future.result()) for record, future in zip(todo, futures, strict=True)]
+        _fsync_dir(self.instance_dir)
+        for record, final in written:
+            stored = self._index(record.attributes, final, record.size, record.received_at)
+            if stored.duplicate:
+                final.unlink(missing_ok=True)  # another association's copy was indexed first
+            elif stored.late:
+                log.warning("study %s: instance arrived after the study was finished; kept, not reprocessed",
+                            stored.study_key)
+            if record.touched_at is not None:
+                self._touch_study(stored, record.touched_at)
+
+    def _write_instance(self, record: WalRecord) -> Path:
+        part = self.instance_dir / (record.name + _TMP_SUFFIX)
+        final = self.instance_dir / (record.name + _DATA_SUFFIX)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, (record.read(),))
+                # Its receipt time, for _recover should the index commit be lost (made durable by the batch's
+                # directory fsync, which commits the journal).
+                os.utime(fd, (record.received_at, record.received_at))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, final)
+        except OSError:
+            part.unlink(missing_ok=True)
+            raise
+        return final
+
+    def _indexed(self) -> None:
+        for callback in self.on_indexed:
+            callback()
+
+    def pending_studies(self) -> set[str]:
+        """Study Instance UIDs with instances acknowledged (write-ahead) but not indexed yet: not complete."""
+        return self.wal.pending_studies() if self.wal is not None else set()
 
     def instances(self, study_uid: str) -> list[StoredInstance]:
         """Every spooled instance of a study, in arrival order (late ones included)."""
@@ -394,7 +507,11 @@ class Spool:
         return cast(int, self.execute("SELECT count(*) FROM instances")[0][0])
 
     def close(self) -> None:
-        """Close the index (instances already stored stay durable)."""
+        """Index what the write-ahead log holds, stop its checkpointer, close the index (all stays durable)."""
+        if self.wal is not None:
+            self.wal.stop()
+        if self._writers is not None:
+            self._writers.shutdown()
         with self._lock:
             self._db.close()
 

@@ -128,7 +128,11 @@ class StudyTracker:
             f"SELECT s.study_uid, s.last_received FROM studies s WHERE {where} ORDER BY s.last_received",
             (*params, now))
         refs = []
+        # Acknowledged instances the write-ahead checkpointer has not indexed yet: their study is still arriving.
+        arriving = self.spool.pending_studies()
         for study_uid, last_received in studies:
+            if study_uid in arriving:
+                continue
             # Late instances included: a re-opened study is analysed with everything received.
             rows = self.spool.execute(
                 "SELECT path FROM instances WHERE study_uid = ? ORDER BY id", (study_uid,))

@@ -241,9 +241,10 @@ class OrderStore:
                                             ORDERS.c.patient_id == order.patient_id).values(**columns))
 
     def _study_arrived(self, study_uid: str) -> bool:
-        """Instances of the study are in the spool."""
-        return bool(study_uid) and bool(
+        """Instances of the study are in the spool (indexed, or acknowledged and waiting in the write-ahead log)."""
+        return bool(study_uid) and (bool(
             self._spool.execute("SELECT 1 FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,)))
+            or study_uid in self._spool.pending_studies())
 
     def _images_arrived(self, db: Connection, order: Order) -> bool:
         """The order's study has started: MPPS moved it on, a study was matched to it (read under the row lock the
