@@ -63,9 +63,11 @@ _ZEROS = bytes(1 << 20)
 #: time when none is free (a burst the checkpointer has not caught up with), up to 8 (128 MiB of the spool).
 SEGMENT_BYTES = 16 << 20
 MAX_SEGMENTS = 8
-#: The checkpointer gathers records for at most this long after the first one is ready (one directory fsync
-#: and one index pass per batch), or until BATCH_RECORDS are ready.
-BATCH_SECONDS = 0.05
+#: The checkpointer works when appends pause for IDLE_SECONDS (between studies, or a sender's gaps), when the oldest
+#: ready record has waited MAX_DELAY_SECONDS, or when at most one segment is left spare: its writes then compete
+#: as little as possible with the appends' flushes. BATCH_RECORDS per batch (one directory fsync, one index pass).
+IDLE_SECONDS = 0.1
+MAX_DELAY_SECONDS = 1.0
 BATCH_RECORDS = 64
 #: After a segment could not be created (disk full), the next try waits this long.
 CREATE_RETRY_SECONDS = 30.0
@@ -140,6 +142,8 @@ class WriteAheadLog:
         self._current: _Segment | None = None
         self._pending: dict[str, WalRecord] = {}  # by SOP Instance UID, appended and not yet indexed
         self._ready: list[WalRecord] = []  # fdatasync'ed, for the checkpointer
+        self._last_append = 0.0  # monotonic
+        self._ready_since = 0.0  # monotonic time the oldest ready record became ready
         self._stop = False
         self._create_after = 0.0  # monotonic time before which no new segment is tried (after a failure)
         self._thread: threading.Thread | None = None
@@ -272,6 +276,7 @@ class WriteAheadLog:
                                offset + _RECORD_HEADER.size + len(meta))
             self._pending[attributes[2]] = record
             self.appended += 1
+            self._last_append = time.monotonic()
         try:
             os.fdatasync(segment.fd)  # outside the lock: concurrent associations share one flush (group commit)
         except OSError:
@@ -284,7 +289,8 @@ class WriteAheadLog:
             raise
         with self._lock:
             self._ready.append(record)
-            if len(self._ready) == 1 or len(self._ready) >= BATCH_RECORDS:
+            if len(self._ready) == 1:
+                self._ready_since = time.monotonic()
                 self._wakeup.notify_all()
         return record
 
@@ -295,10 +301,8 @@ class WriteAheadLog:
         while True:
             with self._lock:
                 while not self._stop and not self._work_waiting():
-                    self._wakeup.wait(1.0)
+                    self._wakeup.wait(IDLE_SECONDS if self._ready else 1.0)
                 stopping = self._stop
-            if not stopping and not backoff:
-                time.sleep(BATCH_SECONDS)  # let a batch gather: one directory fsync and one index pass for it
             try:
                 self._maintain(create=not stopping)
                 self._checkpoint(create=not stopping)
@@ -312,10 +316,20 @@ class WriteAheadLog:
                 time.sleep(backoff)
                 continue
             if stopping:
-                return
+                with self._lock:
+                    if self.paused or not self._ready:
+                        return
+
+    def _checkpoint_due(self) -> bool:
+        if not self._ready or self.paused:
+            return False
+        now = time.monotonic()
+        spare = len(self._free) + self.max_segments - len(self._segments)
+        return (self._stop or now - self._last_append >= IDLE_SECONDS
+                or now - self._ready_since >= MAX_DELAY_SECONDS or spare <= 1)
 
     def _work_waiting(self) -> bool:
-        if self._ready and not self.paused:
+        if self._checkpoint_due():
             return True
         if self._needs_segment():
             return True
@@ -335,7 +349,7 @@ class WriteAheadLog:
         if self.paused:
             return
         with self._lock:
-            batch = self._ready[:]
+            batch = self._ready[:BATCH_RECORDS]
         if not batch:
             return
         self._materialise(batch)
