@@ -103,8 +103,8 @@ def serve_receiver(spool_dir: str, **config: object) -> None:
 
     routing = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir,
                             **config})
-    # The router's write-ahead spool (ingest/wal.py); PACSFLOW_BENCH_DIRECT_SPOOL=1: a file per instance, as before.
-    spool = Spool(spool_dir, 0.99, write_ahead=os.environ.get("PACSFLOW_BENCH_DIRECT_SPOOL") != "1")
+    # The router's default spool (a file per instance); PACSFLOW_BENCH_WRITE_AHEAD=1: spoolWriteAhead (ingest/wal.py).
+    spool = Spool(spool_dir, 0.99, write_ahead=os.environ.get("PACSFLOW_BENCH_WRITE_AHEAD") == "1")
     receiver = DicomReceiver(routing, spool, port=0)
     receiver.start()
     print(receiver.port, flush=True)

@@ -32,7 +32,8 @@ def _indexed(spool: Path, study_uid: str) -> int:
 
 
 def test_kill9_with_acknowledged_instances_only_in_segments_gives_exactly_one_sr(pacs, make_router, studies):
-    router = make_router([use_case("ich", "assistive")], pacs_port=pacs.dicom_port, stable_seconds=3600)
+    router = make_router([use_case("ich", "assistive")], pacs_port=pacs.dicom_port, stable_seconds=3600,
+                         spoolWriteAhead=True)
     router.env["PACSFLOW_ROUTER_TEST_PAUSE_CHECKPOINTER"] = "1"
     router.start()
     spool = Path(router.config["spoolDir"])

@@ -91,9 +91,9 @@ class RouterService:
         self._poll = config_poll_seconds
         spool_dir = Path(config.spool_dir)
         spool_dir.mkdir(parents=True, exist_ok=True)
-        # Write-ahead: Success after one fdatasync of a pre-written segment (ingest/wal.py). The checkpointer pause is
-        # test-only (docs/operations.md): acknowledged instances then wait in the segments for a restart's replay.
-        self.spool = Spool(spool_dir, config.spool_max_disk_usage, write_ahead=True,
+        # Write-ahead (spoolWriteAhead): Success after one fdatasync of a pre-written segment (ingest/wal.py). The
+        # checkpointer pause is test-only (docs/operations.md): acknowledged instances then wait for a restart's replay.
+        self.spool = Spool(spool_dir, config.spool_max_disk_usage, write_ahead=config.spool_write_ahead,
                            checkpoint_paused=os.environ.get("PACSFLOW_ROUTER_TEST_PAUSE_CHECKPOINTER") == "1")
         self.tracker = StudyTracker(self.spool, config.completion.stable_seconds,
                                     by_modality=config.completion.stable_seconds_by_modality)

@@ -10,7 +10,7 @@ entry are already durable, and :meth:`Spool._recover` indexes every complete fil
 to power loss is rebuilt from the files at start-up. Every other transaction on ``state.db`` (study state, results,
 MPPS, orders) stays ``synchronous=FULL``, and its WAL fsync also makes every earlier commit durable.
 
-With ``write_ahead=True`` (the router's setting) :meth:`Spool.store_received` appends the instance to a
+With ``write_ahead=True`` (the routing config's ``spoolWriteAhead``, off by default) :meth:`Spool.store_received` appends the instance to a
 pre-written segment file instead, fdatasync'ed before it returns, and a checkpointer thread materialises it into
 exactly the file and index row above, one directory fsync per batch (:mod:`.wal`, which says why). The readers see
 an instance once it is indexed; until then its study is not due (:meth:`Spool.pending_studies`), and the study's
