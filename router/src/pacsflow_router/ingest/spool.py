@@ -45,7 +45,7 @@ import pydicom
 
 from ..domain import study_key
 from ..errors import SpoolFullError, UnparseableInstanceError
-from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog
+from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,6 @@ class StoredInstance:
     def study_key(self) -> str:
         """Non-identifying study key for logs."""
         return study_key(self.study_uid)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def parse_index_attributes(encoded: bytes) -> tuple[str, str, str, str]:
@@ -395,7 +387,7 @@ class Spool:
             finally:
                 os.close(fd)
             os.replace(part, final)
-            _fsync_dir(self.instance_dir)
+            fsync_dir(self.instance_dir)
         except OSError as exc:
             part.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -455,7 +447,7 @@ class Spool:
             self._writers = ThreadPoolExecutor(MATERIALISE_THREADS, thread_name_prefix="spool-materialise")
         futures = [self._writers.submit(self._write_instance, record) for record in todo]
         written = [(record, future.result()) for record, future in zip(todo, futures, strict=True)]
-        _fsync_dir(self.instance_dir)
+        fsync_dir(self.instance_dir)
         for record, final in written:
             stored = self._index(record.attributes, final, record.size, record.received_at)
             if stored.duplicate:

@@ -153,7 +153,7 @@ class WriteAheadLog:
         self.appended = 0
         self.fallbacks = 0
         directory.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         for path in directory.glob("*.tmp"):
             path.unlink()
         for path in sorted(directory.glob("segment-*.wal")):
@@ -420,7 +420,7 @@ class WriteAheadLog:
                 offset += chunk
             os.fsync(fd)  # data and size: the blocks are allocated and written, later overwrites need no commit
             os.replace(tmp, path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -497,7 +497,8 @@ def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> 
             pending[0] = pending[0][written:]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable (files created, renamed or removed in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
