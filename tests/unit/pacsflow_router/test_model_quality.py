@@ -50,11 +50,13 @@ def _series(datasets: list) -> domain.Series:
 def model():
     backend = EmbeddedOnnxBackend(REPO)
     spec = preprocess.load_spec(REPO, MODEL)
-    threshold = load_manifest(REPO, MODEL).operating_point.decision_threshold
+    manifest = load_manifest(REPO, MODEL)
+    threshold = manifest.operating_point.decision_threshold
 
     def run(series: domain.Series) -> domain.Finding:
         batch = preprocess.preprocess_series(series, spec, "dali", device="cpu")
-        return findings.summarize(series, backend.infer(MODEL, batch), critical_threshold=CRITICAL)
+        return findings.summarize(series, backend.infer(MODEL, batch), critical_threshold=CRITICAL,
+                                  slice_weights=manifest.output.slice_weights)
 
     return run, threshold
 
