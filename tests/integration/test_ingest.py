@@ -39,6 +39,7 @@ from pacsflow_router.ingest.studies import StudyTracker
 from pacsflow_router.models import phantom
 from tests.peers.dcmtk import dcmtk_env, echoscu, storescu
 from tests.peers.gate import storescu_killed_mid_stream
+from tests.peers.spool_check import assert_spool_holds_exactly, sop_uids
 
 # dcmtk is required, not optional: make system-deps installs it and a missing storescu fails the tests.
 
@@ -425,17 +426,14 @@ def test_kill_9_during_ingest_loses_no_acknowledged_instance(tmp_path):
     rp = ReceiverProcess(spool_dir)
     # Killed mid-stream: storescu is waiting for the answer to instance 21.
     result = storescu_killed_mid_stream(rp.port, paths, let_through=20, kill=rp.kill9, log=tmp_path / "storescu.log")
-    acknowledged = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in result.acknowledged}
+    acknowledged = sop_uids(result.acknowledged)
     assert len(acknowledged) == 20, result.output[-2000:]
     assert result.returncode != 0, "storescu must see the association die"
 
     # Restart on the same spool: everything acknowledged is indexed, on disk, and its study is due again.
     spool = Spool(spool_dir, 0.999)
     study_uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
-    indexed = {i.sop_instance_uid: i for i in spool.instances(study_uid)}
-    assert set(indexed) == acknowledged, "the spool holds exactly what was acknowledged"
-    for uid in acknowledged:
-        assert pydicom.dcmread(indexed[uid].path, stop_before_pixels=True).SOPInstanceUID == uid
+    indexed = assert_spool_holds_exactly(spool, study_uid, acknowledged)
     (due,) = StudyTracker(spool).due(time.time() + 3600, 0)
     assert due.study_uid == study_uid and len(due.paths) == len(indexed)
     spool.close()

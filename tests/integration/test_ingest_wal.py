@@ -14,6 +14,7 @@ from pacsflow_router.ingest.spool import Spool
 from pacsflow_router.models import phantom
 from tests.peers.dcmtk import storescu
 from tests.peers.gate import storescu_killed_mid_stream
+from tests.peers.spool_check import assert_spool_holds_exactly, sop_uids
 
 RUNNER = """
 import sys
@@ -60,16 +61,13 @@ def test_kill_9_with_live_checkpointer_loses_nothing_acknowledged(tmp_path):
                                             log=tmp_path / "storescu.log")
     finally:
         rx.stop()
-    acknowledged = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in result.acknowledged}
+    acknowledged = sop_uids(result.acknowledged)
     assert len(acknowledged) == 90, result.output[-2000:]
     assert list((spool_dir / "wal").glob("segment-*.wal")), "the receiver must have used write-ahead segments"
 
     spool = Spool(spool_dir, 0.999, write_ahead=True)
     study_uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
-    indexed = {i.sop_instance_uid: i for i in spool.instances(study_uid)}
-    assert set(indexed) == acknowledged, "the spool holds exactly what was acknowledged"
-    for uid in acknowledged:
-        assert pydicom.dcmread(indexed[uid].path, stop_before_pixels=True).SOPInstanceUID == uid
+    assert_spool_holds_exactly(spool, study_uid, acknowledged)
     spool.close()
 
     rx2 = _Receiver(spool_dir)

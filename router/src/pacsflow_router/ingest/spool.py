@@ -45,7 +45,7 @@ import pydicom
 
 from ..domain import study_key
 from ..errors import SpoolFullError, UnparseableInstanceError
-from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog, fsync_dir
+from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog, fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 
@@ -376,20 +376,11 @@ class Spool:
             appended = self._append(parts, attrs, name)
             if appended is not None:
                 return appended
-        part = self.instance_dir / (name + _TMP_SUFFIX)
-        final = self.instance_dir / (name + _DATA_SUFFIX)
         size = sum(len(p) for p in parts)
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, parts)
-                os.fdatasync(fd)  # the data and the size; the name is made durable by the directory fsync below
-            finally:
-                os.close(fd)
-            os.replace(part, final)
-            fsync_dir(self.instance_dir)
+            final = self._write_file(name, parts)
+            fsync_dir(self.instance_dir)  # the name
         except OSError as exc:
-            part.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 # The watermark was passed between the check and the write: same answer, 0xA700.
                 raise SpoolFullError("spool file system is full; free space in the spool directory") from None
@@ -422,15 +413,13 @@ class Spool:
             raise
         if appended is None:
             return None
-        study, series, sop, modality = attrs
-        if isinstance(appended, tuple):
+        record, duplicate = appended
+        if duplicate:
             # Re-sent while its first copy waits for the checkpointer: keep that copy, move the clock when indexed.
-            record = appended[0]
             self.wal.touch(record, received_at)
-            return StoredInstance(sop, study, series, modality, self.instance_dir / (record.name + _DATA_SUFFIX),
-                                  record.size, record.received_at, duplicate=True)
-        return StoredInstance(sop, study, series, modality, self.instance_dir / (name + _DATA_SUFFIX),
-                              appended.size, received_at)
+        study, series, sop, modality = attrs
+        return StoredInstance(sop, study, series, modality, self.instance_dir / (record.name + _DATA_SUFFIX),
+                              record.size, record.received_at, duplicate=duplicate)
 
     def _materialise(self, records: list[WalRecord]) -> None:
         """Write-ahead records -> instance files and index rows, as :meth:`store_received` writes them directly.
@@ -445,7 +434,7 @@ class Spool:
         # Several files at once: their fdatasyncs then share journal commits (one each, one after the other, else).
         if self._writers is None:
             self._writers = ThreadPoolExecutor(MATERIALISE_THREADS, thread_name_prefix="spool-materialise")
-        futures = [self._writers.submit(self._write_instance, record) for record in todo]
+        futures = [self._writers.submit(self._write_file, r.name, (r.read(),), r.received_at) for r in todo]
         written = [(record, future.result()) for record, future in zip(todo, futures, strict=True)]
         fsync_dir(self.instance_dir)
         for record, final in written:
@@ -458,16 +447,19 @@ class Spool:
             if record.touched_at is not None:
                 self._touch_study(stored, record.touched_at)
 
-    def _write_instance(self, record: WalRecord) -> Path:
-        part = self.instance_dir / (record.name + _TMP_SUFFIX)
-        final = self.instance_dir / (record.name + _DATA_SUFFIX)
+    def _write_file(self, name: str, parts: tuple[bytes | memoryview, ...], received_at: float | None = None
+                    ) -> Path:
+        """``<name>.dcm`` written and fdatasync'ed (data and size) via ``<name>.part``; the caller fsyncs the
+        directory for the name. ``received_at``: also the file's mtime (for :meth:`_recover`, should the index
+        commit be lost). On OSError nothing of it is left."""
+        part = self.instance_dir / (name + _TMP_SUFFIX)
+        final = self.instance_dir / (name + _DATA_SUFFIX)
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, (record.read(),))
-                # Its receipt time, for _recover should the index commit be lost (made durable by the batch's
-                # directory fsync, which commits the journal).
-                os.utime(fd, (record.received_at, record.received_at))
+                write_all(fd, parts)
+                if received_at is not None:
+                    os.utime(fd, (received_at, received_at))
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -506,18 +498,6 @@ class Spool:
             self._writers.shutdown()
         with self._lock:
             self._db.close()
-
-
-def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:
-    """``writev`` until every byte of ``parts`` is written (a regular file may take fewer bytes per call)."""
-    pending = [memoryview(p) for p in parts if len(p)]
-    while pending:
-        written = os.writev(fd, pending)
-        while pending and written >= len(pending[0]):
-            written -= len(pending[0])
-            pending.pop(0)
-        if pending and written:
-            pending[0] = pending[0][written:]
 
 
 class _Transaction:

@@ -228,15 +228,15 @@ class WriteAheadLog:
             return {record.attributes[0] for record in self._pending.values()}
 
     def append(self, parts: tuple[bytes | memoryview, ...], attributes: tuple[str, str, str, str], name: str,
-               received_at: float) -> WalRecord | tuple[WalRecord, bool] | None:
+               received_at: float) -> tuple[WalRecord, bool] | None:
         """Durably append one instance; the caller may answer Success when this returns a new record.
 
         Returns
         -------
-        WalRecord, (WalRecord, True) or None
-            The new record, durable; ``(pending, True)`` when a record of the same SOP Instance UID is still
-            pending (nothing written); ``None`` when it does not fit in a free segment (the caller stores it
-            directly).
+        (WalRecord, bool) or None
+            ``(record, False)``: the new record, durable; ``(pending, True)``: a record of the same SOP Instance
+            UID is still pending (nothing written); ``None``: it does not fit in a free segment (the caller stores
+            it directly).
 
         Raises
         ------
@@ -266,7 +266,7 @@ class WriteAheadLog:
             header = _RECORD_HEADER.pack(RECORD_MAGIC, segment.sequence, len(meta), size, crc, 0)
             offset = segment.offset
             try:
-                _pwrite_all(segment.fd, (header, meta, *parts), offset)
+                write_all(segment.fd, (header, meta, *parts), offset)
             except OSError:
                 self._current = None  # never append after a record that may be half-written
                 raise
@@ -292,7 +292,7 @@ class WriteAheadLog:
             if len(self._ready) == 1:
                 self._ready_since = time.monotonic()
                 self._wakeup.notify_all()
-        return record
+        return record, False
 
     # -- checkpointer -----------------------------------------------------------------------------------------------
 
@@ -354,8 +354,7 @@ class WriteAheadLog:
             return
         self._materialise(batch)
         with self._lock:
-            done = {id(r) for r in batch}
-            self._ready = [r for r in self._ready if id(r) not in done]
+            del self._ready[:len(batch)]  # only appended to meanwhile: the batch is still its head
             for record in batch:
                 if self._pending.get(record.attributes[2]) is record:
                     del self._pending[record.attributes[2]]
@@ -397,7 +396,7 @@ class WriteAheadLog:
         with self._lock:
             sequence = self._next_sequence
             self._next_sequence += 1
-        _pwrite_all(segment.fd, (_segment_header(sequence),), 0)
+        write_all(segment.fd, (_segment_header(sequence),), 0)
         os.fdatasync(segment.fd)
         segment.sequence = sequence
         segment.offset = HEADER_BYTES
@@ -412,11 +411,11 @@ class WriteAheadLog:
             self._next_sequence += 1
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _pwrite_all(fd, (_segment_header(sequence),), 0)
+            write_all(fd, (_segment_header(sequence),), 0)
             offset = HEADER_BYTES
             while offset < self.segment_bytes:
                 chunk = min(len(_ZEROS), self.segment_bytes - offset)
-                _pwrite_all(fd, (memoryview(_ZEROS)[:chunk],), offset)
+                write_all(fd, (memoryview(_ZEROS)[:chunk],), offset)
                 offset += chunk
             os.fsync(fd)  # data and size: the blocks are allocated and written, later overwrites need no commit
             os.replace(tmp, path)
@@ -484,12 +483,16 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> None:
-    """``pwritev`` until every byte of ``parts`` is written at ``offset``."""
+def write_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int | None = None) -> None:
+    """``writev`` (``pwritev`` at ``offset``) until every byte of ``parts`` is written (a regular file may take
+    fewer bytes per call)."""
     pending = [memoryview(p) for p in parts if len(p)]
     while pending:
-        written = os.pwritev(fd, pending, offset)
-        offset += written
+        if offset is None:
+            written = os.writev(fd, pending)
+        else:
+            written = os.pwritev(fd, pending, offset)
+            offset += written
         while pending and written >= len(pending[0]):
             written -= len(pending[0])
             pending.pop(0)
