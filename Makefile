@@ -35,12 +35,14 @@ bench: venv system-deps hl7-peer node-peers
 
 .PHONY: fuzz
 ## The DICOM parse path and the HL7 parser under hypothesis far longer than CI runs them (FUZZ_EXAMPLES per test,
-## random seeds); a crashing input is saved under $PACSFLOW_CACHE/fuzz-crashers to become a regression test
+## random seeds; CI's hypothesis seeds are fixed, tests/conftest.py) and the de-identification property on new draws;
+## a crashing input is saved under $PACSFLOW_CACHE/fuzz-crashers to become a regression test
 FUZZ_EXAMPLES ?= 20000
 fuzz: venv
 	PACSFLOW_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PACSFLOW_FUZZ_RANDOM=1 \
 	  PACSFLOW_FUZZ_CRASH_DIR=$${PACSFLOW_CACHE:-$$HOME/.cache/pacsflow}/fuzz-crashers nice -n 10 $(VENV)/bin/pytest \
-	  -p no:cacheprovider tests/unit/pacsflow_router/test_fuzz_dicom.py tests/unit/pacsflow_router/test_fuzz_hl7.py
+	  -p no:cacheprovider tests/unit/pacsflow_router/test_fuzz_dicom.py tests/unit/pacsflow_router/test_fuzz_hl7.py \
+	  tests/unit/pacsflow_router/test_deid_property.py
 
 .PHONY: loadtest
 ## Sustained mixed load, not part of make test: a large hospital's peak hour x4 for 10 minutes against one router,

@@ -4,7 +4,8 @@ Ready means what a modality needs from the router: its DICOM listener accepts co
 acknowledged instance is written before the C-STORE success, takes a durable write. The spool check is a real one:
 a probe file in the spool's instance directory is created, written, fsync'ed and removed, as :meth:`Spool.store` does
 with an instance, so a full disk (``ENOSPC``), a file system remounted read-only (``EROFS``), an immutable or removed
-directory all answer "not ready" instead of a TCP probe's "listening". The write is done at most once per
+directory all answer "not ready" instead of a TCP probe's "listening"; so does a spool above its
+``spoolMaxDiskUsage`` watermark, where every C-STORE would be answered 0xA700. The write is done at most once per
 ``min_interval`` seconds whatever the probe rate (kubelet, a load balancer and a person with curl together); between
 writes the last answer is reused. The listener check (the socket is listening, its accept thread alive) is cheap and
 made on every request.
@@ -38,16 +39,21 @@ class Readiness:
         Directory where received instances are written (the spool's instance directory); the probe file goes there.
     listening
         Returns whether the DICOM listener accepts connections (``DicomReceiver.listening``).
+    space_problem
+        Returns why the spool refuses instances for lack of space (``Spool.space_problem``), or ``None``; asked with
+        each probe write.
     min_interval
         Seconds between two probe writes; a check in between reuses the last write's outcome.
     clock
         Monotonic clock (tests).
     """
 
-    def __init__(self, spool_dir: Path, listening: Callable[[], bool], *, min_interval: float = 1.0,
+    def __init__(self, spool_dir: Path, listening: Callable[[], bool], *,
+                 space_problem: Callable[[], str | None] = lambda: None, min_interval: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.spool_dir = spool_dir
         self._listening = listening
+        self._space_problem = space_problem
         self._min_interval = min_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -68,7 +74,7 @@ class Readiness:
             reasons.append("the DICOM listener is not accepting connections")
         problem = self._spool_writable()
         if problem is not None:
-            reasons.append(f"the spool is not writable ({problem}); free space or fix the spool volume")
+            reasons.append(problem)
         answer = (not reasons, "; ".join(reasons) or "ready")
         with self._lock:
             if answer != self._last:  # log transitions only: the kubelet asks every few seconds
@@ -82,8 +88,16 @@ class Readiness:
             if self._written_at is not None and now - self._written_at < self._min_interval:
                 return self._spool_problem
             self._written_at = now
-            self._spool_problem = _probe_write(self.spool_dir / PROBE_NAME)
+            problem = _probe_write(self.spool_dir / PROBE_NAME)
+            self._spool_problem = (f"the spool is not writable ({problem}); free space or fix the spool volume"
+                                   if problem is not None else self._full())
             return self._spool_problem
+
+    def _full(self) -> str | None:
+        try:
+            return self._space_problem()
+        except OSError as exc:  # the volume went away between the probe write and statvfs
+            return f"the spool's space cannot be read ({errno.errorcode.get(exc.errno or 0, 'error')})"
 
 
 def _probe_write(path: Path) -> str | None:

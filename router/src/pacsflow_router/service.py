@@ -135,8 +135,10 @@ class RouterService:
         self.spool.on_indexed += [self.predecoder.wake, self._wake.set]  # write-ahead instances indexed: look again
         self._threads: list[threading.Thread] = []
         self.metrics_endpoint: MetricsEndpoint | None = None
-        # GET /readyz on the metrics port: the DICOM listener accepts and the spool takes a durable write.
-        self.readiness = Readiness(self.spool.instance_dir, lambda: self.receiver.listening)
+        # GET /readyz on the metrics port: the DICOM listener accepts and the spool takes a durable write, below its
+        # spoolMaxDiskUsage watermark.
+        self.readiness = Readiness(self.spool.instance_dir, lambda: self.receiver.listening,
+                                   space_problem=self.spool.space_problem)
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         # Config versions the API watch delivered (digests): while the watch is open, the lagging mounted file

@@ -118,6 +118,19 @@ def test_router_pvc_and_service():
     assert ports == {"dicom": 11112, "metrics": 9108, "mllp": 2575, "hl7-http": 8081}
 
 
+def test_spool_settings_reach_the_routing_config():
+    # Defaults: the router's own (a file per instance, refuse above 95 %); set, they travel to the ConfigMap.
+    config = router_rc.render_router("ed", "ns", ROUTER, {}, image="img").config
+    assert (config.spool_max_disk_usage, config.spool_write_ahead) == (0.95, False)
+    spec = DicomRouterSpec.model_validate({**_example("dicomrouter.yaml"),
+                                           "spool": {"size": "20Gi", "maxDiskUsage": 0.8, "writeAhead": True}})
+    cm = _by_kind(router_rc.render_router("ed", "ns", spec, {}, image="img").children)["ConfigMap"]
+    config = parse_config(yaml.safe_load(cm["data"][router_rc.CONFIG_KEY]), "configmap")
+    assert (config.spool_max_disk_usage, config.spool_write_ahead) == (0.8, True)
+    with pytest.raises(ValueError, match="maxDiskUsage"):
+        DicomRouterSpec.model_validate({**_example("dicomrouter.yaml"), "spool": {"maxDiskUsage": 1.5}})
+
+
 def test_router_workflow_settings_reach_the_routing_config():
     plan = router_rc.render_router("ed", "ns", ROUTER, {"ich-head-ct": UC}, image="img")
     config = plan.config

@@ -56,3 +56,19 @@ def test_both_reasons_are_given(tmp_path: Path):
     readiness = Readiness(tmp_path / "gone", lambda: False)
     ok, reason = readiness.check()
     assert not ok and "DICOM listener" in reason and "spool is not writable" in reason
+
+
+def test_a_spool_above_its_disk_usage_watermark_is_not_ready_until_space_is_back(tmp_path: Path):
+    # A real spool on this file system: a watermark below what the file system already uses refuses every C-STORE
+    # (0xA700), so the pod must leave the Service as with ENOSPC.
+    from pacsflow_router.ingest.spool import Spool
+
+    spool = Spool(tmp_path / "spool", max_disk_usage=1e-9)
+    clock = Clock()
+    readiness = Readiness(spool.instance_dir, lambda: True, space_problem=spool.space_problem, clock=clock)
+    ok, reason = readiness.check()
+    assert not ok
+    assert "above spoolMaxDiskUsage 0.0%" in reason and str(tmp_path) not in reason
+    spool.max_disk_usage = 1.0
+    clock.now += 1.0
+    assert readiness.check() == (True, "ready")

@@ -126,6 +126,8 @@ def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConf
         allowed_networks=list(spec.allowed_networks),
         tls=_dicom_tls(spec),
         spool_dir=f"{DATA_DIR}/spool",
+        spool_max_disk_usage=spec.spool.max_disk_usage,
+        spool_write_ahead=spec.spool.write_ahead,
         completion=spec.completion,
         destinations=list(spec.destinations),
         inference=inference,

@@ -115,6 +115,12 @@ class Spool(_Model):
     """Requested size of the spool PersistentVolumeClaim."""
     storage_class_name: str | None = None
     """StorageClass of the spool PVC (cluster default when unset)."""
+    max_disk_usage: float = Field(default=0.95, gt=0, le=1)
+    """Above this fraction of the spool volume in use, C-STORE answers 0xA700 (out of resources) and the pod goes
+    NotReady (the routing config's ``spoolMaxDiskUsage``)."""
+    write_ahead: bool = False
+    """Acknowledge each instance after one flush of a write-ahead segment instead of its own file and directory entry
+    (the routing config's ``spoolWriteAhead``; off by default, trade-offs in docs/operations.md)."""
 
 
 _RESERVED = ("/var/lib/pacsflow", "/etc/pacsflow", "/etc/pacsflow-tls")

@@ -261,14 +261,19 @@ class Spool:
         if resumed:
             log.info("spool recovery: %d unfinished stud(ies) resume after their completion window", resumed)
 
-    def _check_watermark(self) -> None:
+    def space_problem(self) -> str | None:
+        """Why the spool refuses new instances for lack of space (above ``max_disk_usage``), or ``None``."""
         usage = shutil.disk_usage(self.spool_dir)
         fraction = usage.used / usage.total if usage.total else 1.0
         if fraction > self.max_disk_usage:
-            raise SpoolFullError(
-                f"spool file system is {fraction:.1%} full, above spoolMaxDiskUsage {self.max_disk_usage:.1%}; "
-                "free space or raise the watermark"
-            )
+            return (f"spool file system is {fraction:.1%} full, above spoolMaxDiskUsage {self.max_disk_usage:.1%}; "
+                    "free space or raise the watermark")
+        return None
+
+    def _check_watermark(self) -> None:
+        problem = self.space_problem()
+        if problem is not None:
+            raise SpoolFullError(problem)
 
     def _existing(self, sop_instance_uid: str) -> StoredInstance | None:
         rows = self.execute(
