@@ -184,6 +184,9 @@ def _run(node: Node, archives: list[Path], tmp_path: Path, pacs: Orthanc, studie
     eventually(lambda: srs(), "the SR at Orthanc", 300,
                context=lambda: node.pod_logs(NAMESPACE, "ed-router")[-4000:])
     first_sr = time.monotonic() - start
+    # The router pod preprocessed and reported with the manifest the Triton pod's ensemble carries (mirrored on its
+    # spool volume), not only with the copy in its own image.
+    assert "manifest of ich_detector v2: model.json as Triton serves it" in node.pod_logs(NAMESPACE, "ed-router")
     # The inference went through the Triton pod: Triton's own counters for the pinned version's ensemble rose by
     # one inference per slice of the study, in at least one successful request.
     after = _triton_counts(triton_metrics, SERVED)

@@ -5,6 +5,10 @@ serving a repository rendered from a copy of the committed ``model_repository`` 
 version. One router run covers: SR validity, same answer as the embedded path, pin switch 1 -> 2 (results, AIR
 algorithm version and device UID change), a pin to a version Triton lacks (audited error, no crash), and Triton
 stopped mid-run (the study waits durably, counted in a metric, and completes when Triton is back).
+
+The router's own repository is the committed one, as in its image: its version 2 is the real three-window model,
+while Triton serves a different, one-window version 2. The router preprocesses and reports with what Triton serves
+(``inference.manifestMirror``): with its image's manifests every version-2 batch would have the wrong channel count.
 """
 
 from __future__ import annotations
@@ -73,9 +77,12 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
     # ... taking one channel, as the test model does: the model-level (one-window) preprocessing applies to it.
     (source / "ich_detector" / "2" / "preprocess.json").unlink()
     triton = serve(source, tmp_path / "triton")
+    image = tmp_path / "image-model-repository"
+    shutil.copytree(REPO / "model_repository", image)
+    mirror = tmp_path / "manifests"
     try:
-        inference = {"backend": "triton", "url": triton.url, "modelRepository": str(source),
-                     "sharedMemory": True, "timeoutSeconds": 30}
+        inference = {"backend": "triton", "url": triton.url, "modelRepository": str(image),
+                     "manifestMirror": str(mirror), "sharedMemory": True, "timeoutSeconds": 30}
         router = make_router([use_case("ich", "triage", threshold=0.5, version=1)], pacs_port=pacs.dicom_port,
                              inference=inference).start()
 
@@ -111,8 +118,12 @@ def test_study_through_triton_pin_switch_missing_version_and_outage(pacs, make_r
         assert record_b["model_version"] == 2
         assert abs(record_b["probability"] - _embedded_probability(source, 2, paths_b, study_b.study_instance_uid)) \
             <= TOLERANCE
-        assert _air(sr_b) == ("2", device_uid("ich_detector", 2))
+        assert _air(sr_b) == ("2", device_uid("ich_detector", 2))  # the image's v2 would say "ich_detector 2.0.0"
         assert device_uid("ich_detector", 2) != device_uid("ich_detector", 1)
+        # Served by Triton: version 2 without a preprocess.json of its own, so the model-wide one-window file.
+        mirrored = (mirror / "ich_detector" / "2" / "preprocess.json").read_text()
+        assert mirrored == (source / "ich_detector" / "preprocess.json").read_text()
+        assert mirrored != (image / "ich_detector" / "2" / "preprocess.json").read_text()
 
         # 3. A version Triton does not have: audited error on that study, the router keeps running.
         pin(7)

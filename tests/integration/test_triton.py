@@ -290,3 +290,47 @@ def test_triage_overtakes_queued_silent_studies(tmp_path: Path):
         assert triage[:2] == [1, 2] and set(triage[2:]) == silent_tags, triage
         control = round_order(probe_priority=3)
         assert control[0] == 1 and set(control[1:-1]) == silent_tags and control[-1] == 2, control
+
+
+def test_served_manifest_is_what_the_version_folder_holds(tmp_path: Path, served):
+    """A real tritonserver hands back each ensemble's manifest parameters: the committed files of every version, a
+    version dropped into Triton's source alone (version 5: version 2's graph and preprocessing, a model.json of its
+    own); the test repository's ensembles carry none (the router then keeps its image's files)."""
+    import json
+
+    from pacsflow_router.analysis.manifest import algorithm_version, load_manifest
+    from pacsflow_router.analysis.manifestmirror import ManifestMirror
+
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "model_repository", source)
+    v5 = source / "ich_detector" / "5"
+    shutil.copytree(source / "ich_detector" / "2", v5)
+    model_json = json.loads((source / "ich_detector" / "model.json").read_text())
+    model_json["operatingPoint"]["decisionThreshold"] = 0.4
+    (v5 / "model.json").write_text(json.dumps(model_json, indent=2))
+    v5_ref = ModelRef(name="ich_detector", version=5)
+    with serve(source, tmp_path) as peer:
+        for protocol, url in (("http", peer.url), ("grpc", peer.grpc_url)):
+            backend = TritonBackend(url, protocol, 30)
+            files = backend.served_manifest(v5_ref)
+            assert files == {"model.json": (v5 / "model.json").read_text(),
+                             "preprocess.json": (v5 / "preprocess.json").read_text(),
+                             "algorithm_version.txt": algorithm_version(source, V2)}, protocol
+            assert backend.served_manifest(V1)["preprocess.json"] == \
+                (source / "ich_detector" / "preprocess.json").read_text()
+            with pytest.raises(ModelNotFoundError):
+                backend.served_manifest(ModelRef(name="ich_detector", version=9))
+            backend.close()
+        # The router's mirror of it: read like a repository by the lookups the pipeline uses.
+        backend = TritonBackend(peer.url)
+        mirror = ManifestMirror(tmp_path / "mirror", ROOT / "model_repository", backend.served_manifest)
+        root = mirror.repository(v5_ref)
+        assert load_manifest(root, v5_ref).operating_point.decision_threshold == 0.4
+        assert preprocess.load_spec(root, v5_ref).channels == 3
+        assert algorithm_version(root, v5_ref).startswith("ich_detector 2.")
+        batch = np.random.default_rng(5).uniform(0, 1, (4, 3, 256, 256)).astype(np.float32)
+        np.testing.assert_allclose(backend.infer(v5_ref, batch).probability,
+                                   embedded(v5 / "model.onnx", batch)[0], atol=ATOL)
+        backend.close()
+    test_peer, _ = served
+    assert TritonBackend(test_peer.url).served_manifest(V1) is None

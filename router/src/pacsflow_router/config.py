@@ -161,7 +161,12 @@ class Inference(_Model):
     backend: Literal["embedded", "triton"] = "embedded"
     """``embedded``: in-process ONNX Runtime reading ``modelRepository``; ``triton``: a Triton server at ``url``."""
     model_repository: str = "model_repository"
-    """Triton-layout model repository (used by the embedded backend)."""
+    """Triton-layout model repository: the embedded backend runs it; on Triton, the manifests' fallback."""
+    manifest_mirror: str | None = None
+    """Triton only: a writable folder where the router keeps each pinned version's manifest (``model.json``,
+    ``preprocess.json``, algorithm version) as Triton's rendered ensemble carries it, so a version dropped into
+    Triton's repository alone is preprocessed and reported correctly (analysis/manifestmirror.py). Unset: the
+    manifests of ``modelRepository``."""
     url: str | None = None
     """Triton HTTP endpoint, ``host:port`` (required for the triton backend)."""
     protocol: Literal["http", "grpc"] = "http"

@@ -32,7 +32,7 @@ from .analysis.manifest import CodedConcept, ModelManifest, algorithm_version, l
 from .analysis.matching import order_mismatch
 from .analysis.preprocess import Backend, load_spec, preprocess_series
 from .analysis.volume import DecodedInstance, load_study
-from .config import RoutingConfig, UseCase
+from .config import ModelRef, RoutingConfig, UseCase
 from .deid.forward import ExternalSender
 from .domain import Finding, Order, Series, Study, StudyRef, StudyResult, study_key
 from .errors import InferenceError, InferenceUnavailableError
@@ -166,6 +166,11 @@ class Pipeline:
     external: ExternalSender | None = None
     """Sends a use case with ``external`` to its external AI, de-identified (deid/); set when ``externalAi`` is."""
     predecoder: Predecoder | None = None
+    """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
+    study is decoded at completion."""
+    manifests: Callable[[ModelRef], Path] | None = None
+    """The repository root holding a pinned model's manifest (``ManifestMirror.repository`` on Triton); default:
+    ``inference.modelRepository``."""
     _drafts: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         1, thread_name_prefix="pacsflow-sr-draft"), init=False, repr=False)
     """Drafts SRs while the model runs (one at a time: the pipeline runs one use case at a time)."""
@@ -173,12 +178,13 @@ class Pipeline:
         1, thread_name_prefix="pacsflow-domain-check"), init=False, repr=False)
     """Runs the input-domain check beside preprocessing (DALI and ONNX Runtime leave the interpreter free), and a
     result's audit record beside its SR's durable write."""
-    """Instances decoded while the study arrived (predecode.py); without it, or for what it has not decoded, the
-    study is decoded at completion."""
 
     def __post_init__(self) -> None:
         if self.results is None:
             self.results = ResultsStore.on_engine(self.audit.engine)
+        if self.manifests is None:
+            repository = Path(self.config.inference.model_repository)
+            self.manifests = lambda model: repository
 
     def process(self, ref: StudyRef) -> bool:
         """Run every use case on one complete study.
@@ -218,7 +224,15 @@ class Pipeline:
             # its preprocessing, and the model is asked only once it passed (_run_use_case); a study sent out
             # (externalAi) is checked first.
             mismatch = order_mismatch(use_case.match, order)
-            manifest = load_manifest(self.config.inference.model_repository, use_case.model)
+            assert self.manifests is not None  # __post_init__
+            try:
+                repository = self.manifests(use_case.model)
+            except InferenceError as exc:  # Triton could not say which manifest it serves
+                if (failed := self._inference_failed(ref, use_case, exc)) is None:
+                    return False
+                self.tracker.mark_done(ref.study_uid, use_case.name, failed, replace=done)
+                continue
+            manifest = load_manifest(repository, use_case.model)
             selection = None if mismatch else screen(manifest, use_case.match, study, procedure_codes=procedure_codes,
                                                      timings=timings, domain=False)
             if mismatch or selection is None or not selection.applicable:
@@ -253,9 +267,9 @@ class Pipeline:
                 continue
             domain = self._checks.submit(check_chosen, manifest, selection, timings=timings)
             try:
-                outcome = self._run_use_case(study, series, use_case, manifest, timings, previous=previous,
-                                             recorded=done, selection=selection.explanation, order=order,
-                                             context=context, domain=domain)
+                outcome = self._run_use_case(study, series, use_case, manifest, repository, timings,
+                                             previous=previous, recorded=done, selection=selection.explanation,
+                                             order=order, context=context, domain=domain)
             except OutOfDomain as exc:
                 self._not_analysed(ref, use_case, exc.selection, timings, context, previous=previous, done=done)
                 continue
@@ -368,12 +382,11 @@ class Pipeline:
                  selection.explanation)
 
     def _run_use_case(self, study: Study, series: Series, use_case: UseCase, manifest: ModelManifest,
-                      timings: dict[str, float], *,
+                      repository: Path, timings: dict[str, float], *,
                       previous: ReportRecord | None = None, recorded: bool = False,
                       selection: str | None = None, order: Order | None = None,
                       context: dict[str, object] | None = None, domain: Future[Selection] | None = None) -> str:
         model = use_case.model
-        repository = self.config.inference.model_repository
         spec = report_spec(use_case, manifest, repository)
         analysed = analysed_instances(series)
         predecessor = None

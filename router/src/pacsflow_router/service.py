@@ -12,14 +12,16 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from . import metrics
-from .analysis.inference import make_backend
-from .config import MODES, RoutingConfig, load_config
+from .analysis.inference import InferenceBackend, make_backend
+from .analysis.manifestmirror import ManifestMirror
+from .config import MODES, ModelRef, RoutingConfig, load_config
 from .configwatch import ConfigMapWatcher, text_digest
 from .deid.annex_e import DeidentificationError
 from .deid.forward import ExternalOnly, ExternalSender
@@ -74,6 +76,20 @@ def _export_modes(old: RoutingConfig | None, new: RoutingConfig) -> None:
             metrics.USE_CASE_MODE.labels(uc.name, mode).set(1 if uc.mode == mode else 0)
 
 
+def _manifests(config: RoutingConfig, backend: InferenceBackend) -> Callable[[ModelRef], Path] | None:
+    """Where the pipeline reads manifests: what Triton serves when ``inference.manifestMirror`` is set (else the
+    pipeline's default, ``inference.modelRepository``)."""
+    mirror = config.inference.manifest_mirror
+    if mirror is None or config.inference.backend != "triton":
+        return None
+    from .analysis.tritonbackend import (
+        TritonBackend,  # deferred as in make_backend: only this path needs tritonclient
+    )
+
+    assert isinstance(backend, TritonBackend)
+    return ManifestMirror(mirror, config.inference.model_repository, backend.served_manifest).repository
+
+
 def _digest(path: Path) -> str | None:
     try:
         return text_digest(path.read_bytes())
@@ -103,8 +119,9 @@ class RouterService:
         self.orders = OrderStore(self.spool, self.audit.engine)
         # Decodes images as they arrive, so a complete study is loaded at once (predecode.py).
         self.predecoder = Predecoder(self.tracker)
-        self.pipeline = Pipeline(config, self.tracker, make_backend(config.inference), self.outbox, self.audit,
-                                 orders=self.orders, predecoder=self.predecoder)
+        backend = make_backend(config.inference)
+        self.pipeline = Pipeline(config, self.tracker, backend, self.outbox, self.audit,
+                                 orders=self.orders, predecoder=self.predecoder, manifests=_manifests(config, backend))
         approvals = Approvals(self.audit.engine)
         self.approval_releaser = ApprovalReleaser(approvals, self.outbox, self.audit, self.orders)
         self.draft_sender = DraftSender(approvals, self.outbox, self.orders)

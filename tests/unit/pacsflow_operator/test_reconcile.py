@@ -47,8 +47,10 @@ def test_configmap_is_a_valid_routing_config_for_the_router():
     assert config.bind_address == "0.0.0.0" and config.metrics.host == "0.0.0.0"
     assert config.inference.backend == "triton"
     assert config.inference.url == "gpu-triton-triton.radiology.svc:8000"
-    # The router preprocesses with the manifests in its image (a relative default would miss them in the pod).
+    # The router preprocesses with the manifests Triton serves, mirrored on its spool volume; those in its image are
+    # the fallback (a relative default would miss them in the pod).
     assert config.inference.model_repository == router_rc.EMBEDDED_MODEL_REPOSITORY
+    assert config.inference.manifest_mirror == "/var/lib/pacsflow/manifests"
     [uc] = config.use_cases
     assert (uc.name, uc.mode, uc.model.name, uc.model.version) == ("ich-head-ct", "silent", "ich_detector", PINNED)
     assert uc.match.series_description_pattern == "(?i)non.?con"

@@ -169,3 +169,29 @@ def test_cli_render_and_check(source: Path, tmp_path: Path, capsys):
 
 def test_ensemble_name_is_what_the_router_asks_for():
     assert repository.ensemble_name("ich_detector", 2) == "ich_detector_v2"
+
+
+def test_each_ensemble_carries_its_versions_manifest(tmp_path: Path):
+    """The router's side of every version (model.json, preprocess.json: the version's own, else the model's; the
+    ONNX file's algorithm version) travels in the ensemble's parameters; a version without them carries none."""
+    from pacsflow_router.analysis.manifest import algorithm_version
+    from pacsflow_router.config import ModelRef
+
+    plan = repository.render_repository(COMMITTED, tmp_path / "out", "cpu-python")
+    assert plan.problems == []
+    keys = repository.MANIFEST_PARAMETERS
+    for version, preprocess in ((1, COMMITTED / "ich_detector" / "preprocess.json"),
+                                (2, COMMITTED / "ich_detector" / "2" / "preprocess.json")):
+        config = repository.parse_config((tmp_path / "out" / f"ich_detector_v{version}" / "config.pbtxt").read_text())
+        parameters = {k: v.string_value for k, v in config.parameters.items()}
+        assert parameters[keys["model.json"]] == (COMMITTED / "ich_detector" / "model.json").read_text()
+        assert parameters[keys["preprocess.json"]] == preprocess.read_text()
+        stated = algorithm_version(COMMITTED, ModelRef(name="ich_detector", version=version))
+        # Version 1's graph states no version string (the router reports "1"); version 2's does.
+        assert parameters.get(keys["algorithm_version.txt"]) == (None if version == 1 else stated)
+    assert stated.startswith("ich_detector 2.")
+    # Test models have neither manifest files nor a version string in their graphs.
+    bare = make_source_repository(tmp_path / "bare", {1: 1})
+    repository.render_repository(bare, tmp_path / "bare-out", "cpu-python")
+    config = repository.parse_config((tmp_path / "bare-out" / "ich_detector_v1" / "config.pbtxt").read_text())
+    assert dict(config.parameters) == {}

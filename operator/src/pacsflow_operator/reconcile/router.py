@@ -112,10 +112,11 @@ class RouterPlan:
 def base_config(name: str, namespace: str, spec: DicomRouterSpec) -> RoutingConfig:
     """The routing config of a router with no use cases (what the pod needs from the router spec)."""
     if spec.triton_cluster:
-        # The router still reads each model's manifest (model.json, preprocess.json) for its own preprocessing and
-        # postprocessing: the copy in its image, as the embedded backend does.
+        # The router reads each model's manifest (model.json, preprocess.json, algorithm version) for its own
+        # preprocessing and reports as Triton's rendered ensemble carries it, mirrored on the spool volume; the copy
+        # in its image is the fallback for a repository rendered without them.
         inference = Inference(backend="triton", url=triton_url(spec.triton_cluster, namespace),
-                              model_repository=EMBEDDED_MODEL_REPOSITORY)
+                              model_repository=EMBEDDED_MODEL_REPOSITORY, manifest_mirror=f"{DATA_DIR}/manifests")
     else:
         inference = Inference(backend="embedded", model_repository=EMBEDDED_MODEL_REPOSITORY)
     return RoutingConfig(

@@ -270,6 +270,9 @@ def _cached_manifest(path: str, mtime_ns: int, size: int) -> ModelManifest:
 
 #: ONNX ``metadata_props`` key holding the model's own version string (written by the training script).
 ALGORITHM_VERSION_KEY = "algorithm_version"
+#: A version folder's file holding that string when the folder has no ``model.onnx`` (a router's mirror of what
+#: Triton serves, analysis/manifestmirror.py); read before the ONNX file.
+ALGORITHM_VERSION_FILE = "algorithm_version.txt"
 
 
 @functools.lru_cache(maxsize=64)
@@ -294,15 +297,32 @@ def algorithm_version(model_repository: str | Path, model: ModelRef) -> str:
     repository without the ONNX file (a Triton-only deployment that serves another format), falls back to the
     pinned version number.
     """
-    path = Path(model_repository) / model.name / str(model.version) / "model.onnx"
+    folder = Path(model_repository) / model.name / str(model.version)
     try:
-        stat = path.stat()
+        # A router on Triton keeps the string Triton's rendered ensemble carries (analysis/manifestmirror.py).
+        stated = (folder / ALGORITHM_VERSION_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        stated = ""
+    if stated:
+        return stated
+    try:
+        found = onnx_algorithm_version(folder / "model.onnx")
     except OSError:
         return str(model.version)
-    try:
-        found = _onnx_algorithm_version(str(path.resolve()), stat.st_mtime_ns)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes; a bad file must not stop a report
         log.warning("cannot read the algorithm version of %s v%s (%s); using the version number",
                     model.name, model.version, type(exc).__name__)
         return str(model.version)
     return found or str(model.version)
+
+
+def onnx_algorithm_version(path: Path) -> str | None:
+    """``metadata_props["algorithm_version"]`` of an ONNX file (None without it), cached per file and mtime.
+
+    Raises
+    ------
+    OSError
+        The file does not exist or cannot be read.
+    """
+    stat = path.stat()
+    return _onnx_algorithm_version(str(path.resolve()), stat.st_mtime_ns)

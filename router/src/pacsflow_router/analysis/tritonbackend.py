@@ -42,7 +42,8 @@ from ..config import Inference, ModelRef
 from ..domain import ModelOutput
 from ..errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
 from ..metrics import REGISTRY
-from ..models.repository import PRIORITY_LEVELS, ensemble_name, version_models
+from ..models.repository import MANIFEST_PARAMETERS, PRIORITY_LEVELS, ensemble_name, version_models
+from .manifest import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,30 @@ class TritonBackend:
             if isinstance(exc, OSError) or _unreachable(exc):
                 self._reset(state)
             return False
+
+    def served_manifest(self, model: ModelRef) -> dict[str, str] | None:
+        """The manifest files that Triton's ensemble for ``model`` carries in its ``parameters`` (file name -> text,
+        :data:`~pacsflow_router.models.repository.MANIFEST_PARAMETERS`), or None when it carries no ``model.json``
+        (a repository rendered before ensembles carried them).
+
+        Raises
+        ------
+        InferenceUnavailableError, ModelNotFoundError, InferenceError
+            As :meth:`infer` does: Triton unreachable, no such version, anything else.
+        """
+        name = ensemble_name(model.name, model.version)
+        state = self._state()
+        try:
+            if self.protocol == "grpc":
+                config = state.client.get_model_config(name, str(model.version), as_json=True)["config"]
+            else:
+                config = state.client.get_model_config(name, str(model.version))
+        except (InferenceServerException, OSError) as exc:
+            raise self._classify(state, model, name, exc) from None
+        parameters = config.get("parameters") or {}
+        files = {file: parameters[key].get("string_value", "") for file, key in MANIFEST_PARAMETERS.items()
+                 if key in parameters}
+        return files if files.get(MANIFEST_FILE) else None
 
     def infer(self, model: ModelRef, batch: np.ndarray, *, priority: int = 0) -> ModelOutput:
         """Run one study's batch through the ensemble for ``model`` at its pinned version.

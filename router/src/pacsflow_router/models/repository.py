@@ -19,7 +19,10 @@ For a source model ``M`` and each of its versions ``N`` both targets render:
 ``M_vN_onnx``        version ``N``: the committed ONNX file, dynamic batching, priority levels, bounded queue; input
                      dims from that version's own graph (versions may differ: ich_detector 1 takes one window
                      channel, version 2 three; the source config may leave the channel dimension -1)
-``M_vN``             version ``N``: the ensemble ``M_vN_onnx`` -> ``M_postprocess``, what the router asks for
+``M_vN``             version ``N``: the ensemble ``M_vN_onnx`` -> ``M_postprocess``, what the router asks for; its
+                     ``parameters`` carry the version's ``model.json``, ``preprocess.json`` and algorithm version
+                     string (:data:`MANIFEST_PARAMETERS`), so a router on Triton preprocesses and reports with exactly
+                     what Triton serves (analysis/manifestmirror.py), not with a copy in its own image
 ``M_postprocess``    version 1: the router's own :func:`pacsflow_router.analysis.postprocess.postprocess` (a verbatim copy of
                      its module) in the python backend, so both paths turn raw outputs into findings with one function
 
@@ -57,6 +60,8 @@ from typing import cast
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..analysis.manifest import ALGORITHM_VERSION_FILE, MANIFEST_FILE, onnx_algorithm_version
+from ..analysis.preprocess import SPEC_FILE
 from ..config import served_model_name
 
 TARGETS = ("cpu-python", "gpu")
@@ -73,6 +78,13 @@ DEFAULT_MAX_BATCH_SIZE = 64
 ONNX_FILE = "model.onnx"
 POSTPROCESS_MODULE = "pacsflow_router.analysis.postprocess"
 _RENDER_MARK = ".pacsflow-rendered"
+#: File of a version's manifest (in a router's mirror) -> the ensemble parameter that carries its text. A file comes
+#: from the version folder, else the model folder, as the router looks them up; a missing one is left out.
+MANIFEST_PARAMETERS = {
+    MANIFEST_FILE: "pacsflow_model_json",
+    SPEC_FILE: "pacsflow_preprocess_json",
+    ALGORITHM_VERSION_FILE: "pacsflow_algorithm_version",
+}
 
 _ONNX_MODEL_PY = '''\
 """Rendered by pacsflow model-repository (target cpu-python): runs the version's ONNX file with ONNX Runtime (CPU)."""
@@ -390,7 +402,27 @@ def _ensemble(src: _Source, version: int, onnx: mc.ModelConfig, post: mc.ModelCo
         second.input_map[t.name] = f"raw_{t.name}"
     for t in post.output:
         second.output_map[t.name] = t.name
+    for file, text in _manifest_texts(src.versions[version]).items():
+        cfg.parameters[MANIFEST_PARAMETERS[file]].string_value = text
     return cfg
+
+
+def _manifest_texts(onnx_file: Path) -> dict[str, str]:
+    """What a router needs of the version whose ONNX file this is, by file name (see :data:`MANIFEST_PARAMETERS`)."""
+    version_dir = onnx_file.parent
+    texts = {}
+    for file in (MANIFEST_FILE, SPEC_FILE):
+        for folder in (version_dir, version_dir.parent):
+            if (folder / file).is_file():
+                texts[file] = (folder / file).read_text(encoding="utf-8")
+                break
+    try:
+        stated = onnx_algorithm_version(onnx_file)
+    except Exception:  # noqa: BLE001 -- an unreadable graph is Triton's to report; the router falls back to N
+        stated = None
+    if stated:
+        texts[ALGORITHM_VERSION_FILE] = stated
+    return texts
 
 
 def plan_repository(
