@@ -303,11 +303,13 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssShmem) in bytes: the resident set, and its part in shared memory (Triton's input regions)."""
+    found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        if line.startswith(("VmRSS:", "RssShmem:")):
+            found[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return found.get("VmRSS", 0), found.get("RssShmem", 0)
 
 
 class Sampler(threading.Thread):
@@ -321,14 +323,16 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            row = {"t": time.time(), "queue": 0.0, "outbox": 0.0, "rss": 0.0}
+            row = {"t": time.time(), "queue": 0.0, "outbox": 0.0, "rss": 0.0, "shmem": 0.0}
             try:
                 for r in self.routers:
                     text = urllib.request.urlopen(r.metrics_url, timeout=5).read().decode()
                     row["queue"] += (_metric(text, "pacsflow_queue_depth_studies")
                                      + _metric(text, "pacsflow_studies_in_progress"))
                     row["outbox"] += _metric(text, "pacsflow_outbox_pending")
-                    row["rss"] += _rss(r.proc.pid) if r.proc else 0
+                    rss, shmem = _rss(r.proc.pid) if r.proc else (0, 0)
+                    row["rss"] += rss
+                    row["shmem"] += shmem
                 self.samples.append(row)
             except OSError:
                 pass  # a scrape that timed out under load: the next one counts
@@ -429,7 +433,8 @@ def run(args: argparse.Namespace) -> dict:
         for th in threads:
             th.join()
         sending_done = time.time()
-        load_samples = [(s["t"] - start, s["queue"], s["rss"]) for s in sampler.samples if s["t"] <= sending_done]
+        load_samples = [(s["t"] - start, s["queue"], s["rss"], s["shmem"]) for s in sampler.samples
+                        if s["t"] <= sending_done]
 
         expected = {s.study_uid for s in sent if s.kind in EXPECTS_SR and s.acknowledged == s.instances}
         deadline = time.time() + args.drain_minutes * 60
@@ -445,8 +450,11 @@ def run(args: argparse.Namespace) -> dict:
 
         latencies = [ledger.first[s.study_uid] - s.last_image for s in sent if s.study_uid in ledger.first]
         warm = duration * 0.2  # model sessions load and caches fill on the first studies of each kind
-        queue_pts = [(t, q) for t, q, _ in load_samples if t >= warm]
-        rss_pts = [(t, r) for t, _, r in load_samples if t >= warm]
+        queue_pts = [(t, q) for t, q, _, _ in load_samples if t >= warm]
+        rss_pts = [(t, r) for t, _, r, _ in load_samples if t >= warm]
+        # Triton's shared-memory input regions are resident too; they grow to the largest study seen, then stay.
+        shmem_pts = [(t, m) for t, _, _, m in load_samples if t >= warm]
+        private_pts = [(t, r - m) for t, _, r, m in load_samples if t >= warm]
         by_kind = Counter(s.kind for s in sent)
         instances = sum(s.acknowledged for s in sent)
         result = {
@@ -464,6 +472,9 @@ def run(args: argparse.Namespace) -> dict:
             "rss_slope_mb_per_min": _slope(rss_pts) * 60 / 2**20,
             "rss_start_mb": rss_pts[0][1] / 2**20 if rss_pts else float("nan"),
             "rss_end_mb": rss_pts[-1][1] / 2**20 if rss_pts else float("nan"),
+            "rss_shmem_slope_mb_per_min": _slope(shmem_pts) * 60 / 2**20,
+            "rss_shmem_end_mb": shmem_pts[-1][1] / 2**20 if shmem_pts else float("nan"),
+            "rss_without_shmem_slope_mb_per_min": _slope(private_pts) * 60 / 2**20,
             "drain_s": drained - sending_done,
             "results_expected": len(expected),
             "results_lost": len(expected - set(ledger.count)),
