@@ -249,11 +249,16 @@ def read_manifest(path: str | Path) -> ModelManifest:
         raise ConfigError(f"invalid model manifest {path}: {problems}") from None
 
 
+def version_file(model_dir: Path, version: int | None, file: str) -> Path:
+    """``<model_dir>/<version>/<file>`` when that file exists, else ``<model_dir>/<file>``: how every manifest file
+    (``model.json``, ``preprocess.json``) is looked up, by the router and by the repository renderer."""
+    versioned = model_dir / str(version) / file
+    return versioned if version is not None and versioned.is_file() else model_dir / file
+
+
 def load_manifest(model_repository: str | Path, model: ModelRef) -> ModelManifest:
     """The manifest of a pinned model: ``<repo>/<name>/<version>/model.json``, else ``<repo>/<name>/model.json``."""
-    root = Path(model_repository) / model.name
-    versioned = root / str(model.version) / MANIFEST_FILE
-    path = versioned if versioned.is_file() else root / MANIFEST_FILE
+    path = version_file(Path(model_repository) / model.name, model.version, MANIFEST_FILE)
     try:
         stat = path.stat()
     except OSError:

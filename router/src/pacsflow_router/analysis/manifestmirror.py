@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..config import ModelRef
 from ..errors import InferenceError
-from .manifest import MANIFEST_FILE
+from .manifest import MANIFEST_FILE, version_file
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,8 @@ class ManifestMirror:
         if (self.root / model.name / str(model.version) / MANIFEST_FILE).is_file():
             return self.root
         folder = self.fallback / model.name
-        if (folder / str(model.version) / MANIFEST_FILE).is_file() or (
-                (folder / str(model.version)).is_dir() and (folder / MANIFEST_FILE).is_file()):
-            return self.fallback
+        if (folder / str(model.version)).is_dir() and version_file(folder, model.version, MANIFEST_FILE).is_file():
+            return self.fallback  # the image has this version (its own model.json, or the model's)
         return None
 
     def _write(self, model: ModelRef, files: dict[str, str]) -> None:

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .. import domain
 from ..config import ModelRef
 from ..errors import ConfigError, InferenceError
+from .manifest import version_file
 
 __all__ = [
     "PreprocessSpec", "load_spec", "read_spec", "rescale_of", "preprocess_numpy", "preprocess_dali",
@@ -195,10 +196,7 @@ def load_spec(model_repository: str | Path, model: ModelRef | str, version: int 
     name = model.name if isinstance(model, ModelRef) else model
     if version is None and isinstance(model, ModelRef):
         version = model.version
-    root = Path(model_repository) / name
-    if version is not None and (root / str(version) / SPEC_FILE).is_file():
-        return read_spec(root / str(version) / SPEC_FILE)
-    return read_spec(root / SPEC_FILE)
+    return read_spec(version_file(Path(model_repository) / name, version, SPEC_FILE))
 
 
 def rescale_of(header: Any) -> tuple[float, float]:

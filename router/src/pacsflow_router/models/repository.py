@@ -60,7 +60,7 @@ from typing import cast
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ..analysis.manifest import ALGORITHM_VERSION_FILE, MANIFEST_FILE, onnx_algorithm_version
+from ..analysis.manifest import ALGORITHM_VERSION_FILE, MANIFEST_FILE, onnx_algorithm_version, version_file
 from ..analysis.preprocess import SPEC_FILE
 from ..config import served_model_name
 
@@ -412,10 +412,9 @@ def _manifest_texts(onnx_file: Path) -> dict[str, str]:
     version_dir = onnx_file.parent
     texts = {}
     for file in (MANIFEST_FILE, SPEC_FILE):
-        for folder in (version_dir, version_dir.parent):
-            if (folder / file).is_file():
-                texts[file] = (folder / file).read_text(encoding="utf-8")
-                break
+        path = version_file(version_dir.parent, int(version_dir.name), file)
+        if path.is_file():
+            texts[file] = path.read_text(encoding="utf-8")
     try:
         stated = onnx_algorithm_version(onnx_file)
     except Exception:  # noqa: BLE001 -- an unreadable graph is Triton's to report; the router falls back to N
