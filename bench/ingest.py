@@ -9,6 +9,9 @@
    concurrent run), (c) Orthanc with ``SyncStorageArea`` pinned on (it fsyncs every instance before Success, so it
    makes the router's promise). Instances/s, MB/s and the router's ratio to each peer, per round (``--rounds``:
    the machine may be shared; the spread between rounds says how far to trust one).
+   (d) for reference, the same receiver with a spool that keeps nothing (``--serve-keep-nothing``): the ceiling of
+   the receive path itself (pynetdicom, index read, response) with storage free, so the storage's share and the
+   network stack's share of the gap to storescp can both be read off the same run.
 2. Router RSS while one association delivers a 2,000-instance study (64x64, small on purpose): RSS at 25/50/75/100 %
    and the peak. It must stay flat (nothing per instance is kept in memory).
 
@@ -31,6 +34,7 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import psutil
 from pydicom.uid import generate_uid
@@ -73,8 +77,9 @@ def make_instances(out_dir: Path, count: int, size: int, seed: int = 2026, disti
 class RouterProcess:
     """The router's DicomReceiver + Spool in a child process (``--serve``), stopped by closing its stdin."""
 
-    def __init__(self, spool_dir: Path, module: str = "bench.ingest", serve_args: tuple[str, ...] = ()) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--serve", str(spool_dir), *serve_args],
+    def __init__(self, spool_dir: Path, module: str = "bench.ingest", serve_args: tuple[str, ...] = (),
+                 serve: str = "--serve") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", module, serve, str(spool_dir), *serve_args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
         self.ae_title = "PACSFLOW"
@@ -94,9 +99,21 @@ class RouterProcess:
             self.proc.wait()
 
 
-def serve_receiver(spool_dir: str, **config: object) -> None:
+class KeepNothing:
+    """Bench only: stands in for the spool and keeps nothing, so the receiver answers Success at once.
+
+    Measures the ceiling of the receive path without storage (never used by the router itself)."""
+
+    def store_received(self, parts: tuple[bytes | memoryview, ...], attributes: tuple[str, str, str, str]) -> object:
+        from pacsflow_router.ingest.spool import StoredInstance
+
+        study, series, sop, modality = attributes
+        return StoredInstance(sop, study, series, modality, Path(os.devnull), sum(len(p) for p in parts), time.time())
+
+
+def serve_receiver(spool_dir: str, keep_nothing: bool = False, **config: object) -> None:
     """Child process: the router's DICOM receiver on a free port (``config`` adds routing-config keys, e.g.
-    ``tls``); prints its port, stops when stdin closes."""
+    ``tls``); prints its port, stops when stdin closes. ``keep_nothing``: :class:`KeepNothing` for the spool."""
     from pacsflow_router.config import parse_config
     from pacsflow_router.ingest.scp import DicomReceiver
     from pacsflow_router.ingest.spool import Spool
@@ -104,12 +121,15 @@ def serve_receiver(spool_dir: str, **config: object) -> None:
     routing = parse_config({"aeTitle": "PACSFLOW", "allowedCallingAETitles": ["STORESCU"], "spoolDir": spool_dir,
                             **config})
     # The router's default spool (a file per instance); PACSFLOW_BENCH_WRITE_AHEAD=1: spoolWriteAhead (ingest/wal.py).
-    spool = Spool(spool_dir, 0.99, write_ahead=os.environ.get("PACSFLOW_BENCH_WRITE_AHEAD") == "1")
-    receiver = DicomReceiver(routing, spool, port=0)
+    spool = None if keep_nothing else Spool(spool_dir, 0.99,
+                                            write_ahead=os.environ.get("PACSFLOW_BENCH_WRITE_AHEAD") == "1")
+    receiver = DicomReceiver(routing, cast(Spool, KeepNothing()) if spool is None else spool, port=0)
     receiver.start()
     print(receiver.port, flush=True)
     sys.stdin.read()
     receiver.stop()
+    if spool is None:
+        return
     if spool.wal is not None and os.environ.get("PACSFLOW_BENCH_WAL_STATS") == "1":
         print(f"write-ahead: {spool.wal.appended} appended, {spool.wal.fallbacks} stored directly", file=sys.stderr)
     spool.close()
@@ -200,6 +220,7 @@ def send_concurrently(port: int, called: str, files: list[Path], associations: i
 ROUTER = "router (durable spool)"
 STORESCP = "dcmtk storescp (no fsync)"
 ORTHANC = "Orthanc (SyncStorageArea on)"
+CEILING = "router, nothing kept (ceiling)"
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -232,6 +253,8 @@ def throughput(files: list[Path], work: Path, associations: int) -> dict[str, tu
     with OrthancProcess(work / "orthanc") as orthanc:
         assert orthanc.proc is not None
         results[ORTHANC] = deliver(orthanc.proc.pid, orthanc.port, orthanc.ae_title)
+    with RouterProcess(work / "ceiling-spool", serve="--serve-keep-nothing") as ceiling:
+        results[CEILING] = deliver(ceiling.proc.pid, ceiling.port, ceiling.ae_title)
     return results
 
 
@@ -266,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--associations", type=int, default=4, help="concurrent associations of the second run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the throughput runs (spread on a busy machine)")
     parser.add_argument("--serve", metavar="SPOOL_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-keep-nothing", metavar="SPOOL_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
-    if args.serve:
-        serve_receiver(args.serve)
+    if args.serve or args.serve_keep_nothing:
+        serve_receiver(args.serve or args.serve_keep_nothing, keep_nothing=bool(args.serve_keep_nothing))
         return 0
 
     with tempfile.TemporaryDirectory(prefix="pacsflow-bench-ingest-") as tmp:
@@ -298,9 +322,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ratio:12.2f} {cpu * 1000 / args.instances:12.2f}")
     print("\nrouter/peer throughput over the rounds (min / median / max):")
     for (associations, name), values in ratios.items():
-        if name != ROUTER:
+        if name not in (ROUTER, CEILING):
             print(f"  {associations} association(s) vs {name:30} {min(values):5.2f} / {statistics.median(values):5.2f}"
                   f" / {max(values):5.2f}")
+    print("the receive path's ceiling (nothing kept) / storescp throughput (min / median / max):")
+    for associations in (1, args.associations):
+        values = [results[STORESCP][0] / results[CEILING][0] for _, a, results in runs if a == associations]
+        print(f"  {associations} association(s) {min(values):5.2f} / {statistics.median(values):5.2f}"
+              f" / {max(values):5.2f}")
     print(f"\nRouter RSS while receiving a {args.rss_instances}-instance study (64x64) over one association")
     print(f"{'progress':36} {'RSS MB':>8}")
     print(f"{'start':36} {start / 2**20:8.1f}")
