@@ -85,6 +85,13 @@ CRITICAL_FINDINGS = Counter(
 INFERENCE_UNAVAILABLE = Counter(
     "pacsflow_inference_unavailable_waits", "Times a study waited because the inference backend was unavailable.",
     ["use_case"], registry=REGISTRY)
+#: Where a pinned version's manifest was read from when the manifest mirror asked Triton (analysis/manifestmirror.py).
+MANIFEST_OUTCOMES = ("mirrored", "image", "last-copy", "none")
+MANIFEST_REFRESHES = Counter(
+    "pacsflow_manifest_refreshes", "Times the router asked Triton for a pinned model version's manifest, by where "
+    "it then read it: mirrored (Triton's copy), image (Triton's render carries none: the image's repository), "
+    "last-copy (Triton could not be asked: the last copy on disk or the image's), none (no copy: the study waits "
+    "or the version does not exist).", ["model", "outcome"], registry=REGISTRY)
 LATE_INSTANCES = Gauge(
     "pacsflow_late_instances", "Instances that arrived after their study's result; each re-opened the study.",
     registry=REGISTRY)

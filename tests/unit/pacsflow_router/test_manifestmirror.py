@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pacsflow_router import metrics
 from pacsflow_router.analysis.manifest import algorithm_version, load_manifest
 from pacsflow_router.analysis.manifestmirror import ManifestMirror
 from pacsflow_router.analysis.preprocess import load_spec
@@ -42,6 +43,11 @@ class Triton:
         if model.version not in self.served:
             raise ModelNotFoundError(f"model {model.name} version {model.version} is not in Triton's repository")
         return self.served[model.version]
+
+
+def _refreshes(outcome: str) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "pacsflow_manifest_refreshes_total", {"model": "ich_detector", "outcome": outcome}) or 0.0
 
 
 def _v7_files(threshold_comment: str = "") -> dict[str, str]:
@@ -96,18 +102,24 @@ def test_asked_again_after_max_age_and_rewritten_only_when_changed(tmp_path: Pat
 
 def test_an_older_render_without_manifests_means_the_images_repository(tmp_path: Path, image: Path):
     mirror = ManifestMirror(tmp_path / "mirror", image, Triton({2: None}))
+    before = _refreshes("image")
     assert mirror.repository(V2) == image
+    assert _refreshes("image") == before + 1
 
 
 def test_triton_down_uses_the_last_copy_then_the_image_else_the_study_waits(tmp_path: Path, image: Path):
     triton = Triton({2: None, 7: _v7_files()})
     mirror = ManifestMirror(tmp_path / "mirror", image, triton, max_age=0)
+    before = {outcome: _refreshes(outcome) for outcome in metrics.MANIFEST_OUTCOMES}
     mirror.repository(V7)
     triton.down = True
     assert mirror.repository(V7) == tmp_path / "mirror"  # the copy on disk
     assert mirror.repository(V2) == image  # the image has version 2
     with pytest.raises(InferenceUnavailableError):
         mirror.repository(ModelRef(name="ich_detector", version=8))  # nobody has it: the study waits for Triton
+    # What an SRE sees: one mirrored, two read from a copy while Triton was down, one with no copy at all.
+    assert {o: _refreshes(o) - before[o] for o in metrics.MANIFEST_OUTCOMES} == {
+        "mirrored": 1, "image": 0, "last-copy": 2, "none": 1}
     triton.down = False
     with pytest.raises(ModelNotFoundError):
         mirror.repository(ModelRef(name="ich_detector", version=8))  # Triton says it does not exist: permanent

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import metrics
 from ..config import ModelRef
 from ..errors import InferenceError
 from .manifest import MANIFEST_FILE, version_file
@@ -81,15 +82,19 @@ class ManifestMirror:
             except InferenceError as exc:
                 where = self._copy_on_hand(model)
                 if where is None:
+                    metrics.MANIFEST_REFRESHES.labels(model.name, "none").inc()
                     raise
+                metrics.MANIFEST_REFRESHES.labels(model.name, "last-copy").inc()
                 log.warning("manifest of %s v%d not fetched from Triton (%s); using the copy in %s",
                             model.name, model.version, type(exc).__name__, where)
                 return where
             if files is None:
                 where = self.fallback
+                metrics.MANIFEST_REFRESHES.labels(model.name, "image").inc()
             else:
                 self._write(model, files)
                 where = self.root
+                metrics.MANIFEST_REFRESHES.labels(model.name, "mirrored").inc()
             self._known[key] = (self._clock(), where)
             return where
 
