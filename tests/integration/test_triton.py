@@ -334,3 +334,55 @@ def test_served_manifest_is_what_the_version_folder_holds(tmp_path: Path, served
         backend.close()
     test_peer, _ = served
     assert TritonBackend(test_peer.url).served_manifest(V1) is None
+
+
+def test_a_reload_that_changes_inference_frees_the_old_backend_and_moves_the_manifests(tmp_path: Path, served):
+    """A platform team points the router at another Triton endpoint (here the same server over gRPC instead of HTTP,
+    shared memory on). The new backend serves the next study; the old one's shared-memory region is unregistered
+    from Triton on the pipeline thread's next pass (never under an inference it may be running) and the manifest
+    mirror asks the new endpoint. At stop the backend's regions go too."""
+    import tritonclient.http as httpclient
+
+    from pacsflow_router.config import parse_config
+    from pacsflow_router.service import RouterService
+    from tests.peers.net import free_port
+
+    peer, source = served
+
+    def config(url: str, protocol: str):
+        return parse_config({
+            "spoolDir": str(tmp_path / "spool"), "audit": {"url": f"sqlite:///{tmp_path / 'audit.db'}"},
+            "port": free_port(), "metrics": {"port": free_port()},
+            "inference": {"backend": "triton", "url": url, "protocol": protocol, "sharedMemory": True,
+                          "modelRepository": str(source), "manifestMirror": str(tmp_path / "mirror")},
+            "useCases": [{"name": "ich", "model": {"name": "ich_detector", "version": 1}, "mode": "silent"}]})
+
+    triton = httpclient.InferenceServerClient(peer.url)
+
+    def regions() -> set[str]:
+        return {region["name"] for region in triton.get_system_shared_memory_status()}
+
+    before = regions()
+    service = RouterService(config(peer.url, "http"))
+    try:
+        old = service.pipeline.backend
+        old.infer(V1, study_batch(3, seed=3))
+        registered = regions() - before
+        assert registered  # the HTTP backend's region, registered on first use
+        service.apply_config(config(peer.grpc_url, "grpc"))
+        new = service.pipeline.backend
+        assert new is not old
+        assert registered <= regions()  # still there until the pipeline thread's next pass
+        service.pipeline.close_retired()
+        assert not registered & regions()
+        # The manifests come through the new endpoint (this repository's ensembles carry none: the image's files).
+        assert service.pipeline.manifests(V1) == source
+        assert service.pipeline.manifests.__self__._fetch == new.served_manifest  # type: ignore[attr-defined]
+        new.infer(V1, study_batch(3, seed=4))
+        assert regions() - before
+        service.stop()  # never started: no thread to wait for, so the backend is closed
+        assert regions() == before
+    finally:
+        service.outbox.close()
+        service.audit.close()
+        service.spool.close()

@@ -171,6 +171,8 @@ class Pipeline:
     manifests: Callable[[ModelRef], Path] | None = None
     """The repository root holding a pinned model's manifest (``ManifestMirror.repository`` on Triton); default:
     ``inference.modelRepository``."""
+    _retired: list[InferenceBackend] = field(default_factory=list, init=False, repr=False)
+    """Backends a config reload replaced; :meth:`close_retired` closes them on the pipeline's thread."""
     _drafts: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         1, thread_name_prefix="pacsflow-sr-draft"), init=False, repr=False)
     """Drafts SRs while the model runs (one at a time: the pipeline runs one use case at a time)."""
@@ -185,6 +187,24 @@ class Pipeline:
         if self.manifests is None:
             repository = Path(self.config.inference.model_repository)
             self.manifests = lambda model: repository
+
+    def replace_backend(self, backend: InferenceBackend, manifests: Callable[[ModelRef], Path]) -> None:
+        """Infer with ``backend`` and read manifests through ``manifests`` from now on (a reload changed
+        ``inference``). The replaced backend is closed by :meth:`close_retired` on the pipeline's own thread, so
+        never under an inference it is running."""
+        self._retired.append(self.backend)
+        self.backend = backend
+        self.manifests = manifests
+
+    def close_retired(self) -> None:
+        """Close the backends :meth:`replace_backend` replaced (call on the thread that runs :meth:`process`)."""
+        while self._retired:
+            self._retired.pop().close()
+
+    def close(self) -> None:
+        """Close the backend and any replaced one: the router is stopping, nothing is processed any more."""
+        self.close_retired()
+        self.backend.close()
 
     def process(self, ref: StudyRef) -> bool:
         """Run every use case on one complete study.

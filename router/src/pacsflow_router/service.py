@@ -76,12 +76,13 @@ def _export_modes(old: RoutingConfig | None, new: RoutingConfig) -> None:
             metrics.USE_CASE_MODE.labels(uc.name, mode).set(1 if uc.mode == mode else 0)
 
 
-def _manifests(config: RoutingConfig, backend: InferenceBackend) -> Callable[[ModelRef], Path] | None:
-    """Where the pipeline reads manifests: what Triton serves when ``inference.manifestMirror`` is set (else the
-    pipeline's default, ``inference.modelRepository``)."""
+def _manifests(config: RoutingConfig, backend: InferenceBackend) -> Callable[[ModelRef], Path]:
+    """Where the pipeline reads manifests: what Triton serves when ``inference.manifestMirror`` is set, else
+    ``inference.modelRepository``."""
     mirror = config.inference.manifest_mirror
     if mirror is None or config.inference.backend != "triton":
-        return None
+        repository = Path(config.inference.model_repository)
+        return lambda model: repository
     from .analysis.tritonbackend import (
         TritonBackend,  # deferred as in make_backend: only this path needs tritonclient
     )
@@ -266,6 +267,8 @@ class RouterService:
             self.spool.wal.stop()  # index what the segments hold (nothing is received any more)
         self.predecoder.stop()
         self.outbox.stop()
+        if not any(thread.is_alive() for thread in self._threads):  # never under a study still running
+            self.pipeline.close()  # Triton clients and shared-memory regions freed
 
     # -- threads ------------------------------------------------------------------------------------------------
     def _expire_orders(self) -> None:
@@ -300,6 +303,7 @@ class RouterService:
             # step ends (the wake event).
             self._wake.wait(5.0 if waiting else self._idle_wait())
             self._wake.clear()
+            self.pipeline.close_retired()
 
     def _idle_wait(self) -> float:
         next_due = self.tracker.next_due_at()
@@ -357,7 +361,10 @@ class RouterService:
                 self.config.destinations, self.config.hl7_destinations, self.config.webhooks):
             self.outbox.reset_senders()
         if merged.inference != self.config.inference:
-            self.pipeline.backend = make_backend(merged.inference)
+            # A new backend and the manifests that go with it (a Triton URL or mirror that changed); the old
+            # backend's clients and shared-memory regions are freed on the pipeline thread before its next pass.
+            backend = make_backend(merged.inference)
+            self.pipeline.replace_backend(backend, _manifests(merged, backend))
         _export_modes(self.config, merged)
         self.audit.record_mode_changes(self.config, merged)
         self.config = merged

@@ -73,6 +73,10 @@ class InferenceBackend(Protocol):
         """Whether ``model`` can serve requests now (never raises)."""
         ...
 
+    def close(self) -> None:
+        """Free what the backend holds (sessions, clients, shared-memory regions); it is not used afterwards."""
+        ...
+
 
 class EmbeddedOnnxBackend:
     """In-process ONNX Runtime over a Triton-layout model repository.
@@ -106,6 +110,11 @@ class EmbeddedOnnxBackend:
         self.providers = providers or ["CPUExecutionProvider"]
         self._sessions: dict[tuple[str, int], InferenceSession] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Drop the cached sessions (their memory goes with them)."""
+        with self._lock:
+            self._sessions.clear()
 
     def model_path(self, model: ModelRef) -> Path:
         """``<repository>/<name>/<version>/model.onnx``."""
