@@ -44,8 +44,9 @@ from typing import Any, cast
 import pydicom
 
 from ..domain import study_key
+from ..durable import fsync_dir
 from ..errors import SpoolFullError, UnparseableInstanceError
-from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog, fsync_dir, write_all
+from .wal import MAX_SEGMENTS, SEGMENT_BYTES, WalRecord, WriteAheadLog, write_all
 
 log = logging.getLogger(__name__)
 

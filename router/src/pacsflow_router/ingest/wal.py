@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SEGMENT_MAGIC = b"PFWALSEG"
@@ -499,11 +501,3 @@ def write_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int | None
         if pending and written:
             pending[0] = pending[0][written:]
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries durable (files created, renamed or removed in it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -47,6 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from .. import metrics
+from ..durable import fsync_dir
 from ..errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -142,14 +143,6 @@ class OutboxItem:
     def sop_uid(self) -> str:
         """The SR's SOP Instance UID (the key of a ``dicom`` item)."""
         return self.key
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -286,7 +279,7 @@ class Outbox:
                 return new
             names = [self._write(channel, destination, key, write) if is_new else ""
                      for (channel, destination, key, write, _item), is_new in zip(items, new, strict=True)]
-            _fsync_dir(self._files)
+            fsync_dir(self._files)
             if before_commit is not None:
                 before_commit()
             now = time.time()
