@@ -199,7 +199,10 @@ class Pipeline:
     def close_retired(self) -> None:
         """Close the backends :meth:`replace_backend` replaced (call on the thread that runs :meth:`process`)."""
         while self._retired:
-            self._retired.pop().close()
+            try:
+                self._retired.pop().close()
+            except Exception:  # noqa: BLE001 - freeing an old backend must never stop the pipeline
+                log.exception("a replaced inference backend could not be closed; its resources may linger")
 
     def close(self) -> None:
         """Close the backend and any replaced one: the router is stopping, nothing is processed any more."""
