@@ -149,6 +149,12 @@ def analysed_instances(series: Series) -> list[str]:
     return covered
 
 
+def repository_manifests(model_repository: str | Path) -> Callable[[ModelRef], Path]:
+    """Manifests read from one repository (``inference.modelRepository``): its root, whatever the model."""
+    repository = Path(model_repository)
+    return lambda model: repository
+
+
 @dataclass
 class Pipeline:
     """Processes complete studies; holds no state of its own beyond the components it is given."""
@@ -185,8 +191,7 @@ class Pipeline:
         if self.results is None:
             self.results = ResultsStore.on_engine(self.audit.engine)
         if self.manifests is None:
-            repository = Path(self.config.inference.model_repository)
-            self.manifests = lambda model: repository
+            self.manifests = repository_manifests(self.config.inference.model_repository)
 
     def replace_backend(self, backend: InferenceBackend, manifests: Callable[[ModelRef], Path]) -> None:
         """Infer with ``backend`` and read manifests through ``manifests`` from now on (a reload changed

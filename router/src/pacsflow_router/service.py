@@ -33,7 +33,7 @@ from .ingest.scp import DicomReceiver
 from .ingest.spool import Spool
 from .ingest.studies import StudyTracker
 from .metricsendpoint import MetricsEndpoint
-from .pipeline import Pipeline
+from .pipeline import Pipeline, repository_manifests
 from .predecode import Predecoder
 from .readiness import Readiness
 from .results.approvals import Approvals
@@ -81,8 +81,7 @@ def _manifests(config: RoutingConfig, backend: InferenceBackend) -> Callable[[Mo
     ``inference.modelRepository``."""
     mirror = config.inference.manifest_mirror
     if mirror is None or config.inference.backend != "triton":
-        repository = Path(config.inference.model_repository)
-        return lambda model: repository
+        return repository_manifests(config.inference.model_repository)
     from .analysis.tritonbackend import (
         TritonBackend,  # deferred as in make_backend: only this path needs tritonclient
     )
